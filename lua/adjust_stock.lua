@@ -1,0 +1,11 @@
+-- Adds or withdraws units; never withdraws more than is available.
+-- KEYS[1]  campaign hash
+-- ARGV[1]  delta (integer, non-zero)
+-- returns  {'adjusted', stock, available} | {'insufficient', available} | {'not_found'}
+local c = redis.call('HMGET', KEYS[1], 'stock', 'available')
+if not c[1] then return {'not_found'} end
+local delta = tonumber(ARGV[1])
+local stock, available = tonumber(c[1]), tonumber(c[2])
+if available + delta < 0 then return {'insufficient', available} end
+redis.call('HSET', KEYS[1], 'stock', stock + delta, 'available', available + delta)
+return {'adjusted', stock + delta, available + delta}

@@ -1,0 +1,19 @@
+-- -> cancelled, units return. A hold found past its expiry expires instead.
+-- KEYS[1]  campaign hash   KEYS[2] users hash   KEYS[3] expiry sorted set   KEYS[4] reservation hash
+-- ARGV[1]  now (ms)        ARGV[2] reservation id
+-- ARGV[3]  'held' (only held ones may be cancelled) | 'any' (confirmed ones too: a refund)
+-- returns  {outcome, user, qty, status, created, expires, group}, outcome one of
+--          'done' | 'unchanged' | 'not_held'; or {'not_found'}
+local r = redis.call('HMGET', KEYS[4], 'status', 'qty', 'user', 'expires')
+if not r[1] then return {'not_found'} end
+local outcome = 'not_held'
+if r[1] == 'cancelled' then
+  outcome = 'unchanged'
+elseif r[1] == 'held' and tonumber(ARGV[1]) >= tonumber(r[4]) then
+  release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], r, 'expired')
+elseif r[1] == 'held' or (r[1] == 'confirmed' and ARGV[3] == 'any') then
+  release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], r, 'cancelled')
+  outcome = 'done'
+end
+local now = redis.call('HMGET', KEYS[4], 'user', 'qty', 'status', 'created', 'expires', 'group')
+return {outcome, now[1], now[2], now[3], now[4], now[5], now[6] or ''}

@@ -1,0 +1,40 @@
+-- Decides one reservation attempt. Order of checks: campaign exists, idempotency key seen,
+-- kind, window, stock, per-user limit (see src/engine/mod.rs for why).
+-- KEYS[1]  campaign hash          KEYS[2]  users hash       KEYS[3]  idempotency hash
+-- KEYS[4]  expiry sorted set      KEYS[5]  the new reservation's hash
+-- ARGV[1]  now (ms)   ARGV[2] user id   ARGV[3] quantity   ARGV[4] scoped idempotency key
+-- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
+-- returns  {'reserved', created, expires, available}
+--        | {'replay', id, user, quantity, created, expires}
+--        | {'key_reused'} | {refusal code}
+local c = redis.call('HMGET', KEYS[1], 'kind', 'starts', 'ends', 'limit', 'hold', 'available', 'held')
+if not c[1] then return {'campaign_not_found'} end
+
+local seen = redis.call('HGET', KEYS[3], ARGV[4])
+if seen then
+  local bar = string.find(seen, '|', 1, true)
+  local id = string.sub(seen, 1, bar - 1)
+  if string.sub(seen, bar + 1) ~= ARGV[5] then return {'key_reused'} end
+  local r = redis.call('HMGET', KEYS[1] .. ':r:' .. id, 'user', 'qty', 'created', 'expires')
+  return {'replay', id, r[1], r[2], r[3], r[4]}
+end
+
+if c[1] ~= 'flash_sale' then return {'wrong_campaign_kind'} end
+local now = tonumber(ARGV[1])
+if c[2] ~= '' and now < tonumber(c[2]) then return {'not_started'} end
+if c[3] ~= '' and now >= tonumber(c[3]) then return {'ended'} end
+
+local quantity = tonumber(ARGV[3])
+local available = tonumber(c[6])
+if available < quantity then return {'sold_out'} end
+local had = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+if had + quantity > tonumber(c[4]) then return {'limit_exceeded'} end
+
+local expires = now + tonumber(c[5]) * 1000
+redis.call('HSET', KEYS[1], 'available', available - quantity, 'held', tonumber(c[7]) + quantity)
+redis.call('HSET', KEYS[2], ARGV[2], had + quantity)
+redis.call('HSET', KEYS[5], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
+  'created', now, 'expires', expires)
+redis.call('ZADD', KEYS[4], expires, ARGV[6])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[6] .. '|' .. ARGV[5])
+return {'reserved', now, expires, available - quantity}

@@ -1,0 +1,273 @@
+//! The contract's nouns as parsed types: once a value is one of these, it is valid, and
+//! nothing past the HTTP edge checks it again. No I/O lives here.
+
+mod campaign;
+mod reservation;
+
+pub use campaign::{
+    Campaign, CampaignDraft, CampaignKind, CampaignState, CampaignStatus, GroupRule, Window,
+};
+pub use reservation::{Reservation, ReservationId, ReservationStatus};
+
+use serde::Serialize;
+use std::fmt;
+use thiserror::Error;
+
+/// Why a raw value could not become a domain value; the text is shown to callers as `detail`.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+/// Milliseconds since the Unix epoch, UTC.
+///
+/// Every engine decision takes one of these as a parameter. In production it is read from the
+/// wall clock of the instance (kept by NTP), so all instances agree to within a few
+/// milliseconds; the only decisions that depend on it are window edges and hold expiry, where
+/// that skew is far below the granularity callers can observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The instance's wall clock.
+    pub fn now() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Millis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// This instant plus whole seconds.
+    pub fn plus_seconds(self, seconds: u32) -> Self {
+        Millis(self.0.saturating_add(i64::from(seconds) * 1000))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision, as the contract writes timestamps.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(at) => {
+                let format = time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+                );
+                at.format(&format).unwrap_or_else(|_| self.0.to_string())
+            }
+            Err(_) => self.0.to_string(),
+        }
+    }
+
+    /// Parses an RFC 3339 timestamp (any offset) into UTC milliseconds.
+    pub fn parse_rfc3339(raw: &str) -> Result<Self, ParseError> {
+        let at = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| ParseError(format!("`{raw}` is not an RFC 3339 timestamp: {e}")))?;
+        let millis = at.unix_timestamp_nanos() / 1_000_000;
+        i64::try_from(millis)
+            .map(Millis)
+            .map_err(|_| ParseError(format!("`{raw}` is out of range")))
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// A campaign id: `[a-z0-9_-]{1,64}`, so it can sit inside a Redis hash tag and a URL unescaped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CampaignId(String);
+
+impl CampaignId {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(CampaignId(raw.to_owned()))
+        } else {
+            Err(ParseError(format!(
+                "campaign id must be 1 to 64 characters of [a-z0-9_-], got {raw:?}"
+            )))
+        }
+    }
+
+    /// A fresh id for a campaign created without one.
+    pub fn generate() -> Self {
+        CampaignId(format!(
+            "cmp-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user id as the main store knows it: 1 to 128 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > 128 {
+            return Err(ParseError(format!(
+                "user_id must be 1 to 128 characters, got {chars}"
+            )));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(ParseError(
+                "user_id must not contain control characters".into(),
+            ));
+        }
+        Ok(UserId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Units asked for or held: a whole number from 1 to [`Quantity::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// Larger asks are certainly mistakes; the bound keeps every sum far from overflow.
+    pub const MAX: u64 = 1_000_000;
+
+    pub fn parse(raw: u64) -> Result<Self, ParseError> {
+        if (1..=Self::MAX).contains(&raw) {
+            Ok(Quantity(raw as u32))
+        } else {
+            Err(ParseError(format!(
+                "quantity must be between 1 and {}, got {raw}",
+                Self::MAX
+            )))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// The caller-chosen key that makes a creating POST safe to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 128
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if ok {
+            Ok(IdempotencyKey(raw.to_owned()))
+        } else {
+            Err(ParseError(
+                "Idempotency-Key must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a reservation attempt was refused. Refusals are answers, not failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    CampaignNotFound,
+    WrongCampaignKind,
+    NotStarted,
+    Ended,
+    /// Fewer units are available than asked for.
+    SoldOut,
+    /// The user's held + confirmed + asked would pass the campaign's `per_user_limit`.
+    LimitExceeded,
+}
+
+impl Refusal {
+    /// The contract's stable `code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::CampaignNotFound => "campaign_not_found",
+            Refusal::WrongCampaignKind => "wrong_campaign_kind",
+            Refusal::NotStarted => "not_started",
+            Refusal::Ended => "ended",
+            Refusal::SoldOut => "sold_out",
+            Refusal::LimitExceeded => "limit_exceeded",
+        }
+    }
+
+    /// Inverse of [`Refusal::code`], used where an engine answers with the code string.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "campaign_not_found" => Refusal::CampaignNotFound,
+            "wrong_campaign_kind" => Refusal::WrongCampaignKind,
+            "not_started" => Refusal::NotStarted,
+            "ended" => Refusal::Ended,
+            "sold_out" => Refusal::SoldOut,
+            "limit_exceeded" => Refusal::LimitExceeded,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaign_ids_are_lowercase_slugs() {
+        assert!(CampaignId::parse("spring-sale_2026").is_ok());
+        assert!(CampaignId::parse("").is_err());
+        assert!(CampaignId::parse("Upper").is_err());
+        assert!(CampaignId::parse("with{brace}").is_err());
+        assert!(CampaignId::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_follow_the_contract_charset() {
+        assert!(IdempotencyKey::parse("order-1:try.2_x").is_ok());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn quantities_are_bounded() {
+        assert!(Quantity::parse(0).is_err());
+        assert_eq!(Quantity::parse(3).map(Quantity::get), Ok(3));
+        assert!(Quantity::parse(Quantity::MAX + 1).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        let at = Millis(1_764_000_000_123);
+        assert_eq!(Millis::parse_rfc3339(&at.to_rfc3339()), Ok(at));
+        assert_eq!(
+            Millis::parse_rfc3339("2026-01-01T08:00:00+08:00").map(Millis::to_rfc3339),
+            Ok("2026-01-01T00:00:00.000Z".to_owned())
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! Reservations: units held for one user until paid, cancelled or expired.
+
+use super::{CampaignId, Millis, ParseError, UserId};
+use serde::Serialize;
+use std::fmt;
+
+/// A reservation id: `res_<ULID>_<campaign id>`.
+///
+/// The campaign id rides inside so that any instance can find the reservation's campaign (and
+/// so its Redis hash tag) from the id alone, without a global index that would span slots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ReservationId(String);
+
+const ULID_LEN: usize = 26;
+const PREFIX: &str = "res_";
+
+impl ReservationId {
+    pub fn generate(campaign: &CampaignId) -> Self {
+        ReservationId(format!("{PREFIX}{}_{campaign}", ulid::Ulid::new()))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let invalid = || ParseError(format!("{raw:?} is not a reservation id"));
+        let rest = raw.strip_prefix(PREFIX).ok_or_else(invalid)?;
+        if rest.len() <= ULID_LEN + 1 || !rest.is_char_boundary(ULID_LEN) {
+            return Err(invalid());
+        }
+        let (ulid, campaign) = rest.split_at(ULID_LEN);
+        ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
+        let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
+        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        Ok(ReservationId(raw.to_owned()))
+    }
+
+    /// The campaign this reservation belongs to.
+    pub fn campaign_id(&self) -> CampaignId {
+        // Checked by `generate` and `parse`.
+        CampaignId(self.0[PREFIX.len() + ULID_LEN + 1..].to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The contract's reservation `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    Held,
+    Confirmed,
+    Cancelled,
+    Expired,
+    Released,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Held => "held",
+            ReservationStatus::Confirmed => "confirmed",
+            ReservationStatus::Cancelled => "cancelled",
+            ReservationStatus::Expired => "expired",
+            ReservationStatus::Released => "released",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "held" => ReservationStatus::Held,
+            "confirmed" => ReservationStatus::Confirmed,
+            "cancelled" => ReservationStatus::Cancelled,
+            "expired" => ReservationStatus::Expired,
+            "released" => ReservationStatus::Released,
+            _ => return None,
+        })
+    }
+
+    /// Whether the reservation still takes units from the campaign.
+    pub fn takes_units(self) -> bool {
+        matches!(self, ReservationStatus::Held | ReservationStatus::Confirmed)
+    }
+}
+
+/// One reservation, as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub campaign_id: CampaignId,
+    pub user_id: UserId,
+    pub quantity: u32,
+    pub status: ReservationStatus,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_id_carries_its_campaign() {
+        let campaign = CampaignId::parse("spring_sale-1").expect("valid id");
+        let id = ReservationId::generate(&campaign);
+        let parsed = ReservationId::parse(id.as_str()).expect("generated ids parse");
+        assert_eq!(parsed.campaign_id(), campaign);
+    }
+
+    #[test]
+    fn malformed_reservation_ids_are_rejected() {
+        for raw in [
+            "",
+            "res_",
+            "res_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "res_not-a-ulid-at-all-xxxxxxx_c",
+            "res_01ARZ3NDEKTSV4RRFFQ69G5FAV_UP",
+            "xyz_01ARZ3NDEKTSV4RRFFQ69G5FAV_c",
+            "res_01ARZ3NDEKTSV4RRFFQ69G5Fé_c",
+        ] {
+            assert!(
+                ReservationId::parse(raw).is_err(),
+                "{raw:?} should not parse"
+            );
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The in-process gate in front of an engine: a node that has seen a campaign sell out answers
+//! `sold_out` itself, without a round trip, and campaign config is cached.
+//!
+//! Correctness rests on one fact: while `available == 0`, no reservation can be created. The
+//! gate is armed only with a snapshot of the campaign's idempotency records read *atomically*
+//! with `available == 0` ([`Engine::sold_out_snapshot`]), so a retried request whose first try
+//! succeeded still gets its reservation back (a replay), a reused key still gets `KeyReused`,
+//! and everything else gets exactly the refusal the engine would give. The gate is disarmed
+//! at once on this node when it returns units (cancel, expiry, restock), and on every node by
+//! [`Gated::refresh`], which the application runs every [`Gated::REFRESH_INTERVAL`].
+
+use super::{
+    CancelScope, Engine, EngineError, IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest,
+    StockOutcome, Transition,
+};
+use crate::domain::{
+    Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Millis, Refusal,
+    Reservation, ReservationId, ReservationStatus, Window,
+};
+use crate::metrics as m;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An engine behind the sold-out gate and the campaign config cache.
+#[derive(Clone)]
+pub struct Gated {
+    inner: Arc<dyn Engine>,
+    /// Armed gates: campaigns this node knows to be sold out, with their idempotency records.
+    sold_out: Arc<DashMap<CampaignId, Arc<IdempotencySnapshot>>>,
+    /// Campaign config by id. Only `stock` ever changes after creation, and nothing here reads
+    /// `stock` from the cache, so entries never go stale.
+    config: Arc<DashMap<CampaignId, Campaign>>,
+}
+
+impl Gated {
+    /// How often [`Gated::refresh`] should run: the bound on how long another node's returned
+    /// units stay invisible here.
+    pub const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+
+    pub fn new(inner: Arc<dyn Engine>) -> Self {
+        Gated {
+            inner,
+            sold_out: Arc::default(),
+            config: Arc::default(),
+        }
+    }
+
+    /// Disarms every gate whose campaign has units again. One cheap read per armed gate.
+    pub async fn refresh(&self) -> Result<(), EngineError> {
+        let armed: Vec<CampaignId> = self.sold_out.iter().map(|e| e.key().clone()).collect();
+        for id in armed {
+            let records = self.sold_out.get(&id).map(|s| s.len() as u64);
+            let still_sold_out = self.inner.probe(&id).await?.is_some_and(|probe| {
+                probe.available == 0 && Some(probe.idempotency_records) == records
+            });
+            if !still_sold_out {
+                self.sold_out.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// `status` and `available` for the availability endpoint, from the gate and cache when
+    /// they can answer.
+    pub async fn availability(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<(CampaignStatus, u64)>, EngineError> {
+        let Some(campaign) = self.cached(id).await? else {
+            return Ok(None);
+        };
+        let available = if self.sold_out.contains_key(id) {
+            0
+        } else {
+            match self.inner.probe(id).await? {
+                Some(probe) => probe.available,
+                None => return Ok(None),
+            }
+        };
+        let state = CampaignState {
+            campaign,
+            available,
+            held: 0,
+            confirmed: 0,
+        };
+        Ok(Some((state.status(now), available)))
+    }
+
+    async fn cached(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
+        if let Some(campaign) = self.config.get(id) {
+            return Ok(Some(campaign.clone()));
+        }
+        Ok(self.campaign(id).await?.map(|state| state.campaign))
+    }
+
+    /// Arms the gate in the background if the campaign really is sold out.
+    fn arm(&self, id: &CampaignId) {
+        if self.sold_out.contains_key(id) {
+            return;
+        }
+        let gate = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            match gate.inner.sold_out_snapshot(&id).await {
+                Ok(Some(snapshot)) => {
+                    gate.sold_out.insert(id, Arc::new(snapshot));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, campaign = %id, "could not arm the sold-out gate")
+                }
+            }
+        });
+    }
+
+    /// What the engine would answer a campaign that is sold out, from the snapshot alone.
+    async fn answer_sold_out(
+        &self,
+        request: &ReserveRequest,
+        snapshot: &IdempotencySnapshot,
+    ) -> Result<ReserveOutcome, EngineError> {
+        if let Some((id, fingerprint)) = snapshot.get(&request.idempotency_key) {
+            if *fingerprint != request.fingerprint {
+                return Ok(ReserveOutcome::KeyReused);
+            }
+            return match self.inner.reservation(id).await? {
+                Some(reservation) => Ok(ReserveOutcome::Replayed(Reservation {
+                    status: ReservationStatus::Held,
+                    group_id: None,
+                    ..reservation
+                })),
+                None => Err(EngineError::Corrupt(format!(
+                    "{id} is in a snapshot but missing"
+                ))),
+            };
+        }
+        let refusal = match self
+            .config
+            .get(&request.campaign_id)
+            .map(|c| (c.kind, c.window(request.now)))
+        {
+            Some((CampaignKind::GroupBuy, _)) => Refusal::WrongCampaignKind,
+            Some((_, Window::Before)) => Refusal::NotStarted,
+            Some((_, Window::After)) => Refusal::Ended,
+            _ => Refusal::SoldOut,
+        };
+        metrics::counter!(m::SOLD_OUT_SHORT_CIRCUITS).increment(1);
+        Ok(ReserveOutcome::Refused(refusal))
+    }
+}
+
+#[async_trait]
+impl Engine for Gated {
+    async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, EngineError> {
+        self.inner.create_campaign(campaign).await
+    }
+
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
+        let state = self.inner.campaign(id).await?;
+        if let Some(state) = &state {
+            self.config.insert(id.clone(), state.campaign.clone());
+        }
+        Ok(state)
+    }
+
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        self.inner.campaign_ids().await
+    }
+
+    async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError> {
+        let outcome = self.inner.adjust_stock(id, delta).await?;
+        if let StockOutcome::Adjusted { available, .. } = outcome {
+            if available > 0 {
+                self.sold_out.remove(id);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let snapshot = self
+            .sold_out
+            .get(&request.campaign_id)
+            .map(|gate| Arc::clone(gate.value()));
+        if let Some(snapshot) = snapshot {
+            if !self.config.contains_key(&request.campaign_id) {
+                self.campaign(&request.campaign_id).await?;
+            }
+            return self.answer_sold_out(request, &snapshot).await;
+        }
+        let outcome = self.inner.reserve(request).await?;
+        match &outcome {
+            ReserveOutcome::Refused(Refusal::SoldOut)
+            | ReserveOutcome::Reserved { available: 0, .. } => self.arm(&request.campaign_id),
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        self.inner.reservation(id).await
+    }
+
+    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
+        let outcome = self.inner.confirm(id, now).await?;
+        if let Transition::NotHeld(r) = &outcome {
+            if r.status == ReservationStatus::Expired {
+                self.sold_out.remove(&id.campaign_id());
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn cancel(
+        &self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        let outcome = self.inner.cancel(id, scope, now).await?;
+        if matches!(outcome, Transition::Done(_) | Transition::NotHeld(_)) {
+            self.sold_out.remove(&id.campaign_id());
+        }
+        Ok(outcome)
+    }
+
+    async fn expire_due(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u32, EngineError> {
+        let expired = self.inner.expire_due(campaign, now, limit).await?;
+        if expired > 0 {
+            self.sold_out.remove(campaign);
+        }
+        Ok(expired)
+    }
+
+    async fn sold_out_snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
+        self.inner.sold_out_snapshot(campaign).await
+    }
+
+    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
+        self.inner.probe(campaign).await
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.inner.ping().await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}

@@ -1,0 +1,185 @@
+//! The stock engine: every decision about units, in one atomic step per decision.
+//!
+//! Two implementations keep the same rules: [`RedisEngine`] (one Lua script per decision, for
+//! production and for running many instances) and [`MemoryEngine`] (dashmap-sharded, the
+//! embedded default). The conformance suite in `tests/conformance` runs the same functions
+//! against both and against a reference model. [`Gated`] wraps either with the in-process
+//! sold-out gate and campaign cache that keep refused attempts off Redis.
+//!
+//! # Guarantees every implementation gives, under any concurrency and any number of instances
+//! sharing the same backing store
+//! - never oversell: `held + confirmed <= stock`, and `available + held + confirmed == stock`;
+//! - a user's held + confirmed units never pass `per_user_limit`;
+//! - one idempotency key (per campaign) yields at most one reservation;
+//! - every held reservation ends: confirmed, cancelled or expired (by [`Engine::expire_due`],
+//!   or on the spot when confirm or cancel finds it past `expires_at`).
+//!
+//! # The order of the reserve checks
+//! campaign exists → idempotency key already seen (replay, or `KeyReused` for another body) →
+//! kind → window → stock (`sold_out`) → per-user limit. Stock is checked before the limit so a
+//! sold-out campaign refuses with one read; both refusals are true in that case anyway.
+
+mod gate;
+mod memory;
+mod redis;
+
+pub use self::redis::RedisEngine;
+pub use gate::Gated;
+pub use memory::MemoryEngine;
+
+use crate::domain::{
+    Campaign, CampaignId, CampaignState, Millis, Quantity, Refusal, Reservation, ReservationId,
+    UserId,
+};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// A failure of the engine itself (not a refusal): the caller gets an opaque 500 or 503.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("the engine answered something unexpected: {0}")]
+    Corrupt(String),
+}
+
+/// One reservation attempt.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub campaign_id: CampaignId,
+    pub user_id: UserId,
+    pub quantity: Quantity,
+    /// The caller's idempotency key, already scoped to the caller (`<caller>:<key>`); it is
+    /// remembered per campaign, so the target is part of its scope too.
+    pub idempotency_key: String,
+    /// What the request asked for, so a reused key with another body can be told apart.
+    pub fingerprint: String,
+    /// The id the reservation gets if one is created.
+    pub reservation_id: ReservationId,
+    pub now: Millis,
+}
+
+impl ReserveRequest {
+    /// The fingerprint of a reservation request body.
+    pub fn fingerprint_of(user_id: &UserId, quantity: Quantity) -> String {
+        format!("{}:{}", quantity.get(), user_id)
+    }
+}
+
+/// What a reservation attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// A new reservation, with the units now available in its campaign.
+    Reserved {
+        reservation: Reservation,
+        available: u64,
+    },
+    /// The idempotency key was seen before with the same body: the first outcome, as it was
+    /// created (status `held`), whatever happened to it since.
+    Replayed(Reservation),
+    /// The idempotency key was seen before with a different body.
+    KeyReused,
+    Refused(Refusal),
+}
+
+/// What a stock delta came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockOutcome {
+    Adjusted {
+        stock: u64,
+        available: u64,
+    },
+    /// Withdrawing more than is available.
+    Insufficient {
+        available: u64,
+    },
+    NotFound,
+}
+
+/// Who may cancel what: the store may cancel confirmed reservations too (a refund); a user
+/// only their held ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelScope {
+    HeldOnly,
+    HeldOrConfirmed,
+}
+
+/// What a confirm or cancel came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The reservation moved to the asked status.
+    Done(Reservation),
+    /// It was in the asked status already (confirm and cancel are idempotent).
+    Unchanged(Reservation),
+    /// It is in a status the transition does not leave from; it may have just expired.
+    NotHeld(Reservation),
+    NotFound,
+}
+
+/// The idempotency records of a sold-out campaign, read atomically with `available == 0`:
+/// key → (reservation id, fingerprint). While the campaign stays sold out no reservation can
+/// be created, so this map answers every retry without asking the engine.
+/// What [`Engine::probe`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub available: u64,
+    /// How many idempotency records the campaign has: it grows with every reservation ever
+    /// created, so an unchanged count means no reservation was created in between.
+    pub idempotency_records: u64,
+}
+
+pub type IdempotencySnapshot = HashMap<String, (ReservationId, String)>;
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Creates the campaign; `false` if one with that id exists (nothing is changed then).
+    async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, EngineError>;
+
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError>;
+
+    /// Ids of every campaign the engine holds (for the reaper).
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError>;
+
+    /// Adds (`delta > 0`) or withdraws units; never below what is available.
+    async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError>;
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError>;
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError>;
+
+    /// held → confirmed. A hold found past `expires_at` expires instead (`NotHeld`).
+    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError>;
+
+    /// → cancelled, units return. A hold found past `expires_at` expires instead (`NotHeld`).
+    async fn cancel(
+        &self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError>;
+
+    /// Expires up to `limit` held reservations of the campaign whose `expires_at <= now`,
+    /// returning their units; safe to run from many instances at once. Returns how many.
+    async fn expire_due(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u32, EngineError>;
+
+    /// `None` while the campaign has units; its idempotency records once it has none.
+    async fn sold_out_snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<IdempotencySnapshot>, EngineError>;
+
+    /// A cheap read of what the sold-out gate needs to stay correct.
+    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError>;
+
+    /// Whether the backing store answers.
+    async fn ping(&self) -> Result<(), EngineError>;
+
+    /// `memory` or `redis`, for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,251 @@
+//! Campaign endpoints: create, read, tune stock, availability.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::domain::{
+    Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal,
+};
+use crate::engine::{Engine, StockOutcome};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/campaigns", post(create_campaign))
+        .route("/v1/campaigns/{id}", get(get_campaign))
+        .route("/v1/campaigns/{id}/stock", post(adjust_stock))
+        .route("/v1/campaigns/{id}/availability", get(availability))
+}
+
+/// A campaign to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCampaign {
+    /// `[a-z0-9_-]{1,64}`; generated when absent.
+    id: Option<String>,
+    /// `flash_sale` or `group_buy`.
+    kind: String,
+    sku: String,
+    /// Units on sale, at least 1.
+    stock: u64,
+    /// Units one user may hold + confirm; default 1.
+    per_user_limit: Option<u64>,
+    /// RFC 3339; absent: open from creation.
+    starts_at: Option<String>,
+    /// RFC 3339; absent: never ends.
+    ends_at: Option<String>,
+    /// Seconds a reservation stays held unpaid; default 900.
+    hold_seconds: Option<u64>,
+    /// Required for, and only for, `group_buy`.
+    group: Option<NewGroupRule>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroupRule {
+    size: u64,
+    window_seconds: u64,
+}
+
+/// A campaign with its live counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignView {
+    id: String,
+    kind: String,
+    sku: String,
+    stock: u64,
+    per_user_limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ends_at: Option<String>,
+    hold_seconds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<GroupRuleView>,
+    created_at: String,
+    /// `scheduled | active | sold_out | ended`
+    #[schema(value_type = String)]
+    status: CampaignStatus,
+    available: u64,
+    held: u64,
+    confirmed: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupRuleView {
+    size: u32,
+    window_seconds: u32,
+}
+
+impl CampaignView {
+    fn of(state: CampaignState, now: Millis) -> Self {
+        let status = state.status(now);
+        let c = state.campaign;
+        CampaignView {
+            id: c.id.to_string(),
+            kind: c.kind.as_str().to_owned(),
+            sku: c.sku,
+            stock: c.stock,
+            per_user_limit: c.per_user_limit,
+            starts_at: c.starts_at.map(Millis::to_rfc3339),
+            ends_at: c.ends_at.map(Millis::to_rfc3339),
+            hold_seconds: c.hold_seconds,
+            group: c.group.map(|g| GroupRuleView {
+                size: g.size,
+                window_seconds: g.window_seconds,
+            }),
+            created_at: c.created_at.to_rfc3339(),
+            status,
+            available: state.available,
+            held: state.held,
+            confirmed: state.confirmed,
+        }
+    }
+}
+
+/// A stock change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockDelta {
+    /// Units to add (positive) or withdraw (negative); not zero.
+    delta: i64,
+}
+
+/// The cheap public view of a campaign.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Availability {
+    /// `scheduled | active | sold_out | ended`
+    #[schema(value_type = String)]
+    status: CampaignStatus,
+    available: u64,
+}
+
+/// Any path id that is not a valid campaign id names no campaign.
+fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
+    CampaignId::parse(raw).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))
+}
+
+/// Create a campaign.
+#[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", request_body = NewCampaign,
+    security(("bearer" = [])),
+    responses((status = 201, body = CampaignView),
+        (status = 409, description = "`campaign_exists`", body = super::error::Problem),
+        (status = 422, description = "`invalid_request`", body = super::error::Problem)))]
+pub async fn create_campaign(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<NewCampaign>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_admin()?;
+    let now = Millis::now();
+    let draft = CampaignDraft {
+        id: body.id,
+        kind: body.kind,
+        sku: body.sku,
+        stock: body.stock,
+        per_user_limit: body.per_user_limit,
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        hold_seconds: body.hold_seconds,
+        group: body.group.map(|g| (g.size, g.window_seconds)),
+    };
+    let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    if !state.engine.create_campaign(&campaign).await? {
+        return Err(ApiError::CampaignExists(campaign.id.to_string()));
+    }
+    let location = format!("/v1/campaigns/{}", campaign.id);
+    let view = CampaignView::of(
+        CampaignState {
+            available: campaign.stock,
+            held: 0,
+            confirmed: 0,
+            campaign,
+        },
+        now,
+    );
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    ))
+}
+
+/// A campaign's config and live counts.
+#[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", security(("bearer" = [])),
+    responses((status = 200, body = CampaignView),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
+pub async fn get_campaign(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
+    caller.require_store()?;
+    let id = campaign_id(&id)?;
+    let campaign = state
+        .engine
+        .campaign(&id)
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    Ok(Json(CampaignView::of(campaign, Millis::now())))
+}
+
+/// Add or withdraw units.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/stock", tag = "campaigns", request_body = StockDelta,
+    security(("bearer" = [])),
+    responses((status = 200, body = CampaignView),
+        (status = 409, description = "`insufficient_stock`", body = super::error::Problem)))]
+pub async fn adjust_stock(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<StockDelta>,
+) -> Result<Json<CampaignView>, ApiError> {
+    caller.require_admin()?;
+    let id = campaign_id(&id)?;
+    let max = Campaign::MAX_STOCK as i64;
+    if body.delta == 0 || !(-max..=max).contains(&body.delta) {
+        return Err(ApiError::InvalidRequest(format!(
+            "delta must be a non-zero integer between -{max} and {max}"
+        )));
+    }
+    match state.engine.adjust_stock(&id, body.delta).await? {
+        StockOutcome::Adjusted { .. } => {}
+        StockOutcome::Insufficient { available } => {
+            return Err(ApiError::InsufficientStock { available })
+        }
+        StockOutcome::NotFound => return Err(ApiError::refused(Refusal::CampaignNotFound)),
+    }
+    let campaign = state
+        .engine
+        .campaign(&id)
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    Ok(Json(CampaignView::of(campaign, Millis::now())))
+}
+
+/// Whether a campaign is on and how many units are left; cacheable for a second.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/availability", tag = "campaigns",
+    responses((status = 200, body = Availability),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
+pub async fn availability(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = campaign_id(&id)?;
+    let (status, available) = state
+        .engine
+        .availability(&id, Millis::now())
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    Ok((
+        [(header::CACHE_CONTROL, "max-age=1")],
+        Json(Availability { status, available }),
+    ))
+}

@@ -1,0 +1,236 @@
+//! The one error type of the HTTP layer, rendered as `application/problem+json` (RFC 9457).
+//! This is the only place a refusal or failure becomes a status and a `code`.
+
+use crate::domain::Refusal;
+use crate::engine::EngineError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// Everything a request can end in besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no token, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: a valid token without the scope, or another user's resource.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400: the body is not JSON at all.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// 422: JSON of the wrong shape: unknown or missing fields, wrong types, bad values.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 415: a body that does not say it is JSON.
+    #[error("request bodies must be application/json")]
+    UnsupportedMediaType,
+    /// 413: a body over the configured limit.
+    #[error(
+        "the request body is larger than this service accepts (see FLASHSALE_BODY_LIMIT_BYTES)"
+    )]
+    PayloadTooLarge,
+    /// 400: a creating POST without `Idempotency-Key`.
+    #[error("this request creates something, so it needs an Idempotency-Key header")]
+    IdempotencyKeyRequired,
+    /// 400: an `Idempotency-Key` outside the contract's charset or length.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// 422: the key was used before by this caller with another body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    /// 404 or 409: the engine refused the reservation.
+    #[error("{detail}")]
+    Refused { refusal: Refusal, detail: String },
+    /// 404: no such reservation.
+    #[error("no reservation {0}")]
+    ReservationNotFound(String),
+    /// 409: a campaign with this id exists.
+    #[error("a campaign with id {0} already exists")]
+    CampaignExists(String),
+    /// 409: withdrawing more units than are available.
+    #[error("only {available} units are available to withdraw")]
+    InsufficientStock { available: u64 },
+    /// 409: the reservation is not held (any more).
+    #[error("reservation is {0}, not held")]
+    ReservationNotHeld(&'static str),
+    /// 404: no such route.
+    #[error("no such resource")]
+    NotFound,
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// 429: this user asks too often.
+    #[error("too many attempts; retry after the Retry-After interval")]
+    RateLimited { retry_after: Duration },
+    /// 503: the service is shedding load.
+    #[error("the service is at capacity; retry after the Retry-After interval")]
+    Overloaded,
+    /// 503: the request took longer than the configured timeout.
+    #[error("the request timed out")]
+    Timeout,
+    /// 503: the stock engine did not answer; nothing was decided.
+    #[error("the stock engine is unavailable")]
+    EngineUnavailable(#[source] EngineError),
+    /// 500: a bug; logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:flashsale:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// The stable machine value callers branch on.
+    pub code: &'static str,
+}
+
+impl ApiError {
+    pub fn refused(refusal: Refusal) -> Self {
+        let detail = match refusal {
+            Refusal::CampaignNotFound => "no such campaign",
+            Refusal::WrongCampaignKind => "units of a group_buy campaign are taken through groups",
+            Refusal::NotStarted => "the campaign has not started yet",
+            Refusal::Ended => "the campaign has ended",
+            Refusal::SoldOut => "not enough units are left",
+            Refusal::LimitExceeded => "this would take the user past the campaign's per_user_limit",
+        };
+        ApiError::Refused {
+            refusal,
+            detail: detail.into(),
+        }
+    }
+
+    /// Status, `code` and title: the single mapping from errors to the contract.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::Unauthenticated(_) => (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated"),
+            ApiError::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            ApiError::InvalidRequest(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "Invalid request",
+            ),
+            ApiError::UnsupportedMediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            ApiError::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            ApiError::IdempotencyKeyRequired => (
+                S::BAD_REQUEST,
+                "idempotency_key_required",
+                "Idempotency-Key required",
+            ),
+            ApiError::InvalidIdempotencyKey(_) => (
+                S::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Invalid Idempotency-Key",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency-Key reused",
+            ),
+            ApiError::Refused { refusal, .. } => match refusal {
+                Refusal::CampaignNotFound => (S::NOT_FOUND, refusal.code(), "Campaign not found"),
+                Refusal::WrongCampaignKind => (S::CONFLICT, refusal.code(), "Wrong campaign kind"),
+                Refusal::NotStarted => (S::CONFLICT, refusal.code(), "Not started"),
+                Refusal::Ended => (S::CONFLICT, refusal.code(), "Ended"),
+                Refusal::SoldOut => (S::CONFLICT, refusal.code(), "Sold out"),
+                Refusal::LimitExceeded => (S::CONFLICT, refusal.code(), "Limit exceeded"),
+            },
+            ApiError::ReservationNotFound(_) => (
+                S::NOT_FOUND,
+                "reservation_not_found",
+                "Reservation not found",
+            ),
+            ApiError::CampaignExists(_) => (S::CONFLICT, "campaign_exists", "Campaign exists"),
+            ApiError::InsufficientStock { .. } => {
+                (S::CONFLICT, "insufficient_stock", "Insufficient stock")
+            }
+            ApiError::ReservationNotHeld(_) => {
+                (S::CONFLICT, "reservation_not_held", "Reservation not held")
+            }
+            ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found"),
+            ApiError::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited", "Rate limited"),
+            ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
+            ApiError::Timeout => (S::SERVICE_UNAVAILABLE, "timeout", "Timed out"),
+            ApiError::EngineUnavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "engine_unavailable",
+                "Stock engine unavailable",
+            ),
+            ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
+            ApiError::Overloaded | ApiError::Timeout | ApiError::EngineUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Redis(_) => ApiError::EngineUnavailable(error),
+            EngineError::Corrupt(what) => ApiError::Internal(what),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(what) => {
+                tracing::error!(%what, "internal error");
+                "an internal error occurred; it has been logged".to_owned()
+            }
+            ApiError::EngineUnavailable(source) => {
+                tracing::warn!(error = %source, "stock engine unavailable");
+                self.to_string()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("urn:flashsale:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            code,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_seconds() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

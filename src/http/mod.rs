@@ -1,0 +1,157 @@
+//! The HTTP transport (axum): parse, ask the engine, translate. No rule lives here.
+//!
+//! One file per resource, each exposing `router()`; they are merged in [`router`] with the
+//! middleware every request goes through.
+
+pub mod auth;
+mod campaigns;
+pub mod error;
+mod health;
+mod json;
+mod openapi;
+mod reservations;
+
+use crate::engine::Gated;
+use crate::metrics as m;
+use auth::Auth;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::ApiError;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// Everything a handler needs, cloned per request (all fields are shared handles).
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Gated,
+    pub auth: Arc<Auth>,
+    /// Per-user reservation attempt limit; `None` when turned off.
+    pub user_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    pub metrics: PrometheusHandle,
+    /// Whether `/metrics` is served here or on its own listener.
+    pub metrics_on_main_listener: bool,
+}
+
+/// Settings of the HTTP layer itself.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub body_limit_bytes: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    pub fn user_limiter(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<String>>> {
+        NonZeroU32::new(per_second)
+            .map(|rate| Arc::new(RateLimiter::keyed(Quota::per_second(rate))))
+    }
+
+    /// Counts an attempt against the user's rate; `RateLimited` when over it.
+    pub fn check_user_rate(&self, user: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.user_limiter else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&user.to_owned())
+            .map_err(|not_until| ApiError::RateLimited {
+                retry_after: not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                )),
+            })
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API with its middleware.
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let mut api = Router::new()
+        .merge(campaigns::router())
+        .merge(reservations::router())
+        .merge(health::router())
+        .merge(openapi::router());
+    if state.metrics_on_main_listener {
+        api = api.merge(health::metrics_router());
+    }
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+            if error.is::<tower::load_shed::error::Overloaded>() {
+                ApiError::Overloaded
+            } else if error.is::<tower::timeout::error::Elapsed>() {
+                ApiError::Timeout
+            } else {
+                ApiError::Internal(format!("middleware: {error}"))
+            }
+        }))
+        .load_shed()
+        .concurrency_limit(settings.max_in_flight)
+        .timeout(settings.request_timeout);
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(limits)
+        .layer(middleware::from_fn(track_metrics))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            ApiError::Internal("a handler panicked".into()).into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Counts every request by matched route and status, and times it.
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(request.method());
+    let in_flight = metrics::gauge!(m::HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
+    let response = next.run(request).await;
+    in_flight.decrement(1.0);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Bounded method labels: anything unusual is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// `/metrics` alone, for `FLASHSALE_METRICS_LISTEN`.
+pub fn metrics_only_router(state: AppState) -> Router {
+    health::metrics_router().with_state(state)
+}

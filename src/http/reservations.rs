@@ -1,0 +1,254 @@
+//! Reservation endpoints: reserve, read, confirm, cancel.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::domain::{
+    CampaignId, IdempotencyKey, Millis, Quantity, Refusal, Reservation, ReservationId,
+    ReservationStatus, UserId,
+};
+use crate::engine::{CancelScope, Engine, ReserveOutcome, ReserveRequest, Transition};
+use crate::metrics as m;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/campaigns/{id}/reservations", post(reserve))
+        .route("/v1/reservations/{id}", get(get_reservation))
+        .route("/v1/reservations/{id}/confirm", post(confirm))
+        .route("/v1/reservations/{id}/cancel", post(cancel))
+}
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a response that replays the first outcome of an idempotency key.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A reservation attempt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReservation {
+    /// Required with a store token; taken from `sub` with a user token (and must match it
+    /// if given).
+    user_id: Option<String>,
+    /// Units, default 1.
+    quantity: Option<u64>,
+}
+
+/// One reservation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationView {
+    id: String,
+    campaign_id: String,
+    user_id: String,
+    quantity: u32,
+    /// `held | confirmed | cancelled | expired | released`
+    status: String,
+    created_at: String,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<String>,
+}
+
+impl From<Reservation> for ReservationView {
+    fn from(r: Reservation) -> Self {
+        ReservationView {
+            id: r.id.to_string(),
+            campaign_id: r.campaign_id.to_string(),
+            user_id: r.user_id.to_string(),
+            quantity: r.quantity,
+            status: r.status.as_str().to_owned(),
+            created_at: r.created_at.to_rfc3339(),
+            expires_at: r.expires_at.to_rfc3339(),
+            group_id: r.group_id,
+        }
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let raw = headers
+        .get(IDEMPOTENCY_KEY)
+        .ok_or(ApiError::IdempotencyKeyRequired)?;
+    let raw = raw
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey("Idempotency-Key must be ASCII".into()))?;
+    IdempotencyKey::parse(raw).map_err(|e| ApiError::InvalidIdempotencyKey(e.0))
+}
+
+fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
+    ReservationId::parse(raw).map_err(|_| ApiError::ReservationNotFound(raw.to_owned()))
+}
+
+fn created(reservation: Reservation, replayed: bool) -> Response {
+    let location = format!("/v1/reservations/{}", reservation.id);
+    let mut response = (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(ReservationView::from(reservation)),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn count_attempt(outcome: &'static str) {
+    metrics::counter!(m::RESERVATION_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// Reserve units for a user.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/reservations", tag = "reservations",
+    request_body = NewReservation, security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]")),
+    responses((status = 201, body = ReservationView),
+        (status = 409, description = "`sold_out`, `limit_exceeded`, `not_started`, `ended`, `wrong_campaign_kind`", body = super::error::Problem),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem),
+        (status = 429, description = "`rate_limited`", body = super::error::Problem)))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<NewReservation>,
+) -> Result<Response, ApiError> {
+    let campaign_id =
+        CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
+    let key = idempotency_key(&headers)?;
+    let user_id = match (&caller, body.user_id) {
+        (_, Some(raw)) => UserId::parse(&raw).map_err(|e| ApiError::InvalidRequest(e.0))?,
+        (Caller::User(me), None) => me.clone(),
+        (Caller::Service { .. }, None) => {
+            return Err(ApiError::InvalidRequest(
+                "user_id is required with a store token".into(),
+            ))
+        }
+    };
+    caller.may_act_for(&user_id)?;
+    let quantity =
+        Quantity::parse(body.quantity.unwrap_or(1)).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    state
+        .check_user_rate(user_id.as_str())
+        .inspect_err(|_| count_attempt("rate_limited"))?;
+    let request = ReserveRequest {
+        fingerprint: ReserveRequest::fingerprint_of(&user_id, quantity),
+        idempotency_key: format!("{}:{}", caller.idempotency_scope(), key.as_str()),
+        reservation_id: ReservationId::generate(&campaign_id),
+        campaign_id,
+        user_id,
+        quantity,
+        now: Millis::now(),
+    };
+    match state.engine.reserve(&request).await? {
+        ReserveOutcome::Reserved { reservation, .. } => {
+            count_attempt("reserved");
+            Ok(created(reservation, false))
+        }
+        ReserveOutcome::Replayed(reservation) => {
+            count_attempt("replayed");
+            Ok(created(reservation, true))
+        }
+        ReserveOutcome::KeyReused => {
+            count_attempt("idempotency_key_reused");
+            Err(ApiError::IdempotencyKeyReused)
+        }
+        ReserveOutcome::Refused(refusal) => {
+            count_attempt(refusal.code());
+            Err(ApiError::refused(refusal))
+        }
+    }
+}
+
+/// Reads a reservation the caller may see: any with a store token, its own with a user token.
+async fn visible(
+    state: &AppState,
+    caller: &Caller,
+    id: &ReservationId,
+) -> Result<Reservation, ApiError> {
+    let reservation = state
+        .engine
+        .reservation(id)
+        .await?
+        .ok_or_else(|| ApiError::ReservationNotFound(id.to_string()))?;
+    caller.may_act_for(&reservation.user_id)?;
+    Ok(reservation)
+}
+
+/// One reservation.
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations", security(("bearer" = [])),
+    responses((status = 200, body = ReservationView),
+        (status = 404, description = "`reservation_not_found`", body = super::error::Problem)))]
+pub async fn get_reservation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = reservation_id(&id)?;
+    Ok(Json(visible(&state, &caller, &id).await?.into()))
+}
+
+fn transitioned(
+    outcome: Transition,
+    id: &ReservationId,
+) -> Result<Json<ReservationView>, ApiError> {
+    match outcome {
+        Transition::Done(r) | Transition::Unchanged(r) => Ok(Json(r.into())),
+        Transition::NotHeld(r) => Err(ApiError::ReservationNotHeld(r.status.as_str())),
+        Transition::NotFound => Err(ApiError::ReservationNotFound(id.to_string())),
+    }
+}
+
+/// Held → confirmed (the user paid). Idempotent.
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "reservations",
+    security(("bearer" = [])),
+    responses((status = 200, body = ReservationView),
+        (status = 409, description = "`reservation_not_held`", body = super::error::Problem),
+        (status = 404, description = "`reservation_not_found`", body = super::error::Problem)))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    caller.require_store()?;
+    let id = reservation_id(&id)?;
+    let outcome = state.engine.confirm(&id, Millis::now()).await?;
+    transitioned(outcome, &id)
+}
+
+/// → cancelled, units return. Idempotent. A user may cancel only their own held reservation;
+/// the store may also cancel a confirmed one (a refund).
+#[utoipa::path(post, path = "/v1/reservations/{id}/cancel", tag = "reservations",
+    security(("bearer" = [])),
+    responses((status = 200, body = ReservationView),
+        (status = 409, description = "`reservation_not_held`", body = super::error::Problem),
+        (status = 404, description = "`reservation_not_found`", body = super::error::Problem)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = reservation_id(&id)?;
+    let scope = match caller {
+        Caller::Service { .. } => CancelScope::HeldOrConfirmed,
+        Caller::User(_) => {
+            let current = visible(&state, &caller, &id).await?;
+            if current.status == ReservationStatus::Confirmed {
+                return Err(ApiError::Forbidden(
+                    "a confirmed reservation can only be cancelled by the store".into(),
+                ));
+            }
+            CancelScope::HeldOnly
+        }
+    };
+    let outcome = state.engine.cancel(&id, scope, Millis::now()).await?;
+    transitioned(outcome, &id)
+}

@@ -1,0 +1,49 @@
+//! The `flashsale` binary: telemetry, config, then the application until Ctrl-C or SIGTERM.
+
+use clap::Parser;
+use flashsale::config::Config;
+use flashsale::startup::Application;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if config.log_json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let application = Application::build(config.clone()).await?;
+    print_banner(&application, &config);
+    application.run_until_stopped().await
+}
+
+/// Says where the service is and, when it made its own credentials, what they are.
+fn print_banner(application: &Application, config: &Config) {
+    let address = application.address();
+    let engine = if config.redis_url.is_some() {
+        "redis"
+    } else {
+        "in-memory"
+    };
+    println!("flashsale listening on http://{address} (stock engine: {engine})");
+    let credentials = application.credentials();
+    if credentials.generated_tokens {
+        let admin = &credentials.admin_tokens[0];
+        println!("no service tokens configured; generated for this run:");
+        println!("  FLASHSALE_ADMIN_TOKENS={admin}");
+        println!("  FLASHSALE_STORE_TOKENS={}", credentials.store_tokens[0]);
+        println!("try:");
+        println!(
+            "  curl -s -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"id\":\"demo\",\"kind\":\"flash_sale\",\"sku\":\"sku-1\",\"stock\":100}}' http://{address}/v1/campaigns"
+        );
+    }
+    if credentials.generated_jwt_secret {
+        println!("no FLASHSALE_JWT_SECRET configured; generated one. A user token for user `demo-user` (24 h):");
+        println!("  {}", application.user_token("demo-user"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The application: build the state from the config, start the workers, serve, shut down.
+
+use crate::config::Config;
+use crate::engine::{Engine, Gated, MemoryEngine, RedisEngine};
+use crate::http::auth::{issue_user_token, Auth};
+use crate::http::{self, AppState, HttpSettings};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::{metrics, workers};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A built, bound application, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    router: axum::Router,
+    metrics_router: Option<axum::Router>,
+    state: AppState,
+    reaper_interval: Duration,
+    credentials: Credentials,
+}
+
+/// The credentials the service accepts, with the generated ones marked so they can be shown.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub admin_tokens: Vec<String>,
+    pub store_tokens: Vec<String>,
+    pub jwt_secret: String,
+    /// Whether the service tokens were generated at start (none were configured).
+    pub generated_tokens: bool,
+    /// Whether the JWT secret was generated at start.
+    pub generated_jwt_secret: bool,
+}
+
+impl Credentials {
+    fn from_config(config: &Config) -> Self {
+        let configured = |tokens: &[String]| -> Vec<String> {
+            tokens
+                .iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect()
+        };
+        let mut admin_tokens = configured(&config.admin_tokens);
+        let mut store_tokens = configured(&config.store_tokens);
+        // Never run open: with no service token at all, make one of each.
+        let generated_tokens = admin_tokens.is_empty() && store_tokens.is_empty();
+        if generated_tokens {
+            admin_tokens.push(format!("adm_{}", random_hex()));
+            store_tokens.push(format!("sto_{}", random_hex()));
+        }
+        let configured_secret = config.jwt_secret.clone().filter(|s| !s.is_empty());
+        let generated_jwt_secret = configured_secret.is_none();
+        Credentials {
+            admin_tokens,
+            store_tokens,
+            jwt_secret: configured_secret.unwrap_or_else(random_hex),
+            generated_tokens,
+            generated_jwt_secret,
+        }
+    }
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
+}
+
+impl Application {
+    /// Connects the engine, binds the listeners (port 0 picks a free port) and wires the
+    /// router; nothing is served until [`Application::run_until`].
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let inner: Arc<dyn Engine> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisEngine::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?,
+            ),
+            None => Arc::new(MemoryEngine::new()),
+        };
+        Self::build_with_engine(config, inner).await
+    }
+
+    /// Like [`Application::build`], around an engine the caller made (tests share one).
+    pub async fn build_with_engine(config: Config, inner: Arc<dyn Engine>) -> anyhow::Result<Self> {
+        let credentials = Credentials::from_config(&config);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {address}"))?,
+            ),
+            None => None,
+        };
+        let handle = metrics::install();
+        ::metrics::gauge!(metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => inner.name())
+            .set(1.0);
+        let state = AppState {
+            engine: Gated::new(inner),
+            auth: Arc::new(Auth::new(
+                &credentials.admin_tokens,
+                &credentials.store_tokens,
+                &credentials.jwt_secret,
+            )),
+            user_limiter: AppState::user_limiter(config.user_rate_per_second),
+            metrics: handle,
+            metrics_on_main_listener: metrics_listener.is_none(),
+        };
+        let settings = HttpSettings {
+            body_limit_bytes: config.body_limit_bytes,
+            max_in_flight: config.max_in_flight.max(1),
+            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+        };
+        let router = http::router(state.clone(), &settings);
+        let metrics_router = metrics_listener
+            .as_ref()
+            .map(|_| http::metrics_only_router(state.clone()));
+        Ok(Application {
+            listener,
+            metrics_listener,
+            router,
+            metrics_router,
+            state,
+            reaper_interval: Duration::from_millis(config.reaper_interval_ms.max(10)),
+            credentials,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address().port()
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The engine as the handlers see it (tests reach behind the API with it).
+    pub fn engine(&self) -> Gated {
+        self.state.engine.clone()
+    }
+
+    /// A user token signed with this instance's secret, for the banner and for tests.
+    pub fn user_token(&self, user: &str) -> String {
+        issue_user_token(&self.credentials.jwt_secret, user, 24 * 3600)
+    }
+
+    /// Serves until Ctrl-C or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `stop` resolves; then finishes in-flight requests, stops the workers and
+    /// waits for them.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (trigger, shutdown) = shutdown::channel();
+        let workers = self.spawn_workers(&shutdown);
+        let metrics_server = match (self.metrics_listener, self.metrics_router) {
+            (Some(listener), Some(router)) => {
+                let mut stopped = shutdown.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stopped.recv().await })
+                        .await
+                }))
+            }
+            _ => None,
+        };
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(signal_then_trigger(stop, trigger))
+            .await;
+        for worker in workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "a worker ended abnormally");
+            }
+        }
+        if let Some(server) = metrics_server {
+            server.await.context("metrics listener task")??;
+        }
+        served.context("serving HTTP")
+    }
+
+    fn spawn_workers(&self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+        let engine = &self.state.engine;
+        let mut workers = vec![
+            tokio::spawn(workers::run_reaper(
+                engine.clone(),
+                self.reaper_interval,
+                shutdown.clone(),
+            )),
+            tokio::spawn(workers::run_gate_refresher(
+                engine.clone(),
+                shutdown.clone(),
+            )),
+        ];
+        if let Some(limiter) = &self.state.user_limiter {
+            workers.push(tokio::spawn(workers::run_limiter_cleanup(
+                Arc::clone(limiter),
+                shutdown.clone(),
+            )));
+        }
+        workers
+    }
+}
+
+/// Waits for `stop`, then tells the workers.
+async fn signal_then_trigger(stop: impl Future<Output = ()>, trigger: ShutdownTrigger) {
+    stop.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    trigger.trigger();
+}
+
+/// Ctrl-C or SIGTERM, whichever comes first.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
