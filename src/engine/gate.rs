@@ -20,6 +20,7 @@ use crate::domain::{
 use crate::metrics as m;
 use async_trait::async_trait;
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub struct Gated {
     /// Campaign config by id. Only `stock` ever changes after creation, and nothing here reads
     /// `stock` from the cache, so entries never go stale.
     config: Arc<DashMap<CampaignId, Campaign>>,
+    /// Bumped whenever this node returns units. An arming that started before a bump may
+    /// hold a snapshot from before the units came back, so it is dropped instead of armed.
+    returns: Arc<AtomicU64>,
 }
 
 impl Gated {
@@ -44,7 +48,13 @@ impl Gated {
             inner,
             sold_out: Arc::default(),
             config: Arc::default(),
+            returns: Arc::default(),
         }
+    }
+
+    /// Whether this node currently answers `sold_out` for the campaign on its own.
+    pub fn is_sold_out(&self, id: &CampaignId) -> bool {
+        self.sold_out.contains_key(id)
     }
 
     /// Disarms every gate whose campaign has units again. One cheap read per armed gate.
@@ -103,10 +113,17 @@ impl Gated {
         }
         let gate = self.clone();
         let id = id.clone();
+        let returns_before = self.returns.load(Ordering::SeqCst);
         tokio::spawn(async move {
             match gate.inner.sold_out_snapshot(&id).await {
                 Ok(Some(snapshot)) => {
-                    gate.sold_out.insert(id, Arc::new(snapshot));
+                    if gate.returns.load(Ordering::SeqCst) == returns_before {
+                        gate.sold_out.insert(id.clone(), Arc::new(snapshot));
+                        // Units returned while inserting? Then the insert must not stand.
+                        if gate.returns.load(Ordering::SeqCst) != returns_before {
+                            gate.sold_out.remove(&id);
+                        }
+                    }
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -114,6 +131,12 @@ impl Gated {
                 }
             }
         });
+    }
+
+    /// Units came back to the campaign through this node: disarm its gate.
+    fn units_returned(&self, id: &CampaignId) {
+        self.returns.fetch_add(1, Ordering::SeqCst);
+        self.sold_out.remove(id);
     }
 
     /// What the engine would answer a campaign that is sold out, from the snapshot alone.
@@ -174,7 +197,7 @@ impl Engine for Gated {
         let outcome = self.inner.adjust_stock(id, delta).await?;
         if let StockOutcome::Adjusted { available, .. } = outcome {
             if available > 0 {
-                self.sold_out.remove(id);
+                self.units_returned(id);
             }
         }
         Ok(outcome)
@@ -208,7 +231,7 @@ impl Engine for Gated {
         let outcome = self.inner.confirm(id, now).await?;
         if let Transition::NotHeld(r) = &outcome {
             if r.status == ReservationStatus::Expired {
-                self.sold_out.remove(&id.campaign_id());
+                self.units_returned(&id.campaign_id());
             }
         }
         Ok(outcome)
@@ -222,7 +245,7 @@ impl Engine for Gated {
     ) -> Result<Transition, EngineError> {
         let outcome = self.inner.cancel(id, scope, now).await?;
         if matches!(outcome, Transition::Done(_) | Transition::NotHeld(_)) {
-            self.sold_out.remove(&id.campaign_id());
+            self.units_returned(&id.campaign_id());
         }
         Ok(outcome)
     }
@@ -235,7 +258,7 @@ impl Engine for Gated {
     ) -> Result<u32, EngineError> {
         let expired = self.inner.expire_due(campaign, now, limit).await?;
         if expired > 0 {
-            self.sold_out.remove(campaign);
+            self.units_returned(campaign);
         }
         Ok(expired)
     }

@@ -1,0 +1,103 @@
+//! How each engine under test is made, and the macro that runs one specification on all.
+
+use flashsale::domain::{
+    Campaign, CampaignDraft, CampaignId, IdempotencyKey, Millis, Quantity, ReservationId, UserId,
+};
+use flashsale::engine::{Engine, Gated, MemoryEngine, RedisEngine, ReserveRequest};
+use std::sync::Arc;
+
+pub fn redis_url() -> String {
+    std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub async fn redis() -> RedisEngine {
+    RedisEngine::connect(&redis_url())
+        .await
+        .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)")
+}
+
+/// The engines every specification runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Memory,
+    Redis,
+    GatedMemory,
+    GatedRedis,
+}
+
+pub async fn make(kind: Kind) -> Arc<dyn Engine> {
+    match kind {
+        Kind::Memory => Arc::new(MemoryEngine::new()),
+        Kind::Redis => Arc::new(redis().await),
+        Kind::GatedMemory => Arc::new(Gated::new(Arc::new(MemoryEngine::new()))),
+        Kind::GatedRedis => Arc::new(Gated::new(Arc::new(redis().await))),
+    }
+}
+
+/// Runs `async fn $name(engine: Arc<dyn Engine>)` once per engine.
+#[macro_export]
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use $crate::engines::{make, Kind};
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() { super::$name(make(Kind::Memory).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() { super::$name(make(Kind::Redis).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gated_memory() { super::$name(make(Kind::GatedMemory).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gated_redis() { super::$name(make(Kind::GatedRedis).await).await }
+        }
+    )*};
+}
+
+/// A campaign spec with a fresh id, open now, tuned by `tune`.
+pub fn campaign(
+    stock: u64,
+    per_user_limit: u64,
+    tune: impl FnOnce(&mut CampaignDraft),
+) -> Campaign {
+    let mut draft = CampaignDraft {
+        id: Some(CampaignId::generate().to_string()),
+        kind: "flash_sale".into(),
+        sku: "sku-test".into(),
+        stock,
+        per_user_limit: Some(per_user_limit),
+        starts_at: None,
+        ends_at: None,
+        hold_seconds: Some(60),
+        group: None,
+    };
+    tune(&mut draft);
+    Campaign::parse(draft, Millis::now()).expect("test campaigns are valid")
+}
+
+pub async fn created(engine: &dyn Engine, campaign: &Campaign) {
+    assert!(engine
+        .create_campaign(campaign)
+        .await
+        .expect("engine answers"));
+}
+
+/// A reservation attempt with its own idempotency key.
+pub fn attempt(
+    campaign: &Campaign,
+    user: &str,
+    quantity: u64,
+    key: &str,
+    now: Millis,
+) -> ReserveRequest {
+    let user_id = UserId::parse(user).expect("valid user");
+    let quantity = Quantity::parse(quantity).expect("valid quantity");
+    let key = IdempotencyKey::parse(key).expect("valid key");
+    ReserveRequest {
+        fingerprint: ReserveRequest::fingerprint_of(&user_id, quantity),
+        idempotency_key: format!("s/test:{}", key.as_str()),
+        reservation_id: ReservationId::generate(&campaign.id),
+        campaign_id: campaign.id.clone(),
+        user_id,
+        quantity,
+        now,
+    }
+}
