@@ -226,7 +226,7 @@ impl Engine for MemoryEngine {
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
         Ok(self
             .slot(&id.campaign_id())
-            .and_then(|slot| lock(&slot).reservations.get(id).map(Clone::clone)))
+            .and_then(|slot| lock(&slot).reservations.get(id).cloned()))
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
@@ -278,7 +278,7 @@ impl Engine for MemoryEngine {
                 .ok_or_else(|| EngineError::Corrupt(format!("{id} vanished mid-cancel")))?;
             return Ok(Transition::Done(reservation));
         }
-        let current = slot.reservations.get(id).map(Clone::clone);
+        let current = slot.reservations.get(id).cloned();
         Ok(match current {
             Some(r) if r.status == ReservationStatus::Cancelled => Transition::Unchanged(r),
             Some(r) => Transition::NotHeld(r),

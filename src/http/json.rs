@@ -47,7 +47,14 @@ where
         serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
-                Category::Data => ApiError::InvalidRequest(e.to_string()),
+                // serde stops at the first shape error; only a full syntax pass tells whether
+                // the body was JSON at all (this runs on the error path only).
+                Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Err(syntax) => {
+                        ApiError::MalformedJson(format!("the body is not valid JSON: {syntax}"))
+                    }
+                    Ok(_) => ApiError::InvalidRequest(e.to_string()),
+                },
                 Category::Syntax | Category::Eof | Category::Io => {
                     ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
                 }

@@ -1,1 +1,12 @@
-fn main() {}
+//! The HTTP API, end to end: the real server on a random port, against the in-memory engine
+//! and against the real Redis (`FLASHSALE_TEST_REDIS_URL`, default 127.0.0.1:6379; tests
+//! fail, never skip, when it is unreachable). One test binary; tests isolate themselves with
+//! fresh campaign ids.
+
+mod auth;
+mod campaigns;
+mod concurrency;
+mod helpers;
+mod input;
+mod reservations;
+mod service;

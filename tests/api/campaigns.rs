@@ -1,0 +1,149 @@
+//! Creating, reading and tuning campaigns; availability.
+
+use crate::helpers::{assert_problem, spawn_app, unique_id, Backend};
+use crate::on_both_backends;
+use serde_json::{json, Value};
+
+on_both_backends!(
+    creating_a_campaign_returns_it_with_live_counts,
+    a_campaign_without_an_id_gets_one,
+    creating_an_existing_campaign_conflicts,
+    unknown_campaigns_are_not_found,
+    stock_can_be_added_and_withdrawn_down_to_what_is_available,
+    availability_is_public_and_cacheable_for_a_second,
+    scheduled_and_ended_campaigns_say_so,
+);
+
+async fn creating_a_campaign_returns_it_with_live_counts(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = unique_id("c");
+    let response = app
+        .create_campaign(
+            &json!({"id": id, "kind": "flash_sale", "sku": "phone-1", "stock": 100,
+            "per_user_limit": 2, "hold_seconds": 300}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.headers()["location"],
+        format!("/v1/campaigns/{id}")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "active");
+    assert_eq!(body["available"], 100);
+    assert_eq!(body["per_user_limit"], 2);
+    assert_eq!(body["hold_seconds"], 300);
+    let read = app.campaign_json(&id).await;
+    assert_eq!(read, body);
+}
+
+async fn a_campaign_without_an_id_gets_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .create_campaign(&json!({"kind": "flash_sale", "sku": "s", "stock": 1}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.expect("json");
+    let id = body["id"].as_str().expect("id");
+    assert_eq!(body["per_user_limit"], 1);
+    assert_eq!(body["hold_seconds"], 900);
+    assert_eq!(app.campaign_json(id).await["id"], id);
+}
+
+async fn creating_an_existing_campaign_conflicts(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.campaign(5, 1, json!({})).await;
+    let again = app
+        .create_campaign(&json!({"id": id, "kind": "flash_sale", "sku": "other", "stock": 9}))
+        .await;
+    assert_problem(again, 409, "campaign_exists").await;
+    assert_eq!(app.campaign_json(&id).await["stock"], 5);
+}
+
+async fn unknown_campaigns_are_not_found(backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert_problem(
+        app.get_campaign("no-such-campaign").await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    assert_problem(
+        app.get_campaign("NOT%20VALID").await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    assert_problem(
+        app.availability("no-such-campaign").await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    assert_problem(
+        app.adjust_stock("no-such-campaign", 1).await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    assert_problem(
+        app.reserve("no-such-campaign", "u1", 1).await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+}
+
+async fn stock_can_be_added_and_withdrawn_down_to_what_is_available(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.campaign(3, 3, json!({})).await;
+    assert_eq!(app.reserve(&id, "u1", 2).await.status(), 201);
+
+    let added: Value = app.adjust_stock(&id, 5).await.json().await.expect("json");
+    assert_eq!(
+        (added["stock"].as_u64(), added["available"].as_u64()),
+        (Some(8), Some(6))
+    );
+    let too_much = app.adjust_stock(&id, -7).await;
+    assert_problem(too_much, 409, "insufficient_stock").await;
+    let withdrawn: Value = app.adjust_stock(&id, -6).await.json().await.expect("json");
+    assert_eq!(
+        (withdrawn["stock"].as_u64(), withdrawn["available"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(withdrawn["status"], "sold_out");
+    assert_problem(app.adjust_stock(&id, 0).await, 422, "invalid_request").await;
+}
+
+async fn availability_is_public_and_cacheable_for_a_second(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.campaign(2, 2, json!({})).await;
+    let response = app.availability(&id).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "max-age=1");
+    assert_eq!(
+        response.json::<Value>().await.expect("json"),
+        json!({"status": "active", "available": 2})
+    );
+    app.reserve(&id, "u1", 2).await;
+    let after: Value = app.availability(&id).await.json().await.expect("json");
+    assert_eq!(after, json!({"status": "sold_out", "available": 0}));
+}
+
+async fn scheduled_and_ended_campaigns_say_so(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let later = app
+        .campaign(5, 1, json!({"starts_at": "2999-01-01T00:00:00Z"}))
+        .await;
+    assert_eq!(app.campaign_json(&later).await["status"], "scheduled");
+    let over = app
+        .campaign(
+            5,
+            1,
+            json!({"starts_at": "2000-01-01T00:00:00Z", "ends_at": "2000-01-02T00:00:00+08:00"}),
+        )
+        .await;
+    let body = app.campaign_json(&over).await;
+    assert_eq!(body["status"], "ended");
+    assert_eq!(body["ends_at"], "2000-01-01T16:00:00.000Z");
+}

@@ -1,0 +1,259 @@
+//! `spawn_app` and a `TestApp` method per endpoint.
+
+use flashsale::config::Config;
+use flashsale::startup::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_token: String,
+    pub store_token: String,
+    pub jwt_secret: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Runs `async fn $name(backend: Backend)` once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use $crate::helpers::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() { super::$name(Backend::Memory).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() { super::$name(Backend::Redis).await }
+        }
+    )*};
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().expect("valid address");
+    config.redis_url = match backend {
+        Backend::Memory => None,
+        Backend::Redis => Some(redis_url()),
+    };
+    config.admin_tokens = vec!["test-admin".into()];
+    config.store_tokens = vec!["test-store".into()];
+    config.jwt_secret = Some("test-secret".into());
+    config.metrics_listen = None;
+    config.reaper_interval_ms = 100;
+    config.user_rate_per_second = 0;
+    tune(&mut config);
+    let application = Application::build(config.clone())
+        .await
+        .expect("the application builds (is Redis running?)");
+    let address = format!("http://{}", application.address());
+    let secret = application.credentials().jwt_secret.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        admin_token: config.admin_tokens.first().cloned().unwrap_or_default(),
+        store_token: config.store_tokens.first().cloned().unwrap_or_default(),
+        jwt_secret: secret,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// A campaign id no other test uses.
+pub fn unique_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        ulid::Ulid::new().to_string().to_lowercase(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A reservation idempotency key no other request uses.
+pub fn fresh_key() -> String {
+    unique_id("key")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn user_token(&self, user: &str) -> String {
+        flashsale::http::auth::issue_user_token(&self.jwt_secret, user, 3600)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn create_campaign(&self, body: &Value) -> Response {
+        self.client
+            .post(self.url("/v1/campaigns"))
+            .bearer_auth(&self.admin_token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a flash-sale campaign with a fresh id; `extra` fields override the defaults.
+    pub async fn campaign(&self, stock: u64, per_user_limit: u64, extra: Value) -> String {
+        let id = unique_id("c");
+        let mut body = json!({"id": id, "kind": "flash_sale", "sku": "sku-1", "stock": stock,
+            "per_user_limit": per_user_limit});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let response = self.create_campaign(&body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{:?}",
+            response.text().await
+        );
+        id
+    }
+
+    pub async fn get_campaign(&self, id: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/v1/campaigns/{id}")))
+            .bearer_auth(&self.store_token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn campaign_json(&self, id: &str) -> Value {
+        let response = self.get_campaign(id).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    pub async fn adjust_stock(&self, id: &str, delta: i64) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/campaigns/{id}/stock")))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "delta": delta }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn availability(&self, id: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/v1/campaigns/{id}/availability")))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Reserves with the store token and a fresh key.
+    pub async fn reserve(&self, campaign: &str, user: &str, quantity: u64) -> Response {
+        self.reserve_with(
+            campaign,
+            &self.store_token,
+            &fresh_key(),
+            &json!({"user_id": user, "quantity": quantity}),
+        )
+        .await
+    }
+
+    pub async fn reserve_with(
+        &self,
+        campaign: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/campaigns/{campaign}/reservations")))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_reservation(&self, id: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/v1/reservations/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn confirm(&self, id: &str, token: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/reservations/{id}/confirm")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn cancel(&self, id: &str, token: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/reservations/{id}/cancel")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// Asserts a problem+json answer with this status and `code`; returns the body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status for {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert!(body["title"].is_string() && body["type"].is_string());
+    body
+}
+
+/// Reads a 201 reservation body.
+pub async fn created_reservation(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("json")
+}

@@ -1,0 +1,166 @@
+//! Health, readiness, metrics, the OpenAPI document, unknown routes, request ids, shutdown.
+
+use crate::helpers::{assert_problem, spawn_app, Backend};
+use crate::on_both_backends;
+use serde_json::Value;
+
+on_both_backends!(
+    health_and_readiness_answer,
+    the_openapi_document_lists_every_endpoint,
+    metrics_are_exported_in_prometheus_format,
+    unknown_routes_and_methods_are_problems,
+    a_request_id_is_echoed_or_generated,
+    shutdown_finishes_in_flight_requests_and_stops,
+);
+
+async fn health_and_readiness_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+}
+
+async fn the_openapi_document_lists_every_endpoint(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/v1/campaigns",
+        "/v1/campaigns/{id}",
+        "/v1/campaigns/{id}/stock",
+        "/v1/campaigns/{id}/availability",
+        "/v1/campaigns/{id}/reservations",
+        "/v1/reservations/{id}",
+        "/v1/reservations/{id}/confirm",
+        "/v1/reservations/{id}/cancel",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
+
+async fn metrics_are_exported_in_prometheus_format(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let campaign = app.campaign(1, 1, serde_json::json!({})).await;
+    app.reserve(&campaign, "u1", 1).await;
+    app.reserve(&campaign, "u2", 1).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("flashsale_http_requests_total{"), "{text}");
+    assert!(
+        text.contains("flashsale_reservation_attempts_total{outcome=\"reserved\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flashsale_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+async fn unknown_routes_and_methods_are_problems(backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert_problem(
+        app.client
+            .get(app.url("/v2/nothing"))
+            .send()
+            .await
+            .expect("sent"),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        app.client
+            .delete(app.url("/v1/campaigns"))
+            .send()
+            .await
+            .expect("sent"),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+}
+
+async fn a_request_id_is_echoed_or_generated(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let echoed = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123");
+    let generated = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert!(!generated.headers()["x-request-id"].is_empty());
+}
+
+async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let campaign = app.campaign(1_000, 1_000, serde_json::json!({})).await;
+    // Requests in flight when the stop arrives still get their answers.
+    let in_flight: Vec<_> = (0..50)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url(&format!("/v1/campaigns/{campaign}/reservations"));
+            let token = app.store_token.clone();
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", format!("stop-{i}"))
+                    .json(&serde_json::json!({"user_id": format!("u{i}")}))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), app.stop()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the server stops within 10 s: {stopped:?}"
+    );
+    for request in in_flight {
+        // Each request either got a full answer or never reached the closed listener.
+        if let Ok(response) = request.await.expect("no panic") {
+            assert_eq!(response.status(), 201);
+        }
+    }
+}
