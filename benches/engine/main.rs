@@ -68,7 +68,9 @@ fn bench_reserve(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (name, engine) in &engines {
         let hot = campaign(Campaign::MAX_STOCK);
-        runtime.block_on(engine.create_campaign(&hot)).expect("created");
+        runtime
+            .block_on(engine.create_campaign(&hot))
+            .expect("created");
         group.bench_function(*name, |b| {
             b.to_async(&runtime).iter(|| {
                 let request = attempt(&hot, &counter);
@@ -92,14 +94,22 @@ fn bench_reserve(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
     let gated = Gated::new(Arc::new(redis.clone()));
-    let refusers: Vec<(&str, Arc<dyn Engine>)> =
-        vec![("redis", Arc::new(redis.clone())), ("gated_redis", Arc::new(gated.clone()))];
+    let refusers: Vec<(&str, Arc<dyn Engine>)> = vec![
+        ("redis", Arc::new(redis.clone())),
+        ("gated_redis", Arc::new(gated.clone())),
+    ];
     for (name, engine) in &refusers {
         let sold = campaign(1);
         runtime.block_on(async {
             engine.create_campaign(&sold).await.expect("created");
-            engine.reserve(&attempt(&sold, &counter)).await.expect("answers");
-            engine.reserve(&attempt(&sold, &counter)).await.expect("answers");
+            engine
+                .reserve(&attempt(&sold, &counter))
+                .await
+                .expect("answers");
+            engine
+                .reserve(&attempt(&sold, &counter))
+                .await
+                .expect("answers");
             tokio::time::sleep(Duration::from_millis(100)).await;
         });
         group.bench_function(*name, |b| {

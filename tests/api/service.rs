@@ -164,3 +164,45 @@ async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
         }
     }
 }
+
+on_both_backends!(the_readme_walkthrough_runs_as_written);
+
+/// Runs `docs/walkthrough.sh` (the README's curl walk-through) against the real server.
+async fn the_readme_walkthrough_runs_as_written(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, |c| {
+        c.admin_tokens = vec!["adm-demo".into()];
+        c.store_tokens = vec!["sto-demo".into()];
+    })
+    .await;
+    let output = tokio::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/walkthrough.sh"))
+        .env("FS", &app.address)
+        .output()
+        .await
+        .expect("bash and curl run");
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("each printed line is JSON"))
+        .collect();
+    let codes: Vec<&str> = lines.iter().filter_map(|l| l["code"].as_str()).collect();
+    assert_eq!(codes, ["limit_exceeded", "sold_out"]);
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "active",
+            "sold_out",
+            "confirmed",
+            "cancelled",
+            "expired",
+            "active"
+        ]
+    );
+    let last = lines.last().expect("the campaign at the end");
+    assert_eq!(
+        (last["available"].as_u64(), last["confirmed"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
