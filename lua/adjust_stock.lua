@@ -1,6 +1,7 @@
 -- Adds or withdraws units; never withdraws more than is available.
--- KEYS[1]  campaign hash
+-- KEYS[1]  campaign hash   KEYS[2] event stream
 -- ARGV[1]  delta (integer, non-zero)
+-- The event's `at` is Redis's clock (TIME): a stock change decides nothing time-dependent.
 -- returns  {'adjusted', stock, available} | {'insufficient', available} | {'not_found'}
 local c = redis.call('HMGET', KEYS[1], 'stock', 'available')
 if not c[1] then return {'not_found'} end
@@ -8,4 +9,7 @@ local delta = tonumber(ARGV[1])
 local stock, available = tonumber(c[1]), tonumber(c[2])
 if available + delta < 0 then return {'insufficient', available} end
 redis.call('HSET', KEYS[1], 'stock', stock + delta, 'available', available + delta)
+local t = redis.call('TIME')
+redis.call('XADD', KEYS[2], '*', 'type', 'campaign.stock', 'at', t[1] * 1000 + math.floor(t[2] / 1000),
+  'stock', stock + delta)
 return {'adjusted', stock + delta, available + delta}

@@ -1,5 +1,6 @@
 -- -> cancelled, units return. A hold found past its expiry expires instead.
 -- KEYS[1]  campaign hash   KEYS[2] users hash   KEYS[3] expiry sorted set   KEYS[4] reservation hash
+-- KEYS[5]  event stream
 -- ARGV[1]  now (ms)        ARGV[2] reservation id
 -- ARGV[3]  'held' (only held ones may be cancelled) | 'any' (confirmed ones too: a refund)
 -- returns  {outcome, user, qty, status, created, expires, group}, outcome one of
@@ -10,9 +11,9 @@ local outcome = 'not_held'
 if r[1] == 'cancelled' then
   outcome = 'unchanged'
 elseif r[1] == 'held' and tonumber(ARGV[1]) >= tonumber(r[4]) then
-  release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], r, 'expired')
+  release(KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[4], ARGV[2], r, 'expired', ARGV[1])
 elseif r[1] == 'held' or (r[1] == 'confirmed' and ARGV[3] == 'any') then
-  release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], r, 'cancelled')
+  release(KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[4], ARGV[2], r, 'cancelled', ARGV[1])
   outcome = 'done'
 end
 local now = redis.call('HMGET', KEYS[4], 'user', 'qty', 'status', 'created', 'expires', 'group')

@@ -1,7 +1,7 @@
 -- Decides one reservation attempt. Order of checks: campaign exists, idempotency key seen,
 -- kind, window, stock, per-user limit (see src/engine/mod.rs for why).
 -- KEYS[1]  campaign hash          KEYS[2]  users hash       KEYS[3]  idempotency hash
--- KEYS[4]  expiry sorted set      KEYS[5]  the new reservation's hash
+-- KEYS[4]  expiry sorted set      KEYS[5]  the new reservation's hash   KEYS[6] event stream
 -- ARGV[1]  now (ms)   ARGV[2] user id   ARGV[3] quantity   ARGV[4] scoped idempotency key
 -- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
 -- returns  {'reserved', created, expires, available}
@@ -37,4 +37,7 @@ redis.call('HSET', KEYS[5], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
   'created', now, 'expires', expires)
 redis.call('ZADD', KEYS[4], expires, ARGV[6])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[6] .. '|' .. ARGV[5])
+redis.call('XADD', KEYS[6], '*', 'type', 'reservation.held', 'at', now, 'id', ARGV[6],
+  'user', ARGV[2], 'qty', quantity, 'status', 'held', 'created', now, 'expires', expires,
+  'group', '', 'key', ARGV[4], 'fp', ARGV[5])
 return {'reserved', now, expires, available - quantity}

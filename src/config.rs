@@ -16,6 +16,38 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
+    pub redis_namespace: String,
+
+    /// Postgres for the durable record; unset uses the embedded SQLite file `sqlite_path`.
+    #[arg(long, env = "FLASHSALE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// The embedded SQLite database used when no `database_url` is set.
+    #[arg(long, env = "FLASHSALE_SQLITE_PATH", default_value = "flashsale.db")]
+    pub sqlite_path: String,
+
+    /// Events per database transaction at most.
+    #[arg(long, env = "FLASHSALE_PERSIST_BATCH", default_value_t = 1000)]
+    pub persist_batch: usize,
+
+    /// A batch is written at the latest this many milliseconds after its first event.
+    #[arg(long, env = "FLASHSALE_PERSIST_DELAY_MS", default_value_t = 20)]
+    pub persist_delay_ms: u64,
+
+    /// Events another persister took this long ago without acknowledging are taken over.
+    #[arg(long, env = "FLASHSALE_PERSIST_RECLAIM_MS", default_value_t = 10_000)]
+    pub persist_reclaim_ms: u64,
+
+    /// Run the persister inside this instance (`flashsale persist` runs it alone).
+    #[arg(long, env = "FLASHSALE_PERSISTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub persister: bool,
+
+    /// How often engine and database are compared, in milliseconds.
+    #[arg(long, env = "FLASHSALE_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
+    pub reconcile_interval_ms: u64,
+
     /// Service tokens with the `admin` scope (campaigns; implies `store`), comma-separated.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKENS", value_delimiter = ',')]
     pub admin_tokens: Vec<String>,
@@ -56,6 +88,21 @@ pub struct Config {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FLASHSALE_LOG_JSON")]
     pub log_json: bool,
+
+    /// What to run; the service when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The binary's modes.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Run only the persister: event streams to the database, until Ctrl-C or SIGTERM.
+    Persist,
+    /// Compare engine and database per campaign, print the drift, exit 1 if any.
+    Reconcile,
 }
 
 impl Config {

@@ -19,6 +19,8 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 pub mod shutdown;
 pub mod startup;
+pub mod store;
 pub mod workers;

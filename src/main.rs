@@ -1,7 +1,8 @@
 //! The `flashsale` binary: telemetry, config, then the application until Ctrl-C or SIGTERM.
 
 use clap::Parser;
-use flashsale::config::Config;
+use flashsale::config::{Command, Config};
+use flashsale::startup;
 use flashsale::startup::Application;
 use tracing_subscriber::EnvFilter;
 
@@ -16,6 +17,14 @@ async fn main() -> anyhow::Result<()> {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match config.command {
+        Some(Command::Persist) => return startup::run_persister_only(config).await,
+        Some(Command::Reconcile) => {
+            let clean = startup::reconcile_once(config).await?;
+            std::process::exit(if clean { 0 } else { 1 });
+        }
+        Some(Command::Serve) | None => {}
     }
     let application = Application::build(config.clone()).await?;
     print_banner(&application, &config);

@@ -18,6 +18,20 @@ pub const REAPER_EXPIRED: &str = "flashsale_reaper_expired_total";
 pub const REAPER_ERRORS: &str = "flashsale_reaper_errors_total";
 /// Engine failures (not refusals) by `operation`.
 pub const ENGINE_ERRORS: &str = "flashsale_engine_errors_total";
+/// Events written to the database.
+pub const PERSISTED_EVENTS: &str = "flashsale_persister_events_total";
+/// Events per persisted batch.
+pub const PERSIST_BATCH_SIZE: &str = "flashsale_persister_batch_size";
+/// Time to write and acknowledge one batch.
+pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_seconds";
+/// Age of the oldest event of the last persisted batch.
+pub const PERSIST_LAG: &str = "flashsale_persister_lag_seconds";
+/// Persister failures by `stage` (read, write, ack).
+pub const PERSIST_FAILURES: &str = "flashsale_persister_failures_total";
+/// Units by which engine and database disagree, per `campaign`.
+pub const RECONCILE_DRIFT: &str = "flashsale_reconcile_drift_units";
+/// Campaigns rebuilt in the engine from the database.
+pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
 /// Always 1, labelled with `version` and `engine`.
 pub const BUILD_INFO: &str = "flashsale_build_info";
 

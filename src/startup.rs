@@ -4,7 +4,10 @@ use crate::config::Config;
 use crate::engine::{Engine, Gated, MemoryEngine, RedisEngine};
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings};
+use crate::pipeline::persister::{self, PersisterSettings};
+use crate::pipeline::recovery;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::store::Store;
 use crate::{metrics, workers};
 use anyhow::Context;
 use std::future::Future;
@@ -22,6 +25,9 @@ pub struct Application {
     metrics_router: Option<axum::Router>,
     state: AppState,
     reaper_interval: Duration,
+    reconcile_interval: Duration,
+    /// The in-process persister's settings; `None` when another process persists.
+    persister: Option<PersisterSettings>,
     credentials: Credentials,
 }
 
@@ -74,20 +80,25 @@ impl Application {
     /// Connects the engine, binds the listeners (port 0 picks a free port) and wires the
     /// router; nothing is served until [`Application::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let inner: Arc<dyn Engine> = match &config.redis_url {
-            Some(url) => Arc::new(
-                RedisEngine::connect(url)
-                    .await
-                    .with_context(|| format!("connecting to Redis at {url}"))?,
-            ),
-            None => Arc::new(MemoryEngine::new()),
-        };
+        let inner = connect_engine(&config).await?;
         Self::build_with_engine(config, inner).await
     }
 
     /// Like [`Application::build`], around an engine the caller made (tests share one).
     pub async fn build_with_engine(config: Config, inner: Arc<dyn Engine>) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config);
+        let store = connect_store(&config).await?;
+        // Whatever the database knows and the engine lacks (a fresh in-memory engine, or a
+        // Redis that restarted empty) is rebuilt before the first request.
+        let restored = recovery::restore_all(&*inner, &store)
+            .await
+            .context("rebuilding campaigns from the database")?;
+        if !restored.is_empty() {
+            tracing::info!(
+                campaigns = restored.len(),
+                "rebuilt campaigns from the database"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -104,6 +115,7 @@ impl Application {
             .set(1.0);
         let state = AppState {
             engine: Gated::new(inner),
+            store,
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
                 &credentials.store_tokens,
@@ -129,6 +141,8 @@ impl Application {
             metrics_router,
             state,
             reaper_interval: Duration::from_millis(config.reaper_interval_ms.max(10)),
+            reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
+            persister: config.persister.then(|| persister_settings(&config)),
             credentials,
         })
     }
@@ -145,6 +159,11 @@ impl Application {
 
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// The database as the handlers see it (tests read it directly).
+    pub fn store(&self) -> crate::store::Store {
+        self.state.store.clone()
     }
 
     /// The engine as the handlers see it (tests reach behind the API with it).
@@ -208,6 +227,22 @@ impl Application {
                 shutdown.clone(),
             )),
         ];
+        let shared: Arc<dyn Engine> = Arc::new(engine.clone());
+        if let Some(settings) = &self.persister {
+            workers.push(tokio::spawn(persister::run(
+                Arc::clone(&shared),
+                self.state.store.clone(),
+                consumer_name(),
+                settings.clone(),
+                shutdown.clone(),
+            )));
+        }
+        workers.push(tokio::spawn(recovery::run(
+            shared,
+            self.state.store.clone(),
+            self.reconcile_interval,
+            shutdown.clone(),
+        )));
         if let Some(limiter) = &self.state.user_limiter {
             workers.push(tokio::spawn(workers::run_limiter_cleanup(
                 Arc::clone(limiter),
@@ -216,6 +251,85 @@ impl Application {
         }
         workers
     }
+}
+
+/// The stock engine the config names: Redis, or the embedded in-memory engine.
+pub async fn connect_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisEngine::connect_in(url, &config.redis_namespace)
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?,
+        ),
+        None => Arc::new(MemoryEngine::new()),
+    })
+}
+
+/// The database the config names: Postgres, or the embedded SQLite file.
+pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    Store::connect(config.database_url.as_deref(), &config.sqlite_path)
+        .await
+        .with_context(|| match &config.database_url {
+            Some(_) => "connecting to and migrating the Postgres database".to_owned(),
+            None => format!("opening the SQLite database {}", config.sqlite_path),
+        })
+}
+
+pub fn persister_settings(config: &Config) -> PersisterSettings {
+    PersisterSettings {
+        batch: config.persist_batch.max(1),
+        delay: Duration::from_millis(config.persist_delay_ms),
+        reclaim_after: Duration::from_millis(config.persist_reclaim_ms.max(1)),
+    }
+}
+
+/// A consumer name unique to this process, so a dead one's entries can be told apart.
+pub fn consumer_name() -> String {
+    format!("persister-{}", ulid::Ulid::new())
+}
+
+/// `flashsale persist`: only the persister, until Ctrl-C or SIGTERM.
+pub async fn run_persister_only(config: Config) -> anyhow::Result<()> {
+    let engine = connect_engine(&config).await?;
+    let store = connect_store(&config).await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let worker = tokio::spawn(persister::run(
+        engine,
+        store,
+        consumer_name(),
+        persister_settings(&config),
+        shutdown,
+    ));
+    stop_signal().await;
+    trigger.trigger();
+    worker.await.context("persister task")?;
+    Ok(())
+}
+
+/// `flashsale reconcile`: prints the drift per campaign; `Ok(false)` if any.
+pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
+    let engine = connect_engine(&config).await?;
+    let store = connect_store(&config).await?;
+    let drifts = recovery::reconcile(&*engine, &store).await?;
+    let campaigns = store.campaigns().await?.len();
+    println!(
+        "{campaigns} campaigns compared, {} with drift",
+        drifts.len()
+    );
+    for d in &drifts {
+        println!(
+            "{}: engine stock/held/confirmed {}/{}/{}, database {}/{}/{} ({} units)",
+            d.campaign,
+            d.engine.stock,
+            d.engine.held,
+            d.engine.confirmed,
+            d.database.stock,
+            d.database.held,
+            d.database.confirmed,
+            d.units()
+        );
+    }
+    Ok(drifts.is_empty())
 }
 
 /// Waits for `stop`, then tells the workers.

@@ -10,8 +10,8 @@
 //! [`Gated::refresh`], which the application runs every [`Gated::REFRESH_INTERVAL`].
 
 use super::{
-    CancelScope, Engine, EngineError, IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest,
-    StockOutcome, Transition,
+    CancelScope, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
+    ReserveRequest, RestoredReservation, StockOutcome, Transition,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Millis, Refusal,
@@ -268,6 +268,31 @@ impl Engine for Gated {
         campaign: &CampaignId,
     ) -> Result<Option<IdempotencySnapshot>, EngineError> {
         self.inner.sold_out_snapshot(campaign).await
+    }
+
+    async fn read_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.inner.read_events(consumer, max, reclaim_after).await
+    }
+
+    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
+        self.inner.ack_events(events).await
+    }
+
+    async fn restore_campaign(
+        &self,
+        campaign: &Campaign,
+        reservations: &[RestoredReservation],
+    ) -> Result<bool, EngineError> {
+        let restored = self.inner.restore_campaign(campaign, reservations).await?;
+        if restored {
+            self.units_returned(&campaign.id);
+        }
+        Ok(restored)
     }
 
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {

@@ -5,8 +5,8 @@
 //! Every rule here has its twin in `lua/`; keep them in step.
 
 use super::{
-    CancelScope, Engine, EngineError, IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest,
-    StockOutcome, Transition,
+    CancelScope, Change, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
+    ReserveRequest, RestoredReservation, StockOutcome, StreamPosition, Transition,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, Millis, Refusal, Reservation, ReservationId,
@@ -14,8 +14,9 @@ use crate::domain::{
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The in-memory stock engine.
 #[derive(Default, Clone)]
@@ -37,6 +38,12 @@ struct Slot {
     reservations: HashMap<ReservationId, Reservation>,
     /// Held reservations by expiry, so the reaper finds due ones without a scan.
     expiries: BTreeSet<(Millis, ReservationId)>,
+    /// Events not yet read by a persister, in order.
+    outbox: VecDeque<Event>,
+    /// Events read but not yet acknowledged, with when they were handed out.
+    in_flight: BTreeMap<StreamPosition, (Event, Instant)>,
+    /// The sequence number of the last event, so positions strictly increase.
+    last_seq: i64,
 }
 
 impl MemoryEngine {
@@ -58,8 +65,53 @@ fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 }
 
 impl Slot {
+    fn new(campaign: Campaign) -> Self {
+        Slot {
+            available: campaign.stock,
+            campaign,
+            held: 0,
+            confirmed: 0,
+            users: HashMap::new(),
+            idempotency: HashMap::new(),
+            reservations: HashMap::new(),
+            expiries: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Appends an event, under the same lock as the change it records.
+    fn emit(&mut self, at: Millis, change: Change) {
+        self.last_seq += 1;
+        self.outbox.push_back(Event {
+            campaign_id: self.campaign.id.clone(),
+            position: StreamPosition {
+                ms: 0,
+                seq: self.last_seq,
+            },
+            at,
+            change,
+        });
+    }
+
+    fn emit_reservation(&mut self, at: Millis, reservation: Reservation) {
+        self.emit(
+            at,
+            Change::Reservation {
+                reservation,
+                idempotency: None,
+            },
+        );
+    }
+
     /// Ends a held or confirmed reservation, giving its units back.
-    fn release(&mut self, id: &ReservationId, to: ReservationStatus) -> Option<Reservation> {
+    fn release(
+        &mut self,
+        id: &ReservationId,
+        to: ReservationStatus,
+        at: Millis,
+    ) -> Option<Reservation> {
         let stored = self.reservations.get_mut(id)?;
         let from = stored.status;
         let quantity = u64::from(stored.quantity);
@@ -81,6 +133,7 @@ impl Slot {
                 self.users.remove(&user);
             }
         }
+        self.emit_reservation(at, reservation.clone());
         Some(reservation)
     }
 
@@ -91,7 +144,7 @@ impl Slot {
             .get(id)
             .is_some_and(|s| s.status == ReservationStatus::Held && s.expires_at <= now);
         if due {
-            self.release(id, ReservationStatus::Expired);
+            self.release(id, ReservationStatus::Expired, now);
         }
         due
     }
@@ -105,16 +158,7 @@ impl Engine for MemoryEngine {
             .entry(campaign.id.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Mutex::new(Slot {
-                    campaign: campaign.clone(),
-                    available: campaign.stock,
-                    held: 0,
-                    confirmed: 0,
-                    users: HashMap::new(),
-                    idempotency: HashMap::new(),
-                    reservations: HashMap::new(),
-                    expiries: BTreeSet::new(),
-                }))
+                Arc::new(Mutex::new(Slot::new(campaign.clone())))
             });
         Ok(created)
     }
@@ -153,6 +197,8 @@ impl Engine for MemoryEngine {
             slot.available += magnitude;
             slot.campaign.stock += magnitude;
         }
+        let stock = slot.campaign.stock;
+        slot.emit(Millis::now(), Change::Stock { stock });
         Ok(StockOutcome::Adjusted {
             stock: slot.campaign.stock,
             available: slot.available,
@@ -217,6 +263,13 @@ impl Engine for MemoryEngine {
             .insert((reservation.expires_at, reservation.id.clone()));
         slot.reservations
             .insert(reservation.id.clone(), reservation.clone());
+        slot.emit(
+            request.now,
+            Change::Reservation {
+                reservation: reservation.clone(),
+                idempotency: Some((request.idempotency_key.clone(), request.fingerprint.clone())),
+            },
+        );
         Ok(ReserveOutcome::Reserved {
             reservation,
             available: slot.available,
@@ -247,7 +300,9 @@ impl Engine for MemoryEngine {
                 slot.held -= quantity;
                 slot.confirmed += quantity;
                 slot.expiries.remove(&(stored.expires_at, id.clone()));
-                Ok(Transition::Done(stored.clone()))
+                let confirmed = stored.clone();
+                slot.emit_reservation(now, confirmed.clone());
+                Ok(Transition::Done(confirmed))
             }
             _ => Ok(Transition::NotHeld(stored.clone())),
         }
@@ -274,7 +329,7 @@ impl Engine for MemoryEngine {
         };
         if cancellable {
             let reservation = slot
-                .release(id, ReservationStatus::Cancelled)
+                .release(id, ReservationStatus::Cancelled, now)
                 .ok_or_else(|| EngineError::Corrupt(format!("{id} vanished mid-cancel")))?;
             return Ok(Transition::Done(reservation));
         }
@@ -304,7 +359,7 @@ impl Engine for MemoryEngine {
             .map(|(_, id)| id.clone())
             .collect();
         for id in &due {
-            slot.release(id, ReservationStatus::Expired);
+            slot.release(id, ReservationStatus::Expired, now);
         }
         Ok(due.len() as u32)
     }
@@ -317,6 +372,88 @@ impl Engine for MemoryEngine {
             let slot = lock(&slot);
             (slot.available == 0).then(|| slot.idempotency.clone())
         }))
+    }
+
+    async fn read_events(
+        &self,
+        _consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Event>, EngineError> {
+        let slots: Vec<Arc<Mutex<Slot>>> = self
+            .campaigns
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        let mut events = Vec::new();
+        let now = Instant::now();
+        for slot in slots {
+            if events.len() >= max {
+                break;
+            }
+            let mut slot = lock(&slot);
+            // Handed out long ago and never acknowledged: the reader died; hand out again.
+            for (event, handed_out) in slot.in_flight.values_mut() {
+                if events.len() < max && now.duration_since(*handed_out) >= reclaim_after {
+                    *handed_out = now;
+                    events.push(event.clone());
+                }
+            }
+            while events.len() < max {
+                let Some(event) = slot.outbox.pop_front() else {
+                    break;
+                };
+                slot.in_flight.insert(event.position, (event.clone(), now));
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
+        for event in events {
+            if let Some(slot) = self.slot(&event.campaign_id) {
+                lock(&slot).in_flight.remove(&event.position);
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore_campaign(
+        &self,
+        campaign: &Campaign,
+        reservations: &[RestoredReservation],
+    ) -> Result<bool, EngineError> {
+        let mut restored = false;
+        self.campaigns
+            .entry(campaign.id.clone())
+            .or_insert_with(|| {
+                restored = true;
+                let mut slot = Slot::new(campaign.clone());
+                for r in reservations {
+                    let reservation = &r.reservation;
+                    let quantity = u64::from(reservation.quantity);
+                    match reservation.status {
+                        ReservationStatus::Held => {
+                            slot.held += quantity;
+                            slot.expiries
+                                .insert((reservation.expires_at, reservation.id.clone()));
+                        }
+                        ReservationStatus::Confirmed => slot.confirmed += quantity,
+                        _ => continue,
+                    }
+                    *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
+                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
+                        slot.idempotency
+                            .insert(key.clone(), (reservation.id.clone(), fingerprint.clone()));
+                    }
+                    slot.reservations
+                        .insert(reservation.id.clone(), reservation.clone());
+                }
+                slot.available = campaign.stock.saturating_sub(slot.held + slot.confirmed);
+                Arc::new(Mutex::new(slot))
+            });
+        Ok(restored)
     }
 
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {

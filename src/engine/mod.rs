@@ -120,6 +120,73 @@ pub enum Transition {
 /// The idempotency records of a sold-out campaign, read atomically with `available == 0`:
 /// key → (reservation id, fingerprint). While the campaign stays sold out no reservation can
 /// be created, so this map answers every retry without asking the engine.
+/// A state change, appended atomically with the change itself (in the same Lua script, or
+/// under the same campaign lock in memory), so no change exists without its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub campaign_id: CampaignId,
+    /// Position in the campaign's stream; strictly increasing per campaign.
+    pub position: StreamPosition,
+    pub at: Millis,
+    pub change: Change,
+}
+
+/// A stream entry id `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamPosition {
+    pub ms: i64,
+    pub seq: i64,
+}
+
+impl StreamPosition {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (ms, seq) = raw.split_once('-')?;
+        Some(StreamPosition {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A reservation entered `reservation.status`; the creating event also carries its
+    /// idempotency record, so the database can rebuild the engine.
+    Reservation {
+        reservation: Reservation,
+        idempotency: Option<(String, String)>,
+    },
+    /// The campaign's stock is now `stock`.
+    Stock { stock: u64 },
+}
+
+impl Event {
+    /// The event type as the feed names it.
+    pub fn kind(&self) -> String {
+        match &self.change {
+            Change::Reservation { reservation, .. } => {
+                format!("reservation.{}", reservation.status.as_str())
+            }
+            Change::Stock { .. } => "campaign.stock".to_owned(),
+        }
+    }
+}
+
+/// A reservation as the database keeps it, for rebuilding an engine that lost a campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredReservation {
+    pub reservation: Reservation,
+    pub idempotency_key: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
 /// What [`Engine::probe`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -176,6 +243,27 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A cheap read of what the sold-out gate needs to stay correct.
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError>;
+
+    /// Up to `max` events not yet acknowledged, for `consumer`: first those another consumer
+    /// took more than `reclaim_after` ago without acknowledging (it died), then new ones. In
+    /// stream order per campaign.
+    async fn read_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: std::time::Duration,
+    ) -> Result<Vec<Event>, EngineError>;
+
+    /// Acknowledges persisted events and trims them from their streams.
+    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError>;
+
+    /// Recreates a campaign the engine lost, with its live reservations (held and confirmed),
+    /// their idempotency records and expiries. Does nothing (`false`) if the campaign exists.
+    async fn restore_campaign(
+        &self,
+        campaign: &Campaign,
+        reservations: &[RestoredReservation],
+    ) -> Result<bool, EngineError>;
 
     /// Whether the backing store answers.
     async fn ping(&self) -> Result<(), EngineError>;

@@ -5,8 +5,8 @@
 //! unchanged on Redis Cluster.
 
 use super::{
-    CancelScope, Engine, EngineError, IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest,
-    StockOutcome, Transition,
+    CancelScope, Change, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
+    ReserveRequest, RestoredReservation, StockOutcome, StreamPosition, Transition,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, GroupRule, Millis, Refusal, Reservation,
@@ -19,8 +19,76 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The global set of campaign ids. It spans campaigns, so no script touches it.
-const CAMPAIGNS_KEY: &str = "fs:campaigns";
+/// The consumer group every stream has; its consumers are persister instances.
+const GROUP: &str = "persister";
+
+/// Parses stream entries `[[id, [field, value, ...]], ...]` into events; entries deleted
+/// meanwhile come back as nil and are skipped.
+fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, EngineError> {
+    let redis::Value::Array(list) = list else {
+        return Ok(Vec::new());
+    };
+    let mut events = Vec::with_capacity(list.len());
+    for entry in list {
+        let redis::Value::Array(mut entry) = entry else {
+            continue;
+        };
+        if entry.len() != 2 {
+            continue;
+        }
+        let fields: HashMap<String, String> = match entry.pop() {
+            Some(redis::Value::Nil) | None => continue,
+            Some(value) => redis::from_redis_value(&value)?,
+        };
+        let id: String = match entry.pop() {
+            Some(value) => redis::from_redis_value(&value)?,
+            None => continue,
+        };
+        events.push(event_from(campaign, &id, &fields)?);
+    }
+    Ok(events)
+}
+
+/// Decodes one stream entry (fields as the scripts in `lua/` write them).
+fn event_from(
+    campaign: &CampaignId,
+    id: &str,
+    fields: &HashMap<String, String>,
+) -> Result<Event, EngineError> {
+    let corrupt = || EngineError::Corrupt(format!("event {id} of {campaign}: {fields:?}"));
+    let field = |name: &str| fields.get(name).ok_or_else(corrupt);
+    let position = StreamPosition::parse(id).ok_or_else(corrupt)?;
+    let at = Millis(field("at")?.parse().map_err(|_| corrupt())?);
+    let change = if field("type")? == "campaign.stock" {
+        Change::Stock {
+            stock: field("stock")?.parse().map_err(|_| corrupt())?,
+        }
+    } else {
+        let reservation_id = ReservationId::parse(field("id")?).map_err(|_| corrupt())?;
+        let values: Vec<String> = ["user", "qty", "status", "created", "expires", "group"]
+            .iter()
+            .map(|name| field(name).cloned())
+            .collect::<Result<_, _>>()?;
+        let reservation = reservation_from(&reservation_id, campaign, &values)?;
+        let idempotency = match (fields.get("key"), fields.get("fp")) {
+            (Some(key), Some(fp)) => Some((key.clone(), fp.clone())),
+            _ => None,
+        };
+        Change::Reservation {
+            reservation,
+            idempotency,
+        }
+    };
+    Ok(Event {
+        campaign_id: campaign.clone(),
+        position,
+        at,
+        change,
+    })
+}
+
+/// The namespace (key prefix) when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "fs";
 
 /// The Redis stock engine. Cheap to clone: clones share one multiplexed connection.
 #[derive(Clone)]
@@ -28,6 +96,10 @@ pub struct RedisEngine {
     /// Multiplexed, reconnecting connection shared by every request of this instance.
     connection: ConnectionManager,
     scripts: Arc<Scripts>,
+    /// Prefix of every key, so several deployments (or tests) can share one Redis.
+    namespace: Arc<str>,
+    /// When this instance last looked for events a dead consumer left unacknowledged.
+    last_reclaim: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// The scripts, hashed once; `invoke_async` runs EVALSHA and loads the script on NOSCRIPT.
@@ -39,29 +111,28 @@ struct Scripts {
     cancel: Script,
     expire: Script,
     sold_out_snapshot: Script,
+    restore_campaign: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
-        let with_release = |body: &str| {
-            Script::new(&format!(
-                "{}\n{body}",
-                include_str!("../../lua/lib_release.lua")
-            ))
-        };
+        let with_lib =
+            |body: &str| Script::new(&format!("{}\n{body}", include_str!("../../lua/lib.lua")));
         Scripts {
             create_campaign: Script::new(include_str!("../../lua/create_campaign.lua")),
             adjust_stock: Script::new(include_str!("../../lua/adjust_stock.lua")),
             reserve: Script::new(include_str!("../../lua/reserve.lua")),
-            confirm: with_release(include_str!("../../lua/confirm.lua")),
-            cancel: with_release(include_str!("../../lua/cancel.lua")),
-            expire: with_release(include_str!("../../lua/expire.lua")),
+            confirm: with_lib(include_str!("../../lua/confirm.lua")),
+            cancel: with_lib(include_str!("../../lua/cancel.lua")),
+            expire: with_lib(include_str!("../../lua/expire.lua")),
             sold_out_snapshot: Script::new(include_str!("../../lua/sold_out_snapshot.lua")),
+            restore_campaign: Script::new(include_str!("../../lua/restore_campaign.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
+            &self.restore_campaign,
             &self.create_campaign,
             &self.adjust_stock,
             &self.reserve,
@@ -79,9 +150,9 @@ struct Keys {
 }
 
 impl Keys {
-    fn of(id: &CampaignId) -> Self {
+    fn of(namespace: &str, id: &CampaignId) -> Self {
         Keys {
-            campaign: format!("fs:{{c:{id}}}"),
+            campaign: format!("{namespace}:{{c:{id}}}"),
         }
     }
     fn users(&self) -> String {
@@ -93,6 +164,9 @@ impl Keys {
     fn expiries(&self) -> String {
         format!("{}:exp", self.campaign)
     }
+    fn events(&self) -> String {
+        format!("{}:events", self.campaign)
+    }
     fn reservation(&self, id: &ReservationId) -> String {
         format!("{}:r:{id}", self.campaign)
     }
@@ -101,6 +175,11 @@ impl Keys {
 impl RedisEngine {
     /// Connects and loads every script, so a broken script fails start-up, not a request.
     pub async fn connect(url: &str) -> Result<Self, EngineError> {
+        Self::connect_in(url, DEFAULT_NAMESPACE).await
+    }
+
+    /// Like [`RedisEngine::connect`], with every key under `namespace`.
+    pub async fn connect_in(url: &str, namespace: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
@@ -110,12 +189,19 @@ impl RedisEngine {
         let engine = RedisEngine {
             connection,
             scripts: Arc::new(Scripts::new()),
+            last_reclaim: Arc::default(),
+            namespace: Arc::from(namespace),
         };
         let mut connection = engine.connection.clone();
         for script in engine.scripts.all() {
             script.prepare_invoke().load_async(&mut connection).await?;
         }
         Ok(engine)
+    }
+
+    /// The set of every campaign id. It spans campaigns, so no script touches it.
+    fn campaigns_key(&self) -> String {
+        format!("{}:campaigns", self.namespace)
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -130,13 +216,14 @@ impl RedisEngine {
         scope: Option<CancelScope>,
     ) -> Result<Transition, EngineError> {
         let campaign = id.campaign_id();
-        let keys = Keys::of(&campaign);
+        let keys = Keys::of(&self.namespace, &campaign);
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&keys.campaign)
             .key(keys.users())
             .key(keys.expiries())
             .key(keys.reservation(id))
+            .key(keys.events())
             .arg(now.0)
             .arg(id.as_str());
         if let Some(scope) = scope {
@@ -259,9 +346,9 @@ fn campaign_state(
 #[async_trait]
 impl Engine for RedisEngine {
     async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, EngineError> {
-        let keys = Keys::of(&campaign.id);
+        let keys = Keys::of(&self.namespace, &campaign.id);
         let mut invocation = self.scripts.create_campaign.prepare_invoke();
-        invocation.key(&keys.campaign);
+        invocation.key(&keys.campaign).key(keys.events());
         for (field, value) in campaign_fields(campaign) {
             invocation.arg(field).arg(value);
         }
@@ -271,14 +358,16 @@ impl Engine for RedisEngine {
         // re-adds it; `campaign_ids` is an index, not the source of truth.
         let _: i64 = self
             .connection()
-            .sadd(CAMPAIGNS_KEY, campaign.id.as_str())
+            .sadd(self.campaigns_key(), campaign.id.as_str())
             .await?;
         Ok(created == 1)
     }
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        let hash: HashMap<String, String> =
-            self.connection().hgetall(Keys::of(id).campaign).await?;
+        let hash: HashMap<String, String> = self
+            .connection()
+            .hgetall(Keys::of(&self.namespace, id).campaign)
+            .await?;
         if hash.is_empty() {
             return Ok(None);
         }
@@ -286,7 +375,7 @@ impl Engine for RedisEngine {
     }
 
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
-        let raw: Vec<String> = self.connection().smembers(CAMPAIGNS_KEY).await?;
+        let raw: Vec<String> = self.connection().smembers(self.campaigns_key()).await?;
         Ok(raw
             .iter()
             .filter_map(|id| CampaignId::parse(id).ok())
@@ -294,10 +383,12 @@ impl Engine for RedisEngine {
     }
 
     async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError> {
+        let keys = Keys::of(&self.namespace, id);
         let reply: Vec<String> = self
             .scripts
             .adjust_stock
-            .key(Keys::of(id).campaign)
+            .key(&keys.campaign)
+            .key(keys.events())
             .arg(delta)
             .invoke_async(&mut self.connection())
             .await?;
@@ -323,7 +414,7 @@ impl Engine for RedisEngine {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        let keys = Keys::of(&request.campaign_id);
+        let keys = Keys::of(&self.namespace, &request.campaign_id);
         let reply: Vec<String> = self
             .scripts
             .reserve
@@ -332,6 +423,7 @@ impl Engine for RedisEngine {
             .key(keys.idempotency())
             .key(keys.expiries())
             .key(keys.reservation(&request.reservation_id))
+            .key(keys.events())
             .arg(request.now.0)
             .arg(request.user_id.as_str())
             .arg(request.quantity.get())
@@ -387,7 +479,7 @@ impl Engine for RedisEngine {
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
         let campaign = id.campaign_id();
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(Keys::of(&campaign).reservation(id))
+            .arg(Keys::of(&self.namespace, &campaign).reservation(id))
             .arg(&["user", "qty", "status", "created", "expires", "group"])
             .query_async(&mut self.connection())
             .await?;
@@ -418,13 +510,14 @@ impl Engine for RedisEngine {
         now: Millis,
         limit: u32,
     ) -> Result<u32, EngineError> {
-        let keys = Keys::of(campaign);
+        let keys = Keys::of(&self.namespace, campaign);
         let expired: u32 = self
             .scripts
             .expire
             .key(&keys.campaign)
             .key(keys.users())
             .key(keys.expiries())
+            .key(keys.events())
             .arg(now.0)
             .arg(limit)
             .invoke_async(&mut self.connection())
@@ -436,7 +529,7 @@ impl Engine for RedisEngine {
         &self,
         campaign: &CampaignId,
     ) -> Result<Option<IdempotencySnapshot>, EngineError> {
-        let keys = Keys::of(campaign);
+        let keys = Keys::of(&self.namespace, campaign);
         let reply: Vec<String> = self
             .scripts
             .sold_out_snapshot
@@ -461,8 +554,144 @@ impl Engine for RedisEngine {
         Ok(Some(snapshot))
     }
 
+    async fn read_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Event>, EngineError> {
+        let campaigns = self.campaign_ids().await?;
+        if campaigns.is_empty() || max == 0 {
+            return Ok(Vec::new());
+        }
+        let reclaim = {
+            let mut last = self.last_reclaim.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= reclaim_after / 2);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        let per_stream = max.div_ceil(campaigns.len()).max(1);
+        let mut events = Vec::new();
+        if reclaim {
+            let mut pipe = redis::pipe();
+            for campaign in &campaigns {
+                pipe.cmd("XAUTOCLAIM")
+                    .arg(Keys::of(&self.namespace, campaign).events())
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(reclaim_after.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(per_stream);
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+            for (campaign, reply) in campaigns.iter().zip(replies) {
+                // [next id, [entries], [deleted ids]]
+                if let redis::Value::Array(mut parts) = reply {
+                    if parts.len() >= 2 {
+                        events.extend(entries(campaign, parts.swap_remove(1))?);
+                    }
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        for campaign in &campaigns {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(per_stream)
+                .arg("STREAMS")
+                .arg(Keys::of(&self.namespace, campaign).events())
+                .arg(">");
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+        for (campaign, reply) in campaigns.iter().zip(replies) {
+            // Nil, or [[stream key, [entries]]] (RESP2) / {stream key: [entries]} (RESP3)
+            match reply {
+                redis::Value::Array(streams) => {
+                    for stream in streams {
+                        if let redis::Value::Array(mut pair) = stream {
+                            if pair.len() == 2 {
+                                events.extend(entries(campaign, pair.swap_remove(1))?);
+                            }
+                        }
+                    }
+                }
+                redis::Value::Map(streams) => {
+                    for (_, list) in streams {
+                        events.extend(entries(campaign, list)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(events)
+    }
+
+    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
+        let mut by_campaign: HashMap<&CampaignId, Vec<String>> = HashMap::new();
+        for event in events {
+            by_campaign
+                .entry(&event.campaign_id)
+                .or_default()
+                .push(event.position.to_string());
+        }
+        let mut pipe = redis::pipe();
+        for (campaign, ids) in &by_campaign {
+            let stream = Keys::of(&self.namespace, campaign).events();
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(ids).ignore();
+            // Acknowledged entries are trimmed so streams stay bounded.
+            pipe.cmd("XDEL").arg(&stream).arg(ids).ignore();
+        }
+        let () = pipe.query_async(&mut self.connection()).await?;
+        Ok(())
+    }
+
+    async fn restore_campaign(
+        &self,
+        campaign: &Campaign,
+        reservations: &[RestoredReservation],
+    ) -> Result<bool, EngineError> {
+        let keys = Keys::of(&self.namespace, &campaign.id);
+        let config = campaign_fields(campaign);
+        let mut invocation = self.scripts.restore_campaign.prepare_invoke();
+        invocation
+            .key(&keys.campaign)
+            .key(keys.users())
+            .key(keys.idempotency())
+            .key(keys.expiries())
+            .key(keys.events())
+            .arg(config.len() * 2);
+        for (field, value) in config {
+            invocation.arg(field).arg(value);
+        }
+        for restored in reservations {
+            let r = &restored.reservation;
+            invocation
+                .arg(r.id.as_str())
+                .arg(r.user_id.as_str())
+                .arg(r.quantity)
+                .arg(r.status.as_str())
+                .arg(r.created_at.0)
+                .arg(r.expires_at.0)
+                .arg(r.group_id.clone().unwrap_or_default())
+                .arg(restored.idempotency_key.clone().unwrap_or_default())
+                .arg(restored.fingerprint.clone().unwrap_or_default());
+        }
+        let restored: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        let _: i64 = self
+            .connection()
+            .sadd(self.campaigns_key(), campaign.id.as_str())
+            .await?;
+        Ok(restored == 1)
+    }
+
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
-        let keys = Keys::of(campaign);
+        let keys = Keys::of(&self.namespace, campaign);
         let (available, idempotency_records): (Option<u64>, u64) = redis::pipe()
             .hget(&keys.campaign, "available")
             .hlen(keys.idempotency())

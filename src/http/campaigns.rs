@@ -157,9 +157,13 @@ pub async fn create_campaign(
         group: body.group.map(|g| (g.size, g.window_seconds)),
     };
     let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    if !state.engine.create_campaign(&campaign).await? {
+    // The database first: it is the durable source of campaigns, and the one that decides
+    // whether the id is taken. The engine then loads it; `false` there means recovery
+    // loaded it from the database already, which is the same campaign.
+    if !state.store.insert_campaign(&campaign).await? {
         return Err(ApiError::CampaignExists(campaign.id.to_string()));
     }
+    state.engine.create_campaign(&campaign).await?;
     let location = format!("/v1/campaigns/{}", campaign.id);
     let view = CampaignView::of(
         CampaignState {
@@ -188,11 +192,11 @@ pub async fn get_campaign(
 ) -> Result<Json<CampaignView>, ApiError> {
     caller.require_store()?;
     let id = campaign_id(&id)?;
-    let campaign = state
-        .engine
-        .campaign(&id)
-        .await?
-        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    let mut campaign = state.engine.campaign(&id).await?;
+    if campaign.is_none() && state.recover(&id).await {
+        campaign = state.engine.campaign(&id).await?;
+    }
+    let campaign = campaign.ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
     Ok(Json(CampaignView::of(campaign, Millis::now())))
 }
 

@@ -74,6 +74,9 @@ pub enum ApiError {
     /// 503: the stock engine did not answer; nothing was decided.
     #[error("the stock engine is unavailable")]
     EngineUnavailable(#[source] EngineError),
+    /// 503: the database did not answer; nothing was decided.
+    #[error("the database is unavailable")]
+    DatabaseUnavailable(#[source] crate::store::StoreError),
     /// 500: a bug; logged, never shown.
     #[error("internal error")]
     Internal(String),
@@ -179,6 +182,11 @@ impl ApiError {
                 "engine_unavailable",
                 "Stock engine unavailable",
             ),
+            ApiError::DatabaseUnavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "Database unavailable",
+            ),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -186,7 +194,10 @@ impl ApiError {
     fn retry_after_seconds(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
-            ApiError::Overloaded | ApiError::Timeout | ApiError::EngineUnavailable(_) => Some(1),
+            ApiError::Overloaded
+            | ApiError::Timeout
+            | ApiError::EngineUnavailable(_)
+            | ApiError::DatabaseUnavailable(_) => Some(1),
             _ => None,
         }
     }
@@ -201,6 +212,15 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        match error {
+            crate::store::StoreError::Corrupt(what) => ApiError::Internal(what),
+            other => ApiError::DatabaseUnavailable(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.parts();
@@ -211,6 +231,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::EngineUnavailable(source) => {
                 tracing::warn!(error = %source, "stock engine unavailable");
+                self.to_string()
+            }
+            ApiError::DatabaseUnavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
                 self.to_string()
             }
             other => other.to_string(),

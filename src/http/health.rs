@@ -36,6 +36,11 @@ pub struct Readiness {
     engine: &'static str,
     /// `ok`, or why the engine did not answer.
     engine_status: String,
+    /// The database (`postgres` or `sqlite`).
+    database: &'static str,
+    /// `ok`, or why the database did not answer. While it is down the hot path keeps
+    /// serving and the persister retries; events wait in the engine's streams.
+    database_status: String,
 }
 
 /// The process is up.
@@ -44,7 +49,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// 200 only when the stock engine answers.
+/// 200 only when the stock engine and the database answer.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -54,7 +59,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Err(error)) => error.to_string(),
             Err(_) => "no answer within 1 s".to_owned(),
         };
-    let ready = engine_status == "ok";
+    let database_status =
+        match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer within 1 s".to_owned(),
+        };
+    let ready = engine_status == "ok" && database_status == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -64,6 +75,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status: if ready { "ready" } else { "degraded" },
         engine: state.engine.name(),
         engine_status,
+        database: state.store.name(),
+        database_status,
     };
     (status, Json(body))
 }

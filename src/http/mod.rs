@@ -6,6 +6,7 @@
 pub mod auth;
 mod campaigns;
 pub mod error;
+mod events;
 mod health;
 mod json;
 mod openapi;
@@ -34,6 +35,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Gated,
+    /// The durable record: campaigns are created here first; the feed is read from here.
+    pub store: crate::store::Store,
     pub auth: Arc<Auth>,
     /// Per-user reservation attempt limit; `None` when turned off.
     pub user_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
@@ -54,6 +57,18 @@ impl AppState {
     pub fn user_limiter(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<String>>> {
         NonZeroU32::new(per_second)
             .map(|rate| Arc::new(RateLimiter::keyed(Quota::per_second(rate))))
+    }
+
+    /// Rebuilds a campaign the engine does not know but the database does (the engine lost
+    /// it); `true` if it was rebuilt and the request is worth one retry.
+    pub async fn recover(&self, id: &crate::domain::CampaignId) -> bool {
+        match crate::pipeline::recovery::restore(&self.engine, &self.store, id).await {
+            Ok(restored) => restored,
+            Err(error) => {
+                tracing::warn!(%error, campaign = %id, "could not check the database for a missing campaign");
+                false
+            }
+        }
     }
 
     /// Counts an attempt against the user's rate; `RateLimited` when over it.
@@ -78,6 +93,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let mut api = Router::new()
         .merge(campaigns::router())
         .merge(reservations::router())
+        .merge(events::router())
         .merge(health::router())
         .merge(openapi::router());
     if state.metrics_on_main_listener {

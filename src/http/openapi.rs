@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         super::reservations::get_reservation,
         super::reservations::confirm,
         super::reservations::cancel,
+        super::events::feed,
     ),
     modifiers(&BearerAuth)
 )]

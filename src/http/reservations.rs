@@ -148,7 +148,13 @@ pub async fn reserve(
         quantity,
         now: Millis::now(),
     };
-    match state.engine.reserve(&request).await? {
+    let mut outcome = state.engine.reserve(&request).await?;
+    if outcome == ReserveOutcome::Refused(Refusal::CampaignNotFound)
+        && state.recover(&request.campaign_id).await
+    {
+        outcome = state.engine.reserve(&request).await?;
+    }
+    match outcome {
         ReserveOutcome::Reserved { reservation, .. } => {
             count_attempt("reserved");
             Ok(created(reservation, false))

@@ -13,6 +13,41 @@ pub enum Backend {
     Redis,
 }
 
+pub fn database_url() -> String {
+    std::env::var("FLASHSALE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh Postgres schema, and the URL whose connections use it.
+pub async fn fresh_postgres_schema() -> String {
+    use sqlx::Connection;
+    let schema = unique_id("t").replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(&database_url())
+        .await
+        .expect("the tests need a real Postgres (FLASHSALE_TEST_DATABASE_URL)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .expect("schema created");
+    let separator = if database_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!(
+        "{}{separator}options=-csearch_path%3D{schema}",
+        database_url()
+    )
+}
+
+/// A fresh SQLite file.
+pub fn fresh_sqlite_path() -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    dir.join(format!("{}.db", unique_id("test")))
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn redis_url() -> String {
     std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -23,6 +58,8 @@ pub struct TestApp {
     pub store_token: String,
     pub jwt_secret: String,
     pub client: reqwest::Client,
+    pub store: flashsale::store::Store,
+    pub engine: flashsale::engine::Gated,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -48,10 +85,21 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().expect("valid address");
-    config.redis_url = match backend {
-        Backend::Memory => None,
-        Backend::Redis => Some(redis_url()),
-    };
+    // Each test gets its own database; with Redis, its own key namespace too.
+    match backend {
+        Backend::Memory => {
+            config.redis_url = None;
+            config.database_url = None;
+            config.sqlite_path = fresh_sqlite_path();
+        }
+        Backend::Redis => {
+            config.redis_url = Some(redis_url());
+            config.redis_namespace = unique_id("ns");
+            config.database_url = Some(fresh_postgres_schema().await);
+        }
+    }
+    config.persist_reclaim_ms = 500;
+    config.reconcile_interval_ms = 200;
     config.admin_tokens = vec!["test-admin".into()];
     config.store_tokens = vec!["test-store".into()];
     config.jwt_secret = Some("test-secret".into());
@@ -63,6 +111,8 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
         .await
         .expect("the application builds (is Redis running?)");
     let address = format!("http://{}", application.address());
+    let store = application.store();
+    let engine = application.engine();
     let secret = application.credentials().jwt_secret.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until(async move {
@@ -74,6 +124,8 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
         store_token: config.store_tokens.first().cloned().unwrap_or_default(),
         jwt_secret: secret,
         client: reqwest::Client::new(),
+        store,
+        engine,
         stop: Some(stop),
         server: Some(server),
     }

@@ -6,7 +6,9 @@
 mod auth;
 mod campaigns;
 mod concurrency;
+mod durability;
 mod helpers;
 mod input;
+mod outages;
 mod reservations;
 mod service;

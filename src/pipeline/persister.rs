@@ -1,0 +1,122 @@
+//! The persister: reads events with a consumer group, writes each batch in one database
+//! transaction (idempotent by stream position), and acknowledges only after the commit. A
+//! batch is written when it is full or `delay` after its first event, whichever comes first.
+//! Database failures are retried with backoff while the hot path keeps serving; events wait
+//! in the streams meanwhile.
+
+use crate::domain::Millis;
+use crate::engine::{Engine, Event};
+use crate::metrics as m;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the persister batches.
+#[derive(Debug, Clone)]
+pub struct PersisterSettings {
+    /// Events per transaction at most.
+    pub batch: usize,
+    /// Longest wait between a batch's first event and its write.
+    pub delay: Duration,
+    /// Events another consumer took this long ago without acknowledging are taken over.
+    pub reclaim_after: Duration,
+}
+
+/// Runs until shutdown; what is buffered then is written (or left unacknowledged in the
+/// streams for another persister, never lost).
+pub async fn run(
+    engine: Arc<dyn Engine>,
+    store: Store,
+    consumer: String,
+    settings: PersisterSettings,
+    mut shutdown: Shutdown,
+) {
+    let mut buffer: Vec<Event> = Vec::with_capacity(settings.batch);
+    let mut first_at: Option<Instant> = None;
+    loop {
+        let room = settings.batch.saturating_sub(buffer.len());
+        let read = tokio::select! {
+            _ = shutdown.recv() => {
+                if !buffer.is_empty() {
+                    let _ = write_once(&*engine, &store, &buffer).await;
+                }
+                return;
+            }
+            read = engine.read_events(&consumer, room, settings.reclaim_after) => read,
+        };
+        let fresh = match read {
+            Ok(events) => events,
+            Err(error) => {
+                metrics::counter!(m::PERSIST_FAILURES, "stage" => "read").increment(1);
+                tracing::warn!(%error, "persister could not read events");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let got_any = !fresh.is_empty();
+        if got_any && first_at.is_none() {
+            first_at = Some(Instant::now());
+        }
+        buffer.extend(fresh);
+        let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
+        if !buffer.is_empty() && (buffer.len() >= settings.batch || due) {
+            if !write_with_retry(&*engine, &store, &buffer, &mut shutdown).await {
+                return;
+            }
+            buffer.clear();
+            first_at = None;
+        } else if !got_any {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Writes and acknowledges, retrying with backoff until it succeeds; `false` if shutdown
+/// came first (the events stay unacknowledged for the next persister).
+async fn write_with_retry(
+    engine: &dyn Engine,
+    store: &Store,
+    batch: &[Event],
+    shutdown: &mut Shutdown,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write_once(engine, store, batch).await {
+            Ok(()) => return true,
+            Err(stage) => {
+                metrics::counter!(m::PERSIST_FAILURES, "stage" => stage).increment(1);
+                tokio::select! {
+                    _ = shutdown.recv() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn write_once(
+    engine: &dyn Engine,
+    store: &Store,
+    batch: &[Event],
+) -> Result<(), &'static str> {
+    let started = Instant::now();
+    if let Err(error) = store.persist(batch).await {
+        tracing::warn!(%error, events = batch.len(), "persisting a batch failed; will retry");
+        return Err("write");
+    }
+    // Only after the commit: a crash before this line means redelivery, which the database
+    // absorbs (ON CONFLICT DO NOTHING), never loss.
+    if let Err(error) = engine.ack_events(batch).await {
+        tracing::warn!(%error, "acknowledging a persisted batch failed; will retry");
+        return Err("ack");
+    }
+    let now = Millis::now();
+    let oldest = batch.iter().map(|e| e.at.0).min().unwrap_or(now.0);
+    metrics::counter!(m::PERSISTED_EVENTS).increment(batch.len() as u64);
+    metrics::histogram!(m::PERSIST_BATCH_SIZE).record(batch.len() as f64);
+    metrics::histogram!(m::PERSIST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::gauge!(m::PERSIST_LAG).set((now.0 - oldest).max(0) as f64 / 1000.0);
+    Ok(())
+}
