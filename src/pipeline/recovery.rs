@@ -3,7 +3,7 @@
 //! and its held and confirmed reservations, so `available = stock - units they hold`. The
 //! same pass compares engine and database per campaign and exports the drift.
 
-use crate::domain::CampaignId;
+use crate::domain::{Campaign, CampaignId};
 use crate::engine::Engine;
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -44,16 +44,10 @@ pub async fn restore(
     if engine.probe(id).await?.is_some() {
         return Ok(false);
     }
-    let Some(campaign) = store.campaigns().await?.into_iter().find(|c| c.id == *id) else {
-        return Ok(false);
-    };
-    let reservations = store.live_reservations(id).await?;
-    let restored = engine.restore_campaign(&campaign, &reservations).await?;
-    if restored {
-        metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-        tracing::warn!(campaign = %id, reservations = reservations.len(), "rebuilt a campaign the engine had lost");
+    match store.campaigns().await?.into_iter().find(|c| c.id == *id) {
+        Some(campaign) => restore_from(engine, store, &campaign).await,
+        None => Ok(false),
     }
-    Ok(restored)
 }
 
 /// Rebuilds every campaign the engine lacks; returns the rebuilt ids.
@@ -63,15 +57,26 @@ pub async fn restore_all(
 ) -> Result<Vec<CampaignId>, RecoveryError> {
     let mut restored = Vec::new();
     for campaign in store.campaigns().await? {
-        if engine.probe(&campaign.id).await?.is_some() {
-            continue;
-        }
-        let reservations = store.live_reservations(&campaign.id).await?;
-        if engine.restore_campaign(&campaign, &reservations).await? {
-            metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-            tracing::warn!(campaign = %campaign.id, "rebuilt a campaign the engine had lost");
+        if engine.probe(&campaign.id).await?.is_none()
+            && restore_from(engine, store, &campaign).await?
+        {
             restored.push(campaign.id);
         }
+    }
+    Ok(restored)
+}
+
+/// Loads the campaign's live reservations and restores it (a no-op if it exists by now).
+async fn restore_from(
+    engine: &dyn Engine,
+    store: &Store,
+    campaign: &Campaign,
+) -> Result<bool, RecoveryError> {
+    let reservations = store.live_reservations(&campaign.id).await?;
+    let restored = engine.restore_campaign(campaign, &reservations).await?;
+    if restored {
+        metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
+        tracing::warn!(campaign = %campaign.id, reservations = reservations.len(), "rebuilt a campaign the engine had lost");
     }
     Ok(restored)
 }
