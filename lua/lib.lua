@@ -1,30 +1,92 @@
--- Shared by the scripts that change a reservation; prepended to confirm.lua, cancel.lua and
--- expire.lua at load time.
+-- Shared by the scripts that change reservations and groups; prepended to confirm.lua,
+-- cancel.lua, expire.lua, open_group.lua and join_group.lua at load time. Keys reached from
+-- `campaign .. ':r:' .. id` or `campaign .. ':g:' .. id` carry the campaign's hash tag.
 
 -- Appends the reservation's current state to the campaign's event stream (same slot), so the
 -- change and its event are one atomic step.
--- stream: the stream key; rk: the reservation's hash key; id: its id; now: ms
 local function emit(stream, rk, id, now)
   local r = redis.call('HMGET', rk, 'user', 'qty', 'status', 'created', 'expires', 'group')
   redis.call('XADD', stream, '*', 'type', 'reservation.' .. r[3], 'at', now, 'id', id,
     'user', r[1], 'qty', r[2], 'status', r[3], 'created', r[4], 'expires', r[5], 'group', r[6] or '')
 end
 
--- Gives a held or confirmed reservation's units back and records its new status.
+-- Appends the group's current state (without members) to the event stream.
+local function emit_group(stream, gk, gid, now)
+  local g = redis.call('HMGET', gk, 'leader', 'size', 'status', 'created', 'expires')
+  redis.call('XADD', stream, '*', 'type', 'group.' .. g[3], 'at', now, 'gid', gid,
+    'leader', g[1], 'size', g[2], 'gstatus', g[3], 'created', g[4], 'expires', g[5])
+end
+
+-- Gives a held or confirmed reservation's units back and records its new status. Outside a
+-- group the units return to the campaign; a group member's slot returns to its open group.
 -- campaign, users, exp, stream: the campaign's keys; rk: the reservation's hash key; id: its
--- id; r: {status, qty, user}; to: the new status; now: ms
+-- id; r: {status, qty, user, group}; to: the new status; now: ms
 local function release(campaign, users, exp, stream, rk, id, r, to, now)
   local quantity = tonumber(r[2])
-  if r[1] == 'held' then
-    redis.call('HINCRBY', campaign, 'held', -quantity)
-    redis.call('ZREM', exp, id)
+  if r[1] == 'held' then redis.call('ZREM', exp, id) end
+  if r[4] and r[4] ~= '' then
+    local gk = campaign .. ':g:' .. r[4]
+    redis.call('HINCRBY', gk, 'active', -1)
+    if r[1] == 'confirmed' then
+      redis.call('HINCRBY', gk, 'confirmed', -1)
+      redis.call('HINCRBY', campaign, 'confirmed', -quantity)
+      redis.call('HINCRBY', campaign, 'held', quantity)
+    end
   else
-    redis.call('HINCRBY', campaign, 'confirmed', -quantity)
+    redis.call('HINCRBY', campaign, r[1], -quantity)
+    redis.call('HINCRBY', campaign, 'available', quantity)
   end
-  redis.call('HINCRBY', campaign, 'available', quantity)
   if redis.call('HINCRBY', users, r[3], -quantity) <= 0 then
     redis.call('HDEL', users, r[3])
   end
   redis.call('HSET', rk, 'status', to)
   emit(stream, rk, id, now)
+end
+
+-- Fails the group if it is open past its window: every member with a slot is released and
+-- the whole quota returns to the campaign. Returns how many members were released.
+local function fail_group_if_due(campaign, users, exp, gexp, stream, gid, now)
+  local gk = campaign .. ':g:' .. gid
+  local g = redis.call('HMGET', gk, 'status', 'expires', 'size', 'confirmed')
+  if g[1] ~= 'open' or tonumber(now) < tonumber(g[2]) then return 0 end
+  local size, confirmed = tonumber(g[3]), tonumber(g[4])
+  redis.call('HSET', gk, 'status', 'failed', 'active', 0, 'confirmed', 0)
+  redis.call('ZREM', gexp, gid)
+  redis.call('HINCRBY', campaign, 'available', size)
+  redis.call('HINCRBY', campaign, 'held', confirmed - size)
+  redis.call('HINCRBY', campaign, 'confirmed', -confirmed)
+  redis.call('HINCRBY', campaign, 'gopen', -1)
+  redis.call('HINCRBY', campaign, 'gfailed', 1)
+  local released = 0
+  for _, rid in ipairs(redis.call('LRANGE', gk .. ':m', 0, -1)) do
+    local rk = campaign .. ':r:' .. rid
+    local r = redis.call('HMGET', rk, 'status', 'user')
+    if r[1] == 'held' or r[1] == 'confirmed' then
+      if r[1] == 'held' then redis.call('ZREM', exp, rid) end
+      redis.call('HSET', rk, 'status', 'released')
+      if redis.call('HINCRBY', users, r[2], -1) <= 0 then redis.call('HDEL', users, r[2]) end
+      emit(stream, rk, rid, now)
+      released = released + 1
+    end
+  end
+  emit_group(stream, gk, gid, now)
+  return released
+end
+
+-- Gives `user` a slot of group `gid`: a held reservation of one unit.
+-- keys: {campaign, users, group idempotency, expiries, stream, new reservation};
+-- returns the reservation's expiry
+local function add_member(keys, gid, user, rid, now, hold, idem, fp)
+  local gk = keys[1] .. ':g:' .. gid
+  local expires = tonumber(now) + tonumber(hold) * 1000
+  redis.call('HSET', keys[6], 'user', user, 'qty', 1, 'status', 'held', 'created', now,
+    'expires', expires, 'group', gid)
+  redis.call('ZADD', keys[4], expires, rid)
+  redis.call('HINCRBY', keys[2], user, 1)
+  redis.call('HINCRBY', gk, 'active', 1)
+  redis.call('RPUSH', gk .. ':m', rid)
+  redis.call('HSET', gk .. ':mu', user, rid)
+  redis.call('HSET', keys[3], idem, gid .. '|' .. fp)
+  emit(keys[5], keys[6], rid, now)
+  return expires
 end

@@ -10,6 +10,8 @@ pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds
 pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
 /// Reservation attempts by `outcome` (reserved, replayed, sold_out, limit_exceeded, ...).
 pub const RESERVATION_ATTEMPTS: &str = "flashsale_reservation_attempts_total";
+/// Group opens and joins by `operation` and `outcome`.
+pub const GROUP_ATTEMPTS: &str = "flashsale_group_attempts_total";
 /// Refusals answered by the in-process sold-out gate, without asking the engine.
 pub const SOLD_OUT_SHORT_CIRCUITS: &str = "flashsale_sold_out_short_circuits_total";
 /// Held reservations the reaper expired.

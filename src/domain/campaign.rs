@@ -204,10 +204,22 @@ pub struct CampaignState {
     pub campaign: Campaign,
     /// Units nobody holds: `stock - held - confirmed` (conservation).
     pub available: u64,
-    /// Units in held reservations.
+    /// Units in held reservations. In a group buy: units open groups hold that no member has
+    /// paid for yet (a group holds its whole `size`).
     pub held: u64,
-    /// Units in confirmed (paid) reservations.
+    /// Units in confirmed (paid) reservations. In a group buy: units of open groups whose
+    /// member paid, plus every unit of formed groups.
     pub confirmed: u64,
+    /// Group counts by status (zero outside group buys).
+    pub groups: GroupCounts,
+}
+
+/// How many groups a campaign has in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GroupCounts {
+    pub open: u64,
+    pub formed: u64,
+    pub failed: u64,
 }
 
 impl CampaignState {

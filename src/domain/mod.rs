@@ -2,11 +2,14 @@
 //! nothing past the HTTP edge checks it again. No I/O lives here.
 
 mod campaign;
+mod group;
 mod reservation;
 
 pub use campaign::{
-    Campaign, CampaignDraft, CampaignKind, CampaignState, CampaignStatus, GroupRule, Window,
+    Campaign, CampaignDraft, CampaignKind, CampaignState, CampaignStatus, GroupCounts, GroupRule,
+    Window,
 };
+pub use group::{Group, GroupId, GroupMember, GroupStatus};
 pub use reservation::{Reservation, ReservationId, ReservationStatus};
 
 use serde::Serialize;
@@ -205,6 +208,14 @@ pub enum Refusal {
     SoldOut,
     /// The user's held + confirmed + asked would pass the campaign's `per_user_limit`.
     LimitExceeded,
+    /// No such group.
+    GroupNotFound,
+    /// The group already has `size` members holding or confirmed.
+    GroupFull,
+    /// The group formed or failed, or its window passed.
+    GroupClosed,
+    /// The user already holds or confirmed a slot in this group.
+    AlreadyMember,
 }
 
 impl Refusal {
@@ -217,6 +228,10 @@ impl Refusal {
             Refusal::Ended => "ended",
             Refusal::SoldOut => "sold_out",
             Refusal::LimitExceeded => "limit_exceeded",
+            Refusal::GroupNotFound => "group_not_found",
+            Refusal::GroupFull => "group_full",
+            Refusal::GroupClosed => "group_closed",
+            Refusal::AlreadyMember => "already_member",
         }
     }
 
@@ -229,6 +244,10 @@ impl Refusal {
             "ended" => Refusal::Ended,
             "sold_out" => Refusal::SoldOut,
             "limit_exceeded" => Refusal::LimitExceeded,
+            "group_not_found" => Refusal::GroupNotFound,
+            "group_full" => Refusal::GroupFull,
+            "group_closed" => Refusal::GroupClosed,
+            "already_member" => Refusal::AlreadyMember,
             _ => return None,
         })
     }

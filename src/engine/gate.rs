@@ -10,12 +10,12 @@
 //! [`Gated::refresh`], which the application runs every [`Gated::REFRESH_INTERVAL`].
 
 use super::{
-    CancelScope, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
-    ReserveRequest, RestoredReservation, StockOutcome, Transition,
+    CancelScope, Engine, EngineError, Event, GroupOutcome, GroupRequest, IdempotencySnapshot,
+    Probe, ReserveOutcome, ReserveRequest, RestoredReservation, StockOutcome, Transition,
 };
 use crate::domain::{
-    Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Millis, Refusal,
-    Reservation, ReservationId, ReservationStatus, Window,
+    Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Group, GroupId, Millis,
+    Refusal, Reservation, ReservationId, ReservationStatus, Window,
 };
 use crate::metrics as m;
 use async_trait::async_trait;
@@ -95,6 +95,7 @@ impl Gated {
             available,
             held: 0,
             confirmed: 0,
+            groups: Default::default(),
         };
         Ok(Some((state.status(now), available)))
     }
@@ -268,6 +269,18 @@ impl Engine for Gated {
         campaign: &CampaignId,
     ) -> Result<Option<IdempotencySnapshot>, EngineError> {
         self.inner.sold_out_snapshot(campaign).await
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.inner.open_group(request).await
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.inner.join_group(request).await
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        self.inner.group(id).await
     }
 
     async fn read_events(

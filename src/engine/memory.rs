@@ -5,12 +5,13 @@
 //! Every rule here has its twin in `lua/`; keep them in step.
 
 use super::{
-    CancelScope, Change, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
-    ReserveRequest, RestoredReservation, StockOutcome, StreamPosition, Transition,
+    CancelScope, Change, Engine, EngineError, Event, GroupOutcome, GroupRequest,
+    IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest, RestoredReservation, StockOutcome,
+    StreamPosition, Transition,
 };
 use crate::domain::{
-    Campaign, CampaignId, CampaignKind, CampaignState, Millis, Refusal, Reservation, ReservationId,
-    ReservationStatus, UserId, Window,
+    Campaign, CampaignId, CampaignKind, CampaignState, Group, GroupCounts, GroupId, GroupMember,
+    GroupStatus, Millis, Refusal, Reservation, ReservationId, ReservationStatus, UserId, Window,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -44,6 +45,28 @@ struct Slot {
     in_flight: BTreeMap<StreamPosition, (Event, Instant)>,
     /// The sequence number of the last event, so positions strictly increase.
     last_seq: i64,
+    /// Groups of a group-buy campaign.
+    groups: HashMap<GroupId, GroupSlot>,
+    /// Open groups by the end of their window, so the reaper finds due ones without a scan.
+    group_expiries: BTreeSet<(Millis, GroupId)>,
+    /// Idempotency key of an open or join → (group id, fingerprint).
+    group_idempotency: HashMap<String, (GroupId, String)>,
+    group_counts: GroupCounts,
+}
+
+/// One group: its quota is `size` units of the campaign, held from opening.
+struct GroupSlot {
+    leader: UserId,
+    size: u32,
+    status: GroupStatus,
+    created_at: Millis,
+    expires_at: Millis,
+    /// Latest reservation per member, in join order.
+    members: Vec<(UserId, ReservationId)>,
+    /// Members holding or confirmed.
+    active: u32,
+    /// Members confirmed.
+    confirmed: u32,
 }
 
 impl MemoryEngine {
@@ -55,6 +78,16 @@ impl MemoryEngine {
         self.campaigns
             .get(id)
             .map(|entry| Arc::clone(entry.value()))
+    }
+}
+
+/// Takes units off a user's count, forgetting users at zero.
+fn take_from_user(users: &mut HashMap<UserId, u64>, user: &UserId, quantity: u64) {
+    if let Some(units) = users.get_mut(user) {
+        *units = units.saturating_sub(quantity);
+        if *units == 0 {
+            users.remove(user);
+        }
     }
 }
 
@@ -78,7 +111,133 @@ impl Slot {
             outbox: VecDeque::new(),
             in_flight: BTreeMap::new(),
             last_seq: 0,
+            groups: HashMap::new(),
+            group_expiries: BTreeSet::new(),
+            group_idempotency: HashMap::new(),
+            group_counts: GroupCounts::default(),
         }
+    }
+
+    fn group_view(&self, id: &GroupId) -> Option<Group> {
+        let g = self.groups.get(id)?;
+        Some(Group {
+            id: id.clone(),
+            campaign_id: self.campaign.id.clone(),
+            leader_user_id: g.leader.clone(),
+            size: g.size,
+            status: g.status,
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+            members: g
+                .members
+                .iter()
+                .filter_map(|(user, rid)| {
+                    Some(GroupMember {
+                        user_id: user.clone(),
+                        reservation_id: rid.clone(),
+                        status: self.reservations.get(rid)?.status,
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// The replay of an open or join whose idempotency key was seen before.
+    fn group_replay(&self, request: &GroupRequest) -> Option<GroupOutcome> {
+        let (id, fingerprint) = self.group_idempotency.get(&request.idempotency_key)?;
+        if *fingerprint != request.fingerprint {
+            return Some(GroupOutcome::KeyReused);
+        }
+        self.group_view(id).map(GroupOutcome::Replayed)
+    }
+
+    /// Gives the requester a slot of the group: a held reservation of one unit.
+    fn add_member(&mut self, request: &GroupRequest) {
+        let reservation = Reservation {
+            id: request.reservation_id.clone(),
+            campaign_id: request.campaign_id.clone(),
+            user_id: request.user_id.clone(),
+            quantity: 1,
+            status: ReservationStatus::Held,
+            created_at: request.now,
+            expires_at: request.now.plus_seconds(self.campaign.hold_seconds),
+            group_id: Some(request.group_id.to_string()),
+        };
+        if let Some(group) = self.groups.get_mut(&request.group_id) {
+            group
+                .members
+                .push((request.user_id.clone(), reservation.id.clone()));
+            group.active += 1;
+        }
+        *self.users.entry(request.user_id.clone()).or_insert(0) += 1;
+        self.group_idempotency.insert(
+            request.idempotency_key.clone(),
+            (request.group_id.clone(), request.fingerprint.clone()),
+        );
+        self.expiries
+            .insert((reservation.expires_at, reservation.id.clone()));
+        self.reservations
+            .insert(reservation.id.clone(), reservation.clone());
+        self.emit(
+            request.now,
+            Change::Reservation {
+                reservation,
+                idempotency: None,
+            },
+        );
+    }
+
+    fn emit_group(&mut self, at: Millis, id: &GroupId) {
+        if let Some(mut group) = self.group_view(id) {
+            group.members.clear();
+            self.emit(at, Change::Group { group });
+        }
+    }
+
+    /// Fails the group if it is open past its window: every member with a slot is released,
+    /// the whole quota returns to the campaign.
+    fn fail_group_if_due(&mut self, id: &GroupId, now: Millis) -> bool {
+        let due = self
+            .groups
+            .get(id)
+            .is_some_and(|g| g.status == GroupStatus::Open && g.expires_at <= now);
+        if !due {
+            return false;
+        }
+        let Some(group) = self.groups.get_mut(id) else {
+            return false;
+        };
+        group.status = GroupStatus::Failed;
+        let size = u64::from(group.size);
+        let confirmed = u64::from(group.confirmed);
+        let expires_at = group.expires_at;
+        let members: Vec<ReservationId> =
+            group.members.iter().map(|(_, rid)| rid.clone()).collect();
+        group.active = 0;
+        group.confirmed = 0;
+        self.group_expiries.remove(&(expires_at, id.clone()));
+        self.available += size;
+        self.held -= size - confirmed;
+        self.confirmed -= confirmed;
+        self.group_counts.open -= 1;
+        self.group_counts.failed += 1;
+        for rid in members {
+            let Some(r) = self.reservations.get_mut(&rid) else {
+                continue;
+            };
+            if !r.status.takes_units() {
+                continue;
+            }
+            if r.status == ReservationStatus::Held {
+                self.expiries.remove(&(r.expires_at, rid.clone()));
+            }
+            r.status = ReservationStatus::Released;
+            let released = r.clone();
+            take_from_user(&mut self.users, &released.user_id, 1);
+            self.emit_reservation(now, released);
+        }
+        self.emit_group(now, id);
+        true
     }
 
     /// Appends an event, under the same lock as the change it records.
@@ -115,30 +274,49 @@ impl Slot {
         let stored = self.reservations.get_mut(id)?;
         let from = stored.status;
         let quantity = u64::from(stored.quantity);
-        match from {
-            ReservationStatus::Held => {
-                self.held -= quantity;
-                self.expiries.remove(&(stored.expires_at, id.clone()));
+        if from == ReservationStatus::Held {
+            self.expiries.remove(&(stored.expires_at, id.clone()));
+        }
+        let group = stored
+            .group_id
+            .as_deref()
+            .and_then(|g| GroupId::parse(g).ok());
+        match (from, group.and_then(|g| self.groups.get_mut(&g))) {
+            // A member's slot returns to its (open) group, not to the campaign.
+            (ReservationStatus::Held, Some(group)) => group.active -= 1,
+            (ReservationStatus::Confirmed, Some(group)) => {
+                group.active -= 1;
+                group.confirmed -= 1;
+                self.confirmed -= quantity;
+                self.held += quantity;
             }
-            ReservationStatus::Confirmed => self.confirmed -= quantity,
+            (ReservationStatus::Held, None) => {
+                self.held -= quantity;
+                self.available += quantity;
+            }
+            (ReservationStatus::Confirmed, None) => {
+                self.confirmed -= quantity;
+                self.available += quantity;
+            }
             _ => return None,
         }
-        self.available += quantity;
         stored.status = to;
-        let user = stored.user_id.clone();
         let reservation = stored.clone();
-        if let Some(units) = self.users.get_mut(&user) {
-            *units -= quantity;
-            if *units == 0 {
-                self.users.remove(&user);
-            }
-        }
+        take_from_user(&mut self.users, &reservation.user_id, quantity);
         self.emit_reservation(at, reservation.clone());
         Some(reservation)
     }
 
     /// Expires the reservation if it is held past its `expires_at`.
     fn expire_if_due(&mut self, id: &ReservationId, now: Millis) -> bool {
+        let group = self
+            .reservations
+            .get(id)
+            .and_then(|r| r.group_id.as_deref())
+            .and_then(|g| GroupId::parse(g).ok());
+        if let Some(group) = group {
+            self.fail_group_if_due(&group, now);
+        }
         let due = self
             .reservations
             .get(id)
@@ -171,6 +349,7 @@ impl Engine for MemoryEngine {
                 available: slot.available,
                 held: slot.held,
                 confirmed: slot.confirmed,
+                groups: slot.group_counts,
             }
         }))
     }
@@ -302,6 +481,26 @@ impl Engine for MemoryEngine {
                 slot.expiries.remove(&(stored.expires_at, id.clone()));
                 let confirmed = stored.clone();
                 slot.emit_reservation(now, confirmed.clone());
+                let group_id = confirmed
+                    .group_id
+                    .as_deref()
+                    .and_then(|g| GroupId::parse(g).ok());
+                if let Some(group_id) = group_id {
+                    let formed = slot.groups.get_mut(&group_id).is_some_and(|g| {
+                        g.confirmed += 1;
+                        g.confirmed == g.size
+                    });
+                    if formed {
+                        if let Some(g) = slot.groups.get_mut(&group_id) {
+                            g.status = GroupStatus::Formed;
+                            let expires_at = g.expires_at;
+                            slot.group_expiries.remove(&(expires_at, group_id.clone()));
+                        }
+                        slot.group_counts.open -= 1;
+                        slot.group_counts.formed += 1;
+                        slot.emit_group(now, &group_id);
+                    }
+                }
                 Ok(Transition::Done(confirmed))
             }
             _ => Ok(Transition::NotHeld(stored.clone())),
@@ -322,9 +521,19 @@ impl Engine for MemoryEngine {
         let Some(status) = slot.reservations.get(id).map(|s| s.status) else {
             return Ok(Transition::NotFound);
         };
+        // A formed group's units are sold as a whole; its members are not cancelled one by one.
+        let in_formed_group = slot
+            .reservations
+            .get(id)
+            .and_then(|r| r.group_id.as_deref())
+            .and_then(|g| GroupId::parse(g).ok())
+            .and_then(|g| slot.groups.get(&g))
+            .is_some_and(|g| g.status == GroupStatus::Formed);
         let cancellable = match status {
             ReservationStatus::Held => true,
-            ReservationStatus::Confirmed => scope == CancelScope::HeldOrConfirmed,
+            ReservationStatus::Confirmed => {
+                scope == CancelScope::HeldOrConfirmed && !in_formed_group
+            }
             _ => false,
         };
         if cancellable {
@@ -351,6 +560,28 @@ impl Engine for MemoryEngine {
             return Ok(0);
         };
         let mut slot = lock(&slot);
+        // Groups first: a member whose hold and group end together is released with its group.
+        let due_groups: Vec<GroupId> = slot
+            .group_expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut ended = 0;
+        for group in &due_groups {
+            let before = slot
+                .reservations
+                .values()
+                .filter(|r| r.status == ReservationStatus::Released)
+                .count();
+            slot.fail_group_if_due(group, now);
+            let after = slot
+                .reservations
+                .values()
+                .filter(|r| r.status == ReservationStatus::Released)
+                .count();
+            ended += (after - before) as u32;
+        }
         let due: Vec<ReservationId> = slot
             .expiries
             .iter()
@@ -361,7 +592,7 @@ impl Engine for MemoryEngine {
         for id in &due {
             slot.release(id, ReservationStatus::Expired, now);
         }
-        Ok(due.len() as u32)
+        Ok(ended + due.len() as u32)
     }
 
     async fn sold_out_snapshot(
@@ -372,6 +603,108 @@ impl Engine for MemoryEngine {
             let slot = lock(&slot);
             (slot.available == 0).then(|| slot.idempotency.clone())
         }))
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let Some(slot) = self.slot(&request.campaign_id) else {
+            return Ok(GroupOutcome::Refused(Refusal::CampaignNotFound));
+        };
+        let mut slot = lock(&slot);
+        if let Some(outcome) = slot.group_replay(request) {
+            return Ok(outcome);
+        }
+        let Some(rule) = slot
+            .campaign
+            .group
+            .filter(|_| slot.campaign.kind == CampaignKind::GroupBuy)
+        else {
+            return Ok(GroupOutcome::Refused(Refusal::WrongCampaignKind));
+        };
+        match slot.campaign.window(request.now) {
+            Window::Before => return Ok(GroupOutcome::Refused(Refusal::NotStarted)),
+            Window::After => return Ok(GroupOutcome::Refused(Refusal::Ended)),
+            Window::Open => {}
+        }
+        let size = u64::from(rule.size);
+        if slot.available < size {
+            return Ok(GroupOutcome::Refused(Refusal::SoldOut));
+        }
+        if slot.users.get(&request.user_id).copied().unwrap_or(0) + 1
+            > u64::from(slot.campaign.per_user_limit)
+        {
+            return Ok(GroupOutcome::Refused(Refusal::LimitExceeded));
+        }
+        let expires_at = request.now.plus_seconds(rule.window_seconds);
+        slot.available -= size;
+        slot.held += size;
+        slot.group_counts.open += 1;
+        slot.groups.insert(
+            request.group_id.clone(),
+            GroupSlot {
+                leader: request.user_id.clone(),
+                size: rule.size,
+                status: GroupStatus::Open,
+                created_at: request.now,
+                expires_at,
+                members: Vec::new(),
+                active: 0,
+                confirmed: 0,
+            },
+        );
+        slot.group_expiries
+            .insert((expires_at, request.group_id.clone()));
+        slot.emit_group(request.now, &request.group_id);
+        slot.add_member(request);
+        Ok(GroupOutcome::Done(
+            slot.group_view(&request.group_id)
+                .ok_or_else(|| EngineError::Corrupt(format!("{} vanished", request.group_id)))?,
+        ))
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let Some(slot) = self.slot(&request.campaign_id) else {
+            return Ok(GroupOutcome::Refused(Refusal::GroupNotFound));
+        };
+        let mut slot = lock(&slot);
+        if let Some(outcome) = slot.group_replay(request) {
+            return Ok(outcome);
+        }
+        slot.fail_group_if_due(&request.group_id, request.now);
+        let Some(group) = slot.groups.get(&request.group_id) else {
+            return Ok(GroupOutcome::Refused(Refusal::GroupNotFound));
+        };
+        if group.status != GroupStatus::Open {
+            return Ok(GroupOutcome::Refused(Refusal::GroupClosed));
+        }
+        let member = group
+            .members
+            .iter()
+            .rev()
+            .find(|(user, _)| *user == request.user_id)
+            .and_then(|(_, rid)| slot.reservations.get(rid))
+            .is_some_and(|r| r.status.takes_units());
+        if member {
+            return Ok(GroupOutcome::Refused(Refusal::AlreadyMember));
+        }
+        if group.active >= group.size {
+            return Ok(GroupOutcome::Refused(Refusal::GroupFull));
+        }
+        if slot.users.get(&request.user_id).copied().unwrap_or(0) + 1
+            > u64::from(slot.campaign.per_user_limit)
+        {
+            return Ok(GroupOutcome::Refused(Refusal::LimitExceeded));
+        }
+        slot.add_member(request);
+        Ok(GroupOutcome::Done(
+            slot.group_view(&request.group_id)
+                .ok_or_else(|| EngineError::Corrupt(format!("{} vanished", request.group_id)))?,
+        ))
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        Ok(self
+            .slot(&id.campaign_id())
+            .and_then(|slot| lock(&slot).group_view(id)))
     }
 
     async fn read_events(

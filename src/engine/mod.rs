@@ -28,8 +28,8 @@ pub use gate::Gated;
 pub use memory::MemoryEngine;
 
 use crate::domain::{
-    Campaign, CampaignId, CampaignState, Millis, Quantity, Refusal, Reservation, ReservationId,
-    UserId,
+    Campaign, CampaignId, CampaignState, Group, GroupId, Millis, Quantity, Refusal, Reservation,
+    ReservationId, UserId,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -79,6 +79,32 @@ pub enum ReserveOutcome {
     /// created (status `held`), whatever happened to it since.
     Replayed(Reservation),
     /// The idempotency key was seen before with a different body.
+    KeyReused,
+    Refused(Refusal),
+}
+
+/// Opening or joining a group.
+#[derive(Debug, Clone)]
+pub struct GroupRequest {
+    pub campaign_id: CampaignId,
+    /// The group to join, or the id a newly opened group gets.
+    pub group_id: GroupId,
+    pub user_id: UserId,
+    /// The caller's idempotency key, scoped to the caller and the operation's target.
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    /// The id the member's reservation gets if one is created.
+    pub reservation_id: ReservationId,
+    pub now: Millis,
+}
+
+/// What opening or joining a group came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    /// The group, with the caller's new reservation among its members.
+    Done(Group),
+    /// The idempotency key was seen before with the same body: the group as it is now.
+    Replayed(Group),
     KeyReused,
     Refused(Refusal),
 }
@@ -165,6 +191,8 @@ pub enum Change {
     },
     /// The campaign's stock is now `stock`.
     Stock { stock: u64 },
+    /// A group entered `group.status` (`members` is left empty in events).
+    Group { group: Group },
 }
 
 impl Event {
@@ -175,6 +203,7 @@ impl Event {
                 format!("reservation.{}", reservation.status.as_str())
             }
             Change::Stock { .. } => "campaign.stock".to_owned(),
+            Change::Group { group } => format!("group.{}", group.status.as_str()),
         }
     }
 }
@@ -226,8 +255,10 @@ pub trait Engine: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Transition, EngineError>;
 
-    /// Expires up to `limit` held reservations of the campaign whose `expires_at <= now`,
-    /// returning their units; safe to run from many instances at once. Returns how many.
+    /// Fails the campaign's open groups whose window passed (their members are released and
+    /// their units return), then expires up to `limit` held reservations whose
+    /// `expires_at <= now`, returning their units (a group member's slot returns to its
+    /// group). Safe to run from many instances at once. Returns how many reservations ended.
     async fn expire_due(
         &self,
         campaign: &CampaignId,
@@ -264,6 +295,15 @@ pub trait Engine: Send + Sync + 'static {
         campaign: &Campaign,
         reservations: &[RestoredReservation],
     ) -> Result<bool, EngineError>;
+
+    /// Opens a group: holds `size` units of a group-buy campaign and gives the opener the
+    /// first slot (a held reservation of one unit).
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
+
+    /// Joins an open group: one of its slots becomes the joiner's held reservation.
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError>;
 
     /// Whether the backing store answers.
     async fn ping(&self) -> Result<(), EngineError>;

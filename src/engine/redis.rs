@@ -5,12 +5,13 @@
 //! unchanged on Redis Cluster.
 
 use super::{
-    CancelScope, Change, Engine, EngineError, Event, IdempotencySnapshot, Probe, ReserveOutcome,
-    ReserveRequest, RestoredReservation, StockOutcome, StreamPosition, Transition,
+    CancelScope, Change, Engine, EngineError, Event, GroupOutcome, GroupRequest,
+    IdempotencySnapshot, Probe, ReserveOutcome, ReserveRequest, RestoredReservation, StockOutcome,
+    StreamPosition, Transition,
 };
 use crate::domain::{
-    Campaign, CampaignId, CampaignKind, CampaignState, GroupRule, Millis, Refusal, Reservation,
-    ReservationId, ReservationStatus, UserId,
+    Campaign, CampaignId, CampaignKind, CampaignState, Group, GroupCounts, GroupId, GroupMember,
+    GroupRule, GroupStatus, Millis, Refusal, Reservation, ReservationId, ReservationStatus, UserId,
 };
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -59,7 +60,22 @@ fn event_from(
     let field = |name: &str| fields.get(name).ok_or_else(corrupt);
     let position = StreamPosition::parse(id).ok_or_else(corrupt)?;
     let at = Millis(field("at")?.parse().map_err(|_| corrupt())?);
-    let change = if field("type")? == "campaign.stock" {
+    let kind = field("type")?;
+    let change = if kind.starts_with("group.") {
+        let gid = GroupId::parse(field("gid")?).map_err(|_| corrupt())?;
+        Change::Group {
+            group: Group {
+                campaign_id: gid.campaign_id(),
+                id: gid,
+                leader_user_id: UserId::parse(field("leader")?).map_err(|_| corrupt())?,
+                size: field("size")?.parse().map_err(|_| corrupt())?,
+                status: GroupStatus::parse(field("gstatus")?).ok_or_else(corrupt)?,
+                created_at: Millis(field("created")?.parse().map_err(|_| corrupt())?),
+                expires_at: Millis(field("expires")?.parse().map_err(|_| corrupt())?),
+                members: Vec::new(),
+            },
+        }
+    } else if kind == "campaign.stock" {
         Change::Stock {
             stock: field("stock")?.parse().map_err(|_| corrupt())?,
         }
@@ -112,6 +128,9 @@ struct Scripts {
     expire: Script,
     sold_out_snapshot: Script,
     restore_campaign: Script,
+    open_group: Script,
+    join_group: Script,
+    read_group: Script,
 }
 
 impl Scripts {
@@ -127,11 +146,17 @@ impl Scripts {
             expire: with_lib(include_str!("../../lua/expire.lua")),
             sold_out_snapshot: Script::new(include_str!("../../lua/sold_out_snapshot.lua")),
             restore_campaign: Script::new(include_str!("../../lua/restore_campaign.lua")),
+            open_group: with_lib(include_str!("../../lua/open_group.lua")),
+            join_group: with_lib(include_str!("../../lua/join_group.lua")),
+            read_group: Script::new(include_str!("../../lua/read_group.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 11] {
         [
+            &self.open_group,
+            &self.join_group,
+            &self.read_group,
             &self.restore_campaign,
             &self.create_campaign,
             &self.adjust_stock,
@@ -163,6 +188,12 @@ impl Keys {
     }
     fn expiries(&self) -> String {
         format!("{}:exp", self.campaign)
+    }
+    fn group_idempotency(&self) -> String {
+        format!("{}:gidem", self.campaign)
+    }
+    fn group_expiries(&self) -> String {
+        format!("{}:gexp", self.campaign)
     }
     fn events(&self) -> String {
         format!("{}:events", self.campaign)
@@ -208,6 +239,51 @@ impl RedisEngine {
         self.connection.clone()
     }
 
+    /// Runs `open_group.lua` or `join_group.lua` (same keys and arguments).
+    async fn group_decision(
+        &self,
+        script: &Script,
+        request: &GroupRequest,
+    ) -> Result<GroupOutcome, EngineError> {
+        let keys = Keys::of(&self.namespace, &request.campaign_id);
+        let reply: Vec<String> = script
+            .key(&keys.campaign)
+            .key(keys.users())
+            .key(keys.group_idempotency())
+            .key(keys.expiries())
+            .key(keys.events())
+            .key(keys.reservation(&request.reservation_id))
+            .key(keys.group_expiries())
+            .arg(request.now.0)
+            .arg(request.user_id.as_str())
+            .arg(&request.idempotency_key)
+            .arg(&request.fingerprint)
+            .arg(request.group_id.as_str())
+            .arg(request.reservation_id.as_str())
+            .invoke_async(&mut self.connection())
+            .await?;
+        let corrupt = || EngineError::Corrupt(format!("group decision answered {reply:?}"));
+        let named = reply.get(1).and_then(|raw| GroupId::parse(raw).ok());
+        let group = || async {
+            match &named {
+                Some(id) => self
+                    .group(id)
+                    .await?
+                    .ok_or_else(|| EngineError::Corrupt(format!("{id} vanished"))),
+                None => Err(EngineError::Corrupt("group decision named no group".into())),
+            }
+        };
+        match reply.first().map(String::as_str) {
+            Some("done") => Ok(GroupOutcome::Done(group().await?)),
+            Some("replay") => Ok(GroupOutcome::Replayed(group().await?)),
+            Some("key_reused") => Ok(GroupOutcome::KeyReused),
+            Some(code) => Refusal::from_code(code)
+                .map(GroupOutcome::Refused)
+                .ok_or_else(corrupt),
+            None => Err(corrupt()),
+        }
+    }
+
     async fn transition(
         &self,
         script: &Script,
@@ -224,6 +300,7 @@ impl RedisEngine {
             .key(keys.expiries())
             .key(keys.reservation(id))
             .key(keys.events())
+            .key(keys.group_expiries())
             .arg(now.0)
             .arg(id.as_str());
         if let Some(scope) = scope {
@@ -314,6 +391,10 @@ fn campaign_state(
             raw => raw.parse().map(Some).map_err(|_| corrupt(field)),
         }
     };
+    let counter = |field: &str| -> Result<u64, EngineError> {
+        hash.get(field)
+            .map_or(Ok(0), |v| v.parse().map_err(|_| corrupt(field)))
+    };
     let small = |field: &str| -> Result<u32, EngineError> {
         u32::try_from(number(field)?).map_err(|_| corrupt(field))
     };
@@ -340,6 +421,11 @@ fn campaign_state(
         available: number("available")?,
         held: number("held")?,
         confirmed: number("confirmed")?,
+        groups: GroupCounts {
+            open: counter("gopen")?,
+            formed: counter("gformed")?,
+            failed: counter("gfailed")?,
+        },
     })
 }
 
@@ -518,6 +604,7 @@ impl Engine for RedisEngine {
             .key(keys.users())
             .key(keys.expiries())
             .key(keys.events())
+            .key(keys.group_expiries())
             .arg(now.0)
             .arg(limit)
             .invoke_async(&mut self.connection())
@@ -552,6 +639,53 @@ impl Engine for RedisEngine {
             snapshot.insert(key.clone(), (id, fingerprint));
         }
         Ok(Some(snapshot))
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.group_decision(&self.scripts.open_group, request).await
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.group_decision(&self.scripts.join_group, request).await
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        let campaign = id.campaign_id();
+        let reply: Vec<String> = self
+            .scripts
+            .read_group
+            .key(Keys::of(&self.namespace, &campaign).campaign)
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection())
+            .await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || EngineError::Corrupt(format!("group {id}: {reply:?}"));
+        let [leader, size, status, created, expires, rest @ ..] = reply.as_slice() else {
+            return Err(corrupt());
+        };
+        let mut members = Vec::new();
+        for member in rest.chunks(3) {
+            let [user, rid, status] = member else {
+                return Err(corrupt());
+            };
+            members.push(GroupMember {
+                user_id: UserId::parse(user).map_err(|_| corrupt())?,
+                reservation_id: ReservationId::parse(rid).map_err(|_| corrupt())?,
+                status: ReservationStatus::parse(status).ok_or_else(corrupt)?,
+            });
+        }
+        Ok(Some(Group {
+            id: id.clone(),
+            campaign_id: campaign,
+            leader_user_id: UserId::parse(leader).map_err(|_| corrupt())?,
+            size: size.parse().map_err(|_| corrupt())?,
+            status: GroupStatus::parse(status).ok_or_else(corrupt)?,
+            created_at: Millis(created.parse().map_err(|_| corrupt())?),
+            expires_at: Millis(expires.parse().map_err(|_| corrupt())?),
+            members,
+        }))
     }
 
     async fn read_events(

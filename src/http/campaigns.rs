@@ -76,6 +76,16 @@ pub struct CampaignView {
     available: u64,
     held: u64,
     confirmed: u64,
+    /// Group counts by status, for group-buy campaigns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<GroupCountsView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupCountsView {
+    open: u64,
+    formed: u64,
+    failed: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -106,6 +116,11 @@ impl CampaignView {
             available: state.available,
             held: state.held,
             confirmed: state.confirmed,
+            groups: c.group.map(|_| GroupCountsView {
+                open: state.groups.open,
+                formed: state.groups.formed,
+                failed: state.groups.failed,
+            }),
         }
     }
 }
@@ -170,6 +185,7 @@ pub async fn create_campaign(
             available: campaign.stock,
             held: 0,
             confirmed: 0,
+            groups: Default::default(),
             campaign,
         },
         now,

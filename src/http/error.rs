@@ -104,6 +104,10 @@ impl ApiError {
             Refusal::Ended => "the campaign has ended",
             Refusal::SoldOut => "not enough units are left",
             Refusal::LimitExceeded => "this would take the user past the campaign's per_user_limit",
+            Refusal::GroupNotFound => "no such group",
+            Refusal::GroupFull => "the group has all its members",
+            Refusal::GroupClosed => "the group is no longer open",
+            Refusal::AlreadyMember => "the user is already a member of this group",
         };
         ApiError::Refused {
             refusal,
@@ -155,6 +159,10 @@ impl ApiError {
                 Refusal::Ended => (S::CONFLICT, refusal.code(), "Ended"),
                 Refusal::SoldOut => (S::CONFLICT, refusal.code(), "Sold out"),
                 Refusal::LimitExceeded => (S::CONFLICT, refusal.code(), "Limit exceeded"),
+                Refusal::GroupNotFound => (S::NOT_FOUND, refusal.code(), "Group not found"),
+                Refusal::GroupFull => (S::CONFLICT, refusal.code(), "Group full"),
+                Refusal::GroupClosed => (S::CONFLICT, refusal.code(), "Group closed"),
+                Refusal::AlreadyMember => (S::CONFLICT, refusal.code(), "Already a member"),
             },
             ApiError::ReservationNotFound(_) => (
                 S::NOT_FOUND,

@@ -7,6 +7,7 @@ pub mod auth;
 mod campaigns;
 pub mod error;
 mod events;
+mod groups;
 mod health;
 mod json;
 mod openapi;
@@ -94,6 +95,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(campaigns::router())
         .merge(reservations::router())
         .merge(events::router())
+        .merge(groups::router())
         .merge(health::router())
         .merge(openapi::router());
     if state.metrics_on_main_listener {

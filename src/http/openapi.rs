@@ -21,6 +21,9 @@ use utoipa::{Modify, OpenApi};
         super::reservations::confirm,
         super::reservations::cancel,
         super::events::feed,
+        super::groups::open_group,
+        super::groups::join_group,
+        super::groups::get_group,
     ),
     modifiers(&BearerAuth)
 )]

@@ -343,6 +343,7 @@ impl Store {
 struct Batch {
     events: Vec<EventRow>,
     reservations: Vec<ReservationRow>,
+    groups: Vec<GroupRow>,
     stocks: Vec<(String, i64, i64, i64)>,
 }
 
@@ -352,6 +353,18 @@ struct EventRow {
     kind: String,
     at_ms: i64,
     payload: String,
+}
+
+struct GroupRow {
+    id: String,
+    campaign_id: String,
+    leader_user_id: String,
+    size: i64,
+    status: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    event_ms: i64,
+    event_seq: i64,
 }
 
 struct ReservationRow {
@@ -374,6 +387,7 @@ impl Batch {
         let mut rows = Vec::with_capacity(events.len());
         let mut newest: HashMap<&ReservationId, ReservationRow> = HashMap::new();
         let mut stocks: HashMap<&CampaignId, (i64, i64, i64)> = HashMap::new();
+        let mut groups: HashMap<String, GroupRow> = HashMap::new();
         for event in events {
             let position = event.position;
             match &event.change {
@@ -423,6 +437,40 @@ impl Batch {
                         }
                     }
                 }
+                Change::Group { group } => {
+                    let payload = serde_json::json!({ "group": {
+                        "id": group.id.as_str(),
+                        "campaign_id": group.campaign_id.as_str(),
+                        "leader_user_id": group.leader_user_id.as_str(),
+                        "size": group.size,
+                        "status": group.status.as_str(),
+                        "expires_at": group.expires_at,
+                    }});
+                    rows.push(EventRow {
+                        campaign_id: event.campaign_id.to_string(),
+                        stream_id: position.to_string(),
+                        kind: event.kind(),
+                        at_ms: event.at.0,
+                        payload: payload.to_string(),
+                    });
+                    let row = GroupRow {
+                        id: group.id.to_string(),
+                        campaign_id: event.campaign_id.to_string(),
+                        leader_user_id: group.leader_user_id.to_string(),
+                        size: i64::from(group.size),
+                        status: group.status.as_str().to_owned(),
+                        created_at_ms: group.created_at.0,
+                        expires_at_ms: group.expires_at.0,
+                        event_ms: position.ms,
+                        event_seq: position.seq,
+                    };
+                    let newer = groups.get(&row.id).is_none_or(|kept| {
+                        (kept.event_ms, kept.event_seq) < (row.event_ms, row.event_seq)
+                    });
+                    if newer {
+                        groups.insert(row.id.clone(), row);
+                    }
+                }
                 Change::Stock { stock } => {
                     let entry = stocks.entry(&event.campaign_id).or_insert((0, 0, 0));
                     if (position.ms, position.seq) > (entry.1, entry.2) {
@@ -434,6 +482,7 @@ impl Batch {
         Ok(Batch {
             events: rows,
             reservations: newest.into_values().collect(),
+            groups: groups.into_values().collect(),
             stocks: stocks
                 .into_iter()
                 .map(|(id, (stock, ms, seq))| (id.to_string(), stock, ms, seq))
@@ -459,6 +508,27 @@ impl Batch {
         .bind(e.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at_ms).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let g = &self.groups;
+        sqlx::query(
+            "INSERT INTO groups (id, campaign_id, leader_user_id, size, status, created_at_ms, \
+             expires_at_ms, event_ms, event_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, event_ms = EXCLUDED.event_ms, \
+             event_seq = EXCLUDED.event_seq \
+             WHERE (groups.event_ms, groups.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
+        )
+        .bind(g.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.campaign_id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.leader_user_id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.size).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.created_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.expires_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.event_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.event_seq).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         let r = &self.reservations;
@@ -515,6 +585,29 @@ impl Batch {
                     .push_bind(&r.payload);
             });
             q.push(" ON CONFLICT (campaign_id, stream_id) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in self.groups.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO groups (id, campaign_id, leader_user_id, size, status, created_at_ms, \
+                 expires_at_ms, event_ms, event_seq) ",
+            );
+            q.push_values(chunk, |mut b, g| {
+                b.push_bind(&g.id)
+                    .push_bind(&g.campaign_id)
+                    .push_bind(&g.leader_user_id)
+                    .push_bind(g.size)
+                    .push_bind(&g.status)
+                    .push_bind(g.created_at_ms)
+                    .push_bind(g.expires_at_ms)
+                    .push_bind(g.event_ms)
+                    .push_bind(g.event_seq);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, event_ms = excluded.event_ms, \
+                 event_seq = excluded.event_seq \
+                 WHERE (groups.event_ms, groups.event_seq) < (excluded.event_ms, excluded.event_seq)",
+            );
             q.build().execute(&mut *tx).await?;
         }
         for chunk in self.reservations.chunks(500) {

@@ -5,5 +5,6 @@
 
 mod concurrency;
 mod engines;
+mod groups;
 mod model;
 mod rules;

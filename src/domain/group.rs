@@ -1,0 +1,122 @@
+//! Group buys (拼团): a group holds `size` units of its campaign; each member holds one.
+
+use super::{CampaignId, Millis, ParseError, ReservationId, ReservationStatus, UserId};
+use std::fmt;
+
+/// A group id: `grp_<ULID>_<campaign id>`; like a reservation id, it names its campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(String);
+
+const ULID_LEN: usize = 26;
+const PREFIX: &str = "grp_";
+
+impl GroupId {
+    pub fn generate(campaign: &CampaignId) -> Self {
+        GroupId(format!("{PREFIX}{}_{campaign}", ulid::Ulid::new()))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let invalid = || ParseError(format!("{raw:?} is not a group id"));
+        let rest = raw.strip_prefix(PREFIX).ok_or_else(invalid)?;
+        if rest.len() <= ULID_LEN + 1 || !rest.is_char_boundary(ULID_LEN) {
+            return Err(invalid());
+        }
+        let (ulid, campaign) = rest.split_at(ULID_LEN);
+        ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
+        let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
+        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        Ok(GroupId(raw.to_owned()))
+    }
+
+    pub fn campaign_id(&self) -> CampaignId {
+        CampaignId(self.0[PREFIX.len() + ULID_LEN + 1..].to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The contract's group `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupStatus {
+    /// Taking members; holds `size` units.
+    Open,
+    /// `size` members confirmed; its units are sold.
+    Formed,
+    /// The window closed first; every member was released and the units returned.
+    Failed,
+}
+
+impl GroupStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStatus::Open => "open",
+            GroupStatus::Formed => "formed",
+            GroupStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "open" => GroupStatus::Open,
+            "formed" => GroupStatus::Formed,
+            "failed" => GroupStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One member: the latest reservation the user has in the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub user_id: UserId,
+    pub reservation_id: ReservationId,
+    pub status: ReservationStatus,
+}
+
+/// A group with its members, in the order they joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub campaign_id: CampaignId,
+    pub leader_user_id: UserId,
+    pub size: u32,
+    pub status: GroupStatus,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub members: Vec<GroupMember>,
+}
+
+impl Group {
+    /// Members whose reservation still takes a slot (held or confirmed).
+    pub fn active_members(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.status.takes_units())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_id_carries_its_campaign() {
+        let campaign = CampaignId::parse("team-buy").expect("valid");
+        let id = GroupId::generate(&campaign);
+        assert_eq!(
+            GroupId::parse(id.as_str()).map(|g| g.campaign_id()),
+            Ok(campaign)
+        );
+        assert!(GroupId::parse("grp_nope").is_err());
+        assert!(GroupId::parse(&id.as_str().replace("grp_", "res_")).is_err());
+    }
+}
