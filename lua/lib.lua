@@ -4,16 +4,25 @@
 
 -- Appends the reservation's current state to the campaign's event stream (same slot), so the
 -- change and its event are one atomic step.
-local function emit(stream, rk, id, now)
+-- A creating event also carries the idempotency record (`key`, `fp`), so the database can
+-- rebuild it.
+local function emit(stream, rk, id, now, key, fp)
   local r = redis.call('HMGET', rk, 'user', 'qty', 'status', 'created', 'expires', 'group')
-  redis.call('XADD', stream, '*', 'type', 'reservation.' .. r[3], 'at', now, 'id', id,
-    'user', r[1], 'qty', r[2], 'status', r[3], 'created', r[4], 'expires', r[5], 'group', r[6] or '')
+  if key then
+    redis.call('XADD', stream, '*', 'type', 'reservation.' .. r[3], 'at', now, 'id', id,
+      'user', r[1], 'qty', r[2], 'status', r[3], 'created', r[4], 'expires', r[5], 'group', r[6] or '',
+      'key', key, 'fp', fp)
+  else
+    redis.call('XADD', stream, '*', 'type', 'reservation.' .. r[3], 'at', now, 'id', id,
+      'user', r[1], 'qty', r[2], 'status', r[3], 'created', r[4], 'expires', r[5], 'group', r[6] or '')
+  end
 end
 
 -- Appends the group's current state (without members) to the event stream.
+local GROUP_EVENT = {open = 'group.opened', formed = 'group.formed', failed = 'group.failed'}
 local function emit_group(stream, gk, gid, now)
   local g = redis.call('HMGET', gk, 'leader', 'size', 'status', 'created', 'expires')
-  redis.call('XADD', stream, '*', 'type', 'group.' .. g[3], 'at', now, 'gid', gid,
+  redis.call('XADD', stream, '*', 'type', GROUP_EVENT[g[3]], 'at', now, 'gid', gid,
     'leader', g[1], 'size', g[2], 'gstatus', g[3], 'created', g[4], 'expires', g[5])
 end
 
@@ -54,7 +63,8 @@ local function fail_group_if_due(campaign, users, exp, gexp, stream, gid, now)
   redis.call('ZREM', gexp, gid)
   redis.call('HINCRBY', campaign, 'available', size)
   redis.call('HINCRBY', campaign, 'held', confirmed - size)
-  redis.call('HINCRBY', campaign, 'confirmed', -confirmed)
+  -- `0 - x`, not `-x`: Lua's -0 reaches Redis as "-0", which HINCRBY rejects.
+  redis.call('HINCRBY', campaign, 'confirmed', 0 - confirmed)
   redis.call('HINCRBY', campaign, 'gopen', -1)
   redis.call('HINCRBY', campaign, 'gfailed', 1)
   local released = 0
@@ -87,6 +97,6 @@ local function add_member(keys, gid, user, rid, now, hold, idem, fp)
   redis.call('RPUSH', gk .. ':m', rid)
   redis.call('HSET', gk .. ':mu', user, rid)
   redis.call('HSET', keys[3], idem, gid .. '|' .. fp)
-  emit(keys[5], keys[6], rid, now)
+  emit(keys[5], keys[6], rid, now, idem, fp)
   return expires
 end

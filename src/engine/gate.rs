@@ -300,8 +300,12 @@ impl Engine for Gated {
         &self,
         campaign: &Campaign,
         reservations: &[RestoredReservation],
+        groups: &[Group],
     ) -> Result<bool, EngineError> {
-        let restored = self.inner.restore_campaign(campaign, reservations).await?;
+        let restored = self
+            .inner
+            .restore_campaign(campaign, reservations, groups)
+            .await?;
         if restored {
             self.units_returned(&campaign.id);
         }

@@ -142,6 +142,94 @@ impl Slot {
         })
     }
 
+    /// A campaign rebuilt from the database: the same counters the decisions would have left.
+    fn restored(
+        campaign: &Campaign,
+        reservations: &[RestoredReservation],
+        groups: &[Group],
+    ) -> Self {
+        let mut slot = Slot::new(campaign.clone());
+        for g in groups {
+            let size = u64::from(g.size);
+            match g.status {
+                GroupStatus::Open => {
+                    slot.group_counts.open += 1;
+                    slot.held += size;
+                    slot.group_expiries.insert((g.expires_at, g.id.clone()));
+                }
+                GroupStatus::Formed => {
+                    slot.group_counts.formed += 1;
+                    slot.confirmed += size;
+                }
+                GroupStatus::Failed => slot.group_counts.failed += 1,
+            }
+            slot.groups.insert(
+                g.id.clone(),
+                GroupSlot {
+                    leader: g.leader_user_id.clone(),
+                    size: g.size,
+                    status: g.status,
+                    created_at: g.created_at,
+                    expires_at: g.expires_at,
+                    members: Vec::new(),
+                    active: 0,
+                    confirmed: 0,
+                },
+            );
+        }
+        for r in reservations {
+            let reservation = &r.reservation;
+            let quantity = u64::from(reservation.quantity);
+            if !reservation.status.takes_units() {
+                continue;
+            }
+            let held = reservation.status == ReservationStatus::Held;
+            if held {
+                slot.expiries
+                    .insert((reservation.expires_at, reservation.id.clone()));
+            }
+            *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
+            let group_id = reservation
+                .group_id
+                .as_deref()
+                .and_then(|g| GroupId::parse(g).ok());
+            match group_id.and_then(|g| Some(g.clone()).zip(slot.groups.get_mut(&g))) {
+                Some((group_id, group)) => {
+                    group
+                        .members
+                        .push((reservation.user_id.clone(), reservation.id.clone()));
+                    group.active += 1;
+                    if !held {
+                        group.confirmed += 1;
+                        if group.status == GroupStatus::Open {
+                            slot.held -= quantity;
+                            slot.confirmed += quantity;
+                        }
+                    }
+                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
+                        slot.group_idempotency
+                            .insert(key.clone(), (group_id, fingerprint.clone()));
+                    }
+                }
+                None => {
+                    if held {
+                        slot.held += quantity;
+                    } else {
+                        slot.confirmed += quantity;
+                    }
+                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
+                        slot.idempotency
+                            .insert(key.clone(), (reservation.id.clone(), fingerprint.clone()));
+                    }
+                }
+            }
+            slot.reservations
+                .insert(reservation.id.clone(), reservation.clone());
+        }
+        slot.available = campaign.stock.saturating_sub(slot.held + slot.confirmed);
+        slot
+    }
+
     /// The replay of an open or join whose idempotency key was seen before.
     fn group_replay(&self, request: &GroupRequest) -> Option<GroupOutcome> {
         let (id, fingerprint) = self.group_idempotency.get(&request.idempotency_key)?;
@@ -182,7 +270,7 @@ impl Slot {
             request.now,
             Change::Reservation {
                 reservation,
-                idempotency: None,
+                idempotency: Some((request.idempotency_key.clone(), request.fingerprint.clone())),
             },
         );
     }
@@ -756,35 +844,14 @@ impl Engine for MemoryEngine {
         &self,
         campaign: &Campaign,
         reservations: &[RestoredReservation],
+        groups: &[Group],
     ) -> Result<bool, EngineError> {
         let mut restored = false;
         self.campaigns
             .entry(campaign.id.clone())
             .or_insert_with(|| {
                 restored = true;
-                let mut slot = Slot::new(campaign.clone());
-                for r in reservations {
-                    let reservation = &r.reservation;
-                    let quantity = u64::from(reservation.quantity);
-                    match reservation.status {
-                        ReservationStatus::Held => {
-                            slot.held += quantity;
-                            slot.expiries
-                                .insert((reservation.expires_at, reservation.id.clone()));
-                        }
-                        ReservationStatus::Confirmed => slot.confirmed += quantity,
-                        _ => continue,
-                    }
-                    *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
-                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
-                        slot.idempotency
-                            .insert(key.clone(), (reservation.id.clone(), fingerprint.clone()));
-                    }
-                    slot.reservations
-                        .insert(reservation.id.clone(), reservation.clone());
-                }
-                slot.available = campaign.stock.saturating_sub(slot.held + slot.confirmed);
-                Arc::new(Mutex::new(slot))
+                Arc::new(Mutex::new(Slot::restored(campaign, reservations, groups)))
             });
         Ok(restored)
     }

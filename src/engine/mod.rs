@@ -28,8 +28,8 @@ pub use gate::Gated;
 pub use memory::MemoryEngine;
 
 use crate::domain::{
-    Campaign, CampaignId, CampaignState, Group, GroupId, Millis, Quantity, Refusal, Reservation,
-    ReservationId, UserId,
+    Campaign, CampaignId, CampaignState, Group, GroupId, GroupStatus, Millis, Quantity, Refusal,
+    Reservation, ReservationId, UserId,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -203,7 +203,11 @@ impl Event {
                 format!("reservation.{}", reservation.status.as_str())
             }
             Change::Stock { .. } => "campaign.stock".to_owned(),
-            Change::Group { group } => format!("group.{}", group.status.as_str()),
+            Change::Group { group } => match group.status {
+                GroupStatus::Open => "group.opened".to_owned(),
+                GroupStatus::Formed => "group.formed".to_owned(),
+                GroupStatus::Failed => "group.failed".to_owned(),
+            },
         }
     }
 }
@@ -288,12 +292,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Acknowledges persisted events and trims them from their streams.
     async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError>;
 
-    /// Recreates a campaign the engine lost, with its live reservations (held and confirmed),
-    /// their idempotency records and expiries. Does nothing (`false`) if the campaign exists.
+    /// Recreates a campaign the engine lost, with its groups (`members` unused), its live
+    /// reservations (held and confirmed, in creation order), their idempotency records and
+    /// expiries. Does nothing (`false`) if the campaign exists.
     async fn restore_campaign(
         &self,
         campaign: &Campaign,
         reservations: &[RestoredReservation],
+        groups: &[Group],
     ) -> Result<bool, EngineError>;
 
     /// Opens a group: holds `size` units of a group-buy campaign and gives the opener the

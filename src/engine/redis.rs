@@ -789,6 +789,7 @@ impl Engine for RedisEngine {
         &self,
         campaign: &Campaign,
         reservations: &[RestoredReservation],
+        groups: &[Group],
     ) -> Result<bool, EngineError> {
         let keys = Keys::of(&self.namespace, &campaign.id);
         let config = campaign_fields(campaign);
@@ -799,7 +800,10 @@ impl Engine for RedisEngine {
             .key(keys.idempotency())
             .key(keys.expiries())
             .key(keys.events())
-            .arg(config.len() * 2);
+            .key(keys.group_idempotency())
+            .key(keys.group_expiries())
+            .arg(config.len() * 2)
+            .arg(reservations.len());
         for (field, value) in config {
             invocation.arg(field).arg(value);
         }
@@ -815,6 +819,15 @@ impl Engine for RedisEngine {
                 .arg(r.group_id.clone().unwrap_or_default())
                 .arg(restored.idempotency_key.clone().unwrap_or_default())
                 .arg(restored.fingerprint.clone().unwrap_or_default());
+        }
+        for group in groups {
+            invocation
+                .arg(group.id.as_str())
+                .arg(group.leader_user_id.as_str())
+                .arg(group.size)
+                .arg(group.status.as_str())
+                .arg(group.created_at.0)
+                .arg(group.expires_at.0);
         }
         let restored: i64 = invocation.invoke_async(&mut self.connection()).await?;
         let _: i64 = self

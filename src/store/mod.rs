@@ -3,8 +3,8 @@
 //! reservation and the append-only event feed. Migrations are in `migrations/`.
 
 use crate::domain::{
-    Campaign, CampaignId, CampaignKind, GroupRule, Millis, Reservation, ReservationId,
-    ReservationStatus, UserId,
+    Campaign, CampaignId, CampaignKind, Group, GroupId, GroupRule, GroupStatus, Millis,
+    Reservation, ReservationId, ReservationStatus, UserId,
 };
 use crate::engine::{Change, Event, RestoredReservation};
 use serde::Serialize;
@@ -48,7 +48,7 @@ pub struct FeedEvent {
     pub payload: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Units of a campaign as the database knows them.
+/// Units of a campaign, counted the way the engine counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredCounts {
     pub stock: u64,
@@ -245,38 +245,44 @@ impl Store {
         }
     }
 
-    /// Stock and units held/confirmed of a campaign, as recorded.
-    pub async fn counts(&self, campaign: &CampaignId) -> Result<Option<StoredCounts>, StoreError> {
-        const SQL: &str = "SELECT c.stock, \
-            COALESCE(SUM(CASE WHEN r.status = 'held' THEN r.quantity ELSE 0 END), 0) AS held, \
-            COALESCE(SUM(CASE WHEN r.status = 'confirmed' THEN r.quantity ELSE 0 END), 0) AS confirmed \
-            FROM campaigns c LEFT JOIN reservations r ON r.campaign_id = c.id WHERE c.id = $1 GROUP BY c.stock";
+    /// Every group of a campaign (any status), members left empty.
+    pub async fn groups(&self, campaign: &CampaignId) -> Result<Vec<Group>, StoreError> {
+        const SQL: &str = "SELECT id, leader_user_id, size, status, created_at_ms, expires_at_ms \
+            FROM groups WHERE campaign_id = $1 ORDER BY id";
         macro_rules! decode {
-            ($row:expr) => {
-                match $row {
-                    None => Ok(None),
-                    Some(row) => Ok(Some(StoredCounts {
-                        stock: row.try_get::<i64, _>(0)? as u64,
-                        held: row.try_get::<i64, _>(1)? as u64,
-                        confirmed: row.try_get::<i64, _>(2)? as u64,
-                    })),
-                }
+            ($rows:expr) => {
+                $rows
+                    .iter()
+                    .map(|row| {
+                        let corrupt = |what: &str| StoreError::Corrupt(format!("group {what}"));
+                        let id: String = row.try_get("id")?;
+                        let leader: String = row.try_get("leader_user_id")?;
+                        let status: String = row.try_get("status")?;
+                        Ok(Group {
+                            id: GroupId::parse(&id).map_err(|_| corrupt(&id))?,
+                            campaign_id: campaign.clone(),
+                            leader_user_id: UserId::parse(&leader).map_err(|_| corrupt(&leader))?,
+                            size: row.try_get::<i64, _>("size")? as u32,
+                            status: GroupStatus::parse(&status).ok_or_else(|| corrupt(&status))?,
+                            created_at: Millis(row.try_get("created_at_ms")?),
+                            expires_at: Millis(row.try_get("expires_at_ms")?),
+                            members: Vec::new(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
             };
         }
         match self {
-            Store::Postgres(pool) => {
-                let sql = SQL.replace("), 0) AS", ")::BIGINT, 0) AS");
-                decode!(
-                    sqlx::query(&sql)
-                        .bind(campaign.as_str())
-                        .fetch_optional(pool)
-                        .await?
-                )
-            }
+            Store::Postgres(pool) => decode!(
+                sqlx::query(SQL)
+                    .bind(campaign.as_str())
+                    .fetch_all(pool)
+                    .await?
+            ),
             Store::Sqlite(pool) => decode!(
                 sqlx::query(SQL)
                     .bind(campaign.as_str())
-                    .fetch_optional(pool)
+                    .fetch_all(pool)
                     .await?
             ),
         }

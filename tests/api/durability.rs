@@ -126,12 +126,17 @@ async fn after_a_burst_the_database_holds_exactly_the_acknowledged_reservations(
         .map(|r| r.reservation.id.to_string())
         .collect();
     assert_eq!(stored, acknowledged);
-    let counts = app
+    let stored_campaign = app
         .store
-        .counts(&campaign)
+        .campaigns()
         .await
         .expect("answers")
+        .into_iter()
+        .find(|c| c.id == campaign)
         .expect("campaign stored");
+    let counts = flashsale::pipeline::recovery::database_counts(&app.store, &stored_campaign)
+        .await
+        .expect("answers");
     assert_eq!((counts.stock, counts.held, counts.confirmed), (100, 100, 0));
 }
 

@@ -112,6 +112,48 @@ async fn postgres_unreachable_for_seconds_loses_nothing() {
     assert_eq!(persisted, acknowledged, "nothing lost");
 }
 
+async fn open_group(app: &crate::helpers::TestApp, campaign: &str, user: &str) -> Value {
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{campaign}/groups")))
+        .bearer_auth(&app.store_token)
+        .header("Idempotency-Key", fresh_key())
+        .json(&json!({ "user_id": user }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    response.json().await.expect("json")
+}
+
+async fn join_group_response(
+    app: &crate::helpers::TestApp,
+    group: &str,
+    user: &str,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/v1/groups/{group}/members")))
+        .bearer_auth(&app.store_token)
+        .header("Idempotency-Key", fresh_key())
+        .json(&json!({ "user_id": user }))
+        .send()
+        .await
+        .expect("sent")
+}
+
+async fn join_group(app: &crate::helpers::TestApp, group: &str, user: &str) -> Value {
+    let response = join_group_response(app, group, user).await;
+    assert_eq!(response.status(), 201);
+    response.json().await.expect("json")
+}
+
+async fn join_group_status(app: &crate::helpers::TestApp, group: &str, user: &str) -> u16 {
+    join_group_response(app, group, user)
+        .await
+        .status()
+        .as_u16()
+}
+
 /// A Redis server of the test's own, on a free port, that it may flush.
 struct OwnRedis {
     child: tokio::process::Child,
@@ -192,7 +234,31 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
         200
     );
     // 6 held then 2 confirmed, 1 cancelled: 3 held + 2 confirmed = 5 units taken.
-    feed_when(&first, 9, Duration::from_secs(20)).await;
+    // And a group buy: one formed group of 2, one open group with one paid member of 2.
+    let groups = first
+        .campaign(
+            6,
+            1,
+            json!({"kind": "group_buy", "group": {"size": 2, "window_seconds": 600}}),
+        )
+        .await;
+    let group_of = |response: Value| response["id"].as_str().expect("group id").to_owned();
+    let formed = group_of(open_group(&first, &groups, "g1").await);
+    let formed_view = join_group(&first, &formed, "g2").await;
+    for member in formed_view["members"].as_array().expect("members") {
+        let rid = member["reservation_id"].as_str().expect("rid");
+        assert_eq!(first.confirm(rid, &first.store_token).await.status(), 200);
+    }
+    let open_view = open_group(&first, &groups, "g3").await;
+    let open = group_of(open_view.clone());
+    let paid = open_view["members"][0]["reservation_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
+    assert_eq!(first.confirm(&paid, &first.store_token).await.status(), 200);
+    let before = first.campaign_json(&groups).await;
+    // 9 flash-sale events, then 2 opened + 3 held + 3 confirmed + 1 formed.
+    feed_when(&first, 18, Duration::from_secs(20)).await;
     first.stop().await.expect("stops");
 
     let mut connection = redis::Client::open(redis.url.as_str())
@@ -238,5 +304,35 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
     assert_eq!(sold, 5, "exactly the units nobody holds");
     let campaign = second.campaign_json(&id).await;
     assert_eq!(campaign["available"], 0);
+
+    let after = second.campaign_json(&groups).await;
+    assert_eq!(after, before, "the group campaign comes back as it was");
+    assert_eq!(
+        join_group_status(&second, &open, "g1").await,
+        409,
+        "g1's limit survived"
+    );
+    assert_eq!(
+        join_group_status(&second, &open, "g4").await,
+        201,
+        "the open group's free slot survived"
+    );
+    assert_eq!(
+        join_group_status(&second, &formed, "g5").await,
+        409,
+        "a formed group stays closed"
+    );
+    // Once the pipeline has caught up, engine and database agree.
+    let started = Instant::now();
+    loop {
+        let drifts = flashsale::pipeline::recovery::reconcile(&second.engine, &second.store)
+            .await
+            .expect("reconciles");
+        if drifts.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{drifts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     redis.child.kill().await.expect("stopped");
 }

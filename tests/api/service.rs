@@ -165,27 +165,66 @@ async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
     }
 }
 
-on_both_backends!(the_readme_walkthrough_runs_as_written);
+on_both_backends!(
+    the_readme_walkthrough_runs_as_written,
+    the_readme_group_walkthrough_runs_as_written
+);
 
-/// Runs `docs/walkthrough.sh` (the README's curl walk-through) against the real server.
-async fn the_readme_walkthrough_runs_as_written(backend: Backend) {
+/// Runs a walk-through script from `docs/` against the real server; returns its output.
+async fn run_walkthrough(backend: Backend, script: &str) -> String {
     let app = crate::helpers::spawn_app_with(backend, |c| {
         c.admin_tokens = vec!["adm-demo".into()];
         c.store_tokens = vec!["sto-demo".into()];
     })
     .await;
     let output = tokio::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/walkthrough.sh"))
+        .arg(format!("{}/docs/{script}", env!("CARGO_MANIFEST_DIR")))
         .env("FS", &app.address)
         .output()
         .await
         .expect("bash and curl run");
     assert!(output.status.success(), "{output:?}");
-    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json_lines(output: &str) -> Vec<Value> {
+    output
         .lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("each printed line is JSON"))
+        .map(|l| serde_json::from_str(l).expect("each printed object is JSON"))
+        .collect()
+}
+
+/// Runs `docs/group-walkthrough.sh` (the README's group-buy walk-through).
+async fn the_readme_group_walkthrough_runs_as_written(backend: Backend) {
+    let output = run_walkthrough(backend, "group-walkthrough.sh").await;
+    let lines = json_lines(&output);
+    let codes: Vec<&str> = lines.iter().filter_map(|l| l["code"].as_str()).collect();
+    assert_eq!(codes, ["group_full"]);
+    let groups: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["leader_user_id"].is_string())
+        .filter_map(|l| l["status"].as_str())
         .collect();
+    assert_eq!(groups, ["open", "formed", "failed"]);
+    let last = lines.last().expect("the campaign at the end");
+    assert_eq!(
+        (last["available"].as_u64(), last["confirmed"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let feed: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("\"type\""))
+        .collect();
+    assert_eq!(feed.len(), 7, "{output}");
+    assert!(feed[4].contains("reservation.released") && feed[4].contains("\"user_id\":\"dan\""));
+    assert!(feed[5].contains("reservation.released") && feed[5].contains("\"user_id\":\"eve\""));
+    assert!(feed[6].contains("group.failed"));
+}
+
+/// Runs `docs/walkthrough.sh` (the README's curl walk-through) against the real server.
+async fn the_readme_walkthrough_runs_as_written(backend: Backend) {
+    let lines = json_lines(&run_walkthrough(backend, "walkthrough.sh").await);
     let codes: Vec<&str> = lines.iter().filter_map(|l| l["code"].as_str()).collect();
     assert_eq!(codes, ["limit_exceeded", "sold_out"]);
     let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
