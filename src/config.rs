@@ -64,6 +64,14 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// How often state gauges (units per campaign, backlog, lag, up) are sampled, in ms.
+    #[arg(
+        long,
+        env = "FLASHSALE_METRICS_SAMPLE_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub metrics_sample_interval_ms: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FLASHSALE_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: usize,

@@ -1,6 +1,13 @@
 //! Every metric name, in one place, and the Prometheus recorder.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+use std::time::Duration;
+
+/// A series not updated for this long is dropped from `/metrics`: per-campaign series go
+/// away once their campaign ends (the sampler stops updating them) without an unbounded
+/// label set. Everything that must always be present is re-set by the sampler every tick.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// HTTP requests by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "flashsale_http_requests_total";
@@ -8,7 +15,8 @@ pub const HTTP_REQUESTS: &str = "flashsale_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "flashsale_http_request_duration_seconds";
 /// Requests being served right now.
 pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
-/// Reservation attempts by `outcome` (reserved, replayed, sold_out, limit_exceeded, ...).
+/// Reservation attempts by `campaign` and `outcome` (reserved, replayed, sold_out,
+/// limit_exceeded, not_started, ended, rate_limited, ...).
 pub const RESERVATION_ATTEMPTS: &str = "flashsale_reservation_attempts_total";
 /// Group opens and joins by `operation` and `outcome`.
 pub const GROUP_ATTEMPTS: &str = "flashsale_group_attempts_total";
@@ -18,15 +26,29 @@ pub const SOLD_OUT_SHORT_CIRCUITS: &str = "flashsale_sold_out_short_circuits_tot
 pub const REAPER_EXPIRED: &str = "flashsale_reaper_expired_total";
 /// Reaper passes that failed.
 pub const REAPER_ERRORS: &str = "flashsale_reaper_errors_total";
-/// Engine failures (not refusals) by `operation`.
-pub const ENGINE_ERRORS: &str = "flashsale_engine_errors_total";
+/// Units of a live campaign by `campaign` and `state` (available, held, confirmed).
+pub const CAMPAIGN_UNITS: &str = "flashsale_campaign_units";
+/// Groups of a live group-buy campaign by `campaign` and `status` (open, formed, failed).
+pub const CAMPAIGN_GROUPS: &str = "flashsale_campaign_groups";
+/// Time one Lua script took, round trip included, by `script`.
+pub const SCRIPT_DURATION: &str = "flashsale_redis_script_duration_seconds";
+/// Lua script calls that failed (connection, timeout, script error), by `script`.
+pub const SCRIPT_ERRORS: &str = "flashsale_redis_script_errors_total";
+/// 1 while the stock engine answers a ping, else 0.
+pub const ENGINE_UP: &str = "flashsale_engine_up";
+/// 1 while the database answers, else 0.
+pub const DATABASE_UP: &str = "flashsale_database_up";
+/// Events in the engine's streams not yet persisted (and acknowledged).
+pub const PERSIST_BACKLOG: &str = "flashsale_persister_backlog_events";
+/// Events handed to a persister and not yet acknowledged.
+pub const PERSIST_PENDING: &str = "flashsale_persister_pending_events";
 /// Events written to the database.
 pub const PERSISTED_EVENTS: &str = "flashsale_persister_events_total";
 /// Events per persisted batch.
 pub const PERSIST_BATCH_SIZE: &str = "flashsale_persister_batch_size";
 /// Time to write and acknowledge one batch.
 pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_seconds";
-/// Age of the oldest event of the last persisted batch.
+/// Age of the oldest event not yet persisted (0 when none waits).
 pub const PERSIST_LAG: &str = "flashsale_persister_lag_seconds";
 /// Persister failures by `stage` (read, write, ack).
 pub const PERSIST_FAILURES: &str = "flashsale_persister_failures_total";
@@ -37,10 +59,50 @@ pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
 /// Always 1, labelled with `version` and `engine`.
 pub const BUILD_INFO: &str = "flashsale_build_info";
 
+/// The `script` label values of [`SCRIPT_DURATION`] and [`SCRIPT_ERRORS`]: one per file in
+/// `lua/` that the Redis engine runs.
+pub const SCRIPT_NAMES: &[&str] = &[
+    "create_campaign",
+    "adjust_stock",
+    "reserve",
+    "confirm",
+    "cancel",
+    "expire",
+    "sold_out_snapshot",
+    "restore_campaign",
+    "open_group",
+    "join_group",
+    "read_group",
+];
+
+/// Keeps the counters that alerts and panels read present at zero, so a quiet service shows
+/// 0 rather than no series (and they never idle out).
+pub fn touch_counters(redis: bool) {
+    if redis {
+        for script in SCRIPT_NAMES {
+            metrics::counter!(SCRIPT_ERRORS, "script" => *script).increment(0);
+        }
+    }
+    for stage in ["read", "write", "ack"] {
+        metrics::counter!(PERSIST_FAILURES, "stage" => stage).increment(0);
+    }
+    for name in [
+        SOLD_OUT_SHORT_CIRCUITS,
+        REAPER_EXPIRED,
+        REAPER_ERRORS,
+        RECOVERED_CAMPAIGNS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 /// Buckets that resolve a sub-millisecond service: 100 µs to 5 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// Events per batch: 1 to the 1,000 default maximum.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
 /// Installs the process-wide recorder once and returns its handle; later calls (tests start
 /// many applications in one process) get the same handle.
@@ -49,14 +111,97 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::ALL, Some(IDLE_TIMEOUT))
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PERSIST_BATCH_SIZE.into()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
                 // Another recorder is installed (an embedding program's): keep a private one
                 // so `/metrics` still answers.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         })
         .clone()
+}
+
+/// Gives every metric its HELP text (Prometheus tooling expects one).
+fn describe() {
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        "HTTP request latency by route and method."
+    );
+    metrics::describe_gauge!(HTTP_IN_FLIGHT, "Requests being served right now.");
+    metrics::describe_counter!(RESERVATION_ATTEMPTS, "Reservation attempts by campaign and outcome (reserved, replayed, sold_out, limit_exceeded, not_started, ended, rate_limited, ...).");
+    metrics::describe_counter!(
+        GROUP_ATTEMPTS,
+        "Group opens and joins by operation and outcome."
+    );
+    metrics::describe_counter!(
+        SOLD_OUT_SHORT_CIRCUITS,
+        "Refusals answered by the in-process sold-out gate, without asking the engine."
+    );
+    metrics::describe_counter!(REAPER_EXPIRED, "Held reservations the reaper expired.");
+    metrics::describe_counter!(REAPER_ERRORS, "Reaper passes that failed.");
+    metrics::describe_gauge!(
+        CAMPAIGN_UNITS,
+        "Units of a live campaign by campaign and state (available, held, confirmed)."
+    );
+    metrics::describe_gauge!(
+        CAMPAIGN_GROUPS,
+        "Groups of a live group-buy campaign by campaign and status (open, formed, failed)."
+    );
+    metrics::describe_histogram!(
+        SCRIPT_DURATION,
+        "Time one Lua script took, round trip included, by script."
+    );
+    metrics::describe_counter!(
+        SCRIPT_ERRORS,
+        "Lua script calls that failed (connection, timeout, script error), by script."
+    );
+    metrics::describe_gauge!(
+        ENGINE_UP,
+        "1 while the stock engine answers a ping, else 0."
+    );
+    metrics::describe_gauge!(DATABASE_UP, "1 while the database answers, else 0.");
+    metrics::describe_gauge!(
+        PERSIST_BACKLOG,
+        "Events in the engine's streams not yet persisted (and acknowledged)."
+    );
+    metrics::describe_gauge!(
+        PERSIST_PENDING,
+        "Events handed to a persister and not yet acknowledged."
+    );
+    metrics::describe_counter!(PERSISTED_EVENTS, "Events written to the database.");
+    metrics::describe_histogram!(PERSIST_BATCH_SIZE, "Events per persisted batch.");
+    metrics::describe_histogram!(
+        PERSIST_BATCH_DURATION,
+        "Time to write and acknowledge one batch."
+    );
+    metrics::describe_gauge!(
+        PERSIST_LAG,
+        "Age of the oldest event not yet persisted (0 when none waits)."
+    );
+    metrics::describe_counter!(
+        PERSIST_FAILURES,
+        "Persister failures by stage (read, write, ack)."
+    );
+    metrics::describe_gauge!(
+        RECONCILE_DRIFT,
+        "Units by which engine and database disagree, per campaign."
+    );
+    metrics::describe_counter!(
+        RECOVERED_CAMPAIGNS,
+        "Campaigns rebuilt in the engine from the database."
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with version and engine.");
 }

@@ -26,6 +26,7 @@ pub struct Application {
     state: AppState,
     reaper_interval: Duration,
     reconcile_interval: Duration,
+    sample_interval: Duration,
     /// The in-process persister's settings; `None` when another process persists.
     persister: Option<PersisterSettings>,
     credentials: Credentials,
@@ -80,6 +81,8 @@ impl Application {
     /// Connects the engine, binds the listeners (port 0 picks a free port) and wires the
     /// router; nothing is served until [`Application::run_until`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The recorder first: handles made while connecting must reach it.
+        metrics::install();
         let inner = connect_engine(&config).await?;
         Self::build_with_engine(config, inner).await
     }
@@ -111,8 +114,6 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
-        ::metrics::gauge!(metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => inner.name())
-            .set(1.0);
         let state = AppState {
             engine: Gated::new(inner),
             store,
@@ -142,6 +143,7 @@ impl Application {
             state,
             reaper_interval: Duration::from_millis(config.reaper_interval_ms.max(10)),
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
+            sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
             persister: config.persister.then(|| persister_settings(&config)),
             credentials,
         })
@@ -237,6 +239,12 @@ impl Application {
                 shutdown.clone(),
             )));
         }
+        workers.push(tokio::spawn(workers::run_metrics_sampler(
+            engine.clone(),
+            self.state.store.clone(),
+            self.sample_interval,
+            shutdown.clone(),
+        )));
         workers.push(tokio::spawn(recovery::run(
             shared,
             self.state.store.clone(),

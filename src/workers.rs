@@ -73,3 +73,82 @@ pub async fn run_limiter_cleanup(
         }
     }
 }
+
+/// Every `interval`: the gauges that describe state rather than events — engine and
+/// database up, the persister's backlog and lag, units and groups of every live campaign,
+/// build info. Campaigns that ended more than [`ENDED_GRACE`] ago are no longer sampled, so
+/// their series idle out of `/metrics` ([`crate::metrics::IDLE_TIMEOUT`]).
+pub async fn run_metrics_sampler(
+    engine: Gated,
+    store: crate::store::Store,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = ticker.tick() => {}
+        }
+        sample_once(&engine, &store).await;
+    }
+}
+
+/// How long after its end a campaign is still sampled.
+pub const ENDED_GRACE: Duration = Duration::from_secs(300);
+
+/// One sampling pass.
+pub async fn sample_once(engine: &Gated, store: &crate::store::Store) {
+    let now = Millis::now();
+    m::touch_counters(engine.name() == "redis");
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => engine.name()).set(1.0);
+    let engine_up = engine.ping().await.is_ok();
+    metrics::gauge!(m::ENGINE_UP).set(if engine_up { 1.0 } else { 0.0 });
+    let database_up = store.ping().await.is_ok();
+    metrics::gauge!(m::DATABASE_UP).set(if database_up { 1.0 } else { 0.0 });
+    if !engine_up {
+        return;
+    }
+    if let Ok(backlog) = engine.backlog().await {
+        metrics::gauge!(m::PERSIST_BACKLOG).set(backlog.events as f64);
+        metrics::gauge!(m::PERSIST_PENDING).set(backlog.pending as f64);
+        let lag_ms = backlog.oldest.map_or(0, |oldest| (now.0 - oldest.0).max(0));
+        metrics::gauge!(m::PERSIST_LAG).set(lag_ms as f64 / 1000.0);
+    }
+    let Ok(ids) = engine.campaign_ids().await else {
+        return;
+    };
+    let grace_ms = ENDED_GRACE.as_millis() as i64;
+    for id in ids {
+        let Ok(Some(state)) = engine.campaign(&id).await else {
+            continue;
+        };
+        if state
+            .campaign
+            .ends_at
+            .is_some_and(|ends| ends.0 + grace_ms < now.0)
+        {
+            continue;
+        }
+        let campaign = id.to_string();
+        for (units, value) in [
+            ("available", state.available),
+            ("held", state.held),
+            ("confirmed", state.confirmed),
+        ] {
+            metrics::gauge!(m::CAMPAIGN_UNITS, "campaign" => campaign.clone(), "state" => units)
+                .set(value as f64);
+        }
+        if state.campaign.group.is_some() {
+            let groups = state.groups;
+            for (status, value) in [
+                ("open", groups.open),
+                ("formed", groups.formed),
+                ("failed", groups.failed),
+            ] {
+                metrics::gauge!(m::CAMPAIGN_GROUPS, "campaign" => campaign.clone(), "status" => status).set(value as f64);
+            }
+        }
+    }
+}

@@ -23,6 +23,7 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// An engine behind the sold-out gate and the campaign config cache.
 #[derive(Clone)]
@@ -215,7 +216,11 @@ impl Engine for Gated {
             }
             return self.answer_sold_out(request, &snapshot).await;
         }
-        let outcome = self.inner.reserve(request).await?;
+        let outcome = self
+            .inner
+            .reserve(request)
+            .instrument(tracing::debug_span!("engine.reserve", campaign = %request.campaign_id))
+            .await?;
         match &outcome {
             ReserveOutcome::Refused(Refusal::SoldOut)
             | ReserveOutcome::Reserved { available: 0, .. } => self.arm(&request.campaign_id),
@@ -229,7 +234,11 @@ impl Engine for Gated {
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
-        let outcome = self.inner.confirm(id, now).await?;
+        let outcome = self
+            .inner
+            .confirm(id, now)
+            .instrument(tracing::debug_span!("engine.confirm", reservation = %id))
+            .await?;
         if let Transition::NotHeld(r) = &outcome {
             if r.status == ReservationStatus::Expired {
                 self.units_returned(&id.campaign_id());
@@ -244,7 +253,11 @@ impl Engine for Gated {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError> {
-        let outcome = self.inner.cancel(id, scope, now).await?;
+        let outcome = self
+            .inner
+            .cancel(id, scope, now)
+            .instrument(tracing::debug_span!("engine.cancel", reservation = %id))
+            .await?;
         if matches!(outcome, Transition::Done(_) | Transition::NotHeld(_)) {
             self.units_returned(&id.campaign_id());
         }
@@ -257,7 +270,11 @@ impl Engine for Gated {
         now: Millis,
         limit: u32,
     ) -> Result<u32, EngineError> {
-        let expired = self.inner.expire_due(campaign, now, limit).await?;
+        let expired = self
+            .inner
+            .expire_due(campaign, now, limit)
+            .instrument(tracing::debug_span!("engine.expire_due", campaign = %campaign))
+            .await?;
         if expired > 0 {
             self.units_returned(campaign);
         }
@@ -272,11 +289,17 @@ impl Engine for Gated {
     }
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.inner.open_group(request).await
+        self.inner
+            .open_group(request)
+            .instrument(tracing::debug_span!("engine.open_group", campaign = %request.campaign_id))
+            .await
     }
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.inner.join_group(request).await
+        self.inner
+            .join_group(request)
+            .instrument(tracing::debug_span!("engine.join_group", group = %request.group_id))
+            .await
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
@@ -294,6 +317,10 @@ impl Engine for Gated {
 
     async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
         self.inner.ack_events(events).await
+    }
+
+    async fn backlog(&self) -> Result<super::Backlog, EngineError> {
+        self.inner.backlog().await
     }
 
     async fn restore_campaign(

@@ -831,6 +831,23 @@ impl Engine for MemoryEngine {
         Ok(events)
     }
 
+    async fn backlog(&self) -> Result<super::Backlog, EngineError> {
+        let mut backlog = super::Backlog::default();
+        for entry in self.campaigns.iter() {
+            let slot = lock(entry.value());
+            backlog.pending += slot.in_flight.len() as u64;
+            backlog.events += (slot.in_flight.len() + slot.outbox.len()) as u64;
+            let oldest = slot
+                .in_flight
+                .values()
+                .map(|(e, _)| e.at)
+                .chain(slot.outbox.front().map(|e| e.at))
+                .min();
+            backlog.oldest = backlog.oldest.into_iter().chain(oldest).min();
+        }
+        Ok(backlog)
+    }
+
     async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
         for event in events {
             if let Some(slot) = self.slot(&event.campaign_id) {

@@ -220,6 +220,17 @@ pub struct RestoredReservation {
     pub fingerprint: Option<String>,
 }
 
+/// Events waiting in the engine for the persister.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Not yet persisted and acknowledged.
+    pub events: u64,
+    /// Handed to a persister, not yet acknowledged.
+    pub pending: u64,
+    /// When the oldest waiting event happened.
+    pub oldest: Option<Millis>,
+}
+
 /// What [`Engine::probe`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -288,6 +299,9 @@ pub trait Engine: Send + Sync + 'static {
         max: usize,
         reclaim_after: std::time::Duration,
     ) -> Result<Vec<Event>, EngineError>;
+
+    /// What waits for the persister, for metrics.
+    async fn backlog(&self) -> Result<Backlog, EngineError>;
 
     /// Acknowledges persisted events and trims them from their streams.
     async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError>;

@@ -13,6 +13,7 @@ use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, Group, GroupCounts, GroupId, GroupMember,
     GroupRule, GroupStatus, Millis, Refusal, Reservation, ReservationId, ReservationStatus, UserId,
 };
+use crate::metrics as m;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -169,6 +170,47 @@ impl Scripts {
     }
 }
 
+/// A connection that records each command's latency and failures under a script's name.
+struct Timed {
+    connection: ConnectionManager,
+    script: &'static str,
+}
+
+impl redis::aio::ConnectionLike for Timed {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.connection.req_packed_command(cmd).await;
+            metrics::histogram!(m::SCRIPT_DURATION, "script" => self.script)
+                .record(started.elapsed().as_secs_f64());
+            // A NOSCRIPT reply is answered by loading the script; it is not a failure.
+            if result
+                .as_ref()
+                .is_err_and(|e| e.kind() != redis::ErrorKind::NoScriptError)
+            {
+                metrics::counter!(m::SCRIPT_ERRORS, "script" => self.script).increment(1);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.connection.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.connection.get_db()
+    }
+}
+
 /// The keys of one campaign (see `lua/README.md`).
 struct Keys {
     campaign: String,
@@ -239,10 +281,20 @@ impl RedisEngine {
         self.connection.clone()
     }
 
+    /// The connection, timing every command as the named script (EVALSHA, and the reload
+    /// on NOSCRIPT).
+    fn timed(&self, script: &'static str) -> Timed {
+        Timed {
+            connection: self.connection.clone(),
+            script,
+        }
+    }
+
     /// Runs `open_group.lua` or `join_group.lua` (same keys and arguments).
     async fn group_decision(
         &self,
         script: &Script,
+        name: &'static str,
         request: &GroupRequest,
     ) -> Result<GroupOutcome, EngineError> {
         let keys = Keys::of(&self.namespace, &request.campaign_id);
@@ -260,7 +312,7 @@ impl RedisEngine {
             .arg(&request.fingerprint)
             .arg(request.group_id.as_str())
             .arg(request.reservation_id.as_str())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed(name))
             .await?;
         let corrupt = || EngineError::Corrupt(format!("group decision answered {reply:?}"));
         let named = reply.get(1).and_then(|raw| GroupId::parse(raw).ok());
@@ -287,6 +339,7 @@ impl RedisEngine {
     async fn transition(
         &self,
         script: &Script,
+        name: &'static str,
         id: &ReservationId,
         now: Millis,
         scope: Option<CancelScope>,
@@ -309,7 +362,7 @@ impl RedisEngine {
                 CancelScope::HeldOrConfirmed => "any",
             });
         }
-        let reply: Vec<String> = invocation.invoke_async(&mut self.connection()).await?;
+        let reply: Vec<String> = invocation.invoke_async(&mut self.timed(name)).await?;
         let outcome = reply.first().map(String::as_str).unwrap_or_default();
         if outcome == "not_found" {
             return Ok(Transition::NotFound);
@@ -438,7 +491,9 @@ impl Engine for RedisEngine {
         for (field, value) in campaign_fields(campaign) {
             invocation.arg(field).arg(value);
         }
-        let created: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        let created: i64 = invocation
+            .invoke_async(&mut self.timed("create_campaign"))
+            .await?;
         // Outside the script on purpose: the index spans campaigns (another slot). A crash in
         // between leaves a campaign the reaper does not see until the next create or restart
         // re-adds it; `campaign_ids` is an index, not the source of truth.
@@ -476,7 +531,7 @@ impl Engine for RedisEngine {
             .key(&keys.campaign)
             .key(keys.events())
             .arg(delta)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed("adjust_stock"))
             .await?;
         let number = |i: usize| -> Result<u64, EngineError> {
             reply
@@ -516,7 +571,7 @@ impl Engine for RedisEngine {
             .arg(&request.idempotency_key)
             .arg(&request.fingerprint)
             .arg(request.reservation_id.as_str())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed("reserve"))
             .await?;
         let corrupt = || EngineError::Corrupt(format!("reserve answered {reply:?}"));
         let number = |i: usize| -> Result<i64, EngineError> {
@@ -577,7 +632,8 @@ impl Engine for RedisEngine {
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
-        self.transition(&self.scripts.confirm, id, now, None).await
+        self.transition(&self.scripts.confirm, "confirm", id, now, None)
+            .await
     }
 
     async fn cancel(
@@ -586,7 +642,7 @@ impl Engine for RedisEngine {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError> {
-        self.transition(&self.scripts.cancel, id, now, Some(scope))
+        self.transition(&self.scripts.cancel, "cancel", id, now, Some(scope))
             .await
     }
 
@@ -607,7 +663,7 @@ impl Engine for RedisEngine {
             .key(keys.group_expiries())
             .arg(now.0)
             .arg(limit)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed("expire"))
             .await?;
         Ok(expired)
     }
@@ -622,7 +678,7 @@ impl Engine for RedisEngine {
             .sold_out_snapshot
             .key(&keys.campaign)
             .key(keys.idempotency())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed("sold_out_snapshot"))
             .await?;
         if reply.first().map(String::as_str) != Some("0") {
             return Ok(None);
@@ -642,11 +698,13 @@ impl Engine for RedisEngine {
     }
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.group_decision(&self.scripts.open_group, request).await
+        self.group_decision(&self.scripts.open_group, "open_group", request)
+            .await
     }
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.group_decision(&self.scripts.join_group, request).await
+        self.group_decision(&self.scripts.join_group, "join_group", request)
+            .await
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
@@ -656,7 +714,7 @@ impl Engine for RedisEngine {
             .read_group
             .key(Keys::of(&self.namespace, &campaign).campaign)
             .arg(id.as_str())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.timed("read_group"))
             .await?;
         if reply.is_empty() {
             return Ok(None);
@@ -766,6 +824,50 @@ impl Engine for RedisEngine {
         Ok(events)
     }
 
+    async fn backlog(&self) -> Result<super::Backlog, EngineError> {
+        let campaigns = self.campaign_ids().await?;
+        let mut pipe = redis::pipe();
+        for campaign in &campaigns {
+            let stream = Keys::of(&self.namespace, campaign).events();
+            pipe.cmd("XLEN").arg(&stream);
+            pipe.cmd("XPENDING").arg(&stream).arg(GROUP);
+            pipe.cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+        let mut backlog = super::Backlog::default();
+        for triple in replies.chunks(3) {
+            if let [length, pending, first] = triple {
+                backlog.events += redis::from_redis_value::<u64>(length).unwrap_or(0);
+                // XPENDING summary: [count, smallest id, greatest id, consumers]
+                if let redis::Value::Array(summary) = pending {
+                    if let Some(count) = summary.first() {
+                        backlog.pending += redis::from_redis_value::<u64>(count).unwrap_or(0);
+                    }
+                }
+                // XRANGE: [[id, fields]]; the id's first part is its time in ms.
+                let first_id = match first {
+                    redis::Value::Array(entries) => match entries.first() {
+                        Some(redis::Value::Array(entry)) => entry
+                            .first()
+                            .and_then(|id| redis::from_redis_value::<String>(id).ok()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(position) = first_id.as_deref().and_then(StreamPosition::parse) {
+                    let at = Millis(position.ms);
+                    backlog.oldest = Some(backlog.oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        Ok(backlog)
+    }
+
     async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
         let mut by_campaign: HashMap<&CampaignId, Vec<String>> = HashMap::new();
         for event in events {
@@ -829,7 +931,9 @@ impl Engine for RedisEngine {
                 .arg(group.created_at.0)
                 .arg(group.expires_at.0);
         }
-        let restored: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        let restored: i64 = invocation
+            .invoke_async(&mut self.timed("restore_campaign"))
+            .await?;
         let _: i64 = self
             .connection()
             .sadd(self.campaigns_key(), campaign.id.as_str())

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// Everything a handler needs, cloned per request (all fields are shared handles).
 #[derive(Clone)]
@@ -120,6 +121,18 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(limits)
         .layer(middleware::from_fn(track_metrics))
+        // One span per request (debug level, so nothing is logged per successful request at
+        // the default level); 5xx answers are logged as errors.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+            }),
+        )
         .layer(CatchPanicLayer::custom(|_panic| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))

@@ -101,8 +101,9 @@ fn created(reservation: Reservation, replayed: bool) -> Response {
     response
 }
 
-fn count_attempt(outcome: &'static str) {
-    metrics::counter!(m::RESERVATION_ATTEMPTS, "outcome" => outcome).increment(1);
+fn count_attempt(campaign: &CampaignId, outcome: &'static str) {
+    metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => campaign.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Reserve units for a user.
@@ -138,7 +139,7 @@ pub async fn reserve(
         Quantity::parse(body.quantity.unwrap_or(1)).map_err(|e| ApiError::InvalidRequest(e.0))?;
     state
         .check_user_rate(user_id.as_str())
-        .inspect_err(|_| count_attempt("rate_limited"))?;
+        .inspect_err(|_| count_attempt(&campaign_id, "rate_limited"))?;
     let request = ReserveRequest {
         fingerprint: ReserveRequest::fingerprint_of(&user_id, quantity),
         idempotency_key: format!("{}:{}", caller.idempotency_scope(), key.as_str()),
@@ -156,19 +157,19 @@ pub async fn reserve(
     }
     match outcome {
         ReserveOutcome::Reserved { reservation, .. } => {
-            count_attempt("reserved");
+            count_attempt(&request.campaign_id, "reserved");
             Ok(created(reservation, false))
         }
         ReserveOutcome::Replayed(reservation) => {
-            count_attempt("replayed");
+            count_attempt(&request.campaign_id, "replayed");
             Ok(created(reservation, true))
         }
         ReserveOutcome::KeyReused => {
-            count_attempt("idempotency_key_reused");
+            count_attempt(&request.campaign_id, "idempotency_key_reused");
             Err(ApiError::IdempotencyKeyReused)
         }
         ReserveOutcome::Refused(refusal) => {
-            count_attempt(refusal.code());
+            count_attempt(&request.campaign_id, refusal.code());
             Err(ApiError::refused(refusal))
         }
     }

@@ -4,7 +4,6 @@
 //! Database failures are retried with backoff while the hot path keeps serving; events wait
 //! in the streams meanwhile.
 
-use crate::domain::Millis;
 use crate::engine::{Engine, Event};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -112,11 +111,8 @@ async fn write_once(
         tracing::warn!(%error, "acknowledging a persisted batch failed; will retry");
         return Err("ack");
     }
-    let now = Millis::now();
-    let oldest = batch.iter().map(|e| e.at.0).min().unwrap_or(now.0);
     metrics::counter!(m::PERSISTED_EVENTS).increment(batch.len() as u64);
     metrics::histogram!(m::PERSIST_BATCH_SIZE).record(batch.len() as f64);
     metrics::histogram!(m::PERSIST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
-    metrics::gauge!(m::PERSIST_LAG).set((now.0 - oldest).max(0) as f64 / 1000.0);
     Ok(())
 }

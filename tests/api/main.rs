@@ -10,6 +10,7 @@ mod durability;
 mod groups;
 mod helpers;
 mod input;
+mod observability;
 mod outages;
 mod reservations;
 mod service;
