@@ -104,6 +104,13 @@ fn event_from(
     })
 }
 
+/// The campaign index as read, and when.
+type CachedIds = (std::time::Instant, Vec<CampaignId>);
+
+/// How long the campaign index is cached: campaigns created on other instances reach this
+/// one's background workers within this long.
+const CAMPAIGN_IDS_TTL: Duration = Duration::from_secs(1);
+
 /// The namespace (key prefix) when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "fs";
 
@@ -115,6 +122,9 @@ pub struct RedisEngine {
     scripts: Arc<Scripts>,
     /// Prefix of every key, so several deployments (or tests) can share one Redis.
     namespace: Arc<str>,
+    /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
+    /// all walk it, and a campaign created on this instance is added at once.
+    campaign_ids: Arc<std::sync::Mutex<Option<CachedIds>>>,
     /// When this instance last looked for events a dead consumer left unacknowledged.
     last_reclaim: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
@@ -263,6 +273,7 @@ impl RedisEngine {
             connection,
             scripts: Arc::new(Scripts::new()),
             last_reclaim: Arc::default(),
+            campaign_ids: Arc::default(),
             namespace: Arc::from(namespace),
         };
         let mut connection = engine.connection.clone();
@@ -279,6 +290,11 @@ impl RedisEngine {
 
     fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+
+    /// Drops the cached campaign index, so a campaign just added is seen at once.
+    fn forget_campaign_ids(&self) {
+        *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The connection, timing every command as the named script (EVALSHA, and the reload
@@ -501,6 +517,7 @@ impl Engine for RedisEngine {
             .connection()
             .sadd(self.campaigns_key(), campaign.id.as_str())
             .await?;
+        self.forget_campaign_ids();
         Ok(created == 1)
     }
 
@@ -516,11 +533,19 @@ impl Engine for RedisEngine {
     }
 
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        if let Some((at, ids)) = &*self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < CAMPAIGN_IDS_TTL {
+                return Ok(ids.clone());
+            }
+        }
         let raw: Vec<String> = self.connection().smembers(self.campaigns_key()).await?;
-        Ok(raw
+        let ids: Vec<CampaignId> = raw
             .iter()
             .filter_map(|id| CampaignId::parse(id).ok())
-            .collect())
+            .collect();
+        *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), ids.clone()));
+        Ok(ids)
     }
 
     async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError> {
@@ -938,6 +963,7 @@ impl Engine for RedisEngine {
             .connection()
             .sadd(self.campaigns_key(), campaign.id.as_str())
             .await?;
+        self.forget_campaign_ids();
         Ok(restored == 1)
     }
 

@@ -66,7 +66,14 @@ pub async fn run(
             buffer.clear();
             first_at = None;
         } else if !got_any {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // Nothing new: poll again after a short pause while a batch is open (so it still
+            // flushes on time), after a whole delay when idle (keeps Redis quiet between sales).
+            let pause = if buffer.is_empty() {
+                settings.delay
+            } else {
+                Duration::from_millis(2)
+            };
+            tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
         }
     }
 }

@@ -1,0 +1,545 @@
+//! The flash-sale load generator: plays a sale against a running flashsale over HTTP/1.1
+//! keep-alive connections (hyper), records latency in HDR histograms, and verifies the
+//! service's invariants afterwards against its API and its database-backed event feed.
+//!
+//! Two ways to drive load:
+//! - *closed loop*: a fixed number of workers, each sending its next attempt as soon as the
+//!   last one answered;
+//! - *open loop*: attempts are scheduled at a fixed arrival rate and each latency is measured
+//!   from its *scheduled* send time, so a stalled service shows up in the latency instead of
+//!   silently slowing the generator down (coordinated omission).
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A flashsale service to talk to.
+#[derive(Clone)]
+pub struct Service {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    admin_token: String,
+    store_token: String,
+}
+
+/// One answer: status and body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Service {
+    pub fn new(base: &str, admin_token: &str, store_token: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(4096)
+            .build(connector);
+        Service {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            admin_token: admin_token.to_owned(),
+            store_token: store_token.to_owned(),
+        }
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Full::new(Bytes::from(body))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let response = self.client.request(request.body(body)?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Answer { status, body })
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Answer> {
+        self.call(
+            Method::POST,
+            path,
+            Some(&self.admin_token),
+            None,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn store_get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.call(Method::GET, path, Some(&self.store_token), None, None)
+            .await
+    }
+
+    pub async fn store_post(&self, path: &str) -> anyhow::Result<Answer> {
+        self.call(Method::POST, path, Some(&self.store_token), None, None)
+            .await
+    }
+
+    pub async fn reserve(&self, campaign: &str, user: &str, key: &str) -> anyhow::Result<Answer> {
+        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
+        self.call(
+            Method::POST,
+            &format!("/v1/campaigns/{campaign}/reservations"),
+            Some(&self.store_token),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+}
+
+/// How to drive the load.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Drive {
+    Closed {
+        concurrency: usize,
+    },
+    Open {
+        rate_per_second: u64,
+        max_in_flight: usize,
+    },
+}
+
+/// What to send.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Reservation attempts against a campaign.
+    Reserve,
+    /// `GET /healthz`: the HTTP floor.
+    Healthz,
+}
+
+/// The burst to play.
+#[derive(Debug, Clone, Serialize)]
+pub struct Burst {
+    pub campaign: String,
+    pub attempts: u64,
+    pub users: u64,
+    pub drive: Drive,
+    pub target: Target,
+    /// Makes idempotency keys unique to this run.
+    pub run_id: String,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// What a burst came to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub burst: Burst,
+    pub seconds: f64,
+    pub attempts_per_second: f64,
+    /// Answers by `code` (201 → `reserved`, problem answers by their `code`, else the status).
+    pub outcomes: BTreeMap<String, u64>,
+    pub latency: Latency,
+    /// The 201 answers: (user, reservation id).
+    #[serde(skip)]
+    pub winners: Vec<(String, String)>,
+}
+
+/// Plays a burst, printing progress every second.
+pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let winners: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let started = Instant::now();
+    let progress = {
+        let done = Arc::clone(&done);
+        let total = burst.attempts;
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!("  {now}/{total} attempts, {} /s", now - last);
+                last = now;
+            }
+        })
+    };
+    let workers = match burst.drive {
+        Drive::Closed { concurrency } => concurrency,
+        Drive::Open { max_in_flight, .. } => max_in_flight,
+    };
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let service = service.clone();
+        let burst = burst.clone();
+        let (next, done, outcomes, winners) = (
+            Arc::clone(&next),
+            Arc::clone(&done),
+            Arc::clone(&outcomes),
+            Arc::clone(&winners),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut local: HashMap<String, u64> = HashMap::new();
+            let mut won = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= burst.attempts {
+                    break;
+                }
+                // Open loop: latency counts from the scheduled send time.
+                let scheduled = match burst.drive {
+                    Drive::Open {
+                        rate_per_second, ..
+                    } => {
+                        let at = started
+                            + Duration::from_nanos(i * 1_000_000_000 / rate_per_second.max(1));
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    Drive::Closed { .. } => Instant::now(),
+                };
+                let user = format!("user-{}", i % burst.users.max(1));
+                let answer = match burst.target {
+                    Target::Reserve => {
+                        service
+                            .reserve(&burst.campaign, &user, &format!("{}-{i}", burst.run_id))
+                            .await
+                    }
+                    Target::Healthz => {
+                        service
+                            .call(Method::GET, "/healthz", None, None, None)
+                            .await
+                    }
+                };
+                let micros = scheduled.elapsed().as_micros() as u64;
+                let _ = histogram.record(micros.max(1));
+                let outcome = match &answer {
+                    Ok(a) if a.status == StatusCode::CREATED => {
+                        if let Some(id) = a.json()["id"].as_str() {
+                            won.push((user, id.to_owned()));
+                        }
+                        "reserved".to_owned()
+                    }
+                    Ok(a) if a.status == StatusCode::OK => "ok".to_owned(),
+                    Ok(a) => a.json()["code"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| a.status.as_u16().to_string()),
+                    Err(_) => "transport_error".to_owned(),
+                };
+                *local.entry(outcome).or_default() += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            {
+                let mut all = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                for (outcome, n) in local {
+                    *all.entry(outcome).or_default() += n;
+                }
+            }
+            winners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(won);
+            histogram
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        histogram.add(task.await?)?;
+    }
+    progress.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let winners = std::mem::take(&mut *winners.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(Report {
+        burst: burst.clone(),
+        seconds,
+        attempts_per_second: burst.attempts as f64 / seconds,
+        outcomes,
+        latency: Latency {
+            p50_us: histogram.value_at_quantile(0.5),
+            p90_us: histogram.value_at_quantile(0.9),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        },
+        winners,
+    })
+}
+
+/// What the settling step did to the winners.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Settled {
+    pub confirmed: Vec<String>,
+    pub cancelled: Vec<String>,
+    /// Left to expire.
+    pub expiring: Vec<String>,
+}
+
+/// A share of winners pays (confirm), a share cancels, the rest is left to expire.
+pub async fn settle(
+    service: &Service,
+    winners: &[(String, String)],
+    confirm_share: f64,
+    cancel_share: f64,
+) -> anyhow::Result<Settled> {
+    let mut settled = Settled::default();
+    let confirm_until = (winners.len() as f64 * confirm_share) as usize;
+    let cancel_until = confirm_until + (winners.len() as f64 * cancel_share) as usize;
+    for (i, (_, id)) in winners.iter().enumerate() {
+        if i < confirm_until {
+            let answer = service
+                .store_post(&format!("/v1/reservations/{id}/confirm"))
+                .await?;
+            if answer.status != StatusCode::OK {
+                bail!(
+                    "confirming {id} answered {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                );
+            }
+            settled.confirmed.push(id.clone());
+        } else if i < cancel_until {
+            let answer = service
+                .store_post(&format!("/v1/reservations/{id}/cancel"))
+                .await?;
+            if answer.status != StatusCode::OK {
+                bail!("cancelling {id} answered {}", answer.status);
+            }
+            settled.cancelled.push(id.clone());
+        } else {
+            settled.expiring.push(id.clone());
+        }
+    }
+    Ok(settled)
+}
+
+/// The checks, each with what it saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub checks: Vec<(String, bool, String)>,
+}
+
+impl Verification {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|(_, ok, _)| *ok)
+    }
+
+    /// The failed checks, one line each.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|(_, ok, _)| !ok)
+            .map(|(name, _, saw)| format!("{name}: {saw}"))
+            .collect()
+    }
+}
+
+/// Verifies the invariants after a sale has settled (expired holds reaped, pipeline caught up):
+/// units sold ≤ stock; nobody above the limit; the campaign's counts match what was
+/// confirmed; every 201 is in the database (its `reservation.held` is in the feed, once);
+/// the feed's events equal what was acknowledged: one held per 201, one confirmed per
+/// confirm, one cancelled per cancel, one expired per hold left to expire.
+pub async fn verify(
+    service: &Service,
+    campaign: &str,
+    stock: u64,
+    limit: u64,
+    winners: &[(String, String)],
+    settled: &Settled,
+) -> anyhow::Result<Verification> {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, ok: bool, saw: String| checks.push((name.to_owned(), ok, saw));
+
+    let state = service
+        .store_get(&format!("/v1/campaigns/{campaign}"))
+        .await?
+        .json();
+    let confirmed = state["confirmed"].as_u64().unwrap_or(u64::MAX);
+    let held = state["held"].as_u64().unwrap_or(u64::MAX);
+    let available = state["available"].as_u64().unwrap_or(u64::MAX);
+    check(
+        "units sold <= stock",
+        (winners.len() as u64) <= stock && confirmed <= stock,
+        format!(
+            "{} reserved, {confirmed} confirmed, stock {stock}",
+            winners.len()
+        ),
+    );
+    let mut per_user: HashMap<&str, u64> = HashMap::new();
+    for (user, _) in winners {
+        *per_user.entry(user).or_default() += 1;
+    }
+    let worst = per_user.values().copied().max().unwrap_or(0);
+    check(
+        "nobody above the per-user limit",
+        worst <= limit,
+        format!("most by one user: {worst}, limit {limit}"),
+    );
+    check(
+        "campaign confirmed == confirms",
+        confirmed == settled.confirmed.len() as u64,
+        format!("{confirmed} vs {}", settled.confirmed.len()),
+    );
+    check("no hold left", held == 0, format!("held {held}"));
+    check(
+        "conservation",
+        available + held + confirmed == stock,
+        format!("{available} + {held} + {confirmed} vs stock {stock}"),
+    );
+
+    // The feed is served from the database.
+    let mut events: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut after = 0i64;
+    loop {
+        let page = service
+            .store_get(&format!("/v1/events?after={after}&limit=1000"))
+            .await?
+            .json();
+        let batch = page["events"]
+            .as_array()
+            .ok_or_else(|| anyhow!("the feed answered {page}"))?
+            .clone();
+        if batch.is_empty() {
+            break;
+        }
+        for event in &batch {
+            let cursor = event["cursor"].as_i64().context("cursor")?;
+            if cursor <= after {
+                bail!("the feed went backwards at cursor {cursor}");
+            }
+            after = cursor;
+            let reservation = &event["reservation"];
+            if reservation["campaign_id"] != campaign {
+                continue;
+            }
+            let kind = match event["type"].as_str() {
+                Some("reservation.held") => "held",
+                Some("reservation.confirmed") => "confirmed",
+                Some("reservation.cancelled") => "cancelled",
+                Some("reservation.expired") => "expired",
+                _ => "other",
+            };
+            events
+                .entry(kind)
+                .or_default()
+                .push(reservation["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let compare = |kind: &'static str, expected: &[String]| -> (bool, String) {
+        let seen = events.get(kind).cloned().unwrap_or_default();
+        let unique: HashSet<&String> = seen.iter().collect();
+        let expected_set: HashSet<&String> = expected.iter().collect();
+        let missing = expected_set.difference(&unique).count();
+        let extra = unique.difference(&expected_set).count();
+        let duplicates = seen.len() - unique.len();
+        (missing == 0 && extra == 0 && duplicates == 0, format!("{} in the feed, {} expected: {missing} missing, {extra} unexpected, {duplicates} duplicated", seen.len(), expected.len()))
+    };
+    let acknowledged: Vec<String> = winners.iter().map(|(_, id)| id.clone()).collect();
+    let (ok, saw) = compare("held", &acknowledged);
+    check("every 201 in the database, once", ok, saw);
+    let (ok, saw) = compare("confirmed", &settled.confirmed);
+    check("every confirm in the database, once", ok, saw);
+    let (ok, saw) = compare("cancelled", &settled.cancelled);
+    check("every cancel in the database, once", ok, saw);
+    let (ok, saw) = compare("expired", &settled.expiring);
+    check("every expiry in the database, once", ok, saw);
+    Ok(Verification { checks })
+}
+
+/// Creates a campaign; its JSON answer.
+pub async fn create_campaign(
+    service: &Service,
+    id: &str,
+    stock: u64,
+    limit: u64,
+    hold_seconds: u64,
+) -> anyhow::Result<Value> {
+    let answer = service
+        .admin_post("/v1/campaigns", json!({"id": id, "kind": "flash_sale", "sku": "loadtest", "stock": stock, "per_user_limit": limit, "hold_seconds": hold_seconds}))
+        .await?;
+    if answer.status != StatusCode::CREATED {
+        bail!(
+            "creating {id} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(answer.json())
+}
+
+/// Waits until the feed's last event is at least as new as everything acknowledged: the
+/// pipeline caught up (or `within` passed).
+pub async fn wait_for_feed(
+    service: &Service,
+    expected_events: usize,
+    campaign: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let mut count = 0;
+        let mut after = 0i64;
+        loop {
+            let page = service
+                .store_get(&format!("/v1/events?after={after}&limit=1000"))
+                .await?
+                .json();
+            let batch = page["events"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                break;
+            }
+            after = page["next"].as_i64().unwrap_or(after);
+            count += batch
+                .iter()
+                .filter(|e| e["reservation"]["campaign_id"] == campaign)
+                .count();
+        }
+        if count >= expected_events || started.elapsed() > within {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
