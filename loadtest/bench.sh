@@ -72,7 +72,13 @@ success=$(rate "$out/success.json" "['report']['attempts_per_second']")
 script_usec=$(python3 -c "b='$before'.split(); a='$after'.split(); print(round((int(a[1])-int(b[1]))/max(1,int(a[0])-int(b[0])),2))")
 
 echo "== scenario: real sale (stock $SALE_STOCK, $SALE_ATTEMPTS attempts from $SALE_USERS users), verified" >&2
-sleep 2
+# Let the persister drain the success path's events, then measure the idle background
+# (persister polls, reaper, gate refresher, sampler) over 5 s.
+for _ in $(seq 1 600); do
+  curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^flashsale_persister_backlog_events 0$' && break
+  sleep 0.5
+done
+sleep 1
 idle_before=$(stats '^cmdstat_'); sleep 5; idle_after=$(stats '^cmdstat_')
 background_per_second=$(python3 -c "print(($(echo $idle_after | cut -d' ' -f1)-$(echo $idle_before | cut -d' ' -f1))/5)")
 before=$(stats '^cmdstat_')

@@ -219,6 +219,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, in declaration order (`refusal as usize` indexes it).
+    pub const ALL: [Refusal; 10] = [
+        Refusal::CampaignNotFound,
+        Refusal::WrongCampaignKind,
+        Refusal::NotStarted,
+        Refusal::Ended,
+        Refusal::SoldOut,
+        Refusal::LimitExceeded,
+        Refusal::GroupNotFound,
+        Refusal::GroupFull,
+        Refusal::GroupClosed,
+        Refusal::AlreadyMember,
+    ];
+
     /// The contract's stable `code`.
     pub fn code(self) -> &'static str {
         match self {
@@ -271,6 +285,14 @@ mod tests {
         assert!(IdempotencyKey::parse("order-1:try.2_x").is_ok());
         assert!(IdempotencyKey::parse("has space").is_err());
         assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn every_refusal_is_listed_at_its_own_index() {
+        for (index, refusal) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*refusal as usize, index);
+            assert_eq!(Refusal::from_code(refusal.code()), Some(*refusal));
+        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use crate::domain::Refusal;
 use crate::engine::EngineError;
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::sync::OnceLock;
 use std::time::Duration;
 use utoipa::ToSchema;
 
@@ -229,9 +231,41 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// The problem bodies of refusals never change, and a sold-out sale answers little else:
+/// they are serialized once.
+fn refusal_body(refusal: Refusal) -> Bytes {
+    static BODIES: OnceLock<Vec<Bytes>> = OnceLock::new();
+    let bodies = BODIES.get_or_init(|| {
+        Refusal::ALL
+            .iter()
+            .map(|&r| {
+                let error = ApiError::refused(r);
+                let (status, code, title) = error.parts();
+                let problem = Problem {
+                    kind: format!("urn:flashsale:problem:{code}"),
+                    title,
+                    status: status.as_u16(),
+                    detail: error.to_string(),
+                    code,
+                };
+                Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+            })
+            .collect()
+    });
+    bodies[refusal as usize].clone()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.parts();
+        if let ApiError::Refused { refusal, .. } = self {
+            let mut response = (status, refusal_body(refusal)).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            return response;
+        }
         let detail = match &self {
             ApiError::Internal(what) => {
                 tracing::error!(%what, "internal error");
