@@ -7,29 +7,20 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(String);
 
-const ULID_LEN: usize = 26;
 const PREFIX: &str = "grp_";
 
 impl GroupId {
     pub fn generate(campaign: &CampaignId) -> Self {
-        GroupId(format!("{PREFIX}{}_{campaign}", ulid::Ulid::new()))
+        GroupId(super::scoped_id::generate(PREFIX, campaign))
     }
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let invalid = || ParseError(format!("{raw:?} is not a group id"));
-        let rest = raw.strip_prefix(PREFIX).ok_or_else(invalid)?;
-        if rest.len() <= ULID_LEN + 1 || !rest.is_char_boundary(ULID_LEN) {
-            return Err(invalid());
-        }
-        let (ulid, campaign) = rest.split_at(ULID_LEN);
-        ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
-        let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
-        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        super::scoped_id::check(raw, PREFIX, "group")?;
         Ok(GroupId(raw.to_owned()))
     }
 
     pub fn campaign_id(&self) -> CampaignId {
-        CampaignId(self.0[PREFIX.len() + ULID_LEN + 1..].to_owned())
+        super::scoped_id::campaign(&self.0, PREFIX)
     }
 
     pub fn as_str(&self) -> &str {

@@ -16,6 +16,37 @@ use serde::Serialize;
 use std::fmt;
 use thiserror::Error;
 
+/// Ids of things that live inside one campaign: `<prefix><ULID>_<campaign id>`. The campaign
+/// rides inside so any instance finds the campaign (and its Redis hash tag) from the id alone.
+mod scoped_id {
+    use super::{CampaignId, ParseError};
+
+    const ULID_LEN: usize = 26;
+
+    pub fn generate(prefix: &str, campaign: &CampaignId) -> String {
+        format!("{prefix}{}_{campaign}", ulid::Ulid::new())
+    }
+
+    /// Checks `raw` has the shape; `what` names the kind of id in the error.
+    pub fn check(raw: &str, prefix: &str, what: &str) -> Result<(), ParseError> {
+        let invalid = || ParseError(format!("{raw:?} is not a {what} id"));
+        let rest = raw.strip_prefix(prefix).ok_or_else(invalid)?;
+        if rest.len() <= ULID_LEN + 1 || !rest.is_char_boundary(ULID_LEN) {
+            return Err(invalid());
+        }
+        let (ulid, campaign) = rest.split_at(ULID_LEN);
+        ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
+        let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
+        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        Ok(())
+    }
+
+    /// The campaign of an id that passed [`check`].
+    pub fn campaign(raw: &str, prefix: &str) -> CampaignId {
+        CampaignId(raw[prefix.len() + ULID_LEN + 1..].to_owned())
+    }
+}
+
 /// Why a raw value could not become a domain value; the text is shown to callers as `detail`.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{0}")]

@@ -4,39 +4,27 @@ use super::{CampaignId, Millis, ParseError, UserId};
 use serde::Serialize;
 use std::fmt;
 
-/// A reservation id: `res_<ULID>_<campaign id>`.
-///
-/// The campaign id rides inside so that any instance can find the reservation's campaign (and
-/// so its Redis hash tag) from the id alone, without a global index that would span slots.
+/// A reservation id: `res_<ULID>_<campaign id>` (see `scoped_id`): any instance finds the
+/// reservation's campaign from the id alone, without a global index that would span slots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct ReservationId(String);
 
-const ULID_LEN: usize = 26;
 const PREFIX: &str = "res_";
 
 impl ReservationId {
     pub fn generate(campaign: &CampaignId) -> Self {
-        ReservationId(format!("{PREFIX}{}_{campaign}", ulid::Ulid::new()))
+        ReservationId(super::scoped_id::generate(PREFIX, campaign))
     }
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let invalid = || ParseError(format!("{raw:?} is not a reservation id"));
-        let rest = raw.strip_prefix(PREFIX).ok_or_else(invalid)?;
-        if rest.len() <= ULID_LEN + 1 || !rest.is_char_boundary(ULID_LEN) {
-            return Err(invalid());
-        }
-        let (ulid, campaign) = rest.split_at(ULID_LEN);
-        ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
-        let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
-        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        super::scoped_id::check(raw, PREFIX, "reservation")?;
         Ok(ReservationId(raw.to_owned()))
     }
 
     /// The campaign this reservation belongs to.
     pub fn campaign_id(&self) -> CampaignId {
-        // Checked by `generate` and `parse`.
-        CampaignId(self.0[PREFIX.len() + ULID_LEN + 1..].to_owned())
+        super::scoped_id::campaign(&self.0, PREFIX)
     }
 
     pub fn as_str(&self) -> &str {
