@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::engine::{Engine, Gated, MemoryEngine, RedisEngine};
 use crate::http::auth::{issue_user_token, Auth};
-use crate::http::{self, AppState, HttpSettings};
+use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
 use crate::pipeline::recovery;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
@@ -114,7 +114,7 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
-        let state = AppState {
+        let state = AppState::new(Shared {
             engine: Gated::new(inner),
             store,
             auth: Arc::new(Auth::new(
@@ -122,10 +122,10 @@ impl Application {
                 &credentials.store_tokens,
                 &credentials.jwt_secret,
             )),
-            user_limiter: AppState::user_limiter(config.user_rate_per_second),
+            user_limiter: Shared::user_limiter(config.user_rate_per_second),
             metrics: handle,
             metrics_on_main_listener: metrics_listener.is_none(),
-        };
+        });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,
             max_in_flight: config.max_in_flight.max(1),

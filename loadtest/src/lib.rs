@@ -43,6 +43,16 @@ impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
+
+    /// The string value of a top-level `"field":"…"` without parsing the whole body: the
+    /// generator shares the machine with the service, so its per-answer work must stay small.
+    pub fn field(&self, field: &str) -> Option<String> {
+        let needle = format!("\"{field}\":\"");
+        let body = std::str::from_utf8(&self.body).ok()?;
+        let start = body.find(&needle)? + needle.len();
+        let end = body[start..].find('"')? + start;
+        Some(body[start..end].to_owned())
+    }
 }
 
 impl Service {
