@@ -104,8 +104,12 @@ echo "== scenario: the same sale settled and verified (confirm 60%, cancel 20%, 
 lt --json "$out/verified.json" sale --campaign verified --stock "$SALE_STOCK" --limit 1 --users "$SALE_USERS" \
   --attempts 20000 --concurrency "$CONCURRENCY" --hold-seconds 3 >&2
 
-echo "== scenario: sold out (every attempt refused)" >&2
+echo "== scenario: sold out (every attempt refused), next to a fresh HTTP floor" >&2
 lt --json "$out/soldout-setup.json" sale --campaign soldout --stock 1 --limit 1 --users 1 --attempts 1 --concurrency 1 --no-verify > /dev/null
+# The floor again, right before: the earlier scenarios leave the machine busier (Postgres
+# writing their events), and a ratio is only fair between neighbours.
+lt --json "$out/healthz-again.json" healthz --attempts "$ATTEMPTS" --concurrency "$CONCURRENCY" >&2
+healthz_again=$(rate "$out/healthz-again.json" "['attempts_per_second']")
 lt --json "$out/soldout.json" sale --campaign soldout --existing --stock 1 --limit 1 --users "$ATTEMPTS" \
   --attempts "$ATTEMPTS" --concurrency "$CONCURRENCY" --no-verify >&2
 soldout=$(rate "$out/soldout.json" "['report']['attempts_per_second']")
@@ -120,7 +124,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo
 echo "flashsale bench ($(nproc) cores, concurrency $CONCURRENCY; everything on one machine)"
 echo "success-path reserve / healthz            = $(ratio "$success" "$healthz")   ($success/s vs $healthz/s; target >= 0.5)"
-echo "sold-out refusals / healthz               = $(ratio "$soldout" "$healthz")   ($soldout/s vs $healthz/s; target >= 0.9)"
+echo "sold-out refusals / healthz               = $(ratio "$soldout" "$healthz_again")   ($soldout/s vs $healthz_again/s measured just before; target >= 0.9)"
 echo "reserve script usec_per_call (success)    = $script_usec µs   (INFO commandstats, EVALSHA; target <= 6)"
 echo "redis round trips per refused attempt     = ${per_refused% *}   (reserve-script calls caused by refusals; all commands incl. inside scripts and persistence: ${per_refused#* }; target <= 0.01)"
 echo "open-loop p99 at 80% of peak              = $open_p99 µs   (target <= 5000)"
