@@ -1,6 +1,7 @@
 //! Group-buy endpoints: open a group, join one, read one.
 
 use super::auth::Caller;
+use super::creating;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
@@ -10,8 +11,8 @@ use crate::domain::{
 use crate::engine::{Engine, GroupOutcome, GroupRequest};
 use crate::metrics as m;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -23,9 +24,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/groups/{id}/members", post(join_group))
         .route("/v1/groups/{id}", get(get_group))
 }
-
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Who opens or joins.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -85,22 +83,8 @@ fn member_request(
     headers: &HeaderMap,
     body: GroupMemberRequest,
 ) -> Result<(IdempotencyKey, UserId), ApiError> {
-    let raw = headers
-        .get(IDEMPOTENCY_KEY)
-        .ok_or(ApiError::IdempotencyKeyRequired)?
-        .to_str()
-        .map_err(|_| ApiError::InvalidIdempotencyKey("Idempotency-Key must be ASCII".into()))?;
-    let key = IdempotencyKey::parse(raw).map_err(|e| ApiError::InvalidIdempotencyKey(e.0))?;
-    let user = match (caller, body.user_id) {
-        (_, Some(raw)) => UserId::parse(&raw).map_err(|e| ApiError::InvalidRequest(e.0))?,
-        (Caller::User(me), None) => me.clone(),
-        (Caller::Service { .. }, None) => {
-            return Err(ApiError::InvalidRequest(
-                "user_id is required with a store token".into(),
-            ))
-        }
-    };
-    caller.may_act_for(&user)?;
+    let key = creating::idempotency_key(headers)?;
+    let user = creating::acting_user(caller, body.user_id)?;
     state.check_user_rate(user.as_str())?;
     Ok((key, user))
 }
@@ -118,18 +102,11 @@ fn answer(outcome: GroupOutcome, operation: &'static str) -> Result<Response, Ap
     metrics::counter!(m::GROUP_ATTEMPTS, "operation" => operation, "outcome" => if replayed { "replayed" } else { "done" })
         .increment(1);
     let location = format!("/v1/groups/{}", group.id);
-    let mut response = (
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(GroupView::from(group)),
-    )
-        .into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(creating::created(
+        location,
+        GroupView::from(group),
+        replayed,
+    ))
 }
 
 /// Open a group buy: holds the group's whole quota; the opener takes the first slot.

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod campaigns;
+mod creating;
 pub mod error;
 mod events;
 mod groups;

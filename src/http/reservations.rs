@@ -1,18 +1,18 @@
 //! Reservation endpoints: reserve, read, confirm, cancel.
 
 use super::auth::Caller;
+use super::creating;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::domain::{
-    CampaignId, IdempotencyKey, Millis, Quantity, Refusal, Reservation, ReservationId,
-    ReservationStatus, UserId,
+    CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus,
 };
 use crate::engine::{CancelScope, Engine, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -25,10 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reservations/{id}/confirm", post(confirm))
         .route("/v1/reservations/{id}/cancel", post(cancel))
 }
-
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// Set on a response that replays the first outcome of an idempotency key.
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// A reservation attempt.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,34 +67,13 @@ impl From<Reservation> for ReservationView {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
-    let raw = headers
-        .get(IDEMPOTENCY_KEY)
-        .ok_or(ApiError::IdempotencyKeyRequired)?;
-    let raw = raw
-        .to_str()
-        .map_err(|_| ApiError::InvalidIdempotencyKey("Idempotency-Key must be ASCII".into()))?;
-    IdempotencyKey::parse(raw).map_err(|e| ApiError::InvalidIdempotencyKey(e.0))
-}
-
 fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
     ReservationId::parse(raw).map_err(|_| ApiError::ReservationNotFound(raw.to_owned()))
 }
 
 fn created(reservation: Reservation, replayed: bool) -> Response {
     let location = format!("/v1/reservations/{}", reservation.id);
-    let mut response = (
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(ReservationView::from(reservation)),
-    )
-        .into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    response
+    creating::created(location, ReservationView::from(reservation), replayed)
 }
 
 fn count_attempt(campaign: &CampaignId, outcome: &'static str) {
@@ -124,17 +99,8 @@ pub async fn reserve(
 ) -> Result<Response, ApiError> {
     let campaign_id =
         CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
-    let key = idempotency_key(&headers)?;
-    let user_id = match (&caller, body.user_id) {
-        (_, Some(raw)) => UserId::parse(&raw).map_err(|e| ApiError::InvalidRequest(e.0))?,
-        (Caller::User(me), None) => me.clone(),
-        (Caller::Service { .. }, None) => {
-            return Err(ApiError::InvalidRequest(
-                "user_id is required with a store token".into(),
-            ))
-        }
-    };
-    caller.may_act_for(&user_id)?;
+    let key = creating::idempotency_key(&headers)?;
+    let user_id = creating::acting_user(&caller, body.user_id)?;
     let quantity =
         Quantity::parse(body.quantity.unwrap_or(1)).map_err(|e| ApiError::InvalidRequest(e.0))?;
     state
