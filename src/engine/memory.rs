@@ -283,17 +283,14 @@ impl Slot {
     }
 
     /// Fails the group if it is open past its window: every member with a slot is released,
-    /// the whole quota returns to the campaign.
-    fn fail_group_if_due(&mut self, id: &GroupId, now: Millis) -> bool {
-        let due = self
+    /// the whole quota returns to the campaign. Returns how many members were released.
+    fn fail_group_if_due(&mut self, id: &GroupId, now: Millis) -> u32 {
+        let Some(group) = self
             .groups
-            .get(id)
-            .is_some_and(|g| g.status == GroupStatus::Open && g.expires_at <= now);
-        if !due {
-            return false;
-        }
-        let Some(group) = self.groups.get_mut(id) else {
-            return false;
+            .get_mut(id)
+            .filter(|g| g.status == GroupStatus::Open && g.expires_at <= now)
+        else {
+            return 0;
         };
         group.status = GroupStatus::Failed;
         let size = u64::from(group.size);
@@ -309,6 +306,7 @@ impl Slot {
         self.confirmed -= confirmed;
         self.group_counts.open -= 1;
         self.group_counts.failed += 1;
+        let mut released_members = 0;
         for rid in members {
             let Some(r) = self.reservations.get_mut(&rid) else {
                 continue;
@@ -323,9 +321,10 @@ impl Slot {
             let released = r.clone();
             take_from_user(&mut self.users, &released.user_id, 1);
             self.emit_reservation(now, released);
+            released_members += 1;
         }
         self.emit_group(now, id);
-        true
+        released_members
     }
 
     /// Appends an event, under the same lock as the change it records.
@@ -657,18 +656,7 @@ impl Engine for MemoryEngine {
             .collect();
         let mut ended = 0;
         for group in &due_groups {
-            let before = slot
-                .reservations
-                .values()
-                .filter(|r| r.status == ReservationStatus::Released)
-                .count();
-            slot.fail_group_if_due(group, now);
-            let after = slot
-                .reservations
-                .values()
-                .filter(|r| r.status == ReservationStatus::Released)
-                .count();
-            ended += (after - before) as u32;
+            ended += slot.fail_group_if_due(group, now);
         }
         let due: Vec<ReservationId> = slot
             .expiries
