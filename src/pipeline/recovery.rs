@@ -44,7 +44,7 @@ pub async fn restore(
     if engine.probe(id).await?.is_some() {
         return Ok(false);
     }
-    match store.campaigns().await?.into_iter().find(|c| c.id == *id) {
+    match store.campaign(id).await? {
         Some(campaign) => restore_from(engine, store, &campaign).await,
         None => Ok(false),
     }

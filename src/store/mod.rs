@@ -150,8 +150,29 @@ impl Store {
 
     /// Every campaign.
     pub async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
-        const SQL: &str = "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, ends_at_ms, \
-            hold_seconds, group_size, group_window_seconds, created_at_ms FROM campaigns ORDER BY id";
+        self.select_campaigns(None).await
+    }
+
+    /// One campaign (recovery asks for a single id on a request's path; no full scan).
+    pub async fn campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, StoreError> {
+        Ok(self.select_campaigns(Some(id)).await?.pop())
+    }
+
+    async fn select_campaigns(
+        &self,
+        only: Option<&CampaignId>,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        macro_rules! select {
+            ($tail:literal) => {
+                concat!(
+                    "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, ends_at_ms, ",
+                    "hold_seconds, group_size, group_window_seconds, created_at_ms FROM campaigns",
+                    $tail
+                )
+            };
+        }
+        const ALL: &str = select!(" ORDER BY id");
+        const ONE: &str = select!(" WHERE id = $1");
         macro_rules! decode {
             ($rows:expr) => {
                 $rows
@@ -185,9 +206,15 @@ impl Store {
                     .collect::<Result<Vec<_>, StoreError>>()
             };
         }
-        match self {
-            Store::Postgres(pool) => decode!(sqlx::query(SQL).fetch_all(pool).await?),
-            Store::Sqlite(pool) => decode!(sqlx::query(SQL).fetch_all(pool).await?),
+        match (self, only) {
+            (Store::Postgres(pool), None) => decode!(sqlx::query(ALL).fetch_all(pool).await?),
+            (Store::Postgres(pool), Some(id)) => {
+                decode!(sqlx::query(ONE).bind(id.as_str()).fetch_all(pool).await?)
+            }
+            (Store::Sqlite(pool), None) => decode!(sqlx::query(ALL).fetch_all(pool).await?),
+            (Store::Sqlite(pool), Some(id)) => {
+                decode!(sqlx::query(ONE).bind(id.as_str()).fetch_all(pool).await?)
+            }
         }
     }
 

@@ -128,11 +128,9 @@ async fn after_a_burst_the_database_holds_exactly_the_acknowledged_reservations(
     assert_eq!(stored, acknowledged);
     let stored_campaign = app
         .store
-        .campaigns()
+        .campaign(&campaign)
         .await
         .expect("answers")
-        .into_iter()
-        .find(|c| c.id == campaign)
         .expect("campaign stored");
     let counts = flashsale::pipeline::recovery::database_counts(&app.store, &stored_campaign)
         .await
