@@ -292,9 +292,15 @@ impl RedisEngine {
         self.connection.clone()
     }
 
-    /// Drops the cached campaign index, so a campaign just added is seen at once.
-    fn forget_campaign_ids(&self) {
+    /// Adds a campaign to the index and drops this instance's cached copy, so its own
+    /// workers see the campaign at once.
+    async fn index(&self, id: &CampaignId) -> Result<(), EngineError> {
+        let _: i64 = self
+            .connection()
+            .sadd(self.campaigns_key(), id.as_str())
+            .await?;
         *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     /// The connection, timing every command as the named script (EVALSHA, and the reload
@@ -511,13 +517,9 @@ impl Engine for RedisEngine {
             .invoke_async(&mut self.timed("create_campaign"))
             .await?;
         // Outside the script on purpose: the index spans campaigns (another slot). A crash in
-        // between leaves a campaign the reaper does not see until the next create or restart
-        // re-adds it; `campaign_ids` is an index, not the source of truth.
-        let _: i64 = self
-            .connection()
-            .sadd(self.campaigns_key(), campaign.id.as_str())
-            .await?;
-        self.forget_campaign_ids();
+        // between leaves the campaign out of the index: the reaper does not visit it (confirm
+        // and cancel still expire its holds on the spot) until it is restored from the database.
+        self.index(&campaign.id).await?;
         Ok(created == 1)
     }
 
@@ -959,11 +961,7 @@ impl Engine for RedisEngine {
         let restored: i64 = invocation
             .invoke_async(&mut self.timed("restore_campaign"))
             .await?;
-        let _: i64 = self
-            .connection()
-            .sadd(self.campaigns_key(), campaign.id.as_str())
-            .await?;
-        self.forget_campaign_ids();
+        self.index(&campaign.id).await?;
         Ok(restored == 1)
     }
 
