@@ -50,10 +50,10 @@ healthz=$(rate "$out/healthz.json" "['attempts_per_second']")
 echo "== baseline: Redis running lua/reserve.lua by EVALSHA (redis-benchmark, $CONCURRENCY clients)" >&2
 sha=$(rcli SCRIPT LOAD "$(cat lua/reserve.lua)")
 k="$ns-raw:{c:raw}"
-rcli HSET "$k" kind flash_sale starts '' ends '' limit 1000000000 hold 900 available 1000000000000 held 0 > /dev/null
+rcli HSET "$k" kind flash_sale starts '' ends '' limit 1000000000 hold 900 available 1000000000000 held 0 records 0 > /dev/null
 raw() { # pipeline depth
   redis-benchmark -h "${REDIS%:*}" -p "${REDIS#*:}" -n "$ATTEMPTS" -c "$CONCURRENCY" -P "$1" -r 1000000000 --csv \
-    EVALSHA "$sha" 6 "$k" "$k:users" "$k:idem" "$k:exp" "$k:r:__rand_int__" "$k:events" \
+    EVALSHA "$sha" 4 "$k" "$k:exp" "$k:r:__rand_int__" "$k:events" \
     "$(date +%s%3N)" "user__rand_int__" 1 "key__rand_int__" fp "r__rand_int__" \
     | tail -1 | cut -d, -f2 | tr -d '"' | cut -d. -f1
 }

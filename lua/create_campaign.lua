@@ -10,6 +10,6 @@ for i = 1, #ARGV, 2 do
   if ARGV[i] == 'stock' then stock = ARGV[i + 1] end
 end
 redis.call('HSET', KEYS[1], 'available', stock, 'held', 0, 'confirmed', 0,
-  'gopen', 0, 'gformed', 0, 'gfailed', 0, unpack(ARGV))
+  'records', 0, 'gopen', 0, 'gformed', 0, 'gfailed', 0, unpack(ARGV))
 redis.call('XGROUP', 'CREATE', KEYS[2], 'persister', '0', 'MKSTREAM')
 return 1

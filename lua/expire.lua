@@ -1,23 +1,30 @@
 -- Expires held reservations whose expiry has passed; safe to run from many instances at once
 -- (each run takes what is due at that moment; a second run finds nothing left).
 -- Groups past their window fail first (their members are released), then holds expire.
--- KEYS[1]  campaign hash   KEYS[2] users hash   KEYS[3] expiry sorted set   KEYS[4] event stream
--- KEYS[5]  group expiry sorted set
--- ARGV[1]  now (ms)        ARGV[2] at most this many holds
--- returns  how many reservations ended
+-- The expiry list holds reservation ids in creation order. A campaign's holds all last
+-- `hold` seconds, so that is also expiry order: the walk pops ids from the head while they
+-- are due or no longer held (confirmed, cancelled, released), and stops at the first hold
+-- still running. Instances' clocks differ by a few ms at most, which can only delay a
+-- hold's expiry by as much.
+-- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
+-- KEYS[4]  group expiry sorted set
+-- ARGV[1]  now (ms)        ARGV[2] look at most this many ids
+-- returns  {how many reservations ended, how many ids left the list}
+local now = tonumber(ARGV[1])
 local ended = 0
-for _, gid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1])) do
-  ended = ended + fail_group_if_due(KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[4], gid, ARGV[1])
+for _, gid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])) do
+  ended = ended + fail_group_if_due(KEYS[1], KEYS[4], KEYS[3], gid, ARGV[1])
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(due) do
+local popped = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)) do
   local rk = KEYS[1] .. ':r:' .. id
-  local r = redis.call('HMGET', rk, 'status', 'qty', 'user', 'group')
+  local r = redis.call('HMGET', rk, 'status', 'qty', 'user', 'group', 'expires')
   if r[1] == 'held' then
-    release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], rk, id, r, 'expired', ARGV[1])
+    if now < tonumber(r[5]) then break end
+    release(KEYS[1], KEYS[3], rk, id, r, 'expired', ARGV[1])
     ended = ended + 1
-  else
-    redis.call('ZREM', KEYS[3], id)
   end
+  popped = popped + 1
 end
-return ended
+if popped > 0 then redis.call('LTRIM', KEYS[2], popped, -1) end
+return {ended, popped}

@@ -28,11 +28,11 @@ end
 
 -- Gives a held or confirmed reservation's units back and records its new status. Outside a
 -- group the units return to the campaign; a group member's slot returns to its open group.
--- campaign, users, exp, stream: the campaign's keys; rk: the reservation's hash key; id: its
--- id; r: {status, qty, user, group}; to: the new status; now: ms
-local function release(campaign, users, exp, stream, rk, id, r, to, now)
+-- The hold's id stays in the expiry list; the reaper skips ids that are no longer held.
+-- campaign, stream: the campaign's keys; rk: the reservation's hash key; id: its id;
+-- r: {status, qty, user, group}; to: the new status; now: ms
+local function release(campaign, stream, rk, id, r, to, now)
   local quantity = tonumber(r[2])
-  if r[1] == 'held' then redis.call('ZREM', exp, id) end
   if r[4] and r[4] ~= '' then
     local gk = campaign .. ':g:' .. r[4]
     redis.call('HINCRBY', gk, 'active', -1)
@@ -45,8 +45,8 @@ local function release(campaign, users, exp, stream, rk, id, r, to, now)
     redis.call('HINCRBY', campaign, r[1], -quantity)
     redis.call('HINCRBY', campaign, 'available', quantity)
   end
-  if redis.call('HINCRBY', users, r[3], -quantity) <= 0 then
-    redis.call('HDEL', users, r[3])
+  if redis.call('HINCRBY', campaign, 'u:' .. r[3], -quantity) <= 0 then
+    redis.call('HDEL', campaign, 'u:' .. r[3])
   end
   redis.call('HSET', rk, 'status', to)
   emit(stream, rk, id, now)
@@ -54,7 +54,7 @@ end
 
 -- Fails the group if it is open past its window: every member with a slot is released and
 -- the whole quota returns to the campaign. Returns how many members were released.
-local function fail_group_if_due(campaign, users, exp, gexp, stream, gid, now)
+local function fail_group_if_due(campaign, gexp, stream, gid, now)
   local gk = campaign .. ':g:' .. gid
   local g = redis.call('HMGET', gk, 'status', 'expires', 'size', 'confirmed')
   if g[1] ~= 'open' or tonumber(now) < tonumber(g[2]) then return 0 end
@@ -72,9 +72,10 @@ local function fail_group_if_due(campaign, users, exp, gexp, stream, gid, now)
     local rk = campaign .. ':r:' .. rid
     local r = redis.call('HMGET', rk, 'status', 'user')
     if r[1] == 'held' or r[1] == 'confirmed' then
-      if r[1] == 'held' then redis.call('ZREM', exp, rid) end
       redis.call('HSET', rk, 'status', 'released')
-      if redis.call('HINCRBY', users, r[2], -1) <= 0 then redis.call('HDEL', users, r[2]) end
+      if redis.call('HINCRBY', campaign, 'u:' .. r[2], -1) <= 0 then
+        redis.call('HDEL', campaign, 'u:' .. r[2])
+      end
       emit(stream, rk, rid, now)
       released = released + 1
     end
@@ -84,19 +85,19 @@ local function fail_group_if_due(campaign, users, exp, gexp, stream, gid, now)
 end
 
 -- Gives `user` a slot of group `gid`: a held reservation of one unit.
--- keys: {campaign, users, group idempotency, expiries, stream, new reservation};
+-- keys: {campaign, group idempotency, expiry list, stream, new reservation};
 -- returns the reservation's expiry
 local function add_member(keys, gid, user, rid, now, hold, idem, fp)
   local gk = keys[1] .. ':g:' .. gid
   local expires = tonumber(now) + tonumber(hold) * 1000
-  redis.call('HSET', keys[6], 'user', user, 'qty', 1, 'status', 'held', 'created', now,
+  redis.call('HSET', keys[5], 'user', user, 'qty', 1, 'status', 'held', 'created', now,
     'expires', expires, 'group', gid)
-  redis.call('ZADD', keys[4], expires, rid)
-  redis.call('HINCRBY', keys[2], user, 1)
+  redis.call('RPUSH', keys[3], rid)
+  redis.call('HINCRBY', keys[1], 'u:' .. user, 1)
   redis.call('HINCRBY', gk, 'active', 1)
   redis.call('RPUSH', gk .. ':m', rid)
   redis.call('HSET', gk .. ':mu', user, rid)
-  redis.call('HSET', keys[3], idem, gid .. '|' .. fp)
-  emit(keys[5], keys[6], rid, now, idem, fp)
+  redis.call('HSET', keys[2], idem, gid .. '|' .. fp)
+  emit(keys[4], keys[5], rid, now, idem, fp)
   return expires
 end

@@ -1,9 +1,8 @@
 -- Recreates a campaign the engine lost (Redis restarted empty) from the database: its config,
 -- its groups, its live (held and confirmed) reservations, their idempotency records and
 -- expiries, and the counters that follow from them. Does nothing if the campaign exists.
--- KEYS[1]  campaign hash   KEYS[2] users hash   KEYS[3] idempotency hash
--- KEYS[4]  expiry sorted set   KEYS[5] event stream   KEYS[6] group idempotency hash
--- KEYS[7]  group expiry sorted set
+-- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
+-- KEYS[4]  group idempotency hash   KEYS[5] group expiry sorted set
 -- ARGV[1]  n: how many config arguments follow (field, value, ...; `stock` among them)
 -- ARGV[2]  m: how many reservations follow the config
 -- ARGV[3..n+2]  config;  then 9 per reservation, in creation order:
@@ -18,7 +17,8 @@ local stock = 0
 for i = 3, n + 2, 2 do
   if ARGV[i] == 'stock' then stock = tonumber(ARGV[i + 1]) end
 end
-local held, confirmed = 0, 0
+local held, confirmed, records = 0, 0, 0
+local holds = {}
 local first_group = n + 3 + 9 * m
 local sizes = {}
 local counts = {open = 0, formed = 0, failed = 0}
@@ -30,7 +30,7 @@ for i = first_group, #ARGV, 6 do
   sizes[gid] = size
   if status == 'open' then
     held = held + size
-    redis.call('ZADD', KEYS[7], ARGV[i + 5], gid)
+    redis.call('ZADD', KEYS[5], ARGV[i + 5], gid)
   elseif status == 'formed' then
     confirmed = confirmed + size
   end
@@ -39,14 +39,14 @@ for i = n + 3, first_group - 1, 9 do
   local id, user, qty, status, group = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 6]
   redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', qty, 'status', status,
     'created', ARGV[i + 4], 'expires', ARGV[i + 5], 'group', group)
-  redis.call('HINCRBY', KEYS[2], user, qty)
-  if status == 'held' then redis.call('ZADD', KEYS[4], ARGV[i + 5], id) end
+  redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty)
+  if status == 'held' then holds[#holds + 1] = {tonumber(ARGV[i + 5]), id} end
   if group ~= '' then
     local gk = KEYS[1] .. ':g:' .. group
     redis.call('HINCRBY', gk, 'active', 1)
     redis.call('RPUSH', gk .. ':m', id)
     redis.call('HSET', gk .. ':mu', user, id)
-    if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[6], ARGV[i + 7], group .. '|' .. ARGV[i + 8]) end
+    if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[4], ARGV[i + 7], group .. '|' .. ARGV[i + 8]) end
     if status == 'confirmed' and redis.call('HGET', gk, 'status') == 'open' then
       redis.call('HINCRBY', gk, 'confirmed', 1)
       held = held - qty
@@ -55,13 +55,19 @@ for i = n + 3, first_group - 1, 9 do
       redis.call('HINCRBY', gk, 'confirmed', 1)
     end
   else
-    if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[3], ARGV[i + 7], id .. '|' .. ARGV[i + 8]) end
+    if ARGV[i + 7] ~= '' then
+      redis.call('HSET', KEYS[1], 'k:' .. ARGV[i + 7], id .. '|' .. ARGV[i + 8])
+      records = records + 1
+    end
     if status == 'held' then held = held + qty else confirmed = confirmed + qty end
   end
 end
+-- The expiry list is in expiry order (see expire.lua).
+table.sort(holds, function(a, b) return a[1] < b[1] end)
+for _, hold in ipairs(holds) do redis.call('RPUSH', KEYS[2], hold[2]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3, n + 2))
 redis.call('HSET', KEYS[1], 'available', stock - held - confirmed, 'held', held, 'confirmed', confirmed,
-  'gopen', counts.open, 'gformed', counts.formed, 'gfailed', counts.failed)
+  'records', records, 'gopen', counts.open, 'gformed', counts.formed, 'gfailed', counts.failed)
 -- pcall: the stream and its group may have survived; BUSYGROUP is fine then.
-redis.pcall('XGROUP', 'CREATE', KEYS[5], 'persister', '0', 'MKSTREAM')
+redis.pcall('XGROUP', 'CREATE', KEYS[3], 'persister', '0', 'MKSTREAM')
 return 1

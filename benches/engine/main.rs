@@ -238,7 +238,7 @@ fn bench_connections(c: &mut Criterion) {
                 "hold",
                 "900",
             ])
-            .arg(&["available", "1000000000000", "held", "0"])
+            .arg(&["available", "1000000000000", "held", "0", "records", "0"])
             .query_async(&mut connection)
             .await
             .map(|_: i64| ())
@@ -250,8 +250,6 @@ fn bench_connections(c: &mut Criterion) {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&key)
-            .key(format!("{key}:users"))
-            .key(format!("{key}:idem"))
             .key(format!("{key}:exp"))
             .key(format!("{key}:r:{n}"))
             .key(format!("{key}:events"))

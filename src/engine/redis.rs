@@ -227,16 +227,13 @@ struct Keys {
 }
 
 impl Keys {
+    /// `v2`: the layout with per-user counts and idempotency records inside the campaign
+    /// hash and a list of holds. Campaigns kept under the first layout are invisible to
+    /// this one and are rebuilt from the database on first use (see `lua/README.md`).
     fn of(namespace: &str, id: &CampaignId) -> Self {
         Keys {
-            campaign: format!("{namespace}:{{c:{id}}}"),
+            campaign: format!("{namespace}:v2:{{c:{id}}}"),
         }
-    }
-    fn users(&self) -> String {
-        format!("{}:users", self.campaign)
-    }
-    fn idempotency(&self) -> String {
-        format!("{}:idem", self.campaign)
     }
     fn expiries(&self) -> String {
         format!("{}:exp", self.campaign)
@@ -322,7 +319,6 @@ impl RedisEngine {
         let keys = Keys::of(&self.namespace, &request.campaign_id);
         let reply: Vec<String> = script
             .key(&keys.campaign)
-            .key(keys.users())
             .key(keys.group_idempotency())
             .key(keys.expiries())
             .key(keys.events())
@@ -371,8 +367,6 @@ impl RedisEngine {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&keys.campaign)
-            .key(keys.users())
-            .key(keys.expiries())
             .key(keys.reservation(id))
             .key(keys.events())
             .key(keys.group_expiries())
@@ -449,6 +443,26 @@ fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The campaign hash's config and counter fields (what [`campaign_state`] reads).
+const CAMPAIGN_FIELDS: [&str; 16] = [
+    "kind",
+    "sku",
+    "stock",
+    "limit",
+    "starts",
+    "ends",
+    "hold",
+    "gsize",
+    "gwindow",
+    "created",
+    "available",
+    "held",
+    "confirmed",
+    "gopen",
+    "gformed",
+    "gfailed",
+];
+
 /// Decodes a campaign hash back into its state.
 fn campaign_state(
     id: &CampaignId,
@@ -524,10 +538,18 @@ impl Engine for RedisEngine {
     }
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        let hash: HashMap<String, String> = self
-            .connection()
-            .hgetall(Keys::of(&self.namespace, id).campaign)
+        // Named fields, not HGETALL: the hash also holds a field per user and per
+        // idempotency record.
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(Keys::of(&self.namespace, id).campaign)
+            .arg(&CAMPAIGN_FIELDS[..])
+            .query_async(&mut self.connection())
             .await?;
+        let hash: HashMap<String, String> = CAMPAIGN_FIELDS
+            .iter()
+            .zip(values)
+            .filter_map(|(field, value)| Some(((*field).to_owned(), value?)))
+            .collect();
         if hash.is_empty() {
             return Ok(None);
         }
@@ -587,8 +609,6 @@ impl Engine for RedisEngine {
             .scripts
             .reserve
             .key(&keys.campaign)
-            .key(keys.users())
-            .key(keys.idempotency())
             .key(keys.expiries())
             .key(keys.reservation(&request.reservation_id))
             .key(keys.events())
@@ -680,19 +700,26 @@ impl Engine for RedisEngine {
         limit: u32,
     ) -> Result<u32, EngineError> {
         let keys = Keys::of(&self.namespace, campaign);
-        let expired: u32 = self
-            .scripts
-            .expire
-            .key(&keys.campaign)
-            .key(keys.users())
-            .key(keys.expiries())
-            .key(keys.events())
-            .key(keys.group_expiries())
-            .arg(now.0)
-            .arg(limit)
-            .invoke_async(&mut self.timed("expire"))
-            .await?;
-        Ok(expired)
+        let mut expired = 0;
+        // The script walks the expiry list's head; ids no longer held leave it without
+        // ending anything, so keep walking while whole pages left.
+        loop {
+            let (ended, walked): (u32, u32) = self
+                .scripts
+                .expire
+                .key(&keys.campaign)
+                .key(keys.expiries())
+                .key(keys.events())
+                .key(keys.group_expiries())
+                .arg(now.0)
+                .arg(limit)
+                .invoke_async(&mut self.timed("expire"))
+                .await?;
+            expired += ended;
+            if walked < limit || expired >= limit {
+                return Ok(expired);
+            }
+        }
     }
 
     async fn sold_out_snapshot(
@@ -704,7 +731,6 @@ impl Engine for RedisEngine {
             .scripts
             .sold_out_snapshot
             .key(&keys.campaign)
-            .key(keys.idempotency())
             .invoke_async(&mut self.timed("sold_out_snapshot"))
             .await?;
         if reply.first().map(String::as_str) != Some("0") {
@@ -925,8 +951,6 @@ impl Engine for RedisEngine {
         let mut invocation = self.scripts.restore_campaign.prepare_invoke();
         invocation
             .key(&keys.campaign)
-            .key(keys.users())
-            .key(keys.idempotency())
             .key(keys.expiries())
             .key(keys.events())
             .key(keys.group_idempotency())
@@ -967,14 +991,14 @@ impl Engine for RedisEngine {
 
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
         let keys = Keys::of(&self.namespace, campaign);
-        let (available, idempotency_records): (Option<u64>, u64) = redis::pipe()
-            .hget(&keys.campaign, "available")
-            .hlen(keys.idempotency())
+        let (available, records): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&keys.campaign)
+            .arg(&["available", "records"])
             .query_async(&mut self.connection())
             .await?;
         Ok(available.map(|available| Probe {
             available,
-            idempotency_records,
+            idempotency_records: records.unwrap_or_default(),
         }))
     }
 

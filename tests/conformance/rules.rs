@@ -51,6 +51,7 @@ on_every_engine!(
     cancelling_returns_units_and_is_idempotent,
     a_user_cannot_cancel_a_confirmed_reservation_but_the_store_can,
     expired_holds_return_their_units_and_cannot_be_confirmed,
+    holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass,
     stock_can_be_added_and_withdrawn_but_never_below_available,
     unknown_reservations_are_not_found,
 );
@@ -336,6 +337,50 @@ async fn expired_holds_return_their_units_and_cannot_be_confirmed(engine: Arc<dy
         Transition::NotHeld(x) if x.status == ReservationStatus::Expired
     ));
     assert_eq!(counts(&*engine, &c.id).await, (2, 0, 1));
+}
+
+/// The Redis engine keeps holds in a list walked from its head, where confirmed and
+/// cancelled ones stay until the walk passes them: a page full of those must not stop it.
+async fn holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass(
+    engine: Arc<dyn Engine>,
+) {
+    let c = campaign(10, 1, |d| d.hold_seconds = Some(10));
+    created(&*engine, &c).await;
+    let now = Millis::now();
+    let mut holds = Vec::new();
+    for n in 0..8 {
+        let at = Millis(now.0 + n);
+        holds.push(
+            reserved(
+                &*engine,
+                &attempt(&c, &format!("u{n}"), 1, &format!("k{n}"), at),
+            )
+            .await,
+        );
+    }
+    for paid in &holds[..5] {
+        engine.confirm(&paid.id, now).await.expect("answers");
+    }
+    engine
+        .cancel(&holds[5].id, CancelScope::HeldOnly, now)
+        .await
+        .expect("answers");
+
+    let expired = engine
+        .expire_due(&c.id, Millis(now.0 + 20_000), 3)
+        .await
+        .expect("answers");
+
+    assert_eq!(expired, 2);
+    assert_eq!(counts(&*engine, &c.id).await, (5, 0, 5));
+    for late in &holds[6..] {
+        let r = engine
+            .reservation(&late.id)
+            .await
+            .expect("answers")
+            .expect("kept");
+        assert_eq!(r.status, ReservationStatus::Expired);
+    }
 }
 
 async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<dyn Engine>) {
