@@ -40,7 +40,7 @@ redis.call('HSET', KEYS[1], 'available', available - quantity, 'held', tonumber(
 redis.call('HSET', KEYS[3], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
   'created', now, 'expires', expires)
 redis.call('RPUSH', KEYS[2], ARGV[6])
-redis.call('XADD', KEYS[4], '*', 'type', 'reservation.held', 'at', now, 'id', ARGV[6],
-  'user', ARGV[2], 'qty', quantity, 'status', 'held', 'created', now, 'expires', expires,
-  'group', '', 'key', ARGV[4], 'fp', ARGV[5])
+-- The event, laid out as lib.lua's `emit` writes it (byte 31 between values).
+redis.call('XADD', KEYS[4], '*', 'e', table.concat({'reservation.held', now, ARGV[6], ARGV[2],
+  quantity, 'held', now, expires, '', ARGV[4], ARGV[5]}, '\31'))
 return {'reserved', now, expires, available - quantity}

@@ -24,75 +24,87 @@ use std::time::Duration;
 /// The consumer group every stream has; its consumers are persister instances.
 const GROUP: &str = "persister";
 
-/// Parses stream entries `[[id, [field, value, ...]], ...]` into events; entries deleted
-/// meanwhile come back as nil and are skipped.
+/// Parses stream entries `[[id, ["e", event]], ...]` into events; entries deleted meanwhile
+/// come back as nil and are skipped.
 fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, EngineError> {
     let redis::Value::Array(list) = list else {
         return Ok(Vec::new());
     };
     let mut events = Vec::with_capacity(list.len());
     for entry in list {
-        let redis::Value::Array(mut entry) = entry else {
+        let redis::Value::Array(entry) = entry else {
             continue;
         };
-        if entry.len() != 2 {
+        let [id, fields] = entry.as_slice() else {
             continue;
-        }
-        let fields: HashMap<String, String> = match entry.pop() {
-            Some(redis::Value::Nil) | None => continue,
-            Some(value) => redis::from_redis_value(&value)?,
         };
-        let id: String = match entry.pop() {
-            Some(value) => redis::from_redis_value(&value)?,
-            None => continue,
+        let redis::Value::Array(fields) = fields else {
+            continue;
         };
-        events.push(event_from(campaign, &id, &fields)?);
+        let (redis::Value::BulkString(id), [_, redis::Value::BulkString(event)]) =
+            (id, fields.as_slice())
+        else {
+            return Err(EngineError::Corrupt(format!(
+                "stream entry of {campaign}: {entry:?}"
+            )));
+        };
+        let text = |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .map(str::to_owned)
+                .map_err(|_| EngineError::Corrupt(format!("stream entry of {campaign}: not UTF-8")))
+        };
+        events.push(event_from(campaign, &text(id)?, &text(event)?)?);
     }
     Ok(events)
 }
 
-/// Decodes one stream entry (fields as the scripts in `lua/` write them).
-fn event_from(
-    campaign: &CampaignId,
-    id: &str,
-    fields: &HashMap<String, String>,
-) -> Result<Event, EngineError> {
-    let corrupt = || EngineError::Corrupt(format!("event {id} of {campaign}: {fields:?}"));
-    let field = |name: &str| fields.get(name).ok_or_else(corrupt);
+/// Decodes one event as the scripts in `lua/` write it: values joined by byte 31 (layouts in
+/// `lua/lib.lua`).
+fn event_from(campaign: &CampaignId, id: &str, event: &str) -> Result<Event, EngineError> {
+    let corrupt = || EngineError::Corrupt(format!("event {id} of {campaign}: {event:?}"));
+    let values: Vec<&str> = event.split('\x1f').collect();
+    let number = |raw: &str| raw.parse::<i64>().map_err(|_| corrupt());
     let position = StreamPosition::parse(id).ok_or_else(corrupt)?;
-    let at = Millis(field("at")?.parse().map_err(|_| corrupt())?);
-    let kind = field("type")?;
+    let (kind, at, rest) = match values.as_slice() {
+        [kind, at, rest @ ..] => (*kind, Millis(number(at)?), rest),
+        _ => return Err(corrupt()),
+    };
     let change = if kind.starts_with("group.") {
-        let gid = GroupId::parse(field("gid")?).map_err(|_| corrupt())?;
+        let [gid, leader, size, status, created, expires] = rest else {
+            return Err(corrupt());
+        };
+        let gid = GroupId::parse(gid).map_err(|_| corrupt())?;
         Change::Group {
             group: Group {
                 campaign_id: gid.campaign_id(),
                 id: gid,
-                leader_user_id: UserId::parse(field("leader")?).map_err(|_| corrupt())?,
-                size: field("size")?.parse().map_err(|_| corrupt())?,
-                status: GroupStatus::parse(field("gstatus")?).ok_or_else(corrupt)?,
-                created_at: Millis(field("created")?.parse().map_err(|_| corrupt())?),
-                expires_at: Millis(field("expires")?.parse().map_err(|_| corrupt())?),
+                leader_user_id: UserId::parse(leader).map_err(|_| corrupt())?,
+                size: size.parse().map_err(|_| corrupt())?,
+                status: GroupStatus::parse(status).ok_or_else(corrupt)?,
+                created_at: Millis(number(created)?),
+                expires_at: Millis(number(expires)?),
                 members: Vec::new(),
             },
         }
     } else if kind == "campaign.stock" {
+        let [stock] = rest else {
+            return Err(corrupt());
+        };
         Change::Stock {
-            stock: field("stock")?.parse().map_err(|_| corrupt())?,
+            stock: stock.parse().map_err(|_| corrupt())?,
         }
     } else {
-        let reservation_id = ReservationId::parse(field("id")?).map_err(|_| corrupt())?;
-        let values: Vec<String> = ["user", "qty", "status", "created", "expires", "group"]
-            .iter()
-            .map(|name| field(name).cloned())
-            .collect::<Result<_, _>>()?;
-        let reservation = reservation_from(&reservation_id, campaign, &values)?;
-        let idempotency = match (fields.get("key"), fields.get("fp")) {
-            (Some(key), Some(fp)) => Some((key.clone(), fp.clone())),
-            _ => None,
+        let (id, fields, idempotency) = match rest {
+            [id, fields @ ..] if fields.len() == 6 => (id, fields, None),
+            [id, fields @ .., key, fp] if fields.len() == 6 => {
+                (id, fields, Some(((*key).to_owned(), (*fp).to_owned())))
+            }
+            _ => return Err(corrupt()),
         };
+        let reservation_id = ReservationId::parse(id).map_err(|_| corrupt())?;
+        let values: Vec<String> = fields.iter().map(|v| (*v).to_owned()).collect();
         Change::Reservation {
-            reservation,
+            reservation: reservation_from(&reservation_id, campaign, &values)?,
             idempotency,
         }
     };

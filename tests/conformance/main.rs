@@ -5,6 +5,7 @@
 
 mod concurrency;
 mod engines;
+mod events;
 mod group_model;
 mod groups;
 mod model;
