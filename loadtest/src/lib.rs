@@ -189,9 +189,26 @@ pub struct Report {
     /// Answers by `code` (201 → `reserved`, problem answers by their `code`, else the status).
     pub outcomes: BTreeMap<String, u64>,
     pub latency: Latency,
+    /// Open loop only: how late the generator itself sent, from the scheduled time to the
+    /// request leaving (its timer's 1 ms granularity and its own scheduling). This part of
+    /// `latency` is the generator's, not the service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<Latency>,
     /// The 201 answers: (user, reservation id).
     #[serde(skip)]
     pub winners: Vec<(String, String)>,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        Latency {
+            p50_us: histogram.value_at_quantile(0.5),
+            p90_us: histogram.value_at_quantile(0.9),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
 }
 
 /// Plays a burst, printing progress every second.
@@ -200,7 +217,6 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let winners: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let started = Instant::now();
     let progress = {
         let done = Arc::clone(&done);
         let total = burst.attempts;
@@ -218,6 +234,22 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
         Drive::Closed { concurrency } => concurrency,
         Drive::Open { max_in_flight, .. } => max_in_flight,
     };
+    // Every worker's connection is opened before the clock starts: a sale's first second
+    // should not be measured as TCP handshakes.
+    let warm: Vec<_> = (0..workers)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                service
+                    .call(Method::GET, "/healthz", None, None, None)
+                    .await
+            })
+        })
+        .collect();
+    for warming in warm {
+        warming.await??;
+    }
+    let started = Instant::now();
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
         let service = service.clone();
@@ -231,6 +263,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut lag = histogram.clone();
             let mut local: HashMap<String, u64> = HashMap::new();
             let mut won = Vec::new();
             loop {
@@ -246,6 +279,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                         let at = started
                             + Duration::from_nanos(i * 1_000_000_000 / rate_per_second.max(1));
                         tokio::time::sleep_until(at.into()).await;
+                        let _ = lag.record((at.elapsed().as_micros() as u64).max(1));
                         at
                     }
                     Drive::Closed { .. } => Instant::now(),
@@ -292,12 +326,15 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(won);
-            histogram
+            (histogram, lag)
         }));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut lag = histogram.clone();
     for task in tasks {
-        histogram.add(task.await?)?;
+        let (latency, send_lag) = task.await?;
+        histogram.add(latency)?;
+        lag.add(send_lag)?;
     }
     progress.abort();
     let seconds = started.elapsed().as_secs_f64();
@@ -308,13 +345,8 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
         seconds,
         attempts_per_second: burst.attempts as f64 / seconds,
         outcomes,
-        latency: Latency {
-            p50_us: histogram.value_at_quantile(0.5),
-            p90_us: histogram.value_at_quantile(0.9),
-            p99_us: histogram.value_at_quantile(0.99),
-            p999_us: histogram.value_at_quantile(0.999),
-            max_us: histogram.max(),
-        },
+        latency: Latency::of(&histogram),
+        send_lag: matches!(burst.drive, Drive::Open { .. }).then(|| Latency::of(&lag)),
         winners,
     })
 }

@@ -113,6 +113,12 @@ fn print_table(report: &Report) {
         "  latency p50/p90/p99/p99.9  {} / {} / {} / {} µs (max {} µs)",
         l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
     );
+    if let Some(l) = &report.send_lag {
+        println!(
+            "  of which send lag  {} / {} / {} / {} µs (max {} µs): the generator's own lateness",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
 }
 
 #[tokio::main]
