@@ -3,7 +3,7 @@
 //! and its held and confirmed reservations, so `available = stock - units they hold`. The
 //! same pass compares engine and database per campaign and exports the drift.
 
-use crate::domain::{Campaign, CampaignId, GroupStatus, ReservationStatus};
+use crate::domain::{Campaign, CampaignId};
 use crate::engine::Engine;
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -111,45 +111,13 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
     Ok(drifts)
 }
 
-/// The campaign's units as the database records them, counted as the engine counts them:
-/// reservations outside groups by status; an open group holds its whole `size` (held, less
-/// the members who paid), a formed group's `size` is confirmed.
+/// The campaign's units as the database records them, counted as the engine counts them
+/// (see [`Store::counts`]).
 pub async fn database_counts(
     store: &Store,
     campaign: &Campaign,
 ) -> Result<StoredCounts, RecoveryError> {
-    let groups = store.groups(&campaign.id).await?;
-    let mut counts = StoredCounts {
-        stock: campaign.stock,
-        held: 0,
-        confirmed: 0,
-    };
-    for group in &groups {
-        match group.status {
-            GroupStatus::Open => counts.held += u64::from(group.size),
-            GroupStatus::Formed => counts.confirmed += u64::from(group.size),
-            GroupStatus::Failed => {}
-        }
-    }
-    let open: std::collections::HashSet<&str> = groups
-        .iter()
-        .filter(|g| g.status == GroupStatus::Open)
-        .map(|g| g.id.as_str())
-        .collect();
-    for restored in store.live_reservations(&campaign.id).await? {
-        let r = restored.reservation;
-        let quantity = u64::from(r.quantity);
-        match (r.group_id.as_deref(), r.status) {
-            (None, ReservationStatus::Held) => counts.held += quantity,
-            (None, _) => counts.confirmed += quantity,
-            (Some(group), ReservationStatus::Confirmed) if open.contains(group) => {
-                counts.held -= quantity;
-                counts.confirmed += quantity;
-            }
-            (Some(_), _) => {}
-        }
-    }
-    Ok(counts)
+    Ok(store.counts(campaign).await?)
 }
 
 /// Every `interval`: rebuild what the engine lost, then reconcile.

@@ -218,6 +218,56 @@ impl Store {
         }
     }
 
+    /// The campaign's units as the database records them, counted as the engine counts
+    /// them: reservations outside groups by status; an open group holds its whole `size`
+    /// (held, less the members who paid), a formed group's `size` is confirmed. Summed by
+    /// the database: reconcile runs this every few seconds, also mid-sale with a million
+    /// live holds.
+    pub async fn counts(&self, campaign: &Campaign) -> Result<StoredCounts, StoreError> {
+        const SQL: &str = "SELECT \
+            (SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+                WHERE campaign_id = $1 AND status = 'held' AND group_id IS NULL) AS held, \
+            (SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+                WHERE campaign_id = $1 AND status = 'confirmed' AND group_id IS NULL) AS confirmed, \
+            (SELECT CAST(COALESCE(SUM(r.quantity), 0) AS BIGINT) FROM reservations r \
+                JOIN groups g ON g.id = r.group_id \
+                WHERE r.campaign_id = $1 AND r.status = 'confirmed' AND g.status = 'open') AS paid, \
+            (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM groups \
+                WHERE campaign_id = $1 AND status = 'open') AS open_units, \
+            (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM groups \
+                WHERE campaign_id = $1 AND status = 'formed') AS formed_units";
+        macro_rules! decode {
+            ($row:expr) => {{
+                let row = $row;
+                let units = |name: &str| -> Result<u64, StoreError> {
+                    let n: i64 = row.try_get(name)?;
+                    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{name} = {n}")))
+                };
+                let (held, confirmed, paid) = (units("held")?, units("confirmed")?, units("paid")?);
+                let (open, formed) = (units("open_units")?, units("formed_units")?);
+                Ok(StoredCounts {
+                    stock: campaign.stock,
+                    held: (held + open).saturating_sub(paid),
+                    confirmed: confirmed + formed + paid,
+                })
+            }};
+        }
+        match self {
+            Store::Postgres(pool) => decode!(
+                sqlx::query(SQL)
+                    .bind(campaign.id.as_str())
+                    .fetch_one(pool)
+                    .await?
+            ),
+            Store::Sqlite(pool) => decode!(
+                sqlx::query(SQL)
+                    .bind(campaign.id.as_str())
+                    .fetch_one(pool)
+                    .await?
+            ),
+        }
+    }
+
     /// The held and confirmed reservations of a campaign, with their idempotency records.
     pub async fn live_reservations(
         &self,

@@ -131,6 +131,30 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
         campaign["groups"],
         json!({"open": 0, "formed": 1, "failed": 0})
     );
+
+    // A second group with one paid member: the database, once the pipeline caught up,
+    // counts every kind of unit as the engine does (reconcile finds no drift).
+    let second = body(open(&app, &id, "c").await, 201).await;
+    let paid = reservation_of(&second, "c");
+    assert_eq!(app.confirm(&paid, &app.store_token).await.status(), 200);
+    let campaign = app.campaign_json(&id).await;
+    assert_eq!(
+        (
+            campaign["available"].as_u64(),
+            campaign["held"].as_u64(),
+            campaign["confirmed"].as_u64()
+        ),
+        (Some(0), Some(2), Some(4))
+    );
+    let started = Instant::now();
+    while !flashsale::pipeline::recovery::reconcile(&app.engine, &app.store)
+        .await
+        .expect("reconciles")
+        .is_empty()
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "drift stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn every_group_refusal_has_its_code(backend: Backend) {
