@@ -189,9 +189,9 @@ pub struct Report {
     /// Answers by `code` (201 → `reserved`, problem answers by their `code`, else the status).
     pub outcomes: BTreeMap<String, u64>,
     pub latency: Latency,
-    /// Open loop only: how late the generator itself sent, from the scheduled time to the
-    /// request leaving (its timer's 1 ms granularity and its own scheduling). This part of
-    /// `latency` is the generator's, not the service's.
+    /// Open loop only: how late the generator itself sent requests it was ready for in time,
+    /// from the scheduled time to the request leaving (its timer's 1 ms granularity and its
+    /// own scheduling). This part of `latency` is the generator's, not the service's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag: Option<Latency>,
     /// The 201 answers: (user, reservation id).
@@ -278,8 +278,14 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                     } => {
                         let at = started
                             + Duration::from_nanos(i * 1_000_000_000 / rate_per_second.max(1));
+                        // Only a send the worker waited for is the generator's own lateness
+                        // (timer granularity, its scheduling); one claimed after its time
+                        // waited for a free worker, i.e. for the service's earlier answers.
+                        let waited = Instant::now() < at;
                         tokio::time::sleep_until(at.into()).await;
-                        let _ = lag.record((at.elapsed().as_micros() as u64).max(1));
+                        if waited {
+                            let _ = lag.record((at.elapsed().as_micros() as u64).max(1));
+                        }
                         at
                     }
                     Drive::Closed { .. } => Instant::now(),
