@@ -24,7 +24,17 @@ cargo build --release --locked --quiet -p flashsale -p loadtest
 command -v redis-benchmark >/dev/null || { echo "bench.sh: redis-benchmark (Debian redis-tools) is needed" >&2; exit 1; }
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+ns=""
+# Stops what the run started and removes what it wrote (its Postgres schema, its Redis keys):
+# the servers are shared, and a run writes hundreds of thousands of reservations to each.
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$ns" ]; then
+    psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA IF EXISTS $ns CASCADE" 2>/dev/null || true
+    rcli --scan --pattern "$ns*" | xargs -r -n 1000 redis-cli -h "${REDIS%:*}" -p "${REDIS#*:}" UNLINK > /dev/null || true
+  fi
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rcli() { redis-cli -h "${REDIS%:*}" -p "${REDIS#*:}" "$@"; }
