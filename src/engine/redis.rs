@@ -131,6 +131,10 @@ pub const DEFAULT_NAMESPACE: &str = "fs";
 pub struct RedisEngine {
     /// Multiplexed, reconnecting connection shared by every request of this instance.
     connection: ConnectionManager,
+    /// A second one for the background work (the persister's stream reads and acks, the
+    /// backlog sample, the reaper): a reserve's reply never waits on one socket behind a
+    /// thousand-event `XREADGROUP` reply or a reaper batch.
+    background: ConnectionManager,
     scripts: Arc<Scripts>,
     /// Prefix of every key, so several deployments (or tests) can share one Redis.
     namespace: Arc<str>,
@@ -277,9 +281,13 @@ impl RedisEngine {
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let connection = client
+            .get_connection_manager_with_config(config.clone())
+            .await?;
+        let background = client.get_connection_manager_with_config(config).await?;
         let engine = RedisEngine {
             connection,
+            background,
             scripts: Arc::new(Scripts::new()),
             last_reclaim: Arc::default(),
             campaign_ids: Arc::default(),
@@ -299,6 +307,10 @@ impl RedisEngine {
 
     fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+
+    fn background(&self) -> ConnectionManager {
+        self.background.clone()
     }
 
     /// Adds a campaign to the index and drops this instance's cached copy, so its own
@@ -725,7 +737,10 @@ impl Engine for RedisEngine {
                 .key(keys.group_expiries())
                 .arg(now.0)
                 .arg(limit)
-                .invoke_async(&mut self.timed("expire"))
+                .invoke_async(&mut Timed {
+                    connection: self.background(),
+                    script: "expire",
+                })
                 .await?;
             expired += ended;
             if walked < limit || expired >= limit {
@@ -843,7 +858,7 @@ impl Engine for RedisEngine {
                     .arg("COUNT")
                     .arg(per_stream);
             }
-            let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+            let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
             for (campaign, reply) in campaigns.iter().zip(replies) {
                 // [next id, [entries], [deleted ids]]
                 if let redis::Value::Array(mut parts) = reply {
@@ -865,7 +880,7 @@ impl Engine for RedisEngine {
                 .arg(Keys::of(&self.namespace, campaign).events())
                 .arg(">");
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
         for (campaign, reply) in campaigns.iter().zip(replies) {
             // Nil, or [[stream key, [entries]]] (RESP2) / {stream key: [entries]} (RESP3)
             match reply {
@@ -903,7 +918,7 @@ impl Engine for RedisEngine {
                 .arg("COUNT")
                 .arg(1);
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
         let mut backlog = super::Backlog::default();
         for triple in replies.chunks(3) {
             if let [length, pending, first] = triple {
@@ -948,7 +963,7 @@ impl Engine for RedisEngine {
             // Acknowledged entries are trimmed so streams stay bounded.
             pipe.cmd("XDEL").arg(&stream).arg(ids).ignore();
         }
-        let () = pipe.query_async(&mut self.connection()).await?;
+        let () = pipe.query_async(&mut self.background()).await?;
         Ok(())
     }
 
