@@ -126,7 +126,8 @@ const CAMPAIGN_IDS_TTL: Duration = Duration::from_secs(1);
 /// The namespace (key prefix) when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "fs";
 
-/// The Redis stock engine. Cheap to clone: clones share one multiplexed connection.
+/// The Redis stock engine. Cheap to clone: clones share its two multiplexed connections (one
+/// for requests, one for background work).
 #[derive(Clone)]
 pub struct RedisEngine {
     /// Multiplexed, reconnecting connection shared by every request of this instance.
