@@ -23,7 +23,10 @@ async fn verification_passes_on_a_real_sale_and_fails_on_a_tampered_database() {
         .expect("schema");
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().expect("address");
-    config.redis_url = Some("redis://127.0.0.1:6379".into());
+    config.redis_url = Some(
+        std::env::var("FLASHSALE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    );
     config.redis_namespace = schema.clone();
     config.database_url = Some(format!("{DATABASE}?options=-csearch_path%3D{schema}"));
     config.admin_tokens = vec!["adm".into()];
