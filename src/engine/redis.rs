@@ -556,8 +556,9 @@ impl Engine for RedisEngine {
             .invoke_async(&mut self.timed("create_campaign"))
             .await?;
         // Outside the script on purpose: the index spans campaigns (another slot). A crash in
-        // between leaves the campaign out of the index: the reaper does not visit it (confirm
-        // and cancel still expire its holds on the spot) until it is restored from the database.
+        // between leaves the campaign out of the index until the next recovery pass lists it
+        // again (`recovery::restore_all`, every reconcile interval); meanwhile confirm and
+        // cancel still expire its holds on the spot.
         self.index(&campaign.id).await?;
         Ok(created == 1)
     }

@@ -50,14 +50,20 @@ pub async fn restore(
     }
 }
 
-/// Rebuilds every campaign the engine lacks; returns the rebuilt ids.
+/// Rebuilds every campaign the engine lacks; returns the rebuilt ids. A campaign the engine
+/// has but does not list (with Redis: its create script ran, the step that adds it to the
+/// campaign index did not) goes through the same path, whose restore step is then a no-op
+/// that lists it: otherwise the reaper, the persister and the sampler would never visit it.
 pub async fn restore_all(
     engine: &dyn Engine,
     store: &Store,
 ) -> Result<Vec<CampaignId>, RecoveryError> {
+    let listed: std::collections::HashSet<CampaignId> =
+        engine.campaign_ids().await?.into_iter().collect();
     let mut restored = Vec::new();
     for campaign in store.campaigns().await? {
-        if engine.probe(&campaign.id).await?.is_none()
+        let missing = engine.probe(&campaign.id).await?.is_none();
+        if (missing || !listed.contains(&campaign.id))
             && restore_from(engine, store, &campaign).await?
         {
             restored.push(campaign.id);

@@ -2,7 +2,7 @@
 
 use crate::durability::feed_when;
 use crate::helpers::{
-    database_url, fresh_key, fresh_postgres_schema, spawn_app_with, unique_id, Backend,
+    database_url, fresh_key, fresh_postgres_schema, redis_url, spawn_app_with, unique_id, Backend,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -335,4 +335,45 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     redis.child.kill().await.expect("stopped");
+}
+
+/// A campaign whose create script ran but whose entry in the campaign index is gone (the
+/// `SADD` after the script failed) is listed again by the recovery pass, so the reaper, the
+/// persister and the sampler visit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_missing_from_the_index_is_listed_again() {
+    let namespace = unique_id("ns");
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_namespace = namespace.clone()).await;
+    let id = app.campaign(5, 1, json!({})).await;
+    let mut redis = redis::Client::open(redis_url())
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test needs Redis");
+    let index = format!("{namespace}:campaigns");
+    let removed: i64 = redis::cmd("SREM")
+        .arg(&index)
+        .arg(&id)
+        .query_async(&mut redis)
+        .await
+        .expect("answers");
+    assert_eq!(removed, 1);
+
+    let started = Instant::now();
+    loop {
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg(&index)
+            .arg(&id)
+            .query_async(&mut redis)
+            .await
+            .expect("answers");
+        if listed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the campaign stayed out of the index"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
