@@ -48,12 +48,11 @@ fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, Engi
                 "stream entry of {campaign}: {entry:?}"
             )));
         };
-        let text = |bytes: &[u8]| {
+        let text = |bytes| {
             std::str::from_utf8(bytes)
-                .map(str::to_owned)
                 .map_err(|_| EngineError::Corrupt(format!("stream entry of {campaign}: not UTF-8")))
         };
-        events.push(event_from(campaign, &text(id)?, &text(event)?)?);
+        events.push(event_from(campaign, text(id)?, text(event)?)?);
     }
     Ok(events)
 }
@@ -102,9 +101,8 @@ fn event_from(campaign: &CampaignId, id: &str, event: &str) -> Result<Event, Eng
             _ => return Err(corrupt()),
         };
         let reservation_id = ReservationId::parse(id).map_err(|_| corrupt())?;
-        let values: Vec<String> = fields.iter().map(|v| (*v).to_owned()).collect();
         Change::Reservation {
-            reservation: reservation_from(&reservation_id, campaign, &values)?,
+            reservation: reservation_from(&reservation_id, campaign, fields)?,
             idempotency,
         }
     };
@@ -421,24 +419,25 @@ impl RedisEngine {
 }
 
 /// Builds a reservation from `[user, qty, status, created, expires, group]`.
-fn reservation_from(
+fn reservation_from<S: AsRef<str> + std::fmt::Debug>(
     id: &ReservationId,
     campaign: &CampaignId,
-    fields: &[String],
+    fields: &[S],
 ) -> Result<Reservation, EngineError> {
     let corrupt = || EngineError::Corrupt(format!("reservation {id} has fields {fields:?}"));
     let [user, quantity, status, created, expires, group] = fields else {
         return Err(corrupt());
     };
+    let group = group.as_ref();
     Ok(Reservation {
         id: id.clone(),
         campaign_id: campaign.clone(),
-        user_id: UserId::parse(user).map_err(|_| corrupt())?,
-        quantity: quantity.parse().map_err(|_| corrupt())?,
-        status: ReservationStatus::parse(status).ok_or_else(corrupt)?,
-        created_at: Millis(created.parse().map_err(|_| corrupt())?),
-        expires_at: Millis(expires.parse().map_err(|_| corrupt())?),
-        group_id: (!group.is_empty()).then(|| group.clone()),
+        user_id: UserId::parse(user.as_ref()).map_err(|_| corrupt())?,
+        quantity: quantity.as_ref().parse().map_err(|_| corrupt())?,
+        status: ReservationStatus::parse(status.as_ref()).ok_or_else(corrupt)?,
+        created_at: Millis(created.as_ref().parse().map_err(|_| corrupt())?),
+        expires_at: Millis(expires.as_ref().parse().map_err(|_| corrupt())?),
+        group_id: (!group.is_empty()).then(|| group.to_owned()),
     })
 }
 
