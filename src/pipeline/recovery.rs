@@ -95,7 +95,7 @@ async fn restore_from(
 pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>, RecoveryError> {
     let mut drifts = Vec::new();
     for campaign in store.campaigns().await? {
-        let database = database_counts(store, &campaign).await?;
+        let database = store.counts(&campaign).await?;
         let Some(state) = engine.campaign(&campaign.id).await? else {
             continue;
         };
@@ -115,15 +115,6 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
         }
     }
     Ok(drifts)
-}
-
-/// The campaign's units as the database records them, counted as the engine counts them
-/// (see [`Store::counts`]).
-pub async fn database_counts(
-    store: &Store,
-    campaign: &Campaign,
-) -> Result<StoredCounts, RecoveryError> {
-    Ok(store.counts(campaign).await?)
 }
 
 /// Every `interval`: rebuild what the engine lost, then reconcile.

@@ -132,9 +132,7 @@ async fn after_a_burst_the_database_holds_exactly_the_acknowledged_reservations(
         .await
         .expect("answers")
         .expect("campaign stored");
-    let counts = flashsale::pipeline::recovery::database_counts(&app.store, &stored_campaign)
-        .await
-        .expect("answers");
+    let counts = app.store.counts(&stored_campaign).await.expect("answers");
     assert_eq!((counts.stock, counts.held, counts.confirmed), (100, 100, 0));
 }
 
