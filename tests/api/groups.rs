@@ -28,7 +28,7 @@ async fn group_campaign(
     .await
 }
 
-async fn open(app: &TestApp, campaign: &str, user: &str) -> reqwest::Response {
+pub async fn open(app: &TestApp, campaign: &str, user: &str) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/v1/campaigns/{campaign}/groups")))
         .bearer_auth(&app.store_token)
@@ -39,7 +39,7 @@ async fn open(app: &TestApp, campaign: &str, user: &str) -> reqwest::Response {
         .expect("sent")
 }
 
-async fn join(app: &TestApp, group: &str, user: &str) -> reqwest::Response {
+pub async fn join(app: &TestApp, group: &str, user: &str) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/v1/groups/{group}/members")))
         .bearer_auth(&app.store_token)
@@ -50,7 +50,7 @@ async fn join(app: &TestApp, group: &str, user: &str) -> reqwest::Response {
         .expect("sent")
 }
 
-async fn body(response: reqwest::Response, status: u16) -> Value {
+pub async fn body(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
     response.json().await.expect("json")
 }

@@ -1,6 +1,7 @@
 //! Outages of the real servers: Postgres unreachable for seconds, and Redis flushed.
 
 use crate::durability::feed_when;
+use crate::groups::{body, join, open};
 use crate::helpers::{
     database_url, fresh_key, fresh_postgres_schema, redis_url, spawn_app_with, unique_id, Backend,
 };
@@ -112,48 +113,6 @@ async fn postgres_unreachable_for_seconds_loses_nothing() {
     assert_eq!(persisted, acknowledged, "nothing lost");
 }
 
-async fn open_group(app: &crate::helpers::TestApp, campaign: &str, user: &str) -> Value {
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{campaign}/groups")))
-        .bearer_auth(&app.store_token)
-        .header("Idempotency-Key", fresh_key())
-        .json(&json!({ "user_id": user }))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 201);
-    response.json().await.expect("json")
-}
-
-async fn join_group_response(
-    app: &crate::helpers::TestApp,
-    group: &str,
-    user: &str,
-) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/v1/groups/{group}/members")))
-        .bearer_auth(&app.store_token)
-        .header("Idempotency-Key", fresh_key())
-        .json(&json!({ "user_id": user }))
-        .send()
-        .await
-        .expect("sent")
-}
-
-async fn join_group(app: &crate::helpers::TestApp, group: &str, user: &str) -> Value {
-    let response = join_group_response(app, group, user).await;
-    assert_eq!(response.status(), 201);
-    response.json().await.expect("json")
-}
-
-async fn join_group_status(app: &crate::helpers::TestApp, group: &str, user: &str) -> u16 {
-    join_group_response(app, group, user)
-        .await
-        .status()
-        .as_u16()
-}
-
 /// A Redis server of the test's own, on a free port, that it may flush.
 struct OwnRedis {
     child: tokio::process::Child,
@@ -243,13 +202,13 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
         )
         .await;
     let group_of = |response: Value| response["id"].as_str().expect("group id").to_owned();
-    let formed = group_of(open_group(&first, &groups, "g1").await);
-    let formed_view = join_group(&first, &formed, "g2").await;
+    let formed = group_of(body(open(&first, &groups, "g1").await, 201).await);
+    let formed_view = body(join(&first, &formed, "g2").await, 201).await;
     for member in formed_view["members"].as_array().expect("members") {
         let rid = member["reservation_id"].as_str().expect("rid");
         assert_eq!(first.confirm(rid, &first.store_token).await.status(), 200);
     }
-    let open_view = open_group(&first, &groups, "g3").await;
+    let open_view = body(open(&first, &groups, "g3").await, 201).await;
     let open = group_of(open_view.clone());
     let paid = open_view["members"][0]["reservation_id"]
         .as_str()
@@ -308,17 +267,17 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
     let after = second.campaign_json(&groups).await;
     assert_eq!(after, before, "the group campaign comes back as it was");
     assert_eq!(
-        join_group_status(&second, &open, "g1").await,
+        join(&second, &open, "g1").await.status(),
         409,
         "g1's limit survived"
     );
     assert_eq!(
-        join_group_status(&second, &open, "g4").await,
+        join(&second, &open, "g4").await.status(),
         201,
         "the open group's free slot survived"
     );
     assert_eq!(
-        join_group_status(&second, &formed, "g5").await,
+        join(&second, &formed, "g5").await.status(),
         409,
         "a formed group stays closed"
     );
