@@ -50,6 +50,15 @@ pub async fn join(app: &TestApp, group: &str, user: &str) -> reqwest::Response {
         .expect("sent")
 }
 
+async fn read_group(app: &TestApp, group: &str, token: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/v1/groups/{group}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent")
+}
+
 pub async fn body(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
     response.json().await.expect("json")
@@ -108,16 +117,7 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
         assert_eq!(reservation["group_id"], gid.as_str());
         assert_eq!(app.confirm(&rid, &app.store_token).await.status(), 200);
     }
-    let formed = body(
-        app.client
-            .get(app.url(&format!("/v1/groups/{gid}")))
-            .bearer_auth(&app.store_token)
-            .send()
-            .await
-            .expect("sent"),
-        200,
-    )
-    .await;
+    let formed = body(read_group(&app, &gid, &app.store_token).await, 200).await;
     assert_eq!(formed["status"], "formed");
     let campaign = app.campaign_json(&id).await;
     assert_eq!(
@@ -172,16 +172,7 @@ async fn every_group_refusal_has_its_code(backend: Backend) {
     for user in ["leader", "a"] {
         app.confirm(
             &reservation_of(
-                &body(
-                    app.client
-                        .get(app.url(&format!("/v1/groups/{gid}")))
-                        .bearer_auth(&app.store_token)
-                        .send()
-                        .await
-                        .expect("sent"),
-                    200,
-                )
-                .await,
+                &body(read_group(&app, &gid, &app.store_token).await, 200).await,
                 user,
             ),
             &app.store_token,
@@ -226,16 +217,7 @@ async fn a_group_whose_window_passes_fails_and_the_feed_tells_whom_to_refund(bac
 
     let started = Instant::now();
     let failed = loop {
-        let now = body(
-            app.client
-                .get(app.url(&format!("/v1/groups/{gid}")))
-                .bearer_auth(&app.store_token)
-                .send()
-                .await
-                .expect("sent"),
-            200,
-        )
-        .await;
+        let now = body(read_group(&app, &gid, &app.store_token).await, 200).await;
         if now["status"] == "failed" {
             break now;
         }
@@ -310,22 +292,10 @@ async fn a_user_opens_and_reads_only_groups_it_belongs_to(backend: Backend) {
     let group = body(response, 201).await;
     let gid = group["id"].as_str().expect("id");
     assert_eq!(group["leader_user_id"], "alice");
-    let read = app
-        .client
-        .get(app.url(&format!("/v1/groups/{gid}")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .expect("sent");
+    let read = read_group(&app, gid, &alice).await;
     assert_eq!(read.status(), 200);
     let bob = app.user_token("bob");
-    let denied = app
-        .client
-        .get(app.url(&format!("/v1/groups/{gid}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .expect("sent");
+    let denied = read_group(&app, gid, &bob).await;
     assert_problem(denied, 403, "forbidden").await;
     let replay = app
         .client
