@@ -10,6 +10,5 @@ local stock, available = tonumber(c[1]), tonumber(c[2])
 if available + delta < 0 then return {'insufficient', available} end
 redis.call('HSET', KEYS[1], 'stock', stock + delta, 'available', available + delta)
 local t = redis.call('TIME')
-redis.call('XADD', KEYS[2], '*', 'e', table.concat({'campaign.stock',
-  t[1] * 1000 + math.floor(t[2] / 1000), stock + delta}, '\31'))
+emit_stock(KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000), stock + delta)
 return {'adjusted', stock + delta, available + delta}

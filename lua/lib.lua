@@ -1,25 +1,33 @@
--- Shared by the scripts that change reservations and groups; prepended to confirm.lua,
--- cancel.lua, expire.lua, open_group.lua and join_group.lua at load time. Keys reached from
--- `campaign .. ':r:' .. id` or `campaign .. ':g:' .. id` carry the campaign's hash tag.
+-- Shared by every script that changes state; `src/engine/redis/scripts.rs` folds it onto the
+-- first line of reserve.lua, confirm.lua, cancel.lua, expire.lua, adjust_stock.lua,
+-- open_group.lua and join_group.lua at load time, so their line numbers stay their own (keep
+-- comments here on lines of their own). Keys reached from `campaign .. ':r:' .. id` or
+-- `campaign .. ':g:' .. id` carry the campaign's hash tag.
 
 -- Every event is a stream entry with one field, `e`: its values joined by the unit separator
 -- (byte 31), which no id, user id, key or number can contain (user ids exclude control
 -- characters). One field instead of eleven: less for XADD to store and for the persister to
--- parse. Layouts (see `src/engine/redis.rs`, `event_from`):
+-- parse. This file is the one Lua encoder; its Rust twin is `src/engine/redis/codec.rs`.
+-- Layouts:
 --   reservation.*   type at id user qty status created expires group [key fp]
 --   group.*         type at gid leader size gstatus created expires
 --   campaign.stock  type at stock
 local US = string.char(31)
 
--- Appends the reservation's current state to the campaign's event stream (same slot), so the
--- change and its event are one atomic step.
--- A creating event also carries the idempotency record (`key`, `fp`), so the database can
--- rebuild it.
-local function emit(stream, rk, id, now, key, fp)
-  local r = redis.call('HMGET', rk, 'user', 'qty', 'status', 'created', 'expires', 'group')
-  local e = table.concat({'reservation.' .. r[3], now, id, r[1], r[2], r[3], r[4], r[5], r[6] or ''}, US)
+-- Appends a reservation event with the given values to the campaign's event stream (same
+-- slot), so the change and its event are one atomic step. A creating event also carries the
+-- idempotency record (`key`, `fp`), so the database can rebuild it.
+local function emit_values(stream, now, id, user, qty, status, created, expires, group, key, fp)
+  local e = table.concat({'reservation.' .. status, now, id, user, qty, status, created, expires,
+    group or ''}, US)
   if key then e = e .. US .. key .. US .. fp end
   redis.call('XADD', stream, '*', 'e', e)
+end
+
+-- Appends the reservation's current state, as its hash `rk` holds it.
+local function emit(stream, rk, id, now, key, fp)
+  local r = redis.call('HMGET', rk, 'user', 'qty', 'status', 'created', 'expires', 'group')
+  emit_values(stream, now, id, r[1], r[2], r[3], r[4], r[5], r[6], key, fp)
 end
 
 -- Appends the group's current state (without members) to the event stream.
@@ -28,6 +36,11 @@ local function emit_group(stream, gk, gid, now)
   local g = redis.call('HMGET', gk, 'leader', 'size', 'status', 'created', 'expires')
   redis.call('XADD', stream, '*', 'e',
     table.concat({GROUP_EVENT[g[3]], now, gid, g[1], g[2], g[3], g[4], g[5]}, US))
+end
+
+-- Appends the campaign's new stock.
+local function emit_stock(stream, now, stock)
+  redis.call('XADD', stream, '*', 'e', table.concat({'campaign.stock', now, stock}, US))
 end
 
 -- Gives a held or confirmed reservation's units back and records its new status. Outside a

@@ -40,7 +40,5 @@ redis.call('HSET', KEYS[1], 'available', available - quantity, 'held', tonumber(
 redis.call('HSET', KEYS[3], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
   'created', now, 'expires', expires)
 redis.call('RPUSH', KEYS[2], ARGV[6])
--- The event, laid out as lib.lua's `emit` writes it (byte 31 between values).
-redis.call('XADD', KEYS[4], '*', 'e', table.concat({'reservation.held', now, ARGV[6], ARGV[2],
-  quantity, 'held', now, expires, '', ARGV[4], ARGV[5]}, '\31'))
+emit_values(KEYS[4], now, ARGV[6], ARGV[2], quantity, 'held', now, expires, '', ARGV[4], ARGV[5])
 return {'reserved', now, expires, available - quantity}

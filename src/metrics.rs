@@ -62,14 +62,13 @@ pub const BUILD_INFO: &str = "flashsale_build_info";
 /// The `script` label values of [`SCRIPT_DURATION`] and [`SCRIPT_ERRORS`]: one per file in
 /// `lua/` that the Redis engine runs.
 pub const SCRIPT_NAMES: &[&str] = &[
-    "create_campaign",
+    "load_campaign",
     "adjust_stock",
     "reserve",
     "confirm",
     "cancel",
     "expire",
     "sold_out_snapshot",
-    "restore_campaign",
     "open_group",
     "join_group",
     "read_group",

@@ -1,11 +1,11 @@
 //! The application: build the state from the config, start the workers, serve, shut down.
 
 use crate::config::Config;
-use crate::engine::{Engine, Gated, MemoryEngine, RedisEngine};
+use crate::engine::{Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, PERSISTER};
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
-use crate::pipeline::recovery;
+use crate::pipeline::recovery::{self, Recovering};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::Store;
 use crate::{metrics, workers};
@@ -29,6 +29,8 @@ pub struct Application {
     sample_interval: Duration,
     /// The in-process persister's settings; `None` when another process persists.
     persister: Option<PersisterSettings>,
+    /// The engine's event log, for the persister and the backlog sample.
+    events: Arc<dyn EventLog>,
     credentials: Credentials,
 }
 
@@ -83,17 +85,18 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // The recorder first: handles made while connecting must reach it.
         metrics::install();
-        let inner = connect_engine(&config).await?;
-        Self::build_with_engine(config, inner).await
+        let backends = connect_engine(&config).await?;
+        Self::build_with_engine(config, backends).await
     }
 
     /// Like [`Application::build`], around an engine the caller made (tests share one).
-    pub async fn build_with_engine(config: Config, inner: Arc<dyn Engine>) -> anyhow::Result<Self> {
+    pub async fn build_with_engine(config: Config, backends: Backends) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config);
         let store = connect_store(&config).await?;
+        let engine = Gated::new(backends.engine);
         // Whatever the database knows and the engine lacks (a fresh in-memory engine, or a
         // Redis that restarted empty) is rebuilt before the first request.
-        let restored = recovery::restore_all(&*inner, &store)
+        let restored = recovery::restore_all(&engine, &store)
             .await
             .context("rebuilding campaigns from the database")?;
         if !restored.is_empty() {
@@ -115,7 +118,7 @@ impl Application {
         };
         let handle = metrics::install();
         let state = AppState::new(Shared {
-            engine: Gated::new(inner),
+            engine: Recovering::new(engine, store.clone()),
             store,
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
@@ -145,6 +148,7 @@ impl Application {
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
             sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
             persister: config.persister.then(|| persister_settings(&config)),
+            events: backends.events,
             credentials,
         })
     }
@@ -168,9 +172,14 @@ impl Application {
         self.state.store.clone()
     }
 
-    /// The engine as the handlers see it (tests reach behind the API with it).
+    /// The engine behind the handlers' recovery (tests reach behind the API with it).
     pub fn engine(&self) -> Gated {
-        self.state.engine.clone()
+        self.state.engine.gated().clone()
+    }
+
+    /// The engine's event log (tests read it as a persister would).
+    pub fn events(&self) -> Arc<dyn EventLog> {
+        Arc::clone(&self.events)
     }
 
     /// A user token signed with this instance's secret, for the banner and for tests.
@@ -217,7 +226,7 @@ impl Application {
     }
 
     fn spawn_workers(&self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-        let engine = &self.state.engine;
+        let engine = self.state.engine.gated();
         let mut workers = vec![
             tokio::spawn(workers::run_reaper(
                 engine.clone(),
@@ -229,24 +238,24 @@ impl Application {
                 shutdown.clone(),
             )),
         ];
-        let shared: Arc<dyn Engine> = Arc::new(engine.clone());
         if let Some(settings) = &self.persister {
             workers.push(tokio::spawn(persister::run(
-                Arc::clone(&shared),
+                Arc::clone(&self.events),
                 self.state.store.clone(),
-                consumer_name(),
+                persister_consumer(),
                 settings.clone(),
                 shutdown.clone(),
             )));
         }
         workers.push(tokio::spawn(workers::run_metrics_sampler(
             engine.clone(),
+            Arc::clone(&self.events),
             self.state.store.clone(),
             self.sample_interval,
             shutdown.clone(),
         )));
         workers.push(tokio::spawn(recovery::run(
-            shared,
+            Arc::new(engine.clone()),
             self.state.store.clone(),
             self.reconcile_interval,
             shutdown.clone(),
@@ -261,15 +270,32 @@ impl Application {
     }
 }
 
+/// A stock engine and its event log (the same backend in two roles).
+#[derive(Clone)]
+pub struct Backends {
+    pub engine: Arc<dyn GatedEngine>,
+    pub events: Arc<dyn EventLog>,
+}
+
+impl Backends {
+    /// Both roles of one engine.
+    pub fn of<E: GatedEngine + EventLog + Clone>(engine: E) -> Self {
+        Backends {
+            engine: Arc::new(engine.clone()),
+            events: Arc::new(engine),
+        }
+    }
+}
+
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
-pub async fn connect_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     Ok(match &config.redis_url {
-        Some(url) => Arc::new(
+        Some(url) => Backends::of(
             RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
                 .with_context(|| format!("connecting to Redis at {url}"))?,
         ),
-        None => Arc::new(MemoryEngine::new()),
+        None => Backends::of(MemoryEngine::new()),
     })
 }
 
@@ -291,20 +317,24 @@ pub fn persister_settings(config: &Config) -> PersisterSettings {
     }
 }
 
-/// A consumer name unique to this process, so a dead one's entries can be told apart.
-pub fn consumer_name() -> String {
-    format!("persister-{}", ulid::Ulid::new())
+/// The persister's consumer: its group, and a name unique to this process, so a dead one's
+/// entries can be told apart.
+pub fn persister_consumer() -> Consumer {
+    Consumer {
+        group: PERSISTER.to_owned(),
+        name: format!("persister-{}", ulid::Ulid::new()),
+    }
 }
 
 /// `flashsale persist`: only the persister, until Ctrl-C or SIGTERM.
 pub async fn run_persister_only(config: Config) -> anyhow::Result<()> {
-    let engine = connect_engine(&config).await?;
+    let backends = connect_engine(&config).await?;
     let store = connect_store(&config).await?;
     let (trigger, shutdown) = shutdown::channel();
     let worker = tokio::spawn(persister::run(
-        engine,
+        backends.events,
         store,
-        consumer_name(),
+        persister_consumer(),
         persister_settings(&config),
         shutdown,
     ));
@@ -316,9 +346,9 @@ pub async fn run_persister_only(config: Config) -> anyhow::Result<()> {
 
 /// `flashsale reconcile`: prints the drift per campaign; `Ok(false)` if any.
 pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
-    let engine = connect_engine(&config).await?;
+    let backends = connect_engine(&config).await?;
     let store = connect_store(&config).await?;
-    let drifts = recovery::reconcile(&*engine, &store).await?;
+    let drifts = recovery::reconcile(&Gated::new(backends.engine), &store).await?;
     let campaigns = store.campaigns().await?.len();
     println!(
         "{campaigns} campaigns compared, {} with drift",

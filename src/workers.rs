@@ -3,7 +3,7 @@
 //! every instance at once: each step is one atomic engine decision.
 
 use crate::domain::Millis;
-use crate::engine::{Engine, Gated};
+use crate::engine::{Backend, Engine, EventLog, Gated, PERSISTER};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use std::time::Duration;
@@ -82,6 +82,7 @@ pub async fn run_limiter_cleanup(
 /// their series idle out of `/metrics` ([`crate::metrics::IDLE_TIMEOUT`]).
 pub async fn run_metrics_sampler(
     engine: Gated,
+    events: std::sync::Arc<dyn EventLog>,
     store: crate::store::Store,
     interval: Duration,
     mut shutdown: Shutdown,
@@ -93,7 +94,7 @@ pub async fn run_metrics_sampler(
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        sample_once(&engine, &store).await;
+        sample_once(&engine, &*events, &store).await;
     }
 }
 
@@ -101,7 +102,7 @@ pub async fn run_metrics_sampler(
 pub const ENDED_GRACE: Duration = Duration::from_secs(300);
 
 /// One sampling pass.
-pub async fn sample_once(engine: &Gated, store: &crate::store::Store) {
+pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::store::Store) {
     let now = Millis::now();
     m::touch_counters(engine.name() == "redis");
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => engine.name()).set(1.0);
@@ -112,7 +113,7 @@ pub async fn sample_once(engine: &Gated, store: &crate::store::Store) {
     if !engine_up {
         return;
     }
-    if let Ok(backlog) = engine.backlog().await {
+    if let Ok(backlog) = events.backlog(PERSISTER).await {
         metrics::gauge!(m::PERSIST_BACKLOG).set(backlog.events as f64);
         metrics::gauge!(m::PERSIST_PENDING).set(backlog.pending as f64);
         let lag_ms = backlog.oldest.map_or(0, |oldest| (now.0 - oldest.0).max(0));

@@ -14,9 +14,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flashsale::domain::{
-    Campaign, CampaignDraft, IdempotencyKey, Millis, Quantity, ReservationId, UserId,
+    Campaign, CampaignDraft, IdempotencyKey, Millis, Quantity, ReservationId, ScopedKey, UserId,
 };
-use flashsale::engine::{Engine, Gated, MemoryEngine, RedisEngine, ReserveOutcome, ReserveRequest};
+use flashsale::engine::{
+    Backend, CampaignSnapshot, Engine, Gated, MemoryEngine, RedisEngine, ReserveOutcome,
+    ReserveRequest,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,15 +49,13 @@ fn attempt(campaign: &Campaign, counter: &AtomicU64) -> ReserveRequest {
     let user = UserId::parse(&format!("user-{}", n % 10_000)).expect("valid user");
     let quantity = Quantity::parse(1).expect("valid quantity");
     let key = IdempotencyKey::parse(&format!("bench-{n}")).expect("valid key");
-    ReserveRequest {
-        fingerprint: ReserveRequest::fingerprint_of(&user, quantity),
-        idempotency_key: format!("s/bench:{}", key.as_str()),
-        reservation_id: ReservationId::generate(&campaign.id),
-        campaign_id: campaign.id.clone(),
-        user_id: user,
+    ReserveRequest::new(
+        campaign.id.clone(),
+        user,
         quantity,
-        now: Millis::now(),
-    }
+        ScopedKey::new("s/bench", "reserve", &key),
+        Millis::now(),
+    )
 }
 
 fn bench_reserve(c: &mut Criterion) {
@@ -74,7 +75,7 @@ fn bench_reserve(c: &mut Criterion) {
     for (name, engine) in &engines {
         let hot = campaign(Campaign::MAX_STOCK);
         runtime
-            .block_on(engine.create_campaign(&hot))
+            .block_on(engine.load_campaign(CampaignSnapshot::fresh(&hot)))
             .expect("created");
         group.bench_function(*name, |b| {
             b.to_async(&runtime).iter(|| {
@@ -106,7 +107,10 @@ fn bench_reserve(c: &mut Criterion) {
     for (name, engine) in &refusers {
         let sold = campaign(1);
         runtime.block_on(async {
-            engine.create_campaign(&sold).await.expect("created");
+            engine
+                .load_campaign(CampaignSnapshot::fresh(&sold))
+                .await
+                .expect("created");
             engine
                 .reserve(&attempt(&sold, &counter))
                 .await
@@ -173,9 +177,15 @@ fn bench_contention(c: &mut Criterion) {
     let hot = campaign(Campaign::MAX_STOCK);
     let own: Vec<Campaign> = (0..cores).map(|_| campaign(Campaign::MAX_STOCK)).collect();
     runtime.block_on(async {
-        engine.create_campaign(&hot).await.expect("created");
+        engine
+            .load_campaign(CampaignSnapshot::fresh(&hot))
+            .await
+            .expect("created");
         for c in &own {
-            engine.create_campaign(c).await.expect("created");
+            engine
+                .load_campaign(CampaignSnapshot::fresh(c))
+                .await
+                .expect("created");
         }
     });
     group.bench_function(format!("one_hot_campaign_{cores}_tasks"), |b| {
@@ -357,7 +367,7 @@ fn bench_codec(c: &mut Criterion) {
         id: ReservationId::generate(&hot.id),
         campaign_id: hot.id.clone(),
         user_id: UserId::parse("user-123456").expect("valid"),
-        quantity: 1,
+        quantity: Quantity::ONE,
         status: flashsale::domain::ReservationStatus::Held,
         created_at: Millis::now(),
         expires_at: Millis::now().plus_seconds(900),

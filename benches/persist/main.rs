@@ -7,9 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use flashsale::domain::{
-    Campaign, CampaignDraft, Millis, Reservation, ReservationId, ReservationStatus, UserId,
+    Campaign, CampaignDraft, Change, Event, Millis, Quantity, Reservation, ReservationId,
+    ReservationStatus, ScopedKey, StreamPosition, UserId,
 };
-use flashsale::engine::{Change, Event, StreamPosition};
 use flashsale::store::Store;
 use sqlx::Connection;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,13 +36,16 @@ fn batch(campaign: &Campaign, next: &AtomicI64) -> Vec<Event> {
                         id: ReservationId::generate(&campaign.id),
                         campaign_id: campaign.id.clone(),
                         user_id: UserId::parse(&format!("user-{}", seq % 10_000)).expect("valid"),
-                        quantity: 1,
+                        quantity: Quantity::ONE,
                         status: ReservationStatus::Held,
                         created_at: now,
                         expires_at: now.plus_seconds(900),
                         group_id: None,
                     },
-                    idempotency: Some((format!("s/bench:{seq}"), format!("1:user-{seq}"))),
+                    idempotency: Some((
+                        ScopedKey::from_stored(format!("s/bench:{seq}")),
+                        format!("1:user-{seq}"),
+                    )),
                 },
             }
         })

@@ -1,10 +1,12 @@
 //! Group buys (拼团): a group holds `size` units of its campaign; each member holds one.
 
 use super::{CampaignId, Millis, ParseError, ReservationId, ReservationStatus, UserId};
+use serde::Serialize;
 use std::fmt;
 
 /// A group id: `grp_<ULID>_<campaign id>`; like a reservation id, it names its campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
 pub struct GroupId(String);
 
 const PREFIX: &str = "grp_";

@@ -2,6 +2,7 @@
 //! nothing past the HTTP edge checks it again. No I/O lives here.
 
 mod campaign;
+mod event;
 mod group;
 mod reservation;
 
@@ -9,6 +10,7 @@ pub use campaign::{
     Campaign, CampaignDraft, CampaignKind, CampaignState, CampaignStatus, GroupCounts, GroupRule,
     Window,
 };
+pub use event::{Change, Event, StoredReservation, StreamPosition};
 pub use group::{Group, GroupId, GroupMember, GroupStatus};
 pub use reservation::{Reservation, ReservationId, ReservationStatus};
 
@@ -198,7 +200,43 @@ impl Quantity {
         }
     }
 
+    /// One unit: what every group member holds.
+    pub const ONE: Quantity = Quantity(1);
+
     pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl From<Quantity> for u64 {
+    fn from(quantity: Quantity) -> u64 {
+        u64::from(quantity.0)
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A stock change: units to add (positive) or withdraw (negative), never zero, never more
+/// than [`Campaign::MAX_STOCK`] either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockDelta(i64);
+
+impl StockDelta {
+    pub fn parse(raw: i64) -> Result<Self, ParseError> {
+        let max = Campaign::MAX_STOCK as i64;
+        if raw == 0 || !(-max..=max).contains(&raw) {
+            return Err(ParseError(format!(
+                "delta must be a non-zero integer between -{max} and {max}"
+            )));
+        }
+        Ok(StockDelta(raw))
+    }
+
+    pub fn get(self) -> i64 {
         self.0
     }
 }
@@ -225,6 +263,40 @@ impl IdempotencyKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// An idempotency key as the engines remember it: scoped to who sent it and what it
+/// targets, so the same key from two callers, or for two targets, are two keys.
+///
+/// Layout: `<length of scope>:<scope>/<key>`. The scope (`s/<token name>` or `u/<user id>`,
+/// then the operation and its target) is length-prefixed, so no two (scope, key) pairs can
+/// spell the same text: user `eve` with key `order:42` and user `eve:order` with key `42`
+/// stay apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopedKey(String);
+
+impl ScopedKey {
+    /// `caller`: who sent it; `operation`: what it targets (`reserve`, `open`,
+    /// `join:<group id>`, `stock:<campaign id>`).
+    pub fn new(caller: &str, operation: &str, key: &IdempotencyKey) -> Self {
+        let scope = format!("{caller}/{operation}");
+        ScopedKey(format!("{}:{scope}/{}", scope.len(), key.as_str()))
+    }
+
+    /// A key as an engine or the database stored it.
+    pub fn from_stored(raw: String) -> Self {
+        ScopedKey(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ScopedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -300,6 +372,16 @@ impl Refusal {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scoped_keys_of_different_callers_never_collide() {
+        let key = |raw: &str| super::IdempotencyKey::parse(raw).expect("valid key");
+        let eve = super::ScopedKey::new("u/eve", "reserve", &key("order:42"));
+        let eve_order = super::ScopedKey::new("u/eve:order", "reserve", &key("42"));
+        assert_ne!(eve, eve_order);
+        let other_target = super::ScopedKey::new("u/eve", "open", &key("order:42"));
+        assert_ne!(eve, other_target);
+    }
+
     use super::*;
 
     #[test]

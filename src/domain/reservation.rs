@@ -1,6 +1,6 @@
 //! Reservations: units held for one user until paid, cancelled or expired.
 
-use super::{CampaignId, Millis, ParseError, UserId};
+use super::{CampaignId, GroupId, Millis, ParseError, Quantity, UserId};
 use serde::Serialize;
 use std::fmt;
 
@@ -83,12 +83,13 @@ pub struct Reservation {
     pub id: ReservationId,
     pub campaign_id: CampaignId,
     pub user_id: UserId,
-    pub quantity: u32,
+    pub quantity: Quantity,
     pub status: ReservationStatus,
     pub created_at: Millis,
     pub expires_at: Millis,
+    /// The group this reservation is a member's slot of.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group_id: Option<String>,
+    pub group_id: Option<GroupId>,
 }
 
 #[cfg(test)]

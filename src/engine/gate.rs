@@ -10,25 +10,60 @@
 //! [`Gated::refresh`], which the application runs every [`Gated::REFRESH_INTERVAL`].
 
 use super::{
-    CancelScope, Engine, EngineError, Event, GroupOutcome, GroupRequest, IdempotencySnapshot,
-    Probe, ReserveOutcome, ReserveRequest, RestoredReservation, StockOutcome, Transition,
+    Backend, CampaignSnapshot, CancelScope, Engine, EngineError, GroupOutcome, GroupRequest,
+    ReserveOutcome, ReserveRequest, StockOutcome, Transition,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Group, GroupId, Millis,
-    Refusal, Reservation, ReservationId, ReservationStatus, Window,
+    Refusal, Reservation, ReservationId, ReservationStatus, StockDelta, Window,
 };
 use crate::metrics as m;
 use async_trait::async_trait;
 use dashmap::DashMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// The idempotency records of a sold-out campaign, read atomically with `available == 0`:
+/// scoped key → (reservation id, fingerprint). While the campaign stays sold out no
+/// reservation can be created, so this map answers every retry without asking the engine.
+pub type IdempotencySnapshot = HashMap<String, (ReservationId, String)>;
+
+/// What [`GateReads::probe`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub available: u64,
+    /// How many idempotency records the campaign has: it grows with every reservation ever
+    /// created, so an unchanged count means no reservation was created in between.
+    pub idempotency_records: u64,
+}
+
+/// The reads the gate needs from an engine, beyond [`Engine`]'s.
+#[async_trait]
+pub trait GateReads: Send + Sync + 'static {
+    /// `None` while the campaign has units (or does not exist); its idempotency records,
+    /// read atomically with `available == 0`, once it has none.
+    async fn sold_out_snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<IdempotencySnapshot>, EngineError>;
+
+    /// `available` and the idempotency record count, in one cheap read; `None` if the
+    /// campaign does not exist.
+    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError>;
+}
+
+/// An engine the gate can stand in front of.
+pub trait GatedEngine: Engine + GateReads {}
+
+impl<T: Engine + GateReads> GatedEngine for T {}
+
 /// An engine behind the sold-out gate and the campaign config cache.
 #[derive(Clone)]
 pub struct Gated {
-    inner: Arc<dyn Engine>,
+    inner: Arc<dyn GatedEngine>,
     /// Armed gates: campaigns this node knows to be sold out, with their idempotency records.
     sold_out: Arc<DashMap<CampaignId, Arc<IdempotencySnapshot>>>,
     /// Campaign config by id. Only `stock` ever changes after creation, and nothing here reads
@@ -44,7 +79,7 @@ impl Gated {
     /// units stay invisible here.
     pub const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
-    pub fn new(inner: Arc<dyn Engine>) -> Self {
+    pub fn new(inner: Arc<dyn GatedEngine>) -> Self {
         Gated {
             inner,
             sold_out: Arc::default(),
@@ -147,7 +182,7 @@ impl Gated {
         request: &ReserveRequest,
         snapshot: &IdempotencySnapshot,
     ) -> Result<ReserveOutcome, EngineError> {
-        if let Some((id, fingerprint)) = snapshot.get(&request.idempotency_key) {
+        if let Some((id, fingerprint)) = snapshot.get(request.idempotency_key.as_str()) {
             if *fingerprint != request.fingerprint {
                 return Ok(ReserveOutcome::KeyReused);
             }
@@ -178,9 +213,24 @@ impl Gated {
 }
 
 #[async_trait]
+impl Backend for Gated {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait]
 impl Engine for Gated {
-    async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, EngineError> {
-        self.inner.create_campaign(campaign).await
+    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        let loaded = self.inner.load_campaign(snapshot).await?;
+        if loaded {
+            self.units_returned(&snapshot.campaign.id);
+        }
+        Ok(loaded)
     }
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
@@ -195,7 +245,11 @@ impl Engine for Gated {
         self.inner.campaign_ids().await
     }
 
-    async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError> {
+    async fn adjust_stock(
+        &self,
+        id: &CampaignId,
+        delta: StockDelta,
+    ) -> Result<StockOutcome, EngineError> {
         let outcome = self.inner.adjust_stock(id, delta).await?;
         if let StockOutcome::Adjusted { available, .. } = outcome {
             if available > 0 {
@@ -281,13 +335,6 @@ impl Engine for Gated {
         Ok(expired)
     }
 
-    async fn sold_out_snapshot(
-        &self,
-        campaign: &CampaignId,
-    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
-        self.inner.sold_out_snapshot(campaign).await
-    }
-
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         self.inner
             .open_group(request)
@@ -304,50 +351,5 @@ impl Engine for Gated {
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
         self.inner.group(id).await
-    }
-
-    async fn read_events(
-        &self,
-        consumer: &str,
-        max: usize,
-        reclaim_after: Duration,
-    ) -> Result<Vec<Event>, EngineError> {
-        self.inner.read_events(consumer, max, reclaim_after).await
-    }
-
-    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError> {
-        self.inner.ack_events(events).await
-    }
-
-    async fn backlog(&self) -> Result<super::Backlog, EngineError> {
-        self.inner.backlog().await
-    }
-
-    async fn restore_campaign(
-        &self,
-        campaign: &Campaign,
-        reservations: &[RestoredReservation],
-        groups: &[Group],
-    ) -> Result<bool, EngineError> {
-        let restored = self
-            .inner
-            .restore_campaign(campaign, reservations, groups)
-            .await?;
-        if restored {
-            self.units_returned(&campaign.id);
-        }
-        Ok(restored)
-    }
-
-    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
-        self.inner.probe(campaign).await
-    }
-
-    async fn ping(&self) -> Result<(), EngineError> {
-        self.inner.ping().await
-    }
-
-    fn name(&self) -> &'static str {
-        self.inner.name()
     }
 }

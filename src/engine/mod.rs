@@ -6,6 +6,12 @@
 //! against both and against a reference model. [`Gated`] wraps either with the in-process
 //! sold-out gate and campaign cache that keep refused attempts off Redis.
 //!
+//! Three roles, three traits, each implemented by both engines:
+//! - [`Engine`]: decisions and reads — what a request needs;
+//! - [`EventLog`]: the events each decision appended, read and acknowledged per consumer
+//!   group — what the persister (and any later consumer) needs;
+//! - [`GateReads`]: the two cheap reads the sold-out gate needs to stay correct.
+//!
 //! # Guarantees every implementation gives, under any concurrency and any number of instances
 //! sharing the same backing store
 //! - never oversell: `held + confirmed <= stock`, and `available + held + confirmed == stock`;
@@ -20,28 +26,31 @@
 //! sold-out campaign refuses with one read; both refusals are true in that case anyway.
 
 mod gate;
-mod memory;
-mod redis;
+pub mod memory;
+pub mod redis;
 
 pub use self::redis::RedisEngine;
-pub use gate::Gated;
+pub use gate::{GateReads, Gated, GatedEngine, IdempotencySnapshot, Probe};
 pub use memory::MemoryEngine;
 
 use crate::domain::{
-    Campaign, CampaignId, CampaignState, Group, GroupId, GroupStatus, Millis, Quantity, Refusal,
-    Reservation, ReservationId, UserId,
+    Campaign, CampaignId, CampaignState, Event, Group, GroupId, Millis, Quantity, Refusal,
+    Reservation, ReservationId, ScopedKey, StockDelta, StoredReservation, UserId,
 };
 use async_trait::async_trait;
-use std::collections::HashMap;
 use thiserror::Error;
 
-/// A failure of the engine itself (not a refusal): the caller gets an opaque 500 or 503.
+/// A failure of the engine itself (not a refusal): the caller gets an opaque 500 or a 503.
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
     #[error("the engine answered something unexpected: {0}")]
     Corrupt(String),
+    /// The campaign's engine state is missing and could not be rebuilt just now (the
+    /// database did not answer); nothing was decided.
+    #[error("the campaign is being rebuilt: {0}")]
+    Recovering(String),
 }
 
 /// One reservation attempt.
@@ -50,9 +59,8 @@ pub struct ReserveRequest {
     pub campaign_id: CampaignId,
     pub user_id: UserId,
     pub quantity: Quantity,
-    /// The caller's idempotency key, already scoped to the caller (`<caller>:<key>`); it is
-    /// remembered per campaign, so the target is part of its scope too.
-    pub idempotency_key: String,
+    /// The caller's idempotency key; it is remembered per campaign.
+    pub idempotency_key: ScopedKey,
     /// What the request asked for, so a reused key with another body can be told apart.
     pub fingerprint: String,
     /// The id the reservation gets if one is created.
@@ -61,9 +69,23 @@ pub struct ReserveRequest {
 }
 
 impl ReserveRequest {
-    /// The fingerprint of a reservation request body.
-    pub fn fingerprint_of(user_id: &UserId, quantity: Quantity) -> String {
-        format!("{}:{}", quantity.get(), user_id)
+    /// An attempt with a fresh reservation id and the body's fingerprint.
+    pub fn new(
+        campaign_id: CampaignId,
+        user_id: UserId,
+        quantity: Quantity,
+        idempotency_key: ScopedKey,
+        now: Millis,
+    ) -> Self {
+        ReserveRequest {
+            fingerprint: format!("{quantity}:{user_id}"),
+            reservation_id: ReservationId::generate(&campaign_id),
+            campaign_id,
+            user_id,
+            quantity,
+            idempotency_key,
+            now,
+        }
     }
 }
 
@@ -91,11 +113,40 @@ pub struct GroupRequest {
     pub group_id: GroupId,
     pub user_id: UserId,
     /// The caller's idempotency key, scoped to the caller and the operation's target.
-    pub idempotency_key: String,
+    pub idempotency_key: ScopedKey,
     pub fingerprint: String,
     /// The id the member's reservation gets if one is created.
     pub reservation_id: ReservationId,
     pub now: Millis,
+}
+
+impl GroupRequest {
+    /// Opening a new group of `campaign_id` for `user_id`.
+    pub fn open(campaign_id: CampaignId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
+        GroupRequest {
+            group_id: GroupId::generate(&campaign_id),
+            reservation_id: ReservationId::generate(&campaign_id),
+            fingerprint: format!("open:{user_id}"),
+            idempotency_key: key,
+            campaign_id,
+            user_id,
+            now,
+        }
+    }
+
+    /// Joining group `group_id` as `user_id`.
+    pub fn join(group_id: GroupId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
+        let campaign_id = group_id.campaign_id();
+        GroupRequest {
+            reservation_id: ReservationId::generate(&campaign_id),
+            fingerprint: format!("join:{user_id}"),
+            idempotency_key: key,
+            group_id,
+            campaign_id,
+            user_id,
+            now,
+        }
+    }
 }
 
 /// What opening or joining a group came to.
@@ -143,118 +194,59 @@ pub enum Transition {
     NotFound,
 }
 
-/// The idempotency records of a sold-out campaign, read atomically with `available == 0`:
-/// key → (reservation id, fingerprint). While the campaign stays sold out no reservation can
-/// be created, so this map answers every retry without asking the engine.
-/// A state change, appended atomically with the change itself (in the same Lua script, or
-/// under the same campaign lock in memory), so no change exists without its event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub campaign_id: CampaignId,
-    /// Position in the campaign's stream; strictly increasing per campaign.
-    pub position: StreamPosition,
-    pub at: Millis,
-    pub change: Change,
+/// A campaign to load into an engine: a new one (no reservations, no groups), or one
+/// rebuilt from the database with its groups (`members` unused) and its live reservations
+/// (held and confirmed, in creation order) with their idempotency records.
+#[derive(Debug, Clone, Copy)]
+pub struct CampaignSnapshot<'a> {
+    pub campaign: &'a Campaign,
+    pub reservations: &'a [StoredReservation],
+    pub groups: &'a [Group],
 }
 
-/// A stream entry id `<ms>-<seq>`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamPosition {
-    pub ms: i64,
-    pub seq: i64,
-}
-
-impl StreamPosition {
-    pub fn parse(raw: &str) -> Option<Self> {
-        let (ms, seq) = raw.split_once('-')?;
-        Some(StreamPosition {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for StreamPosition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-/// What changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A reservation entered `reservation.status`; the creating event also carries its
-    /// idempotency record, so the database can rebuild the engine.
-    Reservation {
-        reservation: Reservation,
-        idempotency: Option<(String, String)>,
-    },
-    /// The campaign's stock is now `stock`.
-    Stock { stock: u64 },
-    /// A group entered `group.status` (`members` is left empty in events).
-    Group { group: Group },
-}
-
-impl Event {
-    /// The event type as the feed names it.
-    pub fn kind(&self) -> String {
-        match &self.change {
-            Change::Reservation { reservation, .. } => {
-                format!("reservation.{}", reservation.status.as_str())
-            }
-            Change::Stock { .. } => "campaign.stock".to_owned(),
-            Change::Group { group } => match group.status {
-                GroupStatus::Open => "group.opened".to_owned(),
-                GroupStatus::Formed => "group.formed".to_owned(),
-                GroupStatus::Failed => "group.failed".to_owned(),
-            },
+impl<'a> CampaignSnapshot<'a> {
+    /// A campaign just created: nothing taken yet.
+    pub fn fresh(campaign: &'a Campaign) -> Self {
+        CampaignSnapshot {
+            campaign,
+            reservations: &[],
+            groups: &[],
         }
     }
 }
 
-/// A reservation as the database keeps it, for rebuilding an engine that lost a campaign.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoredReservation {
-    pub reservation: Reservation,
-    pub idempotency_key: Option<String>,
-    pub fingerprint: Option<String>,
-}
-
-/// Events waiting in the engine for the persister.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Backlog {
-    /// Not yet persisted and acknowledged.
-    pub events: u64,
-    /// Handed to a persister, not yet acknowledged.
-    pub pending: u64,
-    /// When the oldest waiting event happened.
-    pub oldest: Option<Millis>,
-}
-
-/// What [`Engine::probe`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Probe {
-    pub available: u64,
-    /// How many idempotency records the campaign has: it grows with every reservation ever
-    /// created, so an unchanged count means no reservation was created in between.
-    pub idempotency_records: u64,
-}
-
-pub type IdempotencySnapshot = HashMap<String, (ReservationId, String)>;
-
+/// What backs an engine or an event log.
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
-    /// Creates the campaign; `false` if one with that id exists (nothing is changed then).
-    async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, EngineError>;
+pub trait Backend: Send + Sync + 'static {
+    /// `memory` or `redis`, for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Whether the backing store answers.
+    async fn ping(&self) -> Result<(), EngineError>;
+}
+
+/// Decisions and reads. Every decision is one atomic step (one Lua script, or one campaign
+/// lock) that also appends its event, so no change exists without its event.
+#[async_trait]
+pub trait Engine: Backend {
+    /// Loads a campaign — new, or rebuilt from the database — with the counters its
+    /// reservations and groups imply. Does nothing (`false`) if the campaign exists.
+    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError>;
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError>;
 
-    /// Ids of every campaign the engine holds (for the reaper).
+    /// Ids of every campaign the engine holds (for the reaper, recovery and metrics).
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError>;
 
-    /// Adds (`delta > 0`) or withdraws units; never below what is available.
-    async fn adjust_stock(&self, id: &CampaignId, delta: i64) -> Result<StockOutcome, EngineError>;
+    /// Adds or withdraws units; never below what is available.
+    async fn adjust_stock(
+        &self,
+        id: &CampaignId,
+        delta: StockDelta,
+    ) -> Result<StockOutcome, EngineError>;
 
+    /// Never creates a reservation that would oversell or pass the user's limit; one
+    /// idempotency key yields at most one reservation.
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError>;
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError>;
@@ -281,41 +273,6 @@ pub trait Engine: Send + Sync + 'static {
         limit: u32,
     ) -> Result<u32, EngineError>;
 
-    /// `None` while the campaign has units; its idempotency records once it has none.
-    async fn sold_out_snapshot(
-        &self,
-        campaign: &CampaignId,
-    ) -> Result<Option<IdempotencySnapshot>, EngineError>;
-
-    /// A cheap read of what the sold-out gate needs to stay correct.
-    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError>;
-
-    /// Up to `max` events not yet acknowledged, for `consumer`: first those another consumer
-    /// took more than `reclaim_after` ago without acknowledging (it died), then new ones. In
-    /// stream order per campaign.
-    async fn read_events(
-        &self,
-        consumer: &str,
-        max: usize,
-        reclaim_after: std::time::Duration,
-    ) -> Result<Vec<Event>, EngineError>;
-
-    /// What waits for the persister, for metrics.
-    async fn backlog(&self) -> Result<Backlog, EngineError>;
-
-    /// Acknowledges persisted events and trims them from their streams.
-    async fn ack_events(&self, events: &[Event]) -> Result<(), EngineError>;
-
-    /// Recreates a campaign the engine lost, with its groups (`members` unused), its live
-    /// reservations (held and confirmed, in creation order), their idempotency records and
-    /// expiries. Does nothing (`false`) if the campaign exists.
-    async fn restore_campaign(
-        &self,
-        campaign: &Campaign,
-        reservations: &[RestoredReservation],
-        groups: &[Group],
-    ) -> Result<bool, EngineError>;
-
     /// Opens a group: holds `size` units of a group-buy campaign and gives the opener the
     /// first slot (a held reservation of one unit).
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
@@ -324,10 +281,48 @@ pub trait Engine: Send + Sync + 'static {
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError>;
+}
 
-    /// Whether the backing store answers.
-    async fn ping(&self) -> Result<(), EngineError>;
+/// The consumer group every engine's events are read by today: the persister.
+pub const PERSISTER: &str = "persister";
 
-    /// `memory` or `redis`, for logs and `/readyz`.
-    fn name(&self) -> &'static str;
+/// One reader of an event log: its consumer group and its own name within it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// Every group sees every event once; the consumer groups an engine keeps are given
+    /// when it is built ([`RedisEngine::connect_in`] makes [`PERSISTER`]'s).
+    pub group: String,
+    /// Unique per process, so a dead consumer's unacknowledged events can be taken over.
+    pub name: String,
+}
+
+/// Events waiting in the log for a consumer group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Not yet acknowledged.
+    pub events: u64,
+    /// Handed to a consumer, not yet acknowledged.
+    pub pending: u64,
+    /// When the oldest waiting event happened.
+    pub oldest: Option<Millis>,
+}
+
+/// The events decisions appended, per consumer group: at least once, in order per campaign.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Up to `max` events `consumer`'s group has not acknowledged: first those another
+    /// consumer of the group took more than `reclaim_after` ago without acknowledging (it
+    /// died), then new ones. In stream order per campaign.
+    async fn read(
+        &self,
+        consumer: &Consumer,
+        max: usize,
+        reclaim_after: std::time::Duration,
+    ) -> Result<Vec<Event>, EngineError>;
+
+    /// Acknowledges `group`'s handled events; once every group has, they leave the log.
+    async fn ack(&self, group: &str, events: &[Event]) -> Result<(), EngineError>;
+
+    /// What waits for `group`, for metrics.
+    async fn backlog(&self, group: &str) -> Result<Backlog, EngineError>;
 }

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::domain::{
-    Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal,
+    Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal, StockDelta,
 };
 use crate::engine::{Engine, StockOutcome};
 use axum::extract::{Path, State};
@@ -128,7 +128,7 @@ impl CampaignView {
 /// A stock change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StockDelta {
+pub struct StockChange {
     /// Units to add (positive) or withdraw (negative); not zero.
     delta: i64,
 }
@@ -172,13 +172,9 @@ pub async fn create_campaign(
         group: body.group.map(|g| (g.size, g.window_seconds)),
     };
     let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    // The database first: it is the durable source of campaigns, and the one that decides
-    // whether the id is taken. The engine then loads it; `false` there means recovery
-    // loaded it from the database already, which is the same campaign.
-    if !state.store.insert_campaign(&campaign).await? {
+    if !state.engine.create_campaign(&campaign).await? {
         return Err(ApiError::CampaignExists(campaign.id.to_string()));
     }
-    state.engine.create_campaign(&campaign).await?;
     let location = format!("/v1/campaigns/{}", campaign.id);
     let view = CampaignView::of(
         CampaignState {
@@ -208,16 +204,16 @@ pub async fn get_campaign(
 ) -> Result<Json<CampaignView>, ApiError> {
     caller.require_store()?;
     let id = campaign_id(&id)?;
-    let mut campaign = state.engine.campaign(&id).await?;
-    if campaign.is_none() && state.recover(&id).await {
-        campaign = state.engine.campaign(&id).await?;
-    }
-    let campaign = campaign.ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    let campaign = state
+        .engine
+        .campaign(&id)
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
     Ok(Json(CampaignView::of(campaign, Millis::now())))
 }
 
 /// Add or withdraw units.
-#[utoipa::path(post, path = "/v1/campaigns/{id}/stock", tag = "campaigns", request_body = StockDelta,
+#[utoipa::path(post, path = "/v1/campaigns/{id}/stock", tag = "campaigns", request_body = StockChange,
     security(("bearer" = [])),
     responses((status = 200, body = CampaignView),
         (status = 409, description = "`insufficient_stock`", body = super::error::Problem)))]
@@ -225,17 +221,12 @@ pub async fn adjust_stock(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<StockDelta>,
+    JsonBody(body): JsonBody<StockChange>,
 ) -> Result<Json<CampaignView>, ApiError> {
     caller.require_admin()?;
     let id = campaign_id(&id)?;
-    let max = Campaign::MAX_STOCK as i64;
-    if body.delta == 0 || !(-max..=max).contains(&body.delta) {
-        return Err(ApiError::InvalidRequest(format!(
-            "delta must be a non-zero integer between -{max} and {max}"
-        )));
-    }
-    match state.engine.adjust_stock(&id, body.delta).await? {
+    let delta = StockDelta::parse(body.delta).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    match state.engine.adjust_stock(&id, delta).await? {
         StockOutcome::Adjusted { .. } => {}
         StockOutcome::Insufficient { available } => {
             return Err(ApiError::InsufficientStock { available })

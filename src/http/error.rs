@@ -76,6 +76,10 @@ pub enum ApiError {
     /// 503: the stock engine did not answer; nothing was decided.
     #[error("the stock engine is unavailable")]
     EngineUnavailable(#[source] EngineError),
+    /// 503: the campaign's engine state is being rebuilt (after a Redis loss) and could not
+    /// be yet; nothing was decided.
+    #[error("the campaign's stock state is being rebuilt; retry after the Retry-After interval")]
+    EngineRecovering(#[source] EngineError),
     /// 503: the database did not answer; nothing was decided.
     #[error("the database is unavailable")]
     DatabaseUnavailable(#[source] crate::store::StoreError),
@@ -192,6 +196,11 @@ impl ApiError {
                 "engine_unavailable",
                 "Stock engine unavailable",
             ),
+            ApiError::EngineRecovering(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "engine_recovering",
+                "Stock engine recovering",
+            ),
             ApiError::DatabaseUnavailable(_) => (
                 S::SERVICE_UNAVAILABLE,
                 "database_unavailable",
@@ -207,6 +216,7 @@ impl ApiError {
             ApiError::Overloaded
             | ApiError::Timeout
             | ApiError::EngineUnavailable(_)
+            | ApiError::EngineRecovering(_)
             | ApiError::DatabaseUnavailable(_) => Some(1),
             _ => None,
         }
@@ -218,6 +228,16 @@ impl From<EngineError> for ApiError {
         match error {
             EngineError::Redis(_) => ApiError::EngineUnavailable(error),
             EngineError::Corrupt(what) => ApiError::Internal(what),
+            EngineError::Recovering(_) => ApiError::EngineRecovering(error),
+        }
+    }
+}
+
+impl From<crate::pipeline::recovery::RecoveryError> for ApiError {
+    fn from(error: crate::pipeline::recovery::RecoveryError) -> Self {
+        match error {
+            crate::pipeline::recovery::RecoveryError::Engine(error) => error.into(),
+            crate::pipeline::recovery::RecoveryError::Store(error) => error.into(),
         }
     }
 }
@@ -271,7 +291,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%what, "internal error");
                 "an internal error occurred; it has been logged".to_owned()
             }
-            ApiError::EngineUnavailable(source) => {
+            ApiError::EngineUnavailable(source) | ApiError::EngineRecovering(source) => {
                 tracing::warn!(error = %source, "stock engine unavailable");
                 self.to_string()
             }

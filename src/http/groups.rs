@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::domain::{
-    CampaignId, Group, GroupId, IdempotencyKey, Millis, Refusal, ReservationId, UserId,
+    CampaignId, Group, GroupId, IdempotencyKey, Millis, Refusal, ScopedKey, UserId,
 };
 use crate::engine::{Engine, GroupOutcome, GroupRequest};
 use crate::metrics as m;
@@ -126,22 +126,9 @@ pub async fn open_group(
     let campaign_id =
         CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
     let (key, user) = member_request(&state, &caller, &headers, body)?;
-    let request = GroupRequest {
-        group_id: GroupId::generate(&campaign_id),
-        reservation_id: ReservationId::generate(&campaign_id),
-        idempotency_key: format!("{}:open:{}", caller.idempotency_scope(), key.as_str()),
-        fingerprint: format!("open:{user}"),
-        campaign_id,
-        user_id: user,
-        now: Millis::now(),
-    };
-    let mut outcome = state.engine.open_group(&request).await?;
-    if outcome == GroupOutcome::Refused(Refusal::CampaignNotFound)
-        && state.recover(&request.campaign_id).await
-    {
-        outcome = state.engine.open_group(&request).await?;
-    }
-    answer(outcome, "open")
+    let key = ScopedKey::new(&caller.idempotency_scope(), "open", &key);
+    let request = GroupRequest::open(campaign_id, user, key, Millis::now());
+    answer(state.engine.open_group(&request).await?, "open")
 }
 
 /// Join an open group: one of its slots becomes the joiner's held reservation.
@@ -160,20 +147,12 @@ pub async fn join_group(
 ) -> Result<Response, ApiError> {
     let group_id = GroupId::parse(&id).map_err(|_| ApiError::refused(Refusal::GroupNotFound))?;
     let (key, user) = member_request(&state, &caller, &headers, body)?;
-    let campaign_id = group_id.campaign_id();
-    let request = GroupRequest {
-        reservation_id: ReservationId::generate(&campaign_id),
-        idempotency_key: format!(
-            "{}:join:{group_id}:{}",
-            caller.idempotency_scope(),
-            key.as_str()
-        ),
-        fingerprint: format!("join:{user}"),
-        group_id,
-        campaign_id,
-        user_id: user,
-        now: Millis::now(),
-    };
+    let key = ScopedKey::new(
+        &caller.idempotency_scope(),
+        &format!("join:{group_id}"),
+        &key,
+    );
+    let request = GroupRequest::join(group_id, user, key, Millis::now());
     answer(state.engine.join_group(&request).await?, "join")
 }
 

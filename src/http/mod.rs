@@ -14,8 +14,8 @@ mod json;
 mod openapi;
 mod reservations;
 
-use crate::engine::Gated;
 use crate::metrics as m;
+use crate::pipeline::recovery::Recovering;
 use auth::Auth;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -57,8 +57,9 @@ impl std::ops::Deref for AppState {
 
 /// What [`AppState`] shares.
 pub struct Shared {
-    pub engine: Gated,
-    /// The durable record: campaigns are created here first; the feed is read from here.
+    /// The engine behind its gate, with recovery: what every handler asks.
+    pub engine: Recovering,
+    /// The durable record: the feed is read from here.
     pub store: crate::store::Store,
     pub auth: Arc<Auth>,
     /// Per-user reservation attempt limit; `None` when turned off.
@@ -80,18 +81,6 @@ impl Shared {
     pub fn user_limiter(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<String>>> {
         NonZeroU32::new(per_second)
             .map(|rate| Arc::new(RateLimiter::keyed(Quota::per_second(rate))))
-    }
-
-    /// Rebuilds a campaign the engine does not know but the database does (the engine lost
-    /// it); `true` if it was rebuilt and the request is worth one retry.
-    pub async fn recover(&self, id: &crate::domain::CampaignId) -> bool {
-        match crate::pipeline::recovery::restore(&self.engine, &self.store, id).await {
-            Ok(restored) => restored,
-            Err(error) => {
-                tracing::warn!(%error, campaign = %id, "could not check the database for a missing campaign");
-                false
-            }
-        }
     }
 
     /// Counts an attempt against the user's rate; `RateLimited` when over it.

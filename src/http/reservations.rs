@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::domain::{
-    CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus,
+    CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus, ScopedKey,
 };
 use crate::engine::{CancelScope, Engine, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
@@ -58,11 +58,11 @@ impl From<Reservation> for ReservationView {
             id: r.id.to_string(),
             campaign_id: r.campaign_id.to_string(),
             user_id: r.user_id.to_string(),
-            quantity: r.quantity,
+            quantity: r.quantity.get(),
             status: r.status.as_str().to_owned(),
             created_at: r.created_at.to_rfc3339(),
             expires_at: r.expires_at.to_rfc3339(),
-            group_id: r.group_id,
+            group_id: r.group_id.map(|g| g.to_string()),
         }
     }
 }
@@ -106,22 +106,14 @@ pub async fn reserve(
     state
         .check_user_rate(user_id.as_str())
         .inspect_err(|_| count_attempt(&campaign_id, "rate_limited"))?;
-    let request = ReserveRequest {
-        fingerprint: ReserveRequest::fingerprint_of(&user_id, quantity),
-        idempotency_key: format!("{}:{}", caller.idempotency_scope(), key.as_str()),
-        reservation_id: ReservationId::generate(&campaign_id),
+    let request = ReserveRequest::new(
         campaign_id,
         user_id,
         quantity,
-        now: Millis::now(),
-    };
-    let mut outcome = state.engine.reserve(&request).await?;
-    if outcome == ReserveOutcome::Refused(Refusal::CampaignNotFound)
-        && state.recover(&request.campaign_id).await
-    {
-        outcome = state.engine.reserve(&request).await?;
-    }
-    match outcome {
+        ScopedKey::new(&caller.idempotency_scope(), "reserve", &key),
+        Millis::now(),
+    );
+    match state.engine.reserve(&request).await? {
         ReserveOutcome::Reserved { reservation, .. } => {
             count_attempt(&request.campaign_id, "reserved");
             Ok(created(reservation, false))

@@ -4,7 +4,8 @@
 //! Database failures are retried with backoff while the hot path keeps serving; events wait
 //! in the streams meanwhile.
 
-use crate::engine::{Engine, Event};
+use crate::domain::Event;
+use crate::engine::{Consumer, EventLog};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -25,9 +26,9 @@ pub struct PersisterSettings {
 /// Runs until shutdown; what is buffered then is written (or left unacknowledged in the
 /// streams for another persister, never lost).
 pub async fn run(
-    engine: Arc<dyn Engine>,
+    log: Arc<dyn EventLog>,
     store: Store,
-    consumer: String,
+    consumer: Consumer,
     settings: PersisterSettings,
     mut shutdown: Shutdown,
 ) {
@@ -38,11 +39,11 @@ pub async fn run(
         let read = tokio::select! {
             _ = shutdown.recv() => {
                 if !buffer.is_empty() {
-                    let _ = write_once(&*engine, &store, &buffer).await;
+                    let _ = write_once(&*log, &consumer.group, &store, &buffer).await;
                 }
                 return;
             }
-            read = engine.read_events(&consumer, room, settings.reclaim_after) => read,
+            read = log.read(&consumer, room, settings.reclaim_after) => read,
         };
         let fresh = match read {
             Ok(events) => events,
@@ -60,7 +61,7 @@ pub async fn run(
         buffer.extend(fresh);
         let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
         if !buffer.is_empty() && (buffer.len() >= settings.batch || due) {
-            if !write_with_retry(&*engine, &store, &buffer, &mut shutdown).await {
+            if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
                 return;
             }
             buffer.clear();
@@ -81,14 +82,15 @@ pub async fn run(
 /// Writes and acknowledges, retrying with backoff until it succeeds; `false` if shutdown
 /// came first (the events stay unacknowledged for the next persister).
 async fn write_with_retry(
-    engine: &dyn Engine,
+    log: &dyn EventLog,
+    group: &str,
     store: &Store,
     batch: &[Event],
     shutdown: &mut Shutdown,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match write_once(engine, store, batch).await {
+        match write_once(log, group, store, batch).await {
             Ok(()) => return true,
             Err(stage) => {
                 metrics::counter!(m::PERSIST_FAILURES, "stage" => stage).increment(1);
@@ -103,7 +105,8 @@ async fn write_with_retry(
 }
 
 async fn write_once(
-    engine: &dyn Engine,
+    log: &dyn EventLog,
+    group: &str,
     store: &Store,
     batch: &[Event],
 ) -> Result<(), &'static str> {
@@ -114,7 +117,7 @@ async fn write_once(
     }
     // Only after the commit: a crash before this line means redelivery, which the database
     // absorbs (ON CONFLICT DO NOTHING), never loss.
-    if let Err(error) = engine.ack_events(batch).await {
+    if let Err(error) = log.ack(group, batch).await {
         tracing::warn!(%error, "acknowledging a persisted batch failed; will retry");
         return Err("ack");
     }

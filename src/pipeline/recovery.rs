@@ -2,13 +2,27 @@
 //! the engine lacks (never loaded, or Redis restarted empty) is rebuilt from it — its config,
 //! and its held and confirmed reservations, so `available = stock - units they hold`. The
 //! same pass compares engine and database per campaign and exports the drift.
+//!
+//! [`Recovering`] is the engine as requests see it: every decision and read that finds its
+//! campaign missing rebuilds it once from the database and tries again, so no handler runs
+//! recovery; creating a campaign writes the database, then the engine.
 
-use crate::domain::{Campaign, CampaignId};
-use crate::engine::Engine;
+use crate::domain::{
+    Campaign, CampaignId, CampaignState, CampaignStatus, Group, GroupId, Millis, Refusal,
+    Reservation, ReservationId, StockDelta,
+};
+use crate::engine::{
+    Backend, CampaignSnapshot, CancelScope, Engine, EngineError, Gated, GroupOutcome, GroupRequest,
+    ReserveOutcome, ReserveRequest, StockOutcome, Transition,
+};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoredCounts};
-use std::time::Duration;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A campaign whose engine and database counts differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,24 +50,29 @@ pub enum RecoveryError {
 }
 
 /// Rebuilds one campaign in the engine if the database knows it and the engine does not.
+/// `true` if the engine has the campaign afterwards (rebuilt here, by another caller in the
+/// meantime, or there all along).
 pub async fn restore(
     engine: &dyn Engine,
     store: &Store,
     id: &CampaignId,
 ) -> Result<bool, RecoveryError> {
-    if engine.probe(id).await?.is_some() {
-        return Ok(false);
+    if engine.campaign(id).await?.is_some() {
+        return Ok(true);
     }
     match store.campaign(id).await? {
-        Some(campaign) => restore_from(engine, store, &campaign).await,
+        Some(campaign) => {
+            restore_from(engine, store, &campaign).await?;
+            Ok(true)
+        }
         None => Ok(false),
     }
 }
 
 /// Rebuilds every campaign the engine lacks; returns the rebuilt ids. A campaign the engine
-/// has but does not list (with Redis: its create script ran, the step that adds it to the
-/// campaign index did not) goes through the same path, whose restore step is then a no-op
-/// that lists it: otherwise the reaper, the persister and the sampler would never visit it.
+/// has but does not list (with Redis: its load script ran, the step that adds it to the
+/// campaign index did not) goes through the same path, whose load step is then a no-op that
+/// lists it: otherwise the reaper, the persister and the sampler would never visit it.
 pub async fn restore_all(
     engine: &dyn Engine,
     store: &Store,
@@ -62,10 +81,9 @@ pub async fn restore_all(
         engine.campaign_ids().await?.into_iter().collect();
     let mut restored = Vec::new();
     for campaign in store.campaigns().await? {
-        let missing = engine.probe(&campaign.id).await?.is_none();
-        if (missing || !listed.contains(&campaign.id))
-            && restore_from(engine, store, &campaign).await?
-        {
+        let missing =
+            !listed.contains(&campaign.id) || engine.campaign(&campaign.id).await?.is_none();
+        if missing && restore_from(engine, store, &campaign).await? {
             restored.push(campaign.id);
         }
     }
@@ -82,13 +100,222 @@ async fn restore_from(
     let reservations = store.live_reservations(&campaign.id).await?;
     let groups = store.groups(&campaign.id).await?;
     let restored = engine
-        .restore_campaign(campaign, &reservations, &groups)
+        .load_campaign(CampaignSnapshot {
+            campaign,
+            reservations: &reservations,
+            groups: &groups,
+        })
         .await?;
     if restored {
         metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
         tracing::warn!(campaign = %campaign.id, reservations = reservations.len(), "rebuilt a campaign the engine had lost");
     }
     Ok(restored)
+}
+
+/// How long an id the database did not know is answered `not found` without asking it
+/// again: random ids must not turn into a database query each.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+
+/// Unknown ids remembered at most; past this the memory starts over (a flood of random ids
+/// costs one query per id per [`UNKNOWN_TTL`] at worst, and bounded memory).
+const UNKNOWN_MAX: usize = 100_000;
+
+/// The engine as requests see it: [`Gated`] in front of the stock engine, and behind every
+/// decision and read "campaign missing → rebuild once from the database → retry".
+#[derive(Clone)]
+pub struct Recovering {
+    engine: Gated,
+    store: Store,
+    /// Campaign ids the database did not know, and when it said so.
+    unknown: Arc<DashMap<CampaignId, Instant>>,
+}
+
+impl Recovering {
+    pub fn new(engine: Gated, store: Store) -> Self {
+        Recovering {
+            engine,
+            store,
+            unknown: Arc::default(),
+        }
+    }
+
+    /// The gate and engine behind the recovery (workers and tests reach it directly).
+    pub fn gated(&self) -> &Gated {
+        &self.engine
+    }
+
+    /// Creates a campaign: the database first — it is the durable source of campaigns, and
+    /// the one that decides whether the id is taken — then the engine, where `false` means
+    /// recovery loaded it from the database already, which is the same campaign. `false` if
+    /// the id was taken.
+    pub async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, RecoveryError> {
+        if !self.store.insert_campaign(campaign).await? {
+            return Ok(false);
+        }
+        self.unknown.remove(&campaign.id);
+        self.engine
+            .load_campaign(CampaignSnapshot::fresh(campaign))
+            .await?;
+        Ok(true)
+    }
+
+    /// `status` and `available` for the public availability endpoint.
+    pub async fn availability(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<(CampaignStatus, u64)>, EngineError> {
+        self.retrying(id, Option::is_none, || self.engine.availability(id, now))
+            .await
+    }
+
+    /// Rebuilds the campaign if the engine lacks it and the database has it; `true` if the
+    /// engine has it now. The database not answering is `Recovering`: nothing can be decided
+    /// about the campaign until it does.
+    async fn recover(&self, id: &CampaignId) -> Result<bool, EngineError> {
+        if let Some(at) = self.unknown.get(id).map(|at| *at) {
+            if at.elapsed() < UNKNOWN_TTL {
+                return Ok(false);
+            }
+            self.unknown.remove(id);
+        }
+        match restore(&self.engine, &self.store, id).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                if self.unknown.len() >= UNKNOWN_MAX {
+                    self.unknown.clear();
+                }
+                self.unknown.insert(id.clone(), Instant::now());
+                Ok(false)
+            }
+            Err(RecoveryError::Engine(error)) => Err(error),
+            Err(RecoveryError::Store(error)) => {
+                tracing::warn!(%error, campaign = %id, "could not read a missing campaign from the database");
+                Err(EngineError::Recovering(error.to_string()))
+            }
+        }
+    }
+
+    /// Runs `call`; if its answer says the campaign is missing, rebuilds it once and runs
+    /// `call` again.
+    async fn retrying<T, F, Fut>(
+        &self,
+        campaign: &CampaignId,
+        missing: impl Fn(&T) -> bool,
+        call: F,
+    ) -> Result<T, EngineError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, EngineError>>,
+    {
+        let answer = call().await?;
+        if !missing(&answer) || !self.recover(campaign).await? {
+            return Ok(answer);
+        }
+        call().await
+    }
+}
+
+#[async_trait]
+impl Backend for Recovering {
+    fn name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.engine.ping().await
+    }
+}
+
+#[async_trait]
+impl Engine for Recovering {
+    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        self.engine.load_campaign(snapshot).await
+    }
+
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
+        self.retrying(id, Option::is_none, || self.engine.campaign(id))
+            .await
+    }
+
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        self.engine.campaign_ids().await
+    }
+
+    async fn adjust_stock(
+        &self,
+        id: &CampaignId,
+        delta: StockDelta,
+    ) -> Result<StockOutcome, EngineError> {
+        let missing = |o: &StockOutcome| *o == StockOutcome::NotFound;
+        self.retrying(id, missing, || self.engine.adjust_stock(id, delta))
+            .await
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let missing = |o: &ReserveOutcome| *o == ReserveOutcome::Refused(Refusal::CampaignNotFound);
+        self.retrying(&request.campaign_id, missing, || {
+            self.engine.reserve(request)
+        })
+        .await
+    }
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        self.retrying(&id.campaign_id(), Option::is_none, || {
+            self.engine.reservation(id)
+        })
+        .await
+    }
+
+    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
+        let missing = |t: &Transition| *t == Transition::NotFound;
+        self.retrying(&id.campaign_id(), missing, || self.engine.confirm(id, now))
+            .await
+    }
+
+    async fn cancel(
+        &self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        let missing = |t: &Transition| *t == Transition::NotFound;
+        self.retrying(&id.campaign_id(), missing, || {
+            self.engine.cancel(id, scope, now)
+        })
+        .await
+    }
+
+    async fn expire_due(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u32, EngineError> {
+        self.engine.expire_due(campaign, now, limit).await
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::CampaignNotFound);
+        self.retrying(&request.campaign_id, missing, || {
+            self.engine.open_group(request)
+        })
+        .await
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::GroupNotFound);
+        self.retrying(&request.campaign_id, missing, || {
+            self.engine.join_group(request)
+        })
+        .await
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        self.retrying(&id.campaign_id(), Option::is_none, || self.engine.group(id))
+            .await
+    }
 }
 
 /// Compares every campaign; exports the drift per campaign and returns the ones that differ.

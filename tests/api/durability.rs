@@ -4,7 +4,7 @@
 use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 use flashsale::domain::{CampaignId, Millis};
-use flashsale::engine::Engine;
+use flashsale::engine::{Consumer, Engine, PERSISTER};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -158,17 +158,15 @@ async fn the_feed_pages_through_10000_events_without_gap_or_duplicate(backend: B
                     let n = worker * 100 + i;
                     let user = flashsale::domain::UserId::parse(&format!("u{n}")).expect("valid");
                     let quantity = flashsale::domain::Quantity::parse(1).expect("valid");
-                    let request = flashsale::engine::ReserveRequest {
-                        fingerprint: flashsale::engine::ReserveRequest::fingerprint_of(
-                            &user, quantity,
-                        ),
-                        idempotency_key: format!("s/test:feed-{n}"),
-                        reservation_id: flashsale::domain::ReservationId::generate(&campaign.id),
-                        campaign_id: campaign.id.clone(),
-                        user_id: user,
+                    let key = flashsale::domain::IdempotencyKey::parse(&format!("feed-{n}"))
+                        .expect("valid");
+                    let request = flashsale::engine::ReserveRequest::new(
+                        campaign.id.clone(),
+                        user,
                         quantity,
-                        now: Millis::now(),
-                    };
+                        flashsale::domain::ScopedKey::new("s/test", "reserve", &key),
+                        Millis::now(),
+                    );
                     engine.reserve(&request).await.expect("answers");
                     engine
                         .cancel(
@@ -206,17 +204,29 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
     for i in 0..40 {
         assert_eq!(app.reserve(&id, &format!("u{i}"), 1).await.status(), 201);
     }
-    let engine: Arc<dyn Engine> = Arc::new(app.engine.clone());
+    let events = Arc::clone(&app.events);
+    let consumer = |name: &str| Consumer {
+        group: PERSISTER.to_owned(),
+        name: name.to_owned(),
+    };
     // A persister that committed its batch and died before XACK ...
-    let committed = engine
-        .read_events("dead-after-commit", 25, Duration::from_secs(3600))
+    let committed = events
+        .read(
+            &consumer("dead-after-commit"),
+            25,
+            Duration::from_secs(3600),
+        )
         .await
         .expect("reads");
     assert_eq!(committed.len(), 25);
     app.store.persist(&committed).await.expect("commits");
     // ... and one that died before its commit.
-    let lost = engine
-        .read_events("dead-before-commit", 100, Duration::from_secs(3600))
+    let lost = events
+        .read(
+            &consumer("dead-before-commit"),
+            100,
+            Duration::from_secs(3600),
+        )
         .await
         .expect("reads");
     assert_eq!(lost.len(), 15);
@@ -228,9 +238,9 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         reclaim_after: Duration::from_millis(300),
     };
     let survivor = tokio::spawn(flashsale::pipeline::persister::run(
-        Arc::clone(&engine),
+        Arc::clone(&events),
         app.store.clone(),
-        "survivor".into(),
+        consumer("survivor"),
         settings,
         shutdown,
     ));

@@ -60,6 +60,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: flashsale::store::Store,
     pub engine: flashsale::engine::Gated,
+    pub events: std::sync::Arc<dyn flashsale::engine::EventLog>,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -113,6 +114,7 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
     let address = format!("http://{}", application.address());
     let store = application.store();
     let engine = application.engine();
+    let events = application.events();
     let secret = application.credentials().jwt_secret.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until(async move {
@@ -126,6 +128,7 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
         client: reqwest::Client::new(),
         store,
         engine,
+        events,
         stop: Some(stop),
         server: Some(server),
     }

@@ -1,9 +1,11 @@
 //! How each engine under test is made, and the macro that runs one specification on all.
 
 use flashsale::domain::{
-    Campaign, CampaignDraft, CampaignId, IdempotencyKey, Millis, Quantity, ReservationId, UserId,
+    Campaign, CampaignDraft, CampaignId, IdempotencyKey, Millis, Quantity, ScopedKey, UserId,
 };
-use flashsale::engine::{Engine, Gated, MemoryEngine, RedisEngine, ReserveRequest};
+use flashsale::engine::{
+    CampaignSnapshot, Engine, Gated, MemoryEngine, RedisEngine, ReserveRequest,
+};
 use std::sync::Arc;
 
 pub fn redis_url() -> String {
@@ -75,7 +77,7 @@ pub fn campaign(
 
 pub async fn created(engine: &dyn Engine, campaign: &Campaign) {
     assert!(engine
-        .create_campaign(campaign)
+        .load_campaign(CampaignSnapshot::fresh(campaign))
         .await
         .expect("engine answers"));
 }
@@ -91,13 +93,11 @@ pub fn attempt(
     let user_id = UserId::parse(user).expect("valid user");
     let quantity = Quantity::parse(quantity).expect("valid quantity");
     let key = IdempotencyKey::parse(key).expect("valid key");
-    ReserveRequest {
-        fingerprint: ReserveRequest::fingerprint_of(&user_id, quantity),
-        idempotency_key: format!("s/test:{}", key.as_str()),
-        reservation_id: ReservationId::generate(&campaign.id),
-        campaign_id: campaign.id.clone(),
+    ReserveRequest::new(
+        campaign.id.clone(),
         user_id,
         quantity,
+        ScopedKey::new("s/test", "reserve", &key),
         now,
-    }
+    )
 }

@@ -6,7 +6,7 @@ use crate::groups::{group_campaign, request};
 use flashsale::domain::{
     Campaign, GroupId, GroupStatus, Millis, Refusal, ReservationId, ReservationStatus,
 };
-use flashsale::engine::{CancelScope, Engine, GroupOutcome, Transition};
+use flashsale::engine::{CampaignSnapshot, CancelScope, Engine, GroupOutcome, Transition};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -391,7 +391,7 @@ fn check(kind: Kind, cases: u32) {
     proptest!(config, |(ops in proptest::collection::vec(op(), 1..40))| {
         runtime.block_on(async {
             let c = group_campaign(STOCK, SIZE, LIMIT);
-            assert!(engine.create_campaign(&c).await.expect("answers"));
+            assert!(engine.load_campaign(CampaignSnapshot::fresh(&c)).await.expect("answers"));
             play(&*engine, &c, &ops, Millis::now().0).await
         })?;
     });

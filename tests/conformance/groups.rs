@@ -4,7 +4,7 @@ use crate::engines::{campaign, created};
 use crate::on_every_engine;
 use flashsale::domain::{
     Campaign, CampaignId, Group, GroupId, GroupStatus, Millis, Refusal, ReservationId,
-    ReservationStatus, UserId,
+    ReservationStatus, ScopedKey, UserId,
 };
 use flashsale::engine::{CancelScope, Engine, GroupOutcome, GroupRequest, Transition};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub fn request(
         campaign_id: c.clone(),
         group_id: group.clone(),
         user_id: UserId::parse(user).expect("valid user"),
-        idempotency_key: format!("s/test:{key}"),
+        idempotency_key: ScopedKey::from_stored(format!("s/test:{key}")),
         fingerprint: format!("member:{user}"),
         reservation_id: ReservationId::generate(c),
         now,
@@ -139,7 +139,7 @@ async fn opening_a_group_holds_its_whole_quota(engine: Arc<dyn Engine>) {
         .await
         .expect("answers")
         .expect("exists");
-    assert_eq!(r.group_id.as_deref(), Some(group.id.as_str()));
+    assert_eq!(r.group_id.as_ref(), Some(&group.id));
     assert_eq!(engine.group(&group.id).await.expect("answers"), Some(group));
 }
 

@@ -10,3 +10,4 @@ mod group_model;
 mod groups;
 mod model;
 mod rules;
+mod scripts;

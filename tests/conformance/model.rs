@@ -2,8 +2,10 @@
 //! engine with random operation sequences and compares each answer with the model's.
 
 use crate::engines::{attempt, campaign, make, Kind};
-use flashsale::domain::{Campaign, Millis, Refusal, ReservationId, ReservationStatus};
-use flashsale::engine::{CancelScope, Engine, ReserveOutcome, StockOutcome, Transition};
+use flashsale::domain::{Campaign, Millis, Refusal, ReservationId, ReservationStatus, StockDelta};
+use flashsale::engine::{
+    CampaignSnapshot, CancelScope, Engine, ReserveOutcome, StockOutcome, Transition,
+};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -269,7 +271,11 @@ async fn play(
                 engine.expire_due(&c.id, at, 1_000).await.expect("answers"),
             )),
             Op::Stock { delta } => Some(
-                match engine.adjust_stock(&c.id, delta).await.expect("answers") {
+                match engine
+                    .adjust_stock(&c.id, StockDelta::parse(delta).expect("valid delta"))
+                    .await
+                    .expect("answers")
+                {
                     StockOutcome::Adjusted { stock, available } => {
                         Answer::Adjusted(stock, available)
                     }
@@ -325,7 +331,7 @@ fn check(kind: Kind, cases: u32) {
     proptest!(config, |(ops in proptest::collection::vec(op(), 1..40))| {
         runtime.block_on(async {
             let c = campaign(STOCK, LIMIT, |d| d.hold_seconds = Some((HOLD_MS / 1000) as u64));
-            assert!(engine.create_campaign(&c).await.expect("answers"));
+            assert!(engine.load_campaign(CampaignSnapshot::fresh(&c)).await.expect("answers"));
             play(&*engine, &c, &ops, Millis::now().0).await
         })?;
     });

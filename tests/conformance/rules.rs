@@ -2,8 +2,10 @@
 
 use crate::engines::{attempt, campaign, created};
 use crate::on_every_engine;
-use flashsale::domain::{CampaignId, Millis, Refusal, ReservationStatus};
-use flashsale::engine::{CancelScope, Engine, ReserveOutcome, StockOutcome, Transition};
+use flashsale::domain::{CampaignId, Millis, Refusal, ReservationStatus, StockDelta};
+use flashsale::engine::{
+    CampaignSnapshot, CancelScope, Engine, ReserveOutcome, StockOutcome, Transition,
+};
 use std::sync::Arc;
 
 /// Reserves and unwraps the new reservation.
@@ -64,7 +66,7 @@ async fn a_reservation_takes_units_until_it_ends(engine: Arc<dyn Engine>) {
     let r = reserved(&*engine, &attempt(&c, "u1", 3, "k1", now)).await;
 
     assert_eq!(r.status, ReservationStatus::Held);
-    assert_eq!(r.quantity, 3);
+    assert_eq!(r.quantity.get(), 3);
     assert_eq!(r.created_at, now);
     assert_eq!(r.expires_at, now.plus_seconds(60));
     assert_eq!(counts(&*engine, &c.id).await, (7, 3, 0));
@@ -77,7 +79,10 @@ async fn creating_a_campaign_twice_changes_nothing(engine: Arc<dyn Engine>) {
     let mut other = c.clone();
     other.stock = 99;
 
-    assert!(!engine.create_campaign(&other).await.expect("answers"));
+    assert!(!engine
+        .load_campaign(CampaignSnapshot::fresh(&other))
+        .await
+        .expect("answers"));
 
     let state = engine
         .campaign(&c.id)
@@ -394,18 +399,27 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
     );
 
     assert_eq!(
-        engine.adjust_stock(&c.id, 3).await.expect("answers"),
+        engine
+            .adjust_stock(&c.id, StockDelta::parse(3).expect("valid delta"))
+            .await
+            .expect("answers"),
         StockOutcome::Adjusted {
             stock: 8,
             available: 3
         }
     );
     assert_eq!(
-        engine.adjust_stock(&c.id, -4).await.expect("answers"),
+        engine
+            .adjust_stock(&c.id, StockDelta::parse(-4).expect("valid delta"))
+            .await
+            .expect("answers"),
         StockOutcome::Insufficient { available: 3 }
     );
     assert_eq!(
-        engine.adjust_stock(&c.id, -2).await.expect("answers"),
+        engine
+            .adjust_stock(&c.id, StockDelta::parse(-2).expect("valid delta"))
+            .await
+            .expect("answers"),
         StockOutcome::Adjusted {
             stock: 6,
             available: 1
@@ -415,7 +429,10 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
     assert_eq!(counts(&*engine, &c.id).await, (0, 6, 0));
     let missing = crate::engines::campaign(1, 1, |_| {});
     assert_eq!(
-        engine.adjust_stock(&missing.id, 1).await.expect("answers"),
+        engine
+            .adjust_stock(&missing.id, StockDelta::parse(1).expect("valid delta"))
+            .await
+            .expect("answers"),
         StockOutcome::NotFound
     );
 }

@@ -1,25 +1,31 @@
--- Recreates a campaign the engine lost (Redis restarted empty) from the database: its config,
--- its groups, its live (held and confirmed) reservations, their idempotency records and
--- expiries, and the counters that follow from them. Does nothing if the campaign exists.
+-- Loads a campaign: a new one (no reservations, no groups), or one the engine lost (Redis
+-- restarted empty) rebuilt from the database: its config, its groups, its live (held and
+-- confirmed) reservations, their idempotency records and expiries, and the counters that
+-- follow from them. Makes the event stream and its consumer groups. Does nothing if the
+-- campaign exists.
 -- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
 -- KEYS[4]  group idempotency hash   KEYS[5] group expiry sorted set
--- ARGV[1]  n: how many config arguments follow (field, value, ...; `stock` among them)
+-- ARGV[1]  n: how many config arguments follow the consumer groups (field, value, ...;
+--          `stock` among them)
 -- ARGV[2]  m: how many reservations follow the config
--- ARGV[3..n+2]  config;  then 9 per reservation, in creation order:
+-- ARGV[3]  k: how many consumer group names follow (ARGV[4..k+3])
+-- then the config;  then 9 per reservation, in creation order:
 --          id, user, qty, status, created, expires, group, idempotency key, fingerprint
 --          then 6 per group: id, leader, size, status, created, expires
--- returns  1 if restored, 0 if the campaign existed
+-- returns  1 if loaded, 0 if the campaign existed
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, m, k = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local first_config = k + 4
 local stock = 0
-for i = 3, n + 2, 2 do
+for i = first_config, first_config + n - 1, 2 do
   if ARGV[i] == 'stock' then stock = tonumber(ARGV[i + 1]) end
 end
 local held, confirmed, records = 0, 0, 0
 local holds = {}
-local first_group = n + 3 + 9 * m
+local first_reservation = first_config + n
+local first_group = first_reservation + 9 * m
 local sizes = {}
 local counts = {open = 0, formed = 0, failed = 0}
 for i = first_group, #ARGV, 6 do
@@ -35,7 +41,7 @@ for i = first_group, #ARGV, 6 do
     confirmed = confirmed + size
   end
 end
-for i = n + 3, first_group - 1, 9 do
+for i = first_reservation, first_group - 1, 9 do
   local id, user, qty, status, group = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 6]
   redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', qty, 'status', status,
     'created', ARGV[i + 4], 'expires', ARGV[i + 5], 'group', group)
@@ -65,9 +71,11 @@ end
 -- The expiry list is in expiry order (see expire.lua).
 table.sort(holds, function(a, b) return a[1] < b[1] end)
 for _, hold in ipairs(holds) do redis.call('RPUSH', KEYS[2], hold[2]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3, n + 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, first_config, first_reservation - 1))
 redis.call('HSET', KEYS[1], 'available', stock - held - confirmed, 'held', held, 'confirmed', confirmed,
   'records', records, 'gopen', counts.open, 'gformed', counts.formed, 'gfailed', counts.failed)
--- pcall: the stream and its group may have survived; BUSYGROUP is fine then.
-redis.pcall('XGROUP', 'CREATE', KEYS[3], 'persister', '0', 'MKSTREAM')
+-- pcall: the stream and its groups may have survived; BUSYGROUP is fine then.
+for i = 4, k + 3 do
+  redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[i], '0', 'MKSTREAM')
+end
 return 1

@@ -1,0 +1,449 @@
+//! One campaign's state and its stock rules (reserve, confirm, cancel, expire, restock),
+//! changed only under the campaign's mutex. Every rule here has its twin in `lua/`.
+
+use super::groups::GroupSlot;
+use super::outbox::Outbox;
+use crate::domain::{
+    Campaign, CampaignKind, Change, GroupCounts, GroupId, GroupStatus, Millis, Quantity, Refusal,
+    Reservation, ReservationId, ReservationStatus, ScopedKey, StockDelta, UserId, Window,
+};
+use crate::engine::{
+    CampaignSnapshot, CancelScope, EngineError, ReserveOutcome, ReserveRequest, StockOutcome,
+    Transition,
+};
+use std::collections::{BTreeSet, HashMap};
+
+/// Everything one campaign owns, changed only under its mutex.
+pub struct Slot {
+    pub campaign: Campaign,
+    pub available: u64,
+    pub held: u64,
+    pub confirmed: u64,
+    /// Units each user holds or has confirmed.
+    pub users: HashMap<UserId, u64>,
+    /// Idempotency key → (reservation id, fingerprint).
+    pub idempotency: HashMap<String, (ReservationId, String)>,
+    pub reservations: HashMap<ReservationId, Reservation>,
+    /// Held reservations by expiry, so the reaper finds due ones without a scan.
+    pub expiries: BTreeSet<(Millis, ReservationId)>,
+    /// Events not yet acknowledged by the persister.
+    pub outbox: Outbox,
+    /// Groups of a group-buy campaign.
+    pub groups: HashMap<GroupId, GroupSlot>,
+    /// Open groups by the end of their window, so the reaper finds due ones without a scan.
+    pub group_expiries: BTreeSet<(Millis, GroupId)>,
+    /// Idempotency key of an open or join → (group id, fingerprint).
+    pub group_idempotency: HashMap<String, (GroupId, String)>,
+    pub group_counts: GroupCounts,
+}
+
+/// Takes units off a user's count, forgetting users at zero.
+/// What [`Slot::hold`] records.
+pub struct NewHold<'a> {
+    pub id: &'a ReservationId,
+    pub user: &'a UserId,
+    pub quantity: Quantity,
+    pub group: Option<GroupId>,
+    pub key: &'a ScopedKey,
+    pub fingerprint: &'a str,
+    pub now: Millis,
+}
+
+pub fn take_from_user(users: &mut HashMap<UserId, u64>, user: &UserId, quantity: u64) {
+    if let Some(units) = users.get_mut(user) {
+        *units = units.saturating_sub(quantity);
+        if *units == 0 {
+            users.remove(user);
+        }
+    }
+}
+
+impl Slot {
+    pub fn new(campaign: Campaign) -> Self {
+        Slot {
+            available: campaign.stock,
+            campaign,
+            held: 0,
+            confirmed: 0,
+            users: HashMap::new(),
+            idempotency: HashMap::new(),
+            reservations: HashMap::new(),
+            expiries: BTreeSet::new(),
+            outbox: Outbox::default(),
+            groups: HashMap::new(),
+            group_expiries: BTreeSet::new(),
+            group_idempotency: HashMap::new(),
+            group_counts: GroupCounts::default(),
+        }
+    }
+
+    /// A campaign rebuilt from the database: the same counters the decisions would have left.
+    pub fn restored(snapshot: CampaignSnapshot<'_>) -> Self {
+        let CampaignSnapshot {
+            campaign,
+            reservations,
+            groups,
+        } = snapshot;
+        let mut slot = Slot::new(campaign.clone());
+        for g in groups {
+            let size = u64::from(g.size);
+            match g.status {
+                GroupStatus::Open => {
+                    slot.group_counts.open += 1;
+                    slot.held += size;
+                    slot.group_expiries.insert((g.expires_at, g.id.clone()));
+                }
+                GroupStatus::Formed => {
+                    slot.group_counts.formed += 1;
+                    slot.confirmed += size;
+                }
+                GroupStatus::Failed => slot.group_counts.failed += 1,
+            }
+            slot.groups.insert(
+                g.id.clone(),
+                GroupSlot {
+                    leader: g.leader_user_id.clone(),
+                    size: g.size,
+                    status: g.status,
+                    created_at: g.created_at,
+                    expires_at: g.expires_at,
+                    members: Vec::new(),
+                    active: 0,
+                    confirmed: 0,
+                },
+            );
+        }
+        for r in reservations {
+            let reservation = &r.reservation;
+            let quantity = u64::from(reservation.quantity);
+            if !reservation.status.takes_units() {
+                continue;
+            }
+            let held = reservation.status == ReservationStatus::Held;
+            if held {
+                slot.expiries
+                    .insert((reservation.expires_at, reservation.id.clone()));
+            }
+            *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
+            let group = reservation.group_id.as_ref();
+            match group.and_then(|g| Some(g.clone()).zip(slot.groups.get_mut(g))) {
+                Some((group_id, group)) => {
+                    group
+                        .members
+                        .push((reservation.user_id.clone(), reservation.id.clone()));
+                    group.active += 1;
+                    if !held {
+                        group.confirmed += 1;
+                        if group.status == GroupStatus::Open {
+                            slot.held -= quantity;
+                            slot.confirmed += quantity;
+                        }
+                    }
+                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
+                        slot.group_idempotency
+                            .insert(key.to_string(), (group_id, fingerprint.clone()));
+                    }
+                }
+                None => {
+                    if held {
+                        slot.held += quantity;
+                    } else {
+                        slot.confirmed += quantity;
+                    }
+                    if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
+                        slot.idempotency.insert(
+                            key.to_string(),
+                            (reservation.id.clone(), fingerprint.clone()),
+                        );
+                    }
+                }
+            }
+            slot.reservations
+                .insert(reservation.id.clone(), reservation.clone());
+        }
+        slot.available = campaign.stock.saturating_sub(slot.held + slot.confirmed);
+        slot
+    }
+
+    /// Appends an event, under the same lock as the change it records.
+    pub fn emit(&mut self, at: Millis, change: Change) {
+        self.outbox.push(&self.campaign.id, at, change);
+    }
+
+    pub fn emit_reservation(&mut self, at: Millis, reservation: Reservation) {
+        self.emit(
+            at,
+            Change::Reservation {
+                reservation,
+                idempotency: None,
+            },
+        );
+    }
+
+    /// Records a new hold — the reservation, its expiry, the user's units and its creating
+    /// event — and returns it. Callers take the units from the campaign or the group and
+    /// keep the idempotency record where their kind keeps it.
+    pub fn hold(&mut self, new: NewHold<'_>) -> Reservation {
+        let reservation = Reservation {
+            id: new.id.clone(),
+            campaign_id: self.campaign.id.clone(),
+            user_id: new.user.clone(),
+            quantity: new.quantity,
+            status: ReservationStatus::Held,
+            created_at: new.now,
+            expires_at: new.now.plus_seconds(self.campaign.hold_seconds),
+            group_id: new.group,
+        };
+        *self.users.entry(new.user.clone()).or_insert(0) += u64::from(new.quantity);
+        self.expiries
+            .insert((reservation.expires_at, reservation.id.clone()));
+        self.reservations
+            .insert(reservation.id.clone(), reservation.clone());
+        self.emit(
+            new.now,
+            Change::Reservation {
+                reservation: reservation.clone(),
+                idempotency: Some((new.key.clone(), new.fingerprint.to_owned())),
+            },
+        );
+        reservation
+    }
+
+    /// Ends a held or confirmed reservation, giving its units back.
+    pub fn release(
+        &mut self,
+        id: &ReservationId,
+        to: ReservationStatus,
+        at: Millis,
+    ) -> Option<Reservation> {
+        let stored = self.reservations.get_mut(id)?;
+        let from = stored.status;
+        let quantity = u64::from(stored.quantity);
+        if from == ReservationStatus::Held {
+            self.expiries.remove(&(stored.expires_at, id.clone()));
+        }
+        let group = stored.group_id.clone();
+        match (from, group.and_then(|g| self.groups.get_mut(&g))) {
+            // A member's slot returns to its (open) group, not to the campaign.
+            (ReservationStatus::Held, Some(group)) => group.active -= 1,
+            (ReservationStatus::Confirmed, Some(group)) => {
+                group.active -= 1;
+                group.confirmed -= 1;
+                self.confirmed -= quantity;
+                self.held += quantity;
+            }
+            (ReservationStatus::Held, None) => {
+                self.held -= quantity;
+                self.available += quantity;
+            }
+            (ReservationStatus::Confirmed, None) => {
+                self.confirmed -= quantity;
+                self.available += quantity;
+            }
+            _ => return None,
+        }
+        stored.status = to;
+        let reservation = stored.clone();
+        take_from_user(&mut self.users, &reservation.user_id, quantity);
+        self.emit_reservation(at, reservation.clone());
+        Some(reservation)
+    }
+
+    /// Expires the reservation if it is held past its `expires_at`.
+    pub fn expire_if_due(&mut self, id: &ReservationId, now: Millis) -> bool {
+        let group = self.reservations.get(id).and_then(|r| r.group_id.clone());
+        if let Some(group) = group {
+            self.fail_group_if_due(&group, now);
+        }
+        let due = self
+            .reservations
+            .get(id)
+            .is_some_and(|s| s.status == ReservationStatus::Held && s.expires_at <= now);
+        if due {
+            self.release(id, ReservationStatus::Expired, now);
+        }
+        due
+    }
+    /// Adds or withdraws units; never below what is available.
+    pub fn adjust_stock(&mut self, delta: StockDelta) -> StockOutcome {
+        let magnitude = delta.get().unsigned_abs();
+        if delta.get() < 0 {
+            if magnitude > self.available {
+                return StockOutcome::Insufficient {
+                    available: self.available,
+                };
+            }
+            self.available -= magnitude;
+            self.campaign.stock -= magnitude;
+        } else {
+            self.available += magnitude;
+            self.campaign.stock += magnitude;
+        }
+        let stock = self.campaign.stock;
+        self.emit(Millis::now(), Change::Stock { stock });
+        StockOutcome::Adjusted {
+            stock: self.campaign.stock,
+            available: self.available,
+        }
+    }
+
+    /// The reserve rule, in the order `engine/mod.rs` documents.
+    pub fn reserve(&mut self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        if let Some((id, fingerprint)) = self.idempotency.get(request.idempotency_key.as_str()) {
+            if *fingerprint != request.fingerprint {
+                return Ok(ReserveOutcome::KeyReused);
+            }
+            let first = self
+                .reservations
+                .get(id)
+                .map(|s| Reservation {
+                    status: ReservationStatus::Held,
+                    ..s.clone()
+                })
+                .ok_or_else(|| {
+                    EngineError::Corrupt(format!("idempotency record points at missing {id}"))
+                })?;
+            return Ok(ReserveOutcome::Replayed(first));
+        }
+        if self.campaign.kind != CampaignKind::FlashSale {
+            return Ok(ReserveOutcome::Refused(Refusal::WrongCampaignKind));
+        }
+        match self.campaign.window(request.now) {
+            Window::Before => return Ok(ReserveOutcome::Refused(Refusal::NotStarted)),
+            Window::After => return Ok(ReserveOutcome::Refused(Refusal::Ended)),
+            Window::Open => {}
+        }
+        let quantity = u64::from(request.quantity.get());
+        if self.available < quantity {
+            return Ok(ReserveOutcome::Refused(Refusal::SoldOut));
+        }
+        let had = self.users.get(&request.user_id).copied().unwrap_or(0);
+        if had + quantity > u64::from(self.campaign.per_user_limit) {
+            return Ok(ReserveOutcome::Refused(Refusal::LimitExceeded));
+        }
+        self.available -= quantity;
+        self.held += quantity;
+        self.idempotency.insert(
+            request.idempotency_key.to_string(),
+            (request.reservation_id.clone(), request.fingerprint.clone()),
+        );
+        let reservation = self.hold(NewHold {
+            id: &request.reservation_id,
+            user: &request.user_id,
+            quantity: request.quantity,
+            group: None,
+            key: &request.idempotency_key,
+            fingerprint: &request.fingerprint,
+            now: request.now,
+        });
+        Ok(ReserveOutcome::Reserved {
+            reservation,
+            available: self.available,
+        })
+    }
+
+    /// held → confirmed; a hold found past `expires_at` expires instead.
+    pub fn confirm(&mut self, id: &ReservationId, now: Millis) -> Transition {
+        self.expire_if_due(id, now);
+        let slot = self;
+        let Some(stored) = slot.reservations.get_mut(id) else {
+            return Transition::NotFound;
+        };
+        match stored.status {
+            ReservationStatus::Confirmed => Transition::Unchanged(stored.clone()),
+            ReservationStatus::Held => {
+                let quantity = u64::from(stored.quantity);
+                stored.status = ReservationStatus::Confirmed;
+                slot.held -= quantity;
+                slot.confirmed += quantity;
+                slot.expiries.remove(&(stored.expires_at, id.clone()));
+                let confirmed = stored.clone();
+                slot.emit_reservation(now, confirmed.clone());
+                let group_id = confirmed.group_id.clone();
+                if let Some(group_id) = group_id {
+                    let formed = slot.groups.get_mut(&group_id).is_some_and(|g| {
+                        g.confirmed += 1;
+                        g.confirmed == g.size
+                    });
+                    if formed {
+                        if let Some(g) = slot.groups.get_mut(&group_id) {
+                            g.status = GroupStatus::Formed;
+                            let expires_at = g.expires_at;
+                            slot.group_expiries.remove(&(expires_at, group_id.clone()));
+                        }
+                        slot.group_counts.open -= 1;
+                        slot.group_counts.formed += 1;
+                        slot.emit_group(now, &group_id);
+                    }
+                }
+                Transition::Done(confirmed)
+            }
+            _ => Transition::NotHeld(stored.clone()),
+        }
+    }
+
+    /// → cancelled, units return; a hold found past `expires_at` expires instead.
+    pub fn cancel(
+        &mut self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        self.expire_if_due(id, now);
+        let Some(status) = self.reservations.get(id).map(|s| s.status) else {
+            return Ok(Transition::NotFound);
+        };
+        // A formed group's units are sold as a whole; its members are not cancelled one by one.
+        let in_formed_group = self
+            .reservations
+            .get(id)
+            .and_then(|r| r.group_id.as_ref())
+            .and_then(|g| self.groups.get(g))
+            .is_some_and(|g| g.status == GroupStatus::Formed);
+        let cancellable = match status {
+            ReservationStatus::Held => true,
+            ReservationStatus::Confirmed => {
+                scope == CancelScope::HeldOrConfirmed && !in_formed_group
+            }
+            _ => false,
+        };
+        if cancellable {
+            let reservation = self
+                .release(id, ReservationStatus::Cancelled, now)
+                .ok_or_else(|| EngineError::Corrupt(format!("{id} vanished mid-cancel")))?;
+            return Ok(Transition::Done(reservation));
+        }
+        let current = self.reservations.get(id).cloned();
+        Ok(match current {
+            Some(r) if r.status == ReservationStatus::Cancelled => Transition::Unchanged(r),
+            Some(r) => Transition::NotHeld(r),
+            None => Transition::NotFound,
+        })
+    }
+
+    /// Fails due groups, then expires up to `limit` due holds; how many reservations ended.
+    pub fn expire_due(&mut self, now: Millis, limit: u32) -> u32 {
+        // Groups first: a member whose hold and group end together is released with its group.
+        let due_groups: Vec<GroupId> = self
+            .group_expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut ended = 0;
+        for group in &due_groups {
+            ended += self.fail_group_if_due(group, now);
+        }
+        let due: Vec<ReservationId> = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit as usize)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &due {
+            self.release(id, ReservationStatus::Expired, now);
+        }
+        ended + due.len() as u32
+    }
+}

@@ -1,0 +1,235 @@
+//! The in-memory engine: the embedded default when no Redis is configured.
+//!
+//! Campaigns live in a [`DashMap`] (sharded locks), each behind its own mutex, so decisions on
+//! different campaigns never wait for each other and there is no global lock on the hot path.
+//! - `campaign`: one campaign's state and its stock rules;
+//! - `groups`: the group-buy rules;
+//! - `outbox`: the campaign's events until the persister acknowledges them.
+//!
+//! Every rule here has its twin in `lua/`; keep them in step.
+
+mod campaign;
+mod groups;
+mod outbox;
+
+use super::{
+    Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventLog,
+    GateReads, GroupOutcome, GroupRequest, IdempotencySnapshot, Probe, ReserveOutcome,
+    ReserveRequest, StockOutcome, Transition,
+};
+use crate::domain::{
+    CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
+    StockDelta,
+};
+use async_trait::async_trait;
+use campaign::Slot;
+use dashmap::DashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The in-memory stock engine.
+#[derive(Default, Clone)]
+pub struct MemoryEngine {
+    /// One entry per campaign; the mutex makes each decision on a campaign atomic.
+    campaigns: Arc<DashMap<CampaignId, Arc<Mutex<Slot>>>>,
+}
+
+/// A poisoned mutex means a panic mid-decision; the slot's invariants are kept by code that
+/// does not panic, so carrying on is safe.
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot(&self, id: &CampaignId) -> Option<Arc<Mutex<Slot>>> {
+        self.campaigns
+            .get(id)
+            .map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Runs `decide` under the campaign's lock; `missing` when there is no such campaign.
+    fn with_slot<T>(&self, id: &CampaignId, missing: T, decide: impl FnOnce(&mut Slot) -> T) -> T {
+        match self.slot(id) {
+            Some(slot) => decide(&mut lock(&slot)),
+            None => missing,
+        }
+    }
+
+    fn slots(&self) -> Vec<Arc<Mutex<Slot>>> {
+        self.campaigns
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        let mut loaded = false;
+        self.campaigns
+            .entry(snapshot.campaign.id.clone())
+            .or_insert_with(|| {
+                loaded = true;
+                Arc::new(Mutex::new(Slot::restored(snapshot)))
+            });
+        Ok(loaded)
+    }
+
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
+        Ok(self.with_slot(id, None, |slot| {
+            Some(CampaignState {
+                campaign: slot.campaign.clone(),
+                available: slot.available,
+                held: slot.held,
+                confirmed: slot.confirmed,
+                groups: slot.group_counts,
+            })
+        }))
+    }
+
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        Ok(self.campaigns.iter().map(|e| e.key().clone()).collect())
+    }
+
+    async fn adjust_stock(
+        &self,
+        id: &CampaignId,
+        delta: StockDelta,
+    ) -> Result<StockOutcome, EngineError> {
+        Ok(self.with_slot(id, StockOutcome::NotFound, |slot| slot.adjust_stock(delta)))
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let missing = Ok(ReserveOutcome::Refused(Refusal::CampaignNotFound));
+        self.with_slot(&request.campaign_id, missing, |slot| slot.reserve(request))
+    }
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        Ok(self.with_slot(&id.campaign_id(), None, |slot| {
+            slot.reservations.get(id).cloned()
+        }))
+    }
+
+    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
+        Ok(
+            self.with_slot(&id.campaign_id(), Transition::NotFound, |slot| {
+                slot.confirm(id, now)
+            }),
+        )
+    }
+
+    async fn cancel(
+        &self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        self.with_slot(&id.campaign_id(), Ok(Transition::NotFound), |slot| {
+            slot.cancel(id, scope, now)
+        })
+    }
+
+    async fn expire_due(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u32, EngineError> {
+        Ok(self.with_slot(campaign, 0, |slot| slot.expire_due(now, limit)))
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let missing = Ok(GroupOutcome::Refused(Refusal::CampaignNotFound));
+        self.with_slot(&request.campaign_id, missing, |slot| {
+            slot.open_group(request)
+        })
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        let missing = Ok(GroupOutcome::Refused(Refusal::GroupNotFound));
+        self.with_slot(&request.campaign_id, missing, |slot| {
+            slot.join_group(request)
+        })
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        Ok(self.with_slot(&id.campaign_id(), None, |slot| slot.group_view(id)))
+    }
+}
+
+#[async_trait]
+impl GateReads for MemoryEngine {
+    async fn sold_out_snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
+        Ok(self.with_slot(campaign, None, |slot| {
+            (slot.available == 0).then(|| slot.idempotency.clone())
+        }))
+    }
+
+    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
+        Ok(self.with_slot(campaign, None, |slot| {
+            Some(Probe {
+                available: slot.available,
+                idempotency_records: slot.idempotency.len() as u64,
+            })
+        }))
+    }
+}
+
+/// One consumer group (the persister): the group name is not looked at.
+#[async_trait]
+impl EventLog for MemoryEngine {
+    async fn read(
+        &self,
+        _consumer: &Consumer,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Event>, EngineError> {
+        let mut events = Vec::new();
+        for slot in self.slots() {
+            if events.len() >= max {
+                break;
+            }
+            lock(&slot).outbox.hand_out(&mut events, max, reclaim_after);
+        }
+        Ok(events)
+    }
+
+    async fn ack(&self, _group: &str, events: &[Event]) -> Result<(), EngineError> {
+        for event in events {
+            if let Some(slot) = self.slot(&event.campaign_id) {
+                lock(&slot).outbox.ack(&event.position);
+            }
+        }
+        Ok(())
+    }
+
+    async fn backlog(&self, _group: &str) -> Result<Backlog, EngineError> {
+        let mut backlog = Backlog::default();
+        for slot in self.slots() {
+            let (events, pending, oldest) = lock(&slot).outbox.backlog();
+            backlog.events += events;
+            backlog.pending += pending;
+            backlog.oldest = backlog.oldest.into_iter().chain(oldest).min();
+        }
+        Ok(backlog)
+    }
+}

@@ -1,0 +1,393 @@
+//! [`Engine`] on Redis: each decision's keys and arguments go in, its script runs atomically,
+//! its answer comes back as a domain value. The rules themselves live in `lua/`.
+
+use super::codec::{campaign_fields, campaign_state, reservation_from, CAMPAIGN_FIELDS};
+use super::scripts::Timed;
+use super::{Connection, RedisEngine};
+use crate::domain::{
+    CampaignId, CampaignState, Group, GroupId, GroupMember, GroupStatus, Millis, Refusal,
+    Reservation, ReservationId, ReservationStatus, StockDelta, UserId,
+};
+use crate::engine::{
+    CampaignSnapshot, CancelScope, Engine, EngineError, GroupOutcome, GroupRequest, ReserveOutcome,
+    ReserveRequest, StockOutcome, Transition,
+};
+use async_trait::async_trait;
+use redis::Script;
+use std::collections::HashMap;
+
+impl<C: Connection> RedisEngine<C> {
+    /// Runs `open_group.lua` or `join_group.lua` (same keys and arguments).
+    async fn group_decision(
+        &self,
+        script: &Script,
+        name: &'static str,
+        request: &GroupRequest,
+    ) -> Result<GroupOutcome, EngineError> {
+        let keys = self.keys(&request.campaign_id);
+        let reply: Vec<String> = script
+            .key(&keys.campaign)
+            .key(keys.group_idempotency())
+            .key(keys.expiries())
+            .key(keys.events())
+            .key(keys.reservation(&request.reservation_id))
+            .key(keys.group_expiries())
+            .arg(request.now.0)
+            .arg(request.user_id.as_str())
+            .arg(request.idempotency_key.as_str())
+            .arg(&request.fingerprint)
+            .arg(request.group_id.as_str())
+            .arg(request.reservation_id.as_str())
+            .invoke_async(&mut self.timed(name))
+            .await?;
+        let corrupt = || EngineError::Corrupt(format!("group decision answered {reply:?}"));
+        let named = reply.get(1).and_then(|raw| GroupId::parse(raw).ok());
+        let group = || async {
+            match &named {
+                Some(id) => self
+                    .group(id)
+                    .await?
+                    .ok_or_else(|| EngineError::Corrupt(format!("{id} vanished"))),
+                None => Err(EngineError::Corrupt("group decision named no group".into())),
+            }
+        };
+        match reply.first().map(String::as_str) {
+            Some("done") => Ok(GroupOutcome::Done(group().await?)),
+            Some("replay") => Ok(GroupOutcome::Replayed(group().await?)),
+            Some("key_reused") => Ok(GroupOutcome::KeyReused),
+            Some(code) => Refusal::from_code(code)
+                .map(GroupOutcome::Refused)
+                .ok_or_else(corrupt),
+            None => Err(corrupt()),
+        }
+    }
+
+    async fn transition(
+        &self,
+        script: &Script,
+        name: &'static str,
+        id: &ReservationId,
+        now: Millis,
+        scope: Option<CancelScope>,
+    ) -> Result<Transition, EngineError> {
+        let campaign = id.campaign_id();
+        let keys = self.keys(&campaign);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&keys.campaign)
+            .key(keys.reservation(id))
+            .key(keys.events())
+            .key(keys.group_expiries())
+            .arg(now.0)
+            .arg(id.as_str());
+        if let Some(scope) = scope {
+            invocation.arg(match scope {
+                CancelScope::HeldOnly => "held",
+                CancelScope::HeldOrConfirmed => "any",
+            });
+        }
+        let reply: Vec<String> = invocation.invoke_async(&mut self.timed(name)).await?;
+        let outcome = reply.first().map(String::as_str).unwrap_or_default();
+        if outcome == "not_found" {
+            return Ok(Transition::NotFound);
+        }
+        let reservation = reservation_from(id, &campaign, reply.get(1..).unwrap_or_default())?;
+        match outcome {
+            "done" => Ok(Transition::Done(reservation)),
+            "unchanged" => Ok(Transition::Unchanged(reservation)),
+            "not_held" => Ok(Transition::NotHeld(reservation)),
+            other => Err(EngineError::Corrupt(format!(
+                "transition answered {other:?}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl<C: Connection> Engine for RedisEngine<C> {
+    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        let CampaignSnapshot {
+            campaign,
+            reservations,
+            groups,
+        } = snapshot;
+        let keys = self.keys(&campaign.id);
+        let config = campaign_fields(campaign);
+        let mut invocation = self.scripts.load_campaign.prepare_invoke();
+        invocation
+            .key(&keys.campaign)
+            .key(keys.expiries())
+            .key(keys.events())
+            .key(keys.group_idempotency())
+            .key(keys.group_expiries())
+            .arg(config.len() * 2)
+            .arg(reservations.len())
+            .arg(self.consumer_groups.len());
+        for group in self.consumer_groups.iter() {
+            invocation.arg(group);
+        }
+        for (field, value) in config {
+            invocation.arg(field).arg(value);
+        }
+        for restored in reservations {
+            let r = &restored.reservation;
+            invocation
+                .arg(r.id.as_str())
+                .arg(r.user_id.as_str())
+                .arg(r.quantity.get())
+                .arg(r.status.as_str())
+                .arg(r.created_at.0)
+                .arg(r.expires_at.0)
+                .arg(r.group_id.as_ref().map_or("", |g| g.as_str()))
+                .arg(restored.idempotency_key.as_ref().map_or("", |k| k.as_str()))
+                .arg(restored.fingerprint.clone().unwrap_or_default());
+        }
+        for group in groups {
+            invocation
+                .arg(group.id.as_str())
+                .arg(group.leader_user_id.as_str())
+                .arg(group.size)
+                .arg(group.status.as_str())
+                .arg(group.created_at.0)
+                .arg(group.expires_at.0);
+        }
+        let loaded: i64 = invocation
+            .invoke_async(&mut self.timed("load_campaign"))
+            .await?;
+        // Outside the script on purpose: the index spans campaigns (another slot). A crash in
+        // between leaves the campaign out of the index until the next recovery pass lists it
+        // again (`recovery::restore_all`, every reconcile interval); meanwhile confirm and
+        // cancel still expire its holds on the spot.
+        self.index(&campaign.id).await?;
+        Ok(loaded == 1)
+    }
+
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
+        // Named fields, not HGETALL: the hash also holds a field per user and per
+        // idempotency record.
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys(id).campaign)
+            .arg(&CAMPAIGN_FIELDS[..])
+            .query_async(&mut self.connection())
+            .await?;
+        let hash: HashMap<String, String> = CAMPAIGN_FIELDS
+            .iter()
+            .zip(values)
+            .filter_map(|(field, value)| Some(((*field).to_owned(), value?)))
+            .collect();
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        campaign_state(id, &hash).map(Some)
+    }
+
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        self.listed_campaigns().await
+    }
+
+    async fn adjust_stock(
+        &self,
+        id: &CampaignId,
+        delta: StockDelta,
+    ) -> Result<StockOutcome, EngineError> {
+        let keys = self.keys(id);
+        let reply: Vec<String> = self
+            .scripts
+            .adjust_stock
+            .key(&keys.campaign)
+            .key(keys.events())
+            .arg(delta.get())
+            .invoke_async(&mut self.timed("adjust_stock"))
+            .await?;
+        let number = |i: usize| -> Result<u64, EngineError> {
+            reply
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| EngineError::Corrupt(format!("adjust_stock answered {reply:?}")))
+        };
+        match reply.first().map(String::as_str) {
+            Some("adjusted") => Ok(StockOutcome::Adjusted {
+                stock: number(1)?,
+                available: number(2)?,
+            }),
+            Some("insufficient") => Ok(StockOutcome::Insufficient {
+                available: number(1)?,
+            }),
+            Some("not_found") => Ok(StockOutcome::NotFound),
+            _ => Err(EngineError::Corrupt(format!(
+                "adjust_stock answered {reply:?}"
+            ))),
+        }
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let keys = self.keys(&request.campaign_id);
+        let reply: Vec<String> = self
+            .scripts
+            .reserve
+            .key(&keys.campaign)
+            .key(keys.expiries())
+            .key(keys.reservation(&request.reservation_id))
+            .key(keys.events())
+            .arg(request.now.0)
+            .arg(request.user_id.as_str())
+            .arg(request.quantity.get())
+            .arg(request.idempotency_key.as_str())
+            .arg(&request.fingerprint)
+            .arg(request.reservation_id.as_str())
+            .invoke_async(&mut self.timed("reserve"))
+            .await?;
+        let corrupt = || EngineError::Corrupt(format!("reserve answered {reply:?}"));
+        let number = |i: usize| -> Result<i64, EngineError> {
+            reply
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(corrupt)
+        };
+        match reply.first().map(String::as_str) {
+            Some("reserved") => Ok(ReserveOutcome::Reserved {
+                reservation: Reservation {
+                    id: request.reservation_id.clone(),
+                    campaign_id: request.campaign_id.clone(),
+                    user_id: request.user_id.clone(),
+                    quantity: request.quantity,
+                    status: ReservationStatus::Held,
+                    created_at: Millis(number(1)?),
+                    expires_at: Millis(number(2)?),
+                    group_id: None,
+                },
+                available: u64::try_from(number(3)?).map_err(|_| corrupt())?,
+            }),
+            Some("replay") => {
+                let id = reply
+                    .get(1)
+                    .and_then(|raw| ReservationId::parse(raw).ok())
+                    .ok_or_else(corrupt)?;
+                let mut fields: Vec<String> = reply.get(2..).unwrap_or_default().to_vec();
+                // The first outcome is the reservation as created: held, outside any group.
+                fields.insert(2, "held".into());
+                fields.push(String::new());
+                Ok(ReserveOutcome::Replayed(reservation_from(
+                    &id,
+                    &request.campaign_id,
+                    &fields,
+                )?))
+            }
+            Some("key_reused") => Ok(ReserveOutcome::KeyReused),
+            Some(code) => Refusal::from_code(code)
+                .map(ReserveOutcome::Refused)
+                .ok_or_else(corrupt),
+            None => Err(corrupt()),
+        }
+    }
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        let campaign = id.campaign_id();
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys(&campaign).reservation(id))
+            .arg(&["user", "qty", "status", "created", "expires", "group"])
+            .query_async(&mut self.connection())
+            .await?;
+        if fields.first().is_none_or(Option::is_none) {
+            return Ok(None);
+        }
+        let fields: Vec<String> = fields.into_iter().map(Option::unwrap_or_default).collect();
+        reservation_from(id, &campaign, &fields).map(Some)
+    }
+
+    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
+        self.transition(&self.scripts.confirm, "confirm", id, now, None)
+            .await
+    }
+
+    async fn cancel(
+        &self,
+        id: &ReservationId,
+        scope: CancelScope,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        self.transition(&self.scripts.cancel, "cancel", id, now, Some(scope))
+            .await
+    }
+
+    async fn expire_due(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u32, EngineError> {
+        let keys = self.keys(campaign);
+        let mut expired = 0;
+        // The script walks the expiry list's head; ids no longer held leave it without
+        // ending anything, so keep walking while whole pages left.
+        loop {
+            let (ended, walked): (u32, u32) = self
+                .scripts
+                .expire
+                .key(&keys.campaign)
+                .key(keys.expiries())
+                .key(keys.events())
+                .key(keys.group_expiries())
+                .arg(now.0)
+                .arg(limit)
+                .invoke_async(&mut Timed {
+                    connection: self.background(),
+                    script: "expire",
+                })
+                .await?;
+            expired += ended;
+            if walked < limit || expired >= limit {
+                return Ok(expired);
+            }
+        }
+    }
+
+    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.group_decision(&self.scripts.open_group, "open_group", request)
+            .await
+    }
+
+    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
+        self.group_decision(&self.scripts.join_group, "join_group", request)
+            .await
+    }
+
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
+        let campaign = id.campaign_id();
+        let reply: Vec<String> = self
+            .scripts
+            .read_group
+            .key(self.keys(&campaign).campaign)
+            .arg(id.as_str())
+            .invoke_async(&mut self.timed("read_group"))
+            .await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || EngineError::Corrupt(format!("group {id}: {reply:?}"));
+        let [leader, size, status, created, expires, rest @ ..] = reply.as_slice() else {
+            return Err(corrupt());
+        };
+        let mut members = Vec::new();
+        for member in rest.chunks(3) {
+            let [user, rid, status] = member else {
+                return Err(corrupt());
+            };
+            members.push(GroupMember {
+                user_id: UserId::parse(user).map_err(|_| corrupt())?,
+                reservation_id: ReservationId::parse(rid).map_err(|_| corrupt())?,
+                status: ReservationStatus::parse(status).ok_or_else(corrupt)?,
+            });
+        }
+        Ok(Some(Group {
+            id: id.clone(),
+            campaign_id: campaign,
+            leader_user_id: UserId::parse(leader).map_err(|_| corrupt())?,
+            size: size.parse().map_err(|_| corrupt())?,
+            status: GroupStatus::parse(status).ok_or_else(corrupt)?,
+            created_at: Millis(created.parse().map_err(|_| corrupt())?),
+            expires_at: Millis(expires.parse().map_err(|_| corrupt())?),
+            members,
+        }))
+    }
+}

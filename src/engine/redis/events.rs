@@ -1,0 +1,191 @@
+//! The event log on Redis streams: one stream per campaign (same slot as the campaign), read
+//! by consumer groups with `XREADGROUP`, reclaimed with `XAUTOCLAIM`, acknowledged with `XACK`.
+
+use super::codec::event_from;
+use super::{Connection, RedisEngine};
+use crate::domain::{CampaignId, Event, Millis, StreamPosition};
+use crate::engine::{Backlog, Consumer, EngineError, EventLog};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Parses stream entries `[[id, ["e", event]], ...]` into events; entries deleted meanwhile
+/// come back as nil and are skipped.
+fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, EngineError> {
+    let redis::Value::Array(list) = list else {
+        return Ok(Vec::new());
+    };
+    let mut events = Vec::with_capacity(list.len());
+    for entry in list {
+        let redis::Value::Array(entry) = entry else {
+            continue;
+        };
+        let [id, fields] = entry.as_slice() else {
+            continue;
+        };
+        let redis::Value::Array(fields) = fields else {
+            continue;
+        };
+        let (redis::Value::BulkString(id), [_, redis::Value::BulkString(event)]) =
+            (id, fields.as_slice())
+        else {
+            return Err(EngineError::Corrupt(format!(
+                "stream entry of {campaign}: {entry:?}"
+            )));
+        };
+        let text = |bytes| {
+            std::str::from_utf8(bytes)
+                .map_err(|_| EngineError::Corrupt(format!("stream entry of {campaign}: not UTF-8")))
+        };
+        events.push(event_from(campaign, text(id)?, text(event)?)?);
+    }
+    Ok(events)
+}
+
+#[async_trait]
+impl<C: Connection> EventLog for RedisEngine<C> {
+    async fn read(
+        &self,
+        consumer: &Consumer,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Event>, EngineError> {
+        let campaigns = self.listed_campaigns().await?;
+        if campaigns.is_empty() || max == 0 {
+            return Ok(Vec::new());
+        }
+        let reclaim = {
+            let mut last = self.last_reclaim.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= reclaim_after / 2);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        let per_stream = max.div_ceil(campaigns.len()).max(1);
+        let mut events = Vec::new();
+        if reclaim {
+            let mut pipe = redis::pipe();
+            for campaign in &campaigns {
+                pipe.cmd("XAUTOCLAIM")
+                    .arg(self.keys(campaign).events())
+                    .arg(&consumer.group)
+                    .arg(&consumer.name)
+                    .arg(reclaim_after.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(per_stream);
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
+            for (campaign, reply) in campaigns.iter().zip(replies) {
+                // [next id, [entries], [deleted ids]]
+                if let redis::Value::Array(mut parts) = reply {
+                    if parts.len() >= 2 {
+                        events.extend(entries(campaign, parts.swap_remove(1))?);
+                    }
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        for campaign in &campaigns {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&consumer.group)
+                .arg(&consumer.name)
+                .arg("COUNT")
+                .arg(per_stream)
+                .arg("STREAMS")
+                .arg(self.keys(campaign).events())
+                .arg(">");
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
+        for (campaign, reply) in campaigns.iter().zip(replies) {
+            // Nil, or [[stream key, [entries]]] (RESP2) / {stream key: [entries]} (RESP3)
+            match reply {
+                redis::Value::Array(streams) => {
+                    for stream in streams {
+                        if let redis::Value::Array(mut pair) = stream {
+                            if pair.len() == 2 {
+                                events.extend(entries(campaign, pair.swap_remove(1))?);
+                            }
+                        }
+                    }
+                }
+                redis::Value::Map(streams) => {
+                    for (_, list) in streams {
+                        events.extend(entries(campaign, list)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(events)
+    }
+
+    async fn backlog(&self, group: &str) -> Result<Backlog, EngineError> {
+        let campaigns = self.listed_campaigns().await?;
+        let mut pipe = redis::pipe();
+        for campaign in &campaigns {
+            let stream = self.keys(campaign).events();
+            pipe.cmd("XLEN").arg(&stream);
+            pipe.cmd("XPENDING").arg(&stream).arg(group);
+            pipe.cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
+        let mut backlog = Backlog::default();
+        for triple in replies.chunks(3) {
+            if let [length, pending, first] = triple {
+                backlog.events += redis::from_redis_value::<u64>(length).unwrap_or(0);
+                // XPENDING summary: [count, smallest id, greatest id, consumers]
+                if let redis::Value::Array(summary) = pending {
+                    if let Some(count) = summary.first() {
+                        backlog.pending += redis::from_redis_value::<u64>(count).unwrap_or(0);
+                    }
+                }
+                // XRANGE: [[id, fields]]; the id's first part is its time in ms.
+                let first_id = match first {
+                    redis::Value::Array(entries) => match entries.first() {
+                        Some(redis::Value::Array(entry)) => entry
+                            .first()
+                            .and_then(|id| redis::from_redis_value::<String>(id).ok()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(position) = first_id.as_deref().and_then(StreamPosition::parse) {
+                    let at = Millis(position.ms);
+                    backlog.oldest = Some(backlog.oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        Ok(backlog)
+    }
+
+    async fn ack(&self, group: &str, events: &[Event]) -> Result<(), EngineError> {
+        let mut by_campaign: HashMap<&CampaignId, Vec<String>> = HashMap::new();
+        for event in events {
+            by_campaign
+                .entry(&event.campaign_id)
+                .or_default()
+                .push(event.position.to_string());
+        }
+        let mut pipe = redis::pipe();
+        for (campaign, ids) in &by_campaign {
+            let stream = self.keys(campaign).events();
+            pipe.cmd("XACK").arg(&stream).arg(group).arg(ids).ignore();
+            // Acknowledged entries are trimmed so streams stay bounded: at once while one
+            // consumer group reads the streams (today's case). With more groups an entry
+            // stays until the trimming consumer knows every group has it.
+            if self.consumer_groups.len() == 1 {
+                pipe.cmd("XDEL").arg(&stream).arg(ids).ignore();
+            }
+        }
+        let () = pipe.query_async(&mut self.background()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! The key schema's Rust side (the table is in `lua/README.md`). Every key of a campaign
+//! carries the hash tag `{c:<campaign id>}`, so every script touches one slot.
+
+use crate::domain::{CampaignId, ReservationId};
+
+/// The namespace (key prefix) when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "fs";
+
+/// The keys of one campaign.
+pub struct Keys {
+    pub campaign: String,
+}
+
+impl Keys {
+    /// `v2`: the layout with per-user counts and idempotency records inside the campaign
+    /// hash and a list of holds. Campaigns kept under the first layout are invisible to
+    /// this one and are rebuilt from the database on first use (see `lua/README.md`).
+    pub fn of(namespace: &str, id: &CampaignId) -> Self {
+        Keys {
+            campaign: format!("{namespace}:v2:{{c:{id}}}"),
+        }
+    }
+
+    pub fn expiries(&self) -> String {
+        format!("{}:exp", self.campaign)
+    }
+
+    pub fn group_idempotency(&self) -> String {
+        format!("{}:gidem", self.campaign)
+    }
+
+    pub fn group_expiries(&self) -> String {
+        format!("{}:gexp", self.campaign)
+    }
+
+    pub fn events(&self) -> String {
+        format!("{}:events", self.campaign)
+    }
+
+    pub fn reservation(&self, id: &ReservationId) -> String {
+        format!("{}:r:{id}", self.campaign)
+    }
+}
+
+/// The set of every campaign id. It spans campaigns, so no script touches it.
+pub fn campaign_index(namespace: &str) -> String {
+    format!("{namespace}:campaigns")
+}

@@ -1,0 +1,220 @@
+//! The Redis engine: every decision is one Lua script from `lua/`, run atomically by SHA.
+//!
+//! - [`keys`]: the key schema (one hash tag per campaign; the table is `lua/README.md`);
+//! - [`scripts`]: the script registry, the shared-Lua loader, the timing connection;
+//! - [`codec`]: events, campaign hashes and reservation hashes, decoded;
+//! - `decisions`: [`Engine`](super::Engine) — each decision's arguments in, answer out;
+//! - `events`: [`EventLog`](super::EventLog) — stream reads, acks and backlog per consumer group.
+//!
+//! The engine is generic over its connection ([`Connection`]): one Redis server through a
+//! reconnecting [`ConnectionManager`] today; any connection that routes each command by its
+//! first key's slot (a cluster connection) slots in, since every script touches one slot.
+
+pub mod codec;
+mod decisions;
+mod events;
+pub mod keys;
+pub mod scripts;
+
+pub use keys::DEFAULT_NAMESPACE;
+
+use super::{Backend, EngineError, GateReads, IdempotencySnapshot, Probe, PERSISTER};
+use crate::domain::{CampaignId, ReservationId};
+use async_trait::async_trait;
+use keys::Keys;
+use redis::aio::ConnectionManager;
+use scripts::{Scripts, Timed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the engine needs of a connection: multiplexed (cheap to clone, shared by every
+/// request) and safe to use from any task.
+pub trait Connection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Connection for T {}
+
+/// The campaign index as read, and when.
+type CachedIds = (Instant, Vec<CampaignId>);
+
+/// How long the campaign index is cached: campaigns created on other instances reach this
+/// one's background workers within this long.
+const CAMPAIGN_IDS_TTL: Duration = Duration::from_secs(1);
+
+/// The Redis stock engine. Cheap to clone: clones share its two connections.
+#[derive(Clone)]
+pub struct RedisEngine<C = ConnectionManager> {
+    /// Shared by every request of this instance.
+    connection: C,
+    /// A second one for the background work (the persister's stream reads and acks, the
+    /// backlog sample, the reaper): a reserve's reply never waits on one socket behind a
+    /// thousand-event `XREADGROUP` reply or a reaper batch.
+    background: C,
+    scripts: Arc<Scripts>,
+    /// Prefix of every key, so several deployments (or tests) can share one Redis.
+    namespace: Arc<str>,
+    /// The consumer groups every campaign's event stream gets when it is loaded.
+    consumer_groups: Arc<[String]>,
+    /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
+    /// all walk it, and a campaign created on this instance is added at once.
+    campaign_ids: Arc<Mutex<Option<CachedIds>>>,
+    /// When this instance last looked for events a dead consumer left unacknowledged.
+    last_reclaim: Arc<Mutex<Option<Instant>>>,
+}
+
+impl RedisEngine {
+    /// Connects and loads every script, so a broken script fails start-up, not a request.
+    pub async fn connect(url: &str) -> Result<Self, EngineError> {
+        Self::connect_in(url, DEFAULT_NAMESPACE).await
+    }
+
+    /// Like [`RedisEngine::connect`], with every key under `namespace`.
+    pub async fn connect_in(url: &str, namespace: &str) -> Result<Self, EngineError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let connection = client
+            .get_connection_manager_with_config(config.clone())
+            .await?;
+        let background = client.get_connection_manager_with_config(config).await?;
+        RedisEngine::with_connections(connection, background, namespace).await
+    }
+}
+
+impl<C: Connection> RedisEngine<C> {
+    /// An engine on connections the caller made (one for requests, one for background
+    /// work); loads every script.
+    pub async fn with_connections(
+        connection: C,
+        background: C,
+        namespace: &str,
+    ) -> Result<Self, EngineError> {
+        let scripts = Scripts::new().map_err(EngineError::Corrupt)?;
+        let engine = RedisEngine {
+            connection,
+            background,
+            scripts: Arc::new(scripts),
+            namespace: Arc::from(namespace),
+            consumer_groups: Arc::from([PERSISTER.to_owned()]),
+            campaign_ids: Arc::default(),
+            last_reclaim: Arc::default(),
+        };
+        let mut connection = engine.connection.clone();
+        for script in engine.scripts.all() {
+            script.prepare_invoke().load_async(&mut connection).await?;
+        }
+        Ok(engine)
+    }
+
+    fn keys(&self, id: &CampaignId) -> Keys {
+        Keys::of(&self.namespace, id)
+    }
+
+    fn connection(&self) -> C {
+        self.connection.clone()
+    }
+
+    fn background(&self) -> C {
+        self.background.clone()
+    }
+
+    /// The request connection, timing every command as the named script (EVALSHA, and the
+    /// reload on NOSCRIPT).
+    fn timed(&self, script: &'static str) -> Timed<C> {
+        Timed {
+            connection: self.connection(),
+            script,
+        }
+    }
+
+    /// Adds a campaign to the index and drops this instance's cached copy, so its own
+    /// workers see the campaign at once.
+    async fn index(&self, id: &CampaignId) -> Result<(), EngineError> {
+        let _: i64 = redis::cmd("SADD")
+            .arg(keys::campaign_index(&self.namespace))
+            .arg(id.as_str())
+            .query_async(&mut self.connection())
+            .await?;
+        *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Every campaign id in the index, cached for [`CAMPAIGN_IDS_TTL`].
+    async fn listed_campaigns(&self) -> Result<Vec<CampaignId>, EngineError> {
+        if let Some((at, ids)) = &*self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < CAMPAIGN_IDS_TTL {
+                return Ok(ids.clone());
+            }
+        }
+        let raw: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::campaign_index(&self.namespace))
+            .query_async(&mut self.connection())
+            .await?;
+        let ids: Vec<CampaignId> = raw
+            .iter()
+            .filter_map(|id| CampaignId::parse(id).ok())
+            .collect();
+        *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), ids.clone()));
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl<C: Connection> Backend for RedisEngine<C> {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<C: Connection> GateReads for RedisEngine<C> {
+    async fn sold_out_snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
+        let keys = self.keys(campaign);
+        let reply: Vec<String> = self
+            .scripts
+            .sold_out_snapshot
+            .key(&keys.campaign)
+            .invoke_async(&mut self.timed("sold_out_snapshot"))
+            .await?;
+        if reply.first().map(String::as_str) != Some("0") {
+            return Ok(None);
+        }
+        let mut snapshot = IdempotencySnapshot::new();
+        for pair in reply[1..].chunks(2) {
+            let [key, value] = pair else {
+                return Err(EngineError::Corrupt("odd idempotency snapshot".into()));
+            };
+            let (id, fingerprint) = value
+                .split_once('|')
+                .and_then(|(id, fp)| Some((ReservationId::parse(id).ok()?, fp.to_owned())))
+                .ok_or_else(|| EngineError::Corrupt(format!("idempotency record {value:?}")))?;
+            snapshot.insert(key.clone(), (id, fingerprint));
+        }
+        Ok(Some(snapshot))
+    }
+
+    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
+        let keys = self.keys(campaign);
+        let (available, records): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&keys.campaign)
+            .arg(&["available", "records"])
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(available.map(|available| Probe {
+            available,
+            idempotency_records: records.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,137 @@
+//! The script registry: every `lua/` file, loaded once, run by SHA (EVALSHA, loading the
+//! script on NOSCRIPT), and a connection wrapper that times each call under its script's name.
+
+use crate::metrics as m;
+use redis::Script;
+
+/// Shared Lua (`lua/lib.lua`) in front of a script body, on the body's first line: the lib is
+/// folded onto one line (its comment lines dropped), so a Redis error's `user_script:<n>`
+/// names line `n` of the script's own file.
+///
+/// The lib must keep comments on lines of their own; a code line with `--` is refused (it
+/// would swallow the rest of the folded line), which a unit test checks for the real lib.
+pub fn with_lib(body: &str) -> Result<String, String> {
+    let mut folded = String::new();
+    for line in include_str!("../../../lua/lib.lua").lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("--") {
+            continue;
+        }
+        if line.contains("--") {
+            return Err(format!("lua/lib.lua: a comment after code: {line}"));
+        }
+        folded.push_str(line);
+        folded.push(' ');
+    }
+    Ok(format!("{folded}{body}"))
+}
+
+/// The scripts, hashed once.
+pub struct Scripts {
+    pub load_campaign: Script,
+    pub adjust_stock: Script,
+    pub reserve: Script,
+    pub confirm: Script,
+    pub cancel: Script,
+    pub expire: Script,
+    pub sold_out_snapshot: Script,
+    pub open_group: Script,
+    pub join_group: Script,
+    pub read_group: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Result<Self, String> {
+        let lib = |body: &str| with_lib(body).map(|text| Script::new(&text));
+        Ok(Scripts {
+            load_campaign: Script::new(include_str!("../../../lua/load_campaign.lua")),
+            adjust_stock: lib(include_str!("../../../lua/adjust_stock.lua"))?,
+            reserve: lib(include_str!("../../../lua/reserve.lua"))?,
+            confirm: lib(include_str!("../../../lua/confirm.lua"))?,
+            cancel: lib(include_str!("../../../lua/cancel.lua"))?,
+            expire: lib(include_str!("../../../lua/expire.lua"))?,
+            sold_out_snapshot: Script::new(include_str!("../../../lua/sold_out_snapshot.lua")),
+            open_group: lib(include_str!("../../../lua/open_group.lua"))?,
+            join_group: lib(include_str!("../../../lua/join_group.lua"))?,
+            read_group: Script::new(include_str!("../../../lua/read_group.lua")),
+        })
+    }
+
+    pub fn all(&self) -> [&Script; 10] {
+        [
+            &self.load_campaign,
+            &self.adjust_stock,
+            &self.reserve,
+            &self.confirm,
+            &self.cancel,
+            &self.expire,
+            &self.sold_out_snapshot,
+            &self.open_group,
+            &self.join_group,
+            &self.read_group,
+        ]
+    }
+}
+
+/// A connection that records each command's latency and failures under a script's name.
+pub struct Timed<C> {
+    pub connection: C,
+    pub script: &'static str,
+}
+
+impl<C: redis::aio::ConnectionLike + Send> redis::aio::ConnectionLike for Timed<C> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.connection.req_packed_command(cmd).await;
+            metrics::histogram!(m::SCRIPT_DURATION, "script" => self.script)
+                .record(started.elapsed().as_secs_f64());
+            // A NOSCRIPT reply is answered by loading the script; it is not a failure.
+            if result
+                .as_ref()
+                .is_err_and(|e| e.kind() != redis::ErrorKind::NoScriptError)
+            {
+                metrics::counter!(m::SCRIPT_ERRORS, "script" => self.script).increment(1);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.connection.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.connection.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lib_folds_onto_the_first_line_so_script_lines_keep_their_numbers() {
+        let body = "-- line 1\nlocal x = 1\nerror('line 3')\n";
+        let text = with_lib(body).expect("the lib folds");
+        assert_eq!(text.lines().count(), body.lines().count());
+        assert!(text.lines().nth(2) == Some("error('line 3')"));
+        assert!(text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("local function emit")));
+    }
+
+    #[test]
+    fn every_script_loads() {
+        assert!(Scripts::new().is_ok());
+    }
+}

@@ -1,0 +1,336 @@
+//! A persister batch: events shaped into rows (each event once, each reservation's and
+//! group's newest state, each campaign's newest stock) and written in one transaction.
+
+use super::{Store, StoreError};
+use crate::domain::{CampaignId, Change, Event, ReservationId};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use sqlx::QueryBuilder;
+use std::collections::HashMap;
+
+/// Any transaction that writes events takes this advisory lock first, so event cursors are
+/// committed in the order they are assigned and a feed reader never skips one.
+const EVENTS_LOCK: i64 = 0x00f1_a5b5_a1e0;
+
+impl Store {
+    /// Writes a batch of events in one transaction: each event once (by campaign and stream
+    /// position), each reservation's newest state, each campaign's newest stock.
+    pub async fn persist(&self, events: &[Event]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch::of(events);
+        match self {
+            Store::Postgres(pool) => batch.write_postgres(pool).await,
+            Store::Sqlite(pool) => batch.write_sqlite(pool).await,
+        }
+    }
+}
+
+/// A batch of events, shaped into rows.
+struct Batch {
+    events: Vec<EventRow>,
+    reservations: Vec<ReservationRow>,
+    groups: Vec<GroupRow>,
+    stocks: Vec<(String, i64, i64, i64)>,
+}
+
+struct EventRow {
+    campaign_id: String,
+    stream_id: String,
+    kind: String,
+    at_ms: i64,
+    payload: String,
+}
+
+impl EventRow {
+    /// The feed row of an event: its payload JSON comes from the domain type.
+    fn of(event: &Event) -> Self {
+        EventRow {
+            campaign_id: event.campaign_id.to_string(),
+            stream_id: event.position.to_string(),
+            kind: event.kind().to_owned(),
+            at_ms: event.at.0,
+            payload: event.feed_payload(),
+        }
+    }
+}
+
+struct GroupRow {
+    id: String,
+    campaign_id: String,
+    leader_user_id: String,
+    size: i64,
+    status: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    event_ms: i64,
+    event_seq: i64,
+}
+
+struct ReservationRow {
+    id: String,
+    campaign_id: String,
+    user_id: String,
+    quantity: i64,
+    status: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    group_id: Option<String>,
+    idempotency_key: Option<String>,
+    fingerprint: Option<String>,
+    event_ms: i64,
+    event_seq: i64,
+}
+
+impl Batch {
+    fn of(events: &[Event]) -> Self {
+        let mut rows = Vec::with_capacity(events.len());
+        let mut newest: HashMap<&ReservationId, ReservationRow> = HashMap::new();
+        let mut stocks: HashMap<&CampaignId, (i64, i64, i64)> = HashMap::new();
+        let mut groups: HashMap<String, GroupRow> = HashMap::new();
+        for event in events {
+            let position = event.position;
+            match &event.change {
+                Change::Reservation {
+                    reservation,
+                    idempotency,
+                } => {
+                    rows.push(EventRow::of(event));
+                    let row = ReservationRow {
+                        id: reservation.id.to_string(),
+                        campaign_id: event.campaign_id.to_string(),
+                        user_id: reservation.user_id.to_string(),
+                        quantity: i64::from(reservation.quantity.get()),
+                        status: reservation.status.as_str().to_owned(),
+                        created_at_ms: reservation.created_at.0,
+                        expires_at_ms: reservation.expires_at.0,
+                        group_id: reservation.group_id.as_ref().map(ToString::to_string),
+                        idempotency_key: idempotency.as_ref().map(|(k, _)| k.to_string()),
+                        fingerprint: idempotency.as_ref().map(|(_, f)| f.clone()),
+                        event_ms: position.ms,
+                        event_seq: position.seq,
+                    };
+                    match newest.get_mut(&reservation.id) {
+                        Some(kept)
+                            if (kept.event_ms, kept.event_seq) >= (row.event_ms, row.event_seq) => {
+                        }
+                        Some(kept) => {
+                            let key = kept.idempotency_key.take().or(row.idempotency_key.clone());
+                            let fingerprint = kept.fingerprint.take().or(row.fingerprint.clone());
+                            *kept = ReservationRow {
+                                idempotency_key: key,
+                                fingerprint,
+                                ..row
+                            };
+                        }
+                        None => {
+                            newest.insert(&reservation.id, row);
+                        }
+                    }
+                }
+                Change::Group { group } => {
+                    rows.push(EventRow::of(event));
+                    let row = GroupRow {
+                        id: group.id.to_string(),
+                        campaign_id: event.campaign_id.to_string(),
+                        leader_user_id: group.leader_user_id.to_string(),
+                        size: i64::from(group.size),
+                        status: group.status.as_str().to_owned(),
+                        created_at_ms: group.created_at.0,
+                        expires_at_ms: group.expires_at.0,
+                        event_ms: position.ms,
+                        event_seq: position.seq,
+                    };
+                    let newer = groups.get(&row.id).is_none_or(|kept| {
+                        (kept.event_ms, kept.event_seq) < (row.event_ms, row.event_seq)
+                    });
+                    if newer {
+                        groups.insert(row.id.clone(), row);
+                    }
+                }
+                Change::Stock { stock } => {
+                    let entry = stocks.entry(&event.campaign_id).or_insert((0, 0, 0));
+                    if (position.ms, position.seq) > (entry.1, entry.2) {
+                        *entry = (*stock as i64, position.ms, position.seq);
+                    }
+                }
+            }
+        }
+        Batch {
+            events: rows,
+            reservations: newest.into_values().collect(),
+            groups: groups.into_values().collect(),
+            stocks: stocks
+                .into_iter()
+                .map(|(id, (stock, ms, seq))| (id.to_string(), stock, ms, seq))
+                .collect(),
+        }
+    }
+
+    async fn write_postgres(&self, pool: &PgPool) -> Result<(), StoreError> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENTS_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let e = &self.events;
+        sqlx::query(
+            "INSERT INTO events (campaign_id, stream_id, type, at_ms, payload) \
+             SELECT c, s, t, a, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+             WITH ORDINALITY AS x(c, s, t, a, p, n) ORDER BY n \
+             ON CONFLICT (campaign_id, stream_id) DO NOTHING",
+        )
+        .bind(e.iter().map(|r| r.campaign_id.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.stream_id.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.at_ms).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let g = &self.groups;
+        sqlx::query(
+            "INSERT INTO groups (id, campaign_id, leader_user_id, size, status, created_at_ms, \
+             expires_at_ms, event_ms, event_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, event_ms = EXCLUDED.event_ms, \
+             event_seq = EXCLUDED.event_seq \
+             WHERE (groups.event_ms, groups.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
+        )
+        .bind(g.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.campaign_id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.leader_user_id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.size).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.created_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.expires_at_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.event_ms).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.event_seq).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let r = &self.reservations;
+        sqlx::query(
+            "INSERT INTO reservations (id, campaign_id, user_id, quantity, status, created_at_ms, \
+             expires_at_ms, group_id, idempotency_key, fingerprint, event_ms, event_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], \
+             $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, event_ms = EXCLUDED.event_ms, \
+             event_seq = EXCLUDED.event_seq, \
+             idempotency_key = COALESCE(reservations.idempotency_key, EXCLUDED.idempotency_key), \
+             fingerprint = COALESCE(reservations.fingerprint, EXCLUDED.fingerprint) \
+             WHERE (reservations.event_ms, reservations.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
+        )
+        .bind(r.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.campaign_id.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.user_id.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.quantity).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.created_at_ms).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.expires_at_ms).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.group_id.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.idempotency_key.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.fingerprint.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.event_ms).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.event_seq).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        for (id, stock, ms, seq) in &self.stocks {
+            sqlx::query(STOCK_SQL)
+                .bind(id)
+                .bind(stock)
+                .bind(ms)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn write_sqlite(&self, pool: &SqlitePool) -> Result<(), StoreError> {
+        // SQLite allows one writer at a time, which already orders cursors by commit.
+        let mut tx = pool.begin().await?;
+        for chunk in self.events.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO events (campaign_id, stream_id, type, at_ms, payload) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.campaign_id)
+                    .push_bind(&r.stream_id)
+                    .push_bind(&r.kind)
+                    .push_bind(r.at_ms)
+                    .push_bind(&r.payload);
+            });
+            q.push(" ON CONFLICT (campaign_id, stream_id) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in self.groups.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO groups (id, campaign_id, leader_user_id, size, status, created_at_ms, \
+                 expires_at_ms, event_ms, event_seq) ",
+            );
+            q.push_values(chunk, |mut b, g| {
+                b.push_bind(&g.id)
+                    .push_bind(&g.campaign_id)
+                    .push_bind(&g.leader_user_id)
+                    .push_bind(g.size)
+                    .push_bind(&g.status)
+                    .push_bind(g.created_at_ms)
+                    .push_bind(g.expires_at_ms)
+                    .push_bind(g.event_ms)
+                    .push_bind(g.event_seq);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, event_ms = excluded.event_ms, \
+                 event_seq = excluded.event_seq \
+                 WHERE (groups.event_ms, groups.event_seq) < (excluded.event_ms, excluded.event_seq)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in self.reservations.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO reservations (id, campaign_id, user_id, quantity, status, created_at_ms, \
+                 expires_at_ms, group_id, idempotency_key, fingerprint, event_ms, event_seq) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.id)
+                    .push_bind(&r.campaign_id)
+                    .push_bind(&r.user_id)
+                    .push_bind(r.quantity)
+                    .push_bind(&r.status)
+                    .push_bind(r.created_at_ms)
+                    .push_bind(r.expires_at_ms)
+                    .push_bind(&r.group_id)
+                    .push_bind(&r.idempotency_key)
+                    .push_bind(&r.fingerprint)
+                    .push_bind(r.event_ms)
+                    .push_bind(r.event_seq);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, event_ms = excluded.event_ms, \
+                 event_seq = excluded.event_seq, \
+                 idempotency_key = COALESCE(reservations.idempotency_key, excluded.idempotency_key), \
+                 fingerprint = COALESCE(reservations.fingerprint, excluded.fingerprint) \
+                 WHERE (reservations.event_ms, reservations.event_seq) < (excluded.event_ms, excluded.event_seq)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for (id, stock, ms, seq) in &self.stocks {
+            sqlx::query(STOCK_SQL)
+                .bind(id)
+                .bind(stock)
+                .bind(ms)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A stock event applies only if it is newer than the last one applied.
+const STOCK_SQL: &str =
+    "UPDATE campaigns SET stock = $2, stock_event_ms = $3, stock_event_seq = $4 \
+    WHERE id = $1 AND (stock_event_ms, stock_event_seq) < ($3, $4)";

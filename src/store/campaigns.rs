@@ -1,0 +1,149 @@
+//! The campaigns table, and the units the database counts per campaign.
+
+use super::{corrupt, on_pool, unsigned, Store, StoreError};
+use crate::domain::{Campaign, CampaignId, CampaignKind, GroupRule, Millis};
+
+/// Units of a campaign, counted the way the engine counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredCounts {
+    pub stock: u64,
+    pub held: u64,
+    pub confirmed: u64,
+}
+
+/// One `campaigns` row.
+#[derive(sqlx::FromRow)]
+struct CampaignRow {
+    id: String,
+    kind: String,
+    sku: String,
+    stock: i64,
+    per_user_limit: i64,
+    starts_at_ms: Option<i64>,
+    ends_at_ms: Option<i64>,
+    hold_seconds: i64,
+    group_size: Option<i64>,
+    group_window_seconds: Option<i64>,
+    created_at_ms: i64,
+}
+
+impl CampaignRow {
+    fn into_campaign(self) -> Result<Campaign, StoreError> {
+        let group = match (self.group_size, self.group_window_seconds) {
+            (Some(size), Some(window)) => Some(GroupRule {
+                size: unsigned("group size", size)?,
+                window_seconds: unsigned("group window", window)?,
+            }),
+            _ => None,
+        };
+        Ok(Campaign {
+            id: CampaignId::parse(&self.id).map_err(|e| corrupt("campaign id", e))?,
+            kind: CampaignKind::parse(&self.kind).map_err(|e| corrupt("campaign kind", e))?,
+            sku: self.sku,
+            stock: unsigned("stock", self.stock)?,
+            per_user_limit: unsigned("per_user_limit", self.per_user_limit)?,
+            starts_at: self.starts_at_ms.map(Millis),
+            ends_at: self.ends_at_ms.map(Millis),
+            hold_seconds: unsigned("hold_seconds", self.hold_seconds)?,
+            group,
+            created_at: Millis(self.created_at_ms),
+        })
+    }
+}
+
+/// The sums [`Store::counts`] reads.
+#[derive(sqlx::FromRow)]
+struct CountsRow {
+    held: i64,
+    confirmed: i64,
+    paid: i64,
+    open_units: i64,
+    formed_units: i64,
+}
+
+const SELECT_CAMPAIGNS: &str = "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
+    ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms FROM campaigns";
+
+impl Store {
+    /// Records a new campaign; `false` if one with the id exists.
+    pub async fn insert_campaign(&self, c: &Campaign) -> Result<bool, StoreError> {
+        const SQL: &str =
+            "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
+            ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
+        let group = c.group;
+        let affected = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(c.id.as_str())
+            .bind(c.kind.as_str())
+            .bind(&c.sku)
+            .bind(c.stock as i64)
+            .bind(i64::from(c.per_user_limit))
+            .bind(c.starts_at.map(|m| m.0))
+            .bind(c.ends_at.map(|m| m.0))
+            .bind(i64::from(c.hold_seconds))
+            .bind(group.map(|g| i64::from(g.size)))
+            .bind(group.map(|g| i64::from(g.window_seconds)))
+            .bind(c.created_at.0)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Every campaign.
+    pub async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        let sql = format!("{SELECT_CAMPAIGNS} ORDER BY id");
+        let rows: Vec<CampaignRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
+        rows.into_iter().map(CampaignRow::into_campaign).collect()
+    }
+
+    /// One campaign (recovery asks for a single id on a request's path; no full scan).
+    pub async fn campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, StoreError> {
+        let sql = format!("{SELECT_CAMPAIGNS} WHERE id = $1");
+        let row: Option<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?);
+        row.map(CampaignRow::into_campaign).transpose()
+    }
+
+    /// The campaign's units as the database records them, counted as the engine counts
+    /// them: reservations outside groups by status; an open group holds its whole `size`
+    /// (held, less the members who paid), a formed group's `size` is confirmed. Summed by
+    /// the database: reconcile runs this every few seconds, also mid-sale with a million
+    /// live holds.
+    pub async fn counts(&self, campaign: &Campaign) -> Result<StoredCounts, StoreError> {
+        const SQL: &str = "SELECT \
+            (SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+                WHERE campaign_id = $1 AND status = 'held' AND group_id IS NULL) AS held, \
+            (SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+                WHERE campaign_id = $1 AND status = 'confirmed' AND group_id IS NULL) AS confirmed, \
+            (SELECT CAST(COALESCE(SUM(r.quantity), 0) AS BIGINT) FROM reservations r \
+                JOIN groups g ON g.id = r.group_id \
+                WHERE r.campaign_id = $1 AND r.status = 'confirmed' AND g.status = 'open') AS paid, \
+            (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM groups \
+                WHERE campaign_id = $1 AND status = 'open') AS open_units, \
+            (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM groups \
+                WHERE campaign_id = $1 AND status = 'formed') AS formed_units";
+        let row: CountsRow = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(campaign.id.as_str())
+            .fetch_one(pool)
+            .await?);
+        let units = |name: &str, n: i64| unsigned::<u64>(name, n);
+        let (held, confirmed, paid) = (
+            units("held", row.held)?,
+            units("confirmed", row.confirmed)?,
+            units("paid", row.paid)?,
+        );
+        let (open, formed) = (
+            units("open units", row.open_units)?,
+            units("formed units", row.formed_units)?,
+        );
+        Ok(StoredCounts {
+            stock: campaign.stock,
+            held: (held + open).saturating_sub(paid),
+            confirmed: confirmed + formed + paid,
+        })
+    }
+}
