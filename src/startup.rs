@@ -6,7 +6,7 @@ use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
 use crate::pipeline::recovery::{self, Recovering};
-use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
 use crate::{metrics, workers};
 use anyhow::Context;
@@ -117,8 +117,20 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
+        // Answering after the commit needs this process's persister to make the commit.
+        let answer_after_commit = backends.answer_after_commit && config.persister;
+        let mut recovering = Recovering::new(engine, store.clone());
+        if answer_after_commit {
+            recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
+        }
+        let mut persister = config.persister.then(|| persister_settings(&config));
+        if let (Some(settings), true) = (&mut persister, answer_after_commit) {
+            // Every answer waits for a commit: write whatever has arrived at once. Under load
+            // the events that arrive during one commit make the next batch (group commit).
+            settings.delay = Duration::ZERO;
+        }
         let state = AppState::new(Shared {
-            engine: Recovering::new(engine, store.clone()),
+            engine: recovering,
             store,
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
@@ -147,7 +159,7 @@ impl Application {
             reaper_interval: Duration::from_millis(config.reaper_interval_ms.max(10)),
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
             sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
-            persister: config.persister.then(|| persister_settings(&config)),
+            persister,
             events: backends.events,
             credentials,
         })
@@ -211,9 +223,12 @@ impl Application {
             }
             _ => None,
         };
+        // HTTP first: in-flight requests finish (with the embedded engine they wait for the
+        // persister's commit), then the workers stop and the persister drains.
         let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(signal_then_trigger(stop, trigger))
+            .with_graceful_shutdown(signal_then_log(stop))
             .await;
+        trigger.trigger();
         for worker in workers {
             if let Err(error) = worker.await {
                 tracing::error!(%error, "a worker ended abnormally");
@@ -275,12 +290,16 @@ impl Application {
 pub struct Backends {
     pub engine: Arc<dyn GatedEngine>,
     pub events: Arc<dyn EventLog>,
+    /// Whether a change may be answered only once the database committed it: the embedded
+    /// engine keeps nothing across a crash, so its 201s wait for the commit.
+    pub answer_after_commit: bool,
 }
 
 impl Backends {
     /// Both roles of one engine.
     pub fn of<E: GatedEngine + EventLog + Clone>(engine: E) -> Self {
         Backends {
+            answer_after_commit: engine.name() == "memory",
             engine: Arc::new(engine.clone()),
             events: Arc::new(engine),
         }
@@ -370,11 +389,10 @@ pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
     Ok(drifts.is_empty())
 }
 
-/// Waits for `stop`, then tells the workers.
-async fn signal_then_trigger(stop: impl Future<Output = ()>, trigger: ShutdownTrigger) {
+/// Waits for `stop`, and says so.
+async fn signal_then_log(stop: impl Future<Output = ()>) {
     stop.await;
     tracing::info!("shutting down: finishing in-flight requests");
-    trigger.trigger();
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first.

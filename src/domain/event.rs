@@ -17,7 +17,7 @@ pub struct Event {
 }
 
 /// A stream entry id `<ms>-<seq>`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamPosition {
     pub ms: i64,
     pub seq: i64,

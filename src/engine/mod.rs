@@ -325,4 +325,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// What waits for `group`, for metrics.
     async fn backlog(&self, group: &str) -> Result<Backlog, EngineError>;
+
+    /// Resolves once every event `campaign` has appended so far has been acknowledged by
+    /// `group` — for the persister: committed to the database. A caller that waits for this
+    /// after a decision answers only what the database holds.
+    async fn acknowledged(&self, group: &str, campaign: &CampaignId) -> Result<(), EngineError>;
 }

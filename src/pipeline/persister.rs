@@ -23,8 +23,8 @@ pub struct PersisterSettings {
     pub reclaim_after: Duration,
 }
 
-/// Runs until shutdown; what is buffered then is written (or left unacknowledged in the
-/// streams for another persister, never lost).
+/// Runs until shutdown; then writes what is buffered and what still waits in the log (see
+/// [`drain`]).
 pub async fn run(
     log: Arc<dyn EventLog>,
     store: Store,
@@ -38,9 +38,7 @@ pub async fn run(
         let room = settings.batch.saturating_sub(buffer.len());
         let read = tokio::select! {
             _ = shutdown.recv() => {
-                if !buffer.is_empty() {
-                    let _ = write_once(&*log, &consumer.group, &store, &buffer).await;
-                }
+                drain(&*log, &consumer, &store, buffer, &settings).await;
                 return;
             }
             read = log.read(&consumer, room, settings.reclaim_after) => read,
@@ -76,6 +74,45 @@ pub async fn run(
             };
             tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
         }
+    }
+}
+
+/// How long a stopping persister keeps writing what is still waiting.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// At shutdown: writes what is buffered and everything still waiting in the log (with the
+/// embedded engine nothing else would ever write it), for at most [`DRAIN_LIMIT`]. What is
+/// left unwritten stays unacknowledged (in Redis, for the next persister).
+async fn drain(
+    log: &dyn EventLog,
+    consumer: &Consumer,
+    store: &Store,
+    mut buffer: Vec<Event>,
+    settings: &PersisterSettings,
+) {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    loop {
+        if !buffer.is_empty()
+            && write_once(log, &consumer.group, store, &buffer)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                events = buffer.len(),
+                "could not write the last batch at shutdown"
+            );
+            return;
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        buffer = match log
+            .read(consumer, settings.batch, settings.reclaim_after)
+            .await
+        {
+            Ok(events) if !events.is_empty() => events,
+            _ => return,
+        };
     }
 }
 

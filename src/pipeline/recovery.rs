@@ -12,8 +12,8 @@ use crate::domain::{
     Reservation, ReservationId, StockDelta,
 };
 use crate::engine::{
-    Backend, CampaignSnapshot, CancelScope, Engine, EngineError, Gated, GroupOutcome, GroupRequest,
-    ReserveOutcome, ReserveRequest, StockOutcome, Transition,
+    Backend, CampaignSnapshot, CancelScope, Engine, EngineError, EventLog, Gated, GroupOutcome,
+    GroupRequest, ReserveOutcome, ReserveRequest, StockOutcome, Transition, PERSISTER,
 };
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -129,6 +129,9 @@ pub struct Recovering {
     store: Store,
     /// Campaign ids the database did not know, and when it said so.
     unknown: Arc<DashMap<CampaignId, Instant>>,
+    /// When set, a change is answered only once the persister committed its events to the
+    /// database (the embedded engine keeps nothing on its own across a crash).
+    commit: Option<Arc<dyn EventLog>>,
 }
 
 impl Recovering {
@@ -137,6 +140,23 @@ impl Recovering {
             engine,
             store,
             unknown: Arc::default(),
+            commit: None,
+        }
+    }
+
+    /// Answers every change only once `log`'s persister group acknowledged its events,
+    /// that is once the database committed them.
+    pub fn answering_after_commit(mut self, log: Arc<dyn EventLog>) -> Self {
+        self.commit = Some(log);
+        self
+    }
+
+    /// With [`Recovering::answering_after_commit`]: waits until the campaign's events so far
+    /// are committed, when `changed`.
+    async fn committed(&self, campaign: &CampaignId, changed: bool) -> Result<(), EngineError> {
+        match &self.commit {
+            Some(log) if changed => log.acknowledged(PERSISTER, campaign).await,
+            _ => Ok(()),
         }
     }
 
@@ -249,16 +269,28 @@ impl Engine for Recovering {
         delta: StockDelta,
     ) -> Result<StockOutcome, EngineError> {
         let missing = |o: &StockOutcome| *o == StockOutcome::NotFound;
-        self.retrying(id, missing, || self.engine.adjust_stock(id, delta))
-            .await
+        let outcome = self
+            .retrying(id, missing, || self.engine.adjust_stock(id, delta))
+            .await?;
+        let changed = matches!(outcome, StockOutcome::Adjusted { .. });
+        self.committed(id, changed).await?;
+        Ok(outcome)
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let missing = |o: &ReserveOutcome| *o == ReserveOutcome::Refused(Refusal::CampaignNotFound);
-        self.retrying(&request.campaign_id, missing, || {
-            self.engine.reserve(request)
-        })
-        .await
+        let outcome = self
+            .retrying(&request.campaign_id, missing, || {
+                self.engine.reserve(request)
+            })
+            .await?;
+        // A replay waits too: its original may not be committed yet.
+        let changed = matches!(
+            outcome,
+            ReserveOutcome::Reserved { .. } | ReserveOutcome::Replayed(_)
+        );
+        self.committed(&request.campaign_id, changed).await?;
+        Ok(outcome)
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
@@ -270,8 +302,11 @@ impl Engine for Recovering {
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
         let missing = |t: &Transition| *t == Transition::NotFound;
-        self.retrying(&id.campaign_id(), missing, || self.engine.confirm(id, now))
-            .await
+        let outcome = self
+            .retrying(&id.campaign_id(), missing, || self.engine.confirm(id, now))
+            .await?;
+        self.committed(&id.campaign_id(), changes(&outcome)).await?;
+        Ok(outcome)
     }
 
     async fn cancel(
@@ -281,10 +316,13 @@ impl Engine for Recovering {
         now: Millis,
     ) -> Result<Transition, EngineError> {
         let missing = |t: &Transition| *t == Transition::NotFound;
-        self.retrying(&id.campaign_id(), missing, || {
-            self.engine.cancel(id, scope, now)
-        })
-        .await
+        let outcome = self
+            .retrying(&id.campaign_id(), missing, || {
+                self.engine.cancel(id, scope, now)
+            })
+            .await?;
+        self.committed(&id.campaign_id(), changes(&outcome)).await?;
+        Ok(outcome)
     }
 
     async fn expire_due(
@@ -298,24 +336,44 @@ impl Engine for Recovering {
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::CampaignNotFound);
-        self.retrying(&request.campaign_id, missing, || {
-            self.engine.open_group(request)
-        })
-        .await
+        let outcome = self
+            .retrying(&request.campaign_id, missing, || {
+                self.engine.open_group(request)
+            })
+            .await?;
+        self.committed(&request.campaign_id, joined(&outcome))
+            .await?;
+        Ok(outcome)
     }
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::GroupNotFound);
-        self.retrying(&request.campaign_id, missing, || {
-            self.engine.join_group(request)
-        })
-        .await
+        let outcome = self
+            .retrying(&request.campaign_id, missing, || {
+                self.engine.join_group(request)
+            })
+            .await?;
+        self.committed(&request.campaign_id, joined(&outcome))
+            .await?;
+        Ok(outcome)
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
         self.retrying(&id.campaign_id(), Option::is_none, || self.engine.group(id))
             .await
     }
+}
+
+/// Whether a confirm or cancel answer reports a state the database must hold first (an
+/// `Unchanged` answer may repeat a change not committed yet; `NotHeld` may follow an expiry
+/// made on the spot).
+fn changes(outcome: &Transition) -> bool {
+    !matches!(outcome, Transition::NotFound)
+}
+
+/// Whether an open or join answer reports a group the database must hold first.
+fn joined(outcome: &GroupOutcome) -> bool {
+    matches!(outcome, GroupOutcome::Done(_) | GroupOutcome::Replayed(_))
 }
 
 /// Compares every campaign; exports the drift per campaign and returns the ones that differ.

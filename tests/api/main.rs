@@ -7,6 +7,7 @@ mod auth;
 mod campaigns;
 mod concurrency;
 mod durability;
+mod faults;
 mod groups;
 mod helpers;
 mod input;

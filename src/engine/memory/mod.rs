@@ -26,13 +26,21 @@ use campaign::Slot;
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// The in-memory stock engine.
 #[derive(Default, Clone)]
 pub struct MemoryEngine {
     /// One entry per campaign; the mutex makes each decision on a campaign atomic.
     campaigns: Arc<DashMap<CampaignId, Arc<Mutex<Slot>>>>,
+    /// Signalled after every decision, so a waiting reader (the persister) wakes at once.
+    appended: Arc<Notify>,
+    /// Signalled after every acknowledgement, for callers waiting for their events' commit.
+    acknowledged: Arc<Notify>,
 }
+
+/// How long an empty [`EventLog::read`] waits for a decision before answering nothing.
+const READ_WAIT: Duration = Duration::from_millis(50);
 
 /// A poisoned mutex means a panic mid-decision; the slot's invariants are kept by code that
 /// does not panic, so carrying on is safe.
@@ -57,6 +65,13 @@ impl MemoryEngine {
             Some(slot) => decide(&mut lock(&slot)),
             None => missing,
         }
+    }
+
+    /// [`MemoryEngine::with_slot`] for a decision: a reader waiting for events is woken.
+    fn decide<T>(&self, id: &CampaignId, missing: T, decide: impl FnOnce(&mut Slot) -> T) -> T {
+        let answer = self.with_slot(id, missing, decide);
+        self.appended.notify_one();
+        answer
     }
 
     fn slots(&self) -> Vec<Arc<Mutex<Slot>>> {
@@ -112,12 +127,12 @@ impl Engine for MemoryEngine {
         id: &CampaignId,
         delta: StockDelta,
     ) -> Result<StockOutcome, EngineError> {
-        Ok(self.with_slot(id, StockOutcome::NotFound, |slot| slot.adjust_stock(delta)))
+        Ok(self.decide(id, StockOutcome::NotFound, |slot| slot.adjust_stock(delta)))
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let missing = Ok(ReserveOutcome::Refused(Refusal::CampaignNotFound));
-        self.with_slot(&request.campaign_id, missing, |slot| slot.reserve(request))
+        self.decide(&request.campaign_id, missing, |slot| slot.reserve(request))
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
@@ -128,7 +143,7 @@ impl Engine for MemoryEngine {
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
         Ok(
-            self.with_slot(&id.campaign_id(), Transition::NotFound, |slot| {
+            self.decide(&id.campaign_id(), Transition::NotFound, |slot| {
                 slot.confirm(id, now)
             }),
         )
@@ -140,7 +155,7 @@ impl Engine for MemoryEngine {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError> {
-        self.with_slot(&id.campaign_id(), Ok(Transition::NotFound), |slot| {
+        self.decide(&id.campaign_id(), Ok(Transition::NotFound), |slot| {
             slot.cancel(id, scope, now)
         })
     }
@@ -151,19 +166,19 @@ impl Engine for MemoryEngine {
         now: Millis,
         limit: u32,
     ) -> Result<u32, EngineError> {
-        Ok(self.with_slot(campaign, 0, |slot| slot.expire_due(now, limit)))
+        Ok(self.decide(campaign, 0, |slot| slot.expire_due(now, limit)))
     }
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = Ok(GroupOutcome::Refused(Refusal::CampaignNotFound));
-        self.with_slot(&request.campaign_id, missing, |slot| {
+        self.decide(&request.campaign_id, missing, |slot| {
             slot.open_group(request)
         })
     }
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = Ok(GroupOutcome::Refused(Refusal::GroupNotFound));
-        self.with_slot(&request.campaign_id, missing, |slot| {
+        self.decide(&request.campaign_id, missing, |slot| {
             slot.join_group(request)
         })
     }
@@ -204,11 +219,19 @@ impl EventLog for MemoryEngine {
         reclaim_after: Duration,
     ) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
-        for slot in self.slots() {
-            if events.len() >= max {
+        for waited in [false, true] {
+            for slot in self.slots() {
+                if events.len() >= max {
+                    break;
+                }
+                lock(&slot).outbox.hand_out(&mut events, max, reclaim_after);
+            }
+            if !events.is_empty() || waited {
                 break;
             }
-            lock(&slot).outbox.hand_out(&mut events, max, reclaim_after);
+            // Nothing yet: wait for a decision (like XREADGROUP's BLOCK), so a caller waiting
+            // for its commit is not held up by the persister's idle pause.
+            let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
         }
         Ok(events)
     }
@@ -219,7 +242,26 @@ impl EventLog for MemoryEngine {
                 lock(&slot).outbox.ack(&event.position);
             }
         }
+        self.acknowledged.notify_waiters();
         Ok(())
+    }
+
+    async fn acknowledged(&self, _group: &str, campaign: &CampaignId) -> Result<(), EngineError> {
+        let Some(slot) = self.slot(campaign) else {
+            return Ok(());
+        };
+        let target = lock(&slot).outbox.last();
+        loop {
+            // Registered before the check, so an acknowledgement between the check and the
+            // wait still wakes this caller.
+            let notified = self.acknowledged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&slot).outbox.acknowledged_through(target) {
+                return Ok(());
+            }
+            notified.await;
+        }
     }
 
     async fn backlog(&self, _group: &str) -> Result<Backlog, EngineError> {

@@ -12,20 +12,27 @@ pub struct Outbox {
     queue: VecDeque<Event>,
     /// Events handed out but not yet acknowledged, with when they were handed out.
     in_flight: BTreeMap<StreamPosition, (Event, Instant)>,
-    /// The sequence number of the last event, so positions strictly increase.
-    last_seq: i64,
+    /// The position of the last event, so positions strictly increase — across restarts
+    /// too, like Redis stream ids: `<wall-clock ms>-<seq within that ms>`, so the database,
+    /// which orders a reservation's states by position, never takes a new state for an old.
+    last: StreamPosition,
 }
 
 impl Outbox {
     /// Appends an event, under the same lock as the change it records.
     pub fn push(&mut self, campaign: &CampaignId, at: Millis, change: Change) {
-        self.last_seq += 1;
+        let now = Millis::now().0;
+        self.last = if now > self.last.ms {
+            StreamPosition { ms: now, seq: 0 }
+        } else {
+            StreamPosition {
+                ms: self.last.ms,
+                seq: self.last.seq + 1,
+            }
+        };
         self.queue.push_back(Event {
             campaign_id: campaign.clone(),
-            position: StreamPosition {
-                ms: 0,
-                seq: self.last_seq,
-            },
+            position: self.last,
             at,
             change,
         });
@@ -52,6 +59,24 @@ impl Outbox {
 
     pub fn ack(&mut self, position: &StreamPosition) {
         self.in_flight.remove(position);
+    }
+
+    /// The position of the last event appended.
+    pub fn last(&self) -> StreamPosition {
+        self.last
+    }
+
+    /// Whether every event up to `position` is acknowledged.
+    pub fn acknowledged_through(&self, position: StreamPosition) -> bool {
+        let first_waiting = self
+            .in_flight
+            .keys()
+            .next()
+            .copied()
+            .into_iter()
+            .chain(self.queue.front().map(|e| e.position))
+            .min();
+        first_waiting.is_none_or(|first| first > position)
     }
 
     /// (events not acknowledged, of them handed out, when the oldest happened)

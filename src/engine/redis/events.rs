@@ -188,4 +188,65 @@ impl<C: Connection> EventLog for RedisEngine<C> {
         let () = pipe.query_async(&mut self.background()).await?;
         Ok(())
     }
+
+    async fn acknowledged(&self, group: &str, campaign: &CampaignId) -> Result<(), EngineError> {
+        let stream = self.keys(campaign).events();
+        // The newest entry now; everything up to it must leave the group's pending list
+        // after the group has been handed it.
+        let newest: redis::Value = redis::cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.background())
+            .await?;
+        let Some(target) = first_entry_id(&newest) else {
+            return Ok(());
+        };
+        loop {
+            let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut self.background())
+                .await?;
+            let delivered = groups
+                .iter()
+                .find(|g| {
+                    g.get("name")
+                        .and_then(|n| redis::from_redis_value::<String>(n).ok())
+                        .as_deref()
+                        == Some(group)
+                })
+                .and_then(|g| g.get("last-delivered-id"))
+                .and_then(|id| redis::from_redis_value::<String>(id).ok())
+                .and_then(|id| StreamPosition::parse(&id));
+            if delivered.is_some_and(|d| d >= target) {
+                let pending: redis::Value = redis::cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(group)
+                    .arg("-")
+                    .arg(target.to_string())
+                    .arg(1)
+                    .query_async(&mut self.background())
+                    .await?;
+                if matches!(&pending, redis::Value::Array(entries) if entries.is_empty()) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The id of the first entry of an `XRANGE`-shaped reply.
+fn first_entry_id(reply: &redis::Value) -> Option<StreamPosition> {
+    let redis::Value::Array(entries) = reply else {
+        return None;
+    };
+    let Some(redis::Value::Array(entry)) = entries.first() else {
+        return None;
+    };
+    let id: String = redis::from_redis_value(entry.first()?).ok()?;
+    StreamPosition::parse(&id)
 }

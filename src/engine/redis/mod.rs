@@ -33,6 +33,15 @@ pub trait Connection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static
 
 impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Connection for T {}
 
+/// The longest a command waits for Redis's answer.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The longest one connection attempt waits.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The pause between two connection attempts.
+const RECONNECT_DELAY_MS: u64 = 50;
+
 /// The campaign index as read, and when.
 type CachedIds = (Instant, Vec<CampaignId>);
 
@@ -68,12 +77,21 @@ impl RedisEngine {
     }
 
     /// Like [`RedisEngine::connect`], with every key under `namespace`.
+    ///
+    /// Sized to fail fast and come back fast: a command waits at most [`RESPONSE_TIMEOUT`];
+    /// a reconnection tries [`CONNECT_TIMEOUT`] at a time, twice, [`RECONNECT_DELAY_MS`]
+    /// apart, so while Redis is down every request is answered within about a second, and
+    /// the first request after Redis returns reconnects (the manager's default backoff grew to
+    /// seconds and held every request behind it for up to ~100 s).
     pub async fn connect_in(url: &str, namespace: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_exponent_base(1)
+            .set_factor(RECONNECT_DELAY_MS)
+            .set_max_delay(RECONNECT_DELAY_MS);
         let connection = client
             .get_connection_manager_with_config(config.clone())
             .await?;

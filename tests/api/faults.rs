@@ -1,0 +1,397 @@
+//! Faults of the real servers: `redis-server` processes this file starts, kills (SIGKILL) and
+//! restarts, and the `flashsale` binary itself killed or stopped mid-burst on the embedded
+//! engine. Each fault is repeated: where it lands in the service's cycle changes the outcome.
+
+use crate::helpers::{spawn_app_with, unique_id, Backend};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private `redis-server` on a loopback port, with its own directory.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    appendonly: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one; `appendonly`: AOF with `appendfsync always` (what survives a kill).
+    pub fn start(appendonly: bool) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("redis"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            appendonly,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye to clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--dir"])
+            .arg(&self.dir)
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/ensure-services installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn within<T>(limit: Duration, what: &str, call: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(limit * 3, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in {:?}", limit * 3));
+    let took = started.elapsed();
+    assert!(
+        took <= limit,
+        "{what}: answered after {took:?}, more than {limit:?}"
+    );
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_for_seconds_answers_within_a_second_and_recovers_within_a_second() {
+    let mut redis = RedisServer::start(true);
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_url = Some(url)).await;
+    let id = app.campaign(10_000, 10_000, json!({})).await;
+    assert_eq!(app.reserve(&id, "before", 1).await.status(), 201);
+    let second = Duration::from_millis(1500);
+    for round in 0..3 {
+        redis.kill();
+        let down = Instant::now();
+        let mut attempts = 0;
+        while down.elapsed() < Duration::from_secs(3) {
+            let user = format!("down-{round}-{attempts}");
+            let answer = within(
+                second,
+                "reserve while Redis is down",
+                app.reserve(&id, &user, 1),
+            )
+            .await;
+            assert_eq!(answer.status(), 503, "round {round}");
+            assert!(answer.headers().contains_key("retry-after"));
+            let problem: Value = answer.json().await.expect("problem+json");
+            assert_eq!(problem["code"], "engine_unavailable", "{problem}");
+            let ready = within(second, "readyz while Redis is down", async {
+                app.client
+                    .get(app.url("/readyz"))
+                    .send()
+                    .await
+                    .expect("answers")
+            })
+            .await;
+            assert_eq!(ready.status(), 503);
+            let availability = within(
+                second,
+                "availability while Redis is down",
+                app.availability(&id),
+            )
+            .await;
+            assert!(
+                matches!(
+                    availability.status(),
+                    StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE
+                ),
+                "availability answered {}",
+                availability.status()
+            );
+            attempts += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        redis.restart();
+        let back = Instant::now();
+        loop {
+            let user = format!("back-{round}-{}", back.elapsed().as_millis());
+            let answer = within(
+                second,
+                "reserve after Redis returned",
+                app.reserve(&id, &user, 1),
+            )
+            .await;
+            if answer.status() == 201 {
+                break;
+            }
+            assert_eq!(answer.status(), 503, "only 503 while reconnecting");
+            assert!(
+                back.elapsed() < Duration::from_secs(2),
+                "round {round}: still not serving {:?} after Redis returned",
+                back.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_url_pointing_at_nothing_fails_start_up_within_seconds_naming_the_host() {
+    let port = free_port();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .env("FLASHSALE_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .env("FLASHSALE_LISTEN", "127.0.0.1:0")
+        .env(
+            "FLASHSALE_SQLITE_PATH",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.db", unique_id("badurl"))),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+/// The `flashsale` binary on the embedded engine and a SQLite file, as a process.
+struct Service {
+    child: Child,
+    address: String,
+}
+
+const ADMIN: &str = "fault-admin";
+const STORE: &str = "fault-store";
+
+impl Service {
+    fn start(sqlite: &str, port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHSALE_SQLITE_PATH", sqlite)
+            .env("FLASHSALE_ADMIN_TOKENS", ADMIN)
+            .env("FLASHSALE_STORE_TOKENS", STORE)
+            .env("FLASHSALE_JWT_SECRET", "fault-secret")
+            .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
+            .env_remove("FLASHSALE_REDIS_URL")
+            .env_remove("FLASHSALE_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary runs");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        // Logs share stdout with the banner; the banner says the listener is bound.
+        let banner = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.contains("flashsale listening"));
+        assert!(banner.is_some(), "the service printed no banner");
+        // Keep draining stdout so the service never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Service {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    fn wait(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the service did not stop in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Kill,
+    Terminate,
+}
+
+/// Reserves until told to stop; every 201's reservation id is recorded.
+async fn burst(
+    client: reqwest::Client,
+    address: String,
+    campaign: String,
+    worker: usize,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    stop_after: Instant,
+) {
+    let mut n = 0;
+    while Instant::now() < stop_after {
+        n += 1;
+        let answer = client
+            .post(format!("{address}/v1/campaigns/{campaign}/reservations"))
+            .bearer_auth(STORE)
+            .header("Idempotency-Key", format!("w{worker}-{n}"))
+            .json(&json!({"user_id": format!("u{worker}-{n}")}))
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        if answer.status() == 201 {
+            if let Ok(body) = answer.json::<Value>().await {
+                if let Some(id) = body["id"].as_str() {
+                    acknowledged
+                        .lock()
+                        .expect("not poisoned")
+                        .push(id.to_owned());
+                }
+            }
+        }
+    }
+}
+
+async fn embedded_engine_loses_no_acknowledged_reservation(stop: Stop) {
+    let sqlite = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}.db", unique_id("fault")))
+        .to_string_lossy()
+        .into_owned();
+    let port = free_port();
+    let client = reqwest::Client::new();
+    let campaign = unique_id("c").to_lowercase();
+    let stock = 1_000_000;
+    let mut service = Service::start(&sqlite, port);
+    let created = client
+        .post(format!("{}/v1/campaigns", service.address))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": stock, "per_user_limit": 1}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(created.status(), 201);
+    for round in 0..3 {
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let stop_after = Instant::now() + Duration::from_secs(5);
+        let workers: Vec<_> = (0..32)
+            .map(|w| {
+                tokio::spawn(burst(
+                    client.clone(),
+                    service.address.clone(),
+                    campaign.clone(),
+                    round * 100 + w,
+                    Arc::clone(&acknowledged),
+                    stop_after,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        match stop {
+            Stop::Kill => {
+                let _ = service.child.kill();
+            }
+            Stop::Terminate => service.terminate(),
+        }
+        service.wait(Duration::from_secs(30));
+        for worker in workers {
+            worker.await.expect("no panic");
+        }
+        let acknowledged = acknowledged.lock().expect("not poisoned").clone();
+        assert!(
+            !acknowledged.is_empty(),
+            "round {round}: the burst got no 201 before the stop"
+        );
+        service = Service::start(&sqlite, port);
+        let mut lost = Vec::new();
+        for id in &acknowledged {
+            let answer = client
+                .get(format!("{}/v1/reservations/{id}", service.address))
+                .bearer_auth(STORE)
+                .send()
+                .await
+                .expect("answers");
+            if answer.status() != 200 {
+                lost.push(format!("{id} ({})", answer.status()));
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "{stop:?} round {round}: {} of {} acknowledged reservations lost (in {sqlite}), e.g. {:?}",
+            lost.len(),
+            acknowledged.len(),
+            &lost[..lost.len().min(3)]
+        );
+        let state: Value = client
+            .get(format!("{}/v1/campaigns/{campaign}", service.address))
+            .bearer_auth(STORE)
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        let held = state["held"].as_u64().expect("held");
+        let unique: HashSet<&String> = acknowledged.iter().collect();
+        assert!(held >= unique.len() as u64, "{state}");
+        assert_eq!(
+            state["available"].as_u64().expect("available") + held,
+            stock,
+            "conservation after restart: {state}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_engine_killed_mid_burst_loses_no_acknowledged_reservation() {
+    embedded_engine_loses_no_acknowledged_reservation(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_engine_terminated_mid_burst_loses_no_acknowledged_reservation() {
+    embedded_engine_loses_no_acknowledged_reservation(Stop::Terminate).await;
+}
