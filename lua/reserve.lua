@@ -2,12 +2,13 @@
 -- kind, window, stock, per-user limit (see src/engine/mod.rs for why).
 -- KEYS[1]  campaign hash (config, counters, `u:<user>` counts, `k:<key>` idempotency records)
 -- KEYS[2]  expiry list     KEYS[3]  the new reservation's hash     KEYS[4] event stream
+-- KEYS[5]  records list (every idempotency record in creation order, for the sold-out gate)
 -- ARGV[1]  now (ms)   ARGV[2] user id   ARGV[3] quantity   ARGV[4] scoped idempotency key
 -- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
 -- returns  {'reserved', created, expires, available}
 --        | {'replay', id, user, quantity, created, expires}
 --        | {'key_reused'} | {refusal code}
--- Five redis.calls on success, one on a refusal: every read the decision needs is one HMGET
+-- Six redis.calls on success, one on a refusal: every read the decision needs is one HMGET
 -- of the campaign hash, and the campaign's side of the change is one HSET.
 local key, user = 'k:' .. ARGV[4], 'u:' .. ARGV[2]
 local c = redis.call('HMGET', KEYS[1], 'kind', 'starts', 'ends', 'limit', 'hold', 'available',
@@ -40,5 +41,6 @@ redis.call('HSET', KEYS[1], 'available', available - quantity, 'held', tonumber(
 redis.call('HSET', KEYS[3], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
   'created', now, 'expires', expires)
 redis.call('RPUSH', KEYS[2], ARGV[6])
+redis.call('RPUSH', KEYS[5], ARGV[4] .. US .. ARGV[6] .. '|' .. ARGV[5])
 emit_values(KEYS[4], now, ARGV[6], ARGV[2], quantity, 'held', now, expires, '', ARGV[4], ARGV[5])
 return {'reserved', now, expires, available - quantity}

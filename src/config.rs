@@ -89,6 +89,19 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
 
+    /// A request's headers must arrive within this many milliseconds of the connection
+    /// waiting for them (an idle keep-alive connection is closed after it too).
+    #[arg(
+        long,
+        env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// A request's body must arrive within this many milliseconds of its headers; 408 after.
+    #[arg(long, env = "FLASHSALE_BODY_READ_TIMEOUT_MS", default_value_t = 2_000)]
+    pub body_read_timeout_ms: u64,
+
     /// How often the reaper looks for expired holds, in milliseconds.
     #[arg(long, env = "FLASHSALE_REAPER_INTERVAL_MS", default_value_t = 250)]
     pub reaper_interval_ms: u64,

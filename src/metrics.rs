@@ -68,7 +68,7 @@ pub const SCRIPT_NAMES: &[&str] = &[
     "confirm",
     "cancel",
     "expire",
-    "sold_out_snapshot",
+    "sold_out_records",
     "open_group",
     "join_group",
     "read_group",

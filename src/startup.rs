@@ -32,6 +32,7 @@ pub struct Application {
     /// The engine's event log, for the persister and the backlog sample.
     events: Arc<dyn EventLog>,
     credentials: Credentials,
+    serve: http::serve::ServeSettings,
 }
 
 /// The credentials the service accepts, with the generated ones marked so they can be shown.
@@ -143,6 +144,7 @@ impl Application {
         });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms.max(1)),
             max_in_flight: config.max_in_flight.max(1),
             request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         };
@@ -162,6 +164,9 @@ impl Application {
             persister,
             events: backends.events,
             credentials,
+            serve: http::serve::ServeSettings {
+                header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            },
         })
     }
 
@@ -212,22 +217,28 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         let workers = self.spawn_workers(&shutdown);
+        let serve_settings = self.serve;
         let metrics_server = match (self.metrics_listener, self.metrics_router) {
             (Some(listener), Some(router)) => {
                 let mut stopped = shutdown.clone();
                 Some(tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stopped.recv().await })
-                        .await
+                    http::serve::serve(listener, router, serve_settings, async move {
+                        stopped.recv().await
+                    })
+                    .await
                 }))
             }
             _ => None,
         };
         // HTTP first: in-flight requests finish (with the embedded engine they wait for the
         // persister's commit), then the workers stop and the persister drains.
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(signal_then_log(stop))
-            .await;
+        http::serve::serve(
+            self.listener,
+            self.router,
+            self.serve,
+            signal_then_log(stop),
+        )
+        .await;
         trigger.trigger();
         for worker in workers {
             if let Err(error) = worker.await {
@@ -235,9 +246,9 @@ impl Application {
             }
         }
         if let Some(server) = metrics_server {
-            server.await.context("metrics listener task")??;
+            server.await.context("metrics listener task")?;
         }
-        served.context("serving HTTP")
+        Ok(())
     }
 
     fn spawn_workers(&self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {

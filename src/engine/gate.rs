@@ -3,7 +3,7 @@
 //!
 //! Correctness rests on one fact: while `available == 0`, no reservation can be created. The
 //! gate is armed only with a snapshot of the campaign's idempotency records read *atomically*
-//! with `available == 0` ([`Engine::sold_out_snapshot`]), so a retried request whose first try
+//! with `available == 0` ([`GateReads::sold_out_records`]), so a retried request whose first try
 //! succeeded still gets its reservation back (a replay), a reused key still gets `KeyReused`,
 //! and everything else gets exactly the refusal the engine would give. The gate is disarmed
 //! at once on this node when it returns units (cancel, expiry, restock), and on every node by
@@ -20,16 +20,29 @@ use crate::domain::{
 use crate::metrics as m;
 use async_trait::async_trait;
 use dashmap::DashMap;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// The idempotency records of a sold-out campaign, read atomically with `available == 0`:
-/// scoped key → (reservation id, fingerprint). While the campaign stays sold out no
-/// reservation can be created, so this map answers every retry without asking the engine.
-pub type IdempotencySnapshot = HashMap<String, (ReservationId, String)>;
+/// Idempotency records of a campaign, in the order they were created, from position
+/// `from` on: what [`GateReads::sold_out_records`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordsSince {
+    /// How many records the campaign has in all.
+    pub total: u64,
+    /// Records `from..total`: (scoped key, reservation id, fingerprint).
+    pub records: Vec<(String, ReservationId, String)>,
+}
+
+/// A campaign's idempotency records as this node knows them: the first `count` records in
+/// creation order, scoped key → (reservation id, fingerprint). Records never change once
+/// made, so the map is kept across armings and only the new ones are read each time.
+#[derive(Default)]
+struct KnownRecords {
+    map: DashMap<String, (ReservationId, String)>,
+    count: AtomicU64,
+}
 
 /// What [`GateReads::probe`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +56,18 @@ pub struct Probe {
 /// The reads the gate needs from an engine, beyond [`Engine`]'s.
 #[async_trait]
 pub trait GateReads: Send + Sync + 'static {
-    /// `None` while the campaign has units (or does not exist); its idempotency records,
-    /// read atomically with `available == 0`, once it has none.
-    async fn sold_out_snapshot(
+    /// `None` while the campaign has units (or does not exist). Once it has none: its
+    /// idempotency records from position `from` on (creation order), at most `limit`, read
+    /// atomically with `available == 0` and the `total`. Records never change once made, so
+    /// a reader may collect older pages in earlier calls; the call that returns the tail
+    /// proves the whole set. Re-arming after a cancel reads one record, not all of them.
+    /// `total < from` means the records were rebuilt: read again from 0.
+    async fn sold_out_records(
         &self,
         campaign: &CampaignId,
-    ) -> Result<Option<IdempotencySnapshot>, EngineError>;
+        from: u64,
+        limit: u64,
+    ) -> Result<Option<RecordsSince>, EngineError>;
 
     /// `available` and the idempotency record count, in one cheap read; `None` if the
     /// campaign does not exist.
@@ -64,8 +83,14 @@ impl<T: Engine + GateReads> GatedEngine for T {}
 #[derive(Clone)]
 pub struct Gated {
     inner: Arc<dyn GatedEngine>,
-    /// Armed gates: campaigns this node knows to be sold out, with their idempotency records.
-    sold_out: Arc<DashMap<CampaignId, Arc<IdempotencySnapshot>>>,
+    /// Armed gates: campaigns this node knows to be sold out, with how many idempotency
+    /// records they had then (all of them are in `records`).
+    sold_out: Arc<DashMap<CampaignId, u64>>,
+    /// The idempotency records this node has read per campaign, kept across armings.
+    records: Arc<DashMap<CampaignId, Arc<KnownRecords>>>,
+    /// When this node last armed each campaign: arming is rate-limited to one per
+    /// [`Gated::ARM_INTERVAL`], so a cancel/reserve loop cannot make it read in a loop.
+    last_arming: Arc<DashMap<CampaignId, Instant>>,
     /// Campaign config by id. Only `stock` ever changes after creation, and nothing here reads
     /// `stock` from the cache, so entries never go stale.
     config: Arc<DashMap<CampaignId, Campaign>>,
@@ -79,13 +104,27 @@ impl Gated {
     /// units stay invisible here.
     pub const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
+    /// At most one arming per campaign per this long, on each node.
+    pub const ARM_INTERVAL: Duration = Duration::from_millis(100);
+
+    /// Records read per engine call while arming: one call stays far below a millisecond of
+    /// Redis time however many records a campaign has (30,000 in one call took 24 ms).
+    pub const RECORDS_PAGE: u64 = 1_000;
+
     pub fn new(inner: Arc<dyn GatedEngine>) -> Self {
         Gated {
             inner,
             sold_out: Arc::default(),
+            records: Arc::default(),
+            last_arming: Arc::default(),
             config: Arc::default(),
             returns: Arc::default(),
         }
+    }
+
+    /// Whether this node has seen the campaign exist (its config is cached).
+    pub fn knows(&self, id: &CampaignId) -> bool {
+        self.config.contains_key(id)
     }
 
     /// Whether this node currently answers `sold_out` for the campaign on its own.
@@ -97,7 +136,7 @@ impl Gated {
     pub async fn refresh(&self) -> Result<(), EngineError> {
         let armed: Vec<CampaignId> = self.sold_out.iter().map(|e| e.key().clone()).collect();
         for id in armed {
-            let records = self.sold_out.get(&id).map(|s| s.len() as u64);
+            let records = self.sold_out.get(&id).map(|count| *count);
             let still_sold_out = self.inner.probe(&id).await?.is_some_and(|probe| {
                 probe.available == 0 && Some(probe.idempotency_records) == records
             });
@@ -143,19 +182,29 @@ impl Gated {
         Ok(self.campaign(id).await?.map(|state| state.campaign))
     }
 
-    /// Arms the gate in the background if the campaign really is sold out.
+    /// Arms the gate in the background if the campaign really is sold out (at most once
+    /// per [`Gated::ARM_INTERVAL`]).
     fn arm(&self, id: &CampaignId) {
         if self.sold_out.contains_key(id) {
             return;
         }
+        let now = Instant::now();
+        let recent = self
+            .last_arming
+            .get(id)
+            .is_some_and(|at| now.duration_since(*at) < Self::ARM_INTERVAL);
+        if recent {
+            return;
+        }
+        self.last_arming.insert(id.clone(), now);
         let gate = self.clone();
         let id = id.clone();
         let returns_before = self.returns.load(Ordering::SeqCst);
         tokio::spawn(async move {
-            match gate.inner.sold_out_snapshot(&id).await {
-                Ok(Some(snapshot)) => {
+            match gate.read_records(&id).await {
+                Ok(Some(count)) => {
                     if gate.returns.load(Ordering::SeqCst) == returns_before {
-                        gate.sold_out.insert(id.clone(), Arc::new(snapshot));
+                        gate.sold_out.insert(id.clone(), count);
                         // Units returned while inserting? Then the insert must not stand.
                         if gate.returns.load(Ordering::SeqCst) != returns_before {
                             gate.sold_out.remove(&id);
@@ -170,23 +219,57 @@ impl Gated {
         });
     }
 
+    /// Brings this node's records of a sold-out campaign up to date, reading only the new
+    /// ones; `Some(count)` of records if the campaign is sold out.
+    async fn read_records(&self, id: &CampaignId) -> Result<Option<u64>, EngineError> {
+        let known = Arc::clone(self.records.entry(id.clone()).or_default().value());
+        let mut from = known.count.load(Ordering::SeqCst);
+        loop {
+            let page = self.inner.sold_out_records(id, from, Self::RECORDS_PAGE);
+            let Some(since) = page.await? else {
+                return Ok(None);
+            };
+            if since.total < from {
+                // The records were rebuilt (Redis lost the campaign): start over.
+                known.map.clear();
+                known.count.store(0, Ordering::SeqCst);
+                from = 0;
+                continue;
+            }
+            let read = since.records.len() as u64;
+            for (key, reservation, fingerprint) in since.records {
+                known.map.insert(key, (reservation, fingerprint));
+            }
+            from += read;
+            known.count.store(from, Ordering::SeqCst);
+            if from >= since.total {
+                // This call returned the tail with `available == 0`: the set is whole.
+                return Ok(Some(since.total));
+            }
+        }
+    }
+
     /// Units came back to the campaign through this node: disarm its gate.
     fn units_returned(&self, id: &CampaignId) {
         self.returns.fetch_add(1, Ordering::SeqCst);
         self.sold_out.remove(id);
     }
 
-    /// What the engine would answer a campaign that is sold out, from the snapshot alone.
+    /// What the engine would answer a campaign that is sold out, from the records alone.
     async fn answer_sold_out(
         &self,
         request: &ReserveRequest,
-        snapshot: &IdempotencySnapshot,
+        records: &KnownRecords,
     ) -> Result<ReserveOutcome, EngineError> {
-        if let Some((id, fingerprint)) = snapshot.get(request.idempotency_key.as_str()) {
+        let seen = records
+            .map
+            .get(request.idempotency_key.as_str())
+            .map(|record| record.value().clone());
+        if let Some((id, fingerprint)) = seen {
             if *fingerprint != request.fingerprint {
                 return Ok(ReserveOutcome::KeyReused);
             }
-            return match self.inner.reservation(id).await? {
+            return match self.inner.reservation(&id).await? {
                 Some(reservation) => Ok(ReserveOutcome::Replayed(Reservation {
                     status: ReservationStatus::Held,
                     group_id: None,
@@ -260,15 +343,20 @@ impl Engine for Gated {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        let snapshot = self
+        let records = self
             .sold_out
-            .get(&request.campaign_id)
-            .map(|gate| Arc::clone(gate.value()));
-        if let Some(snapshot) = snapshot {
+            .contains_key(&request.campaign_id)
+            .then(|| {
+                self.records
+                    .get(&request.campaign_id)
+                    .map(|r| Arc::clone(r.value()))
+            })
+            .flatten();
+        if let Some(records) = records {
             if !self.config.contains_key(&request.campaign_id) {
                 self.campaign(&request.campaign_id).await?;
             }
-            return self.answer_sold_out(request, &snapshot).await;
+            return self.answer_sold_out(request, &records).await;
         }
         let outcome = self
             .inner

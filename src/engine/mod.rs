@@ -30,7 +30,7 @@ pub mod memory;
 pub mod redis;
 
 pub use self::redis::RedisEngine;
-pub use gate::{GateReads, Gated, GatedEngine, IdempotencySnapshot, Probe};
+pub use gate::{GateReads, Gated, GatedEngine, Probe, RecordsSince};
 pub use memory::MemoryEngine;
 
 use crate::domain::{

@@ -60,6 +60,8 @@ impl Auth {
         }
         let mut jwt_validation = Validation::new(Algorithm::HS256);
         jwt_validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token is not valid before its `nbf` either (when it carries one).
+        jwt_validation.validate_nbf = true;
         Auth {
             service_tokens,
             jwt_key: DecodingKey::from_secret(jwt_secret.as_bytes()),

@@ -34,6 +34,9 @@ pub enum ApiError {
         "the request body is larger than this service accepts (see FLASHSALE_BODY_LIMIT_BYTES)"
     )]
     PayloadTooLarge,
+    /// 408: the body did not arrive in time (shorter than its `Content-Length`, or slow).
+    #[error("the request body did not arrive in time; send it whole with the headers")]
+    BodyTimeout,
     /// 400: a creating POST without `Idempotency-Key`.
     #[error("this request creates something, so it needs an Idempotency-Key header")]
     IdempotencyKeyRequired,
@@ -143,6 +146,7 @@ impl ApiError {
                 "payload_too_large",
                 "Payload too large",
             ),
+            ApiError::BodyTimeout => (S::REQUEST_TIMEOUT, "body_timeout", "Request body timeout"),
             ApiError::IdempotencyKeyRequired => (
                 S::BAD_REQUEST,
                 "idempotency_key_required",

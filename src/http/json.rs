@@ -7,6 +7,9 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
+/// Without [`super::BodyRules`] (a router built without its middleware).
+const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A JSON request body. An empty body reads as `{}`, so endpoints whose fields are all
 /// optional need none.
 pub struct JsonBody<T>(pub T);
@@ -28,8 +31,13 @@ where
                 let mime = mime.trim().to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             });
-        let bytes = Bytes::from_request(request, state)
+        let read_timeout = request
+            .extensions()
+            .get::<super::BodyRules>()
+            .map_or(DEFAULT_READ_TIMEOUT, |rules| rules.read_timeout);
+        let bytes = tokio::time::timeout(read_timeout, Bytes::from_request(request, state))
             .await
+            .map_err(|_| ApiError::BodyTimeout)?
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge

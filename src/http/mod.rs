@@ -13,6 +13,7 @@ mod health;
 mod json;
 mod openapi;
 mod reservations;
+pub mod serve;
 
 use crate::metrics as m;
 use crate::pipeline::recovery::Recovering;
@@ -73,6 +74,8 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub body_limit_bytes: usize,
+    /// A body must arrive within this long of its headers.
+    pub body_read_timeout: Duration,
     pub max_in_flight: usize,
     pub request_timeout: Duration,
 }
@@ -125,10 +128,17 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .load_shed()
         .concurrency_limit(settings.max_in_flight)
         .timeout(settings.request_timeout);
+    let body = BodyRules {
+        limit_bytes: settings.body_limit_bytes,
+        read_timeout: settings.body_read_timeout,
+    };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn(move |request, next| {
+            check_body(body, request, next)
+        }))
         .layer(limits)
         .layer(middleware::from_fn(track_metrics))
         // One span per request (debug level, so nothing is logged per successful request at
@@ -161,6 +171,30 @@ impl MakeRequestId for MakeRequestUlid {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// What a request body must keep to.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    pub limit_bytes: usize,
+    /// How long the body may take to arrive ([`json::JsonBody`] reads it under this).
+    pub read_timeout: Duration,
+}
+
+/// A `Content-Length` over the limit is refused before a byte of the body is read (413 at
+/// once, not after the client sent it all or gave up); the rules ride along for the body
+/// extractor.
+async fn check_body(rules: BodyRules, mut request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > rules.limit_bytes as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    request.extensions_mut().insert(rules);
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

@@ -76,8 +76,11 @@ fn created(reservation: Reservation, replayed: bool) -> Response {
     creating::created(location, ReservationView::from(reservation), replayed)
 }
 
-fn count_attempt(campaign: &CampaignId, outcome: &'static str) {
-    metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => campaign.to_string(), "outcome" => outcome)
+/// Counts an attempt. The `campaign` label names only campaigns known to exist, so random
+/// ids cannot grow `/metrics` by a series each: the rest count as `unknown`.
+fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
+    let campaign = campaign.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => campaign, "outcome" => outcome)
         .increment(1);
 }
 
@@ -103,9 +106,10 @@ pub async fn reserve(
     let user_id = creating::acting_user(&caller, body.user_id)?;
     let quantity =
         Quantity::parse(body.quantity.unwrap_or(1)).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    state
-        .check_user_rate(user_id.as_str())
-        .inspect_err(|_| count_attempt(&campaign_id, "rate_limited"))?;
+    state.check_user_rate(user_id.as_str()).inspect_err(|_| {
+        let known = state.engine.gated().knows(&campaign_id);
+        count_attempt(known.then_some(&campaign_id), "rate_limited")
+    })?;
     let request = ReserveRequest::new(
         campaign_id,
         user_id,
@@ -115,19 +119,20 @@ pub async fn reserve(
     );
     match state.engine.reserve(&request).await? {
         ReserveOutcome::Reserved { reservation, .. } => {
-            count_attempt(&request.campaign_id, "reserved");
+            count_attempt(Some(&request.campaign_id), "reserved");
             Ok(created(reservation, false))
         }
         ReserveOutcome::Replayed(reservation) => {
-            count_attempt(&request.campaign_id, "replayed");
+            count_attempt(Some(&request.campaign_id), "replayed");
             Ok(created(reservation, true))
         }
         ReserveOutcome::KeyReused => {
-            count_attempt(&request.campaign_id, "idempotency_key_reused");
+            count_attempt(Some(&request.campaign_id), "idempotency_key_reused");
             Err(ApiError::IdempotencyKeyReused)
         }
         ReserveOutcome::Refused(refusal) => {
-            count_attempt(&request.campaign_id, refusal.code());
+            let exists = refusal != Refusal::CampaignNotFound;
+            count_attempt(exists.then_some(&request.campaign_id), refusal.code());
             Err(ApiError::refused(refusal))
         }
     }

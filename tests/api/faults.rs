@@ -395,3 +395,123 @@ async fn embedded_engine_killed_mid_burst_loses_no_acknowledged_reservation() {
 async fn embedded_engine_terminated_mid_burst_loses_no_acknowledged_reservation() {
     embedded_engine_loses_no_acknowledged_reservation(Stop::Terminate).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_arming_the_sold_out_gate_never_blocks_redis() {
+    use flashsale::domain::{IdempotencyKey, Millis, Quantity, ScopedKey, UserId};
+    use flashsale::engine::{
+        CampaignSnapshot, CancelScope, Engine, Gated, RedisEngine, ReserveOutcome, ReserveRequest,
+    };
+    let redis = RedisServer::start(false);
+    let engine = RedisEngine::connect_in(&redis.url(), "gate")
+        .await
+        .expect("connects");
+    let gated = Gated::new(Arc::new(engine.clone()));
+    let stock = 30_000u64;
+    let campaign = flashsale::domain::Campaign::parse(
+        flashsale::domain::CampaignDraft {
+            id: Some(unique_id("gate").to_lowercase()),
+            kind: "flash_sale".into(),
+            sku: "s".into(),
+            stock,
+            per_user_limit: Some(1),
+            starts_at: None,
+            ends_at: None,
+            hold_seconds: Some(900),
+            group: None,
+        },
+        Millis::now(),
+    )
+    .expect("valid");
+    assert!(engine
+        .load_campaign(CampaignSnapshot::fresh(&campaign))
+        .await
+        .expect("loads"));
+    let attempt = |n: u64| {
+        let key = IdempotencyKey::parse(&format!("k{n}")).expect("valid");
+        ReserveRequest::new(
+            campaign.id.clone(),
+            UserId::parse(&format!("u{n}")).expect("valid"),
+            Quantity::ONE,
+            ScopedKey::new("s/test", "reserve", &key),
+            Millis::now(),
+        )
+    };
+    let fillers: Vec<_> = (0..32u64)
+        .map(|worker| {
+            let engine = engine.clone();
+            let requests: Vec<ReserveRequest> =
+                (worker + 1..stock).step_by(32).map(attempt).collect();
+            tokio::spawn(async move {
+                for request in requests {
+                    engine.reserve(&request).await.expect("answers");
+                }
+            })
+        })
+        .collect();
+    for filler in fillers {
+        filler.await.expect("no panic");
+    }
+    // The last unit, kept so it can be cancelled.
+    let mut victim = attempt(0);
+    let last = engine.reserve(&victim).await.expect("answers");
+    assert!(
+        matches!(last, ReserveOutcome::Reserved { available: 0, .. }),
+        "{last:?}"
+    );
+    let mut admin = redis::Client::open(redis.url())
+        .expect("valid URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(20_000)
+        .query_async(&mut admin)
+        .await
+        .expect("configures");
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .expect("resets");
+    // A user cancels and reserves again, ten times: every sold-out refusal after it re-arms.
+    let mut next = stock;
+    for _ in 0..10 {
+        gated
+            .cancel(
+                &victim.reservation_id,
+                CancelScope::HeldOrConfirmed,
+                Millis::now(),
+            )
+            .await
+            .expect("answers");
+        next += 1;
+        victim = attempt(next);
+        let outcome = gated.reserve(&victim).await.expect("answers");
+        assert!(
+            matches!(outcome, ReserveOutcome::Reserved { available: 0, .. }),
+            "{outcome:?}"
+        );
+        next += 1;
+        let refused = gated.reserve(&attempt(next)).await.expect("answers");
+        assert!(matches!(refused, ReserveOutcome::Refused(_)), "{refused:?}");
+        tokio::time::sleep(Gated::ARM_INTERVAL).await;
+        let armed = Instant::now();
+        while !gated.is_sold_out(&campaign.id) {
+            assert!(armed.elapsed() < Duration::from_secs(5), "the gate re-arms");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The armed gate still answers a retry of the last reservation with its first outcome.
+    let replay = gated.reserve(&victim).await.expect("answers");
+    assert!(matches!(replay, ReserveOutcome::Replayed(ref r) if r.id == victim.reservation_id));
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100)
+        .query_async(&mut admin)
+        .await
+        .expect("reads");
+    assert!(slow.is_empty(), "commands over 20 ms: {slow:?}");
+}

@@ -3,6 +3,7 @@
 //! fail, never skip, when it is unreachable). One test binary; tests isolate themselves with
 //! fresh campaign ids.
 
+mod abuse;
 mod auth;
 mod campaigns;
 mod concurrency;

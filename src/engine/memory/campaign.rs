@@ -8,8 +8,8 @@ use crate::domain::{
     Reservation, ReservationId, ReservationStatus, ScopedKey, StockDelta, UserId, Window,
 };
 use crate::engine::{
-    CampaignSnapshot, CancelScope, EngineError, ReserveOutcome, ReserveRequest, StockOutcome,
-    Transition,
+    CampaignSnapshot, CancelScope, EngineError, RecordsSince, ReserveOutcome, ReserveRequest,
+    StockOutcome, Transition,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -23,6 +23,8 @@ pub struct Slot {
     pub users: HashMap<UserId, u64>,
     /// Idempotency key → (reservation id, fingerprint).
     pub idempotency: HashMap<String, (ReservationId, String)>,
+    /// The keys of `idempotency` in creation order, for the sold-out gate.
+    pub record_order: Vec<String>,
     pub reservations: HashMap<ReservationId, Reservation>,
     /// Held reservations by expiry, so the reaper finds due ones without a scan.
     pub expiries: BTreeSet<(Millis, ReservationId)>,
@@ -67,6 +69,7 @@ impl Slot {
             confirmed: 0,
             users: HashMap::new(),
             idempotency: HashMap::new(),
+            record_order: Vec::new(),
             reservations: HashMap::new(),
             expiries: BTreeSet::new(),
             outbox: Outbox::default(),
@@ -178,6 +181,26 @@ impl Slot {
                 idempotency: None,
             },
         );
+    }
+
+    /// At most `limit` idempotency records from position `from` on, in creation order.
+    pub fn records_since(&self, from: u64, limit: u64) -> RecordsSince {
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        RecordsSince {
+            total: self.record_order.len() as u64,
+            records: self
+                .record_order
+                .get(from..)
+                .unwrap_or_default()
+                .iter()
+                .take(limit)
+                .filter_map(|key| {
+                    let (id, fingerprint) = self.idempotency.get(key)?;
+                    Some((key.clone(), id.clone(), fingerprint.clone()))
+                })
+                .collect(),
+        }
     }
 
     /// Records a new hold — the reservation, its expiry, the user's units and its creating
@@ -327,6 +350,7 @@ impl Slot {
             request.idempotency_key.to_string(),
             (request.reservation_id.clone(), request.fingerprint.clone()),
         );
+        self.record_order.push(request.idempotency_key.to_string());
         let reservation = self.hold(NewHold {
             id: &request.reservation_id,
             user: &request.user_id,

@@ -14,8 +14,8 @@ mod outbox;
 
 use super::{
     Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventLog,
-    GateReads, GroupOutcome, GroupRequest, IdempotencySnapshot, Probe, ReserveOutcome,
-    ReserveRequest, StockOutcome, Transition,
+    GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince, ReserveOutcome, ReserveRequest,
+    StockOutcome, Transition,
 };
 use crate::domain::{
     CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
@@ -190,12 +190,14 @@ impl Engine for MemoryEngine {
 
 #[async_trait]
 impl GateReads for MemoryEngine {
-    async fn sold_out_snapshot(
+    async fn sold_out_records(
         &self,
         campaign: &CampaignId,
-    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
+        from: u64,
+        limit: u64,
+    ) -> Result<Option<RecordsSince>, EngineError> {
         Ok(self.with_slot(campaign, None, |slot| {
-            (slot.available == 0).then(|| slot.idempotency.clone())
+            (slot.available == 0).then(|| slot.records_since(from, limit))
         }))
     }
 

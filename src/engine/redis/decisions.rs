@@ -120,6 +120,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
             .key(keys.events())
             .key(keys.group_idempotency())
             .key(keys.group_expiries())
+            .key(keys.records())
             .arg(config.len() * 2)
             .arg(reservations.len())
             .arg(self.consumer_groups.len());
@@ -229,6 +230,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
             .key(keys.expiries())
             .key(keys.reservation(&request.reservation_id))
             .key(keys.events())
+            .key(keys.records())
             .arg(request.now.0)
             .arg(request.user_id.as_str())
             .arg(request.quantity.get())

@@ -12,13 +12,18 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// `v2`: the layout with per-user counts and idempotency records inside the campaign
-    /// hash and a list of holds. Campaigns kept under the first layout are invisible to
-    /// this one and are rebuilt from the database on first use (see `lua/README.md`).
+    /// `v3`: per-user counts and idempotency records inside the campaign hash, a list of
+    /// holds, a list of records for the sold-out gate, length-prefixed scoped keys.
+    /// Campaigns kept under an older layout are invisible to this one and are rebuilt from
+    /// the database on first use (see `lua/README.md`).
     pub fn of(namespace: &str, id: &CampaignId) -> Self {
         Keys {
-            campaign: format!("{namespace}:v2:{{c:{id}}}"),
+            campaign: format!("{namespace}:v3:{{c:{id}}}"),
         }
+    }
+
+    pub fn records(&self) -> String {
+        format!("{}:recs", self.campaign)
     }
 
     pub fn expiries(&self) -> String {

@@ -18,7 +18,7 @@ pub mod scripts;
 
 pub use keys::DEFAULT_NAMESPACE;
 
-use super::{Backend, EngineError, GateReads, IdempotencySnapshot, Probe, PERSISTER};
+use super::{Backend, EngineError, GateReads, Probe, RecordsSince, PERSISTER};
 use crate::domain::{CampaignId, ReservationId};
 use async_trait::async_trait;
 use keys::Keys;
@@ -195,32 +195,41 @@ impl<C: Connection> Backend for RedisEngine<C> {
 
 #[async_trait]
 impl<C: Connection> GateReads for RedisEngine<C> {
-    async fn sold_out_snapshot(
+    async fn sold_out_records(
         &self,
         campaign: &CampaignId,
-    ) -> Result<Option<IdempotencySnapshot>, EngineError> {
+        from: u64,
+        limit: u64,
+    ) -> Result<Option<RecordsSince>, EngineError> {
         let keys = self.keys(campaign);
         let reply: Vec<String> = self
             .scripts
-            .sold_out_snapshot
+            .sold_out_records
             .key(&keys.campaign)
-            .invoke_async(&mut self.timed("sold_out_snapshot"))
+            .key(keys.records())
+            .arg(from)
+            .arg(limit.max(1))
+            .invoke_async(&mut self.timed("sold_out_records"))
             .await?;
-        if reply.first().map(String::as_str) != Some("0") {
-            return Ok(None);
+        let corrupt = || EngineError::Corrupt(format!("sold-out records of {campaign}"));
+        match reply.as_slice() {
+            [sold_out, total, records @ ..] if sold_out == "0" => {
+                let mut since = RecordsSince {
+                    total: total.parse().map_err(|_| corrupt())?,
+                    records: Vec::with_capacity(records.len()),
+                };
+                for record in records {
+                    let (key, value) = record.split_once(codec::SEPARATOR).ok_or_else(corrupt)?;
+                    let (id, fingerprint) = value.split_once('|').ok_or_else(corrupt)?;
+                    let id = ReservationId::parse(id).map_err(|_| corrupt())?;
+                    since
+                        .records
+                        .push((key.to_owned(), id, fingerprint.to_owned()));
+                }
+                Ok(Some(since))
+            }
+            _ => Ok(None),
         }
-        let mut snapshot = IdempotencySnapshot::new();
-        for pair in reply[1..].chunks(2) {
-            let [key, value] = pair else {
-                return Err(EngineError::Corrupt("odd idempotency snapshot".into()));
-            };
-            let (id, fingerprint) = value
-                .split_once('|')
-                .and_then(|(id, fp)| Some((ReservationId::parse(id).ok()?, fp.to_owned())))
-                .ok_or_else(|| EngineError::Corrupt(format!("idempotency record {value:?}")))?;
-            snapshot.insert(key.clone(), (id, fingerprint));
-        }
-        Ok(Some(snapshot))
     }
 
     async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
