@@ -280,8 +280,18 @@ impl ScopedKey {
     /// `caller`: who sent it; `operation`: what it targets (`reserve`, `open`,
     /// `join:<group id>`, `stock:<campaign id>`).
     pub fn new(caller: &str, operation: &str, key: &IdempotencyKey) -> Self {
-        let scope = format!("{caller}/{operation}");
-        ScopedKey(format!("{}:{scope}/{}", scope.len(), key.as_str()))
+        // One allocation: this runs on every creating request.
+        let scope_len = caller.len() + 1 + operation.len();
+        let key = key.as_str();
+        let mut raw = String::with_capacity(8 + scope_len + key.len());
+        raw.push_str(&scope_len.to_string());
+        raw.push(':');
+        raw.push_str(caller);
+        raw.push('/');
+        raw.push_str(operation);
+        raw.push('/');
+        raw.push_str(key);
+        ScopedKey(raw)
     }
 
     /// A key as an engine or the database stored it.
