@@ -1,14 +1,24 @@
 -- Adds or withdraws units; never withdraws more than is available.
 -- KEYS[1]  campaign hash   KEYS[2] event stream
--- ARGV[1]  delta (integer, non-zero)
+-- ARGV[1]  delta (integer, non-zero)   ARGV[2] the caller's scoped idempotency key: a change
+--          is recorded in the campaign hash as `s:<key>` → `<delta>|<stock>|<available>`, so a
+--          retry answers the first outcome instead of changing the stock again
 -- The event's `at` is Redis's clock (TIME): a stock change decides nothing time-dependent.
--- returns  {'adjusted', stock, available} | {'insufficient', available} | {'not_found'}
-local c = redis.call('HMGET', KEYS[1], 'stock', 'available')
+-- returns  {'adjusted', stock, available} | {'replay', stock, available} | {'key_reused'}
+--        | {'insufficient', available} | {'not_found'}
+local key = 's:' .. ARGV[2]
+local c = redis.call('HMGET', KEYS[1], 'stock', 'available', key)
 if not c[1] then return {'not_found'} end
+if c[3] then
+  local first, stock, available = string.match(c[3], '^([^|]*)|([^|]*)|([^|]*)$')
+  if first ~= ARGV[1] then return {'key_reused'} end
+  return {'replay', stock, available}
+end
 local delta = tonumber(ARGV[1])
 local stock, available = tonumber(c[1]), tonumber(c[2])
 if available + delta < 0 then return {'insufficient', available} end
-redis.call('HSET', KEYS[1], 'stock', stock + delta, 'available', available + delta)
+redis.call('HSET', KEYS[1], 'stock', stock + delta, 'available', available + delta,
+  key, ARGV[1] .. '|' .. (stock + delta) .. '|' .. (available + delta))
 local t = redis.call('TIME')
 emit_stock(KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000), stock + delta)
 return {'adjusted', stock + delta, available + delta}

@@ -1,7 +1,7 @@
 -- Loads a campaign: a new one (no reservations, no groups), or one the engine lost (Redis
--- restarted empty) rebuilt from the database: its config, its groups, its live (held and
--- confirmed) reservations, their idempotency records and expiries, and the counters that
--- follow from them. Makes the event stream and its consumer groups. Does nothing if the
+-- restarted empty) rebuilt from the database: its config, its groups, its reservations (live
+-- ones with their expiries, ended ones with their final status), their idempotency records,
+-- and the counters that follow from the live ones. Makes the event stream and its consumer groups. Does nothing if the
 -- campaign exists.
 -- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
 -- KEYS[4]  group idempotency hash   KEYS[5] group expiry sorted set
@@ -44,13 +44,16 @@ for i = first_group, #ARGV, 6 do
 end
 for i = first_reservation, first_group - 1, 9 do
   local id, user, qty, status, group = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 6]
+  -- Ended reservations come back too (status, idempotency record), so a replay of their key
+  -- and a read of their id answer as before; only live ones take units.
+  local live = status == 'held' or status == 'confirmed'
   redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', qty, 'status', status,
     'created', ARGV[i + 4], 'expires', ARGV[i + 5], 'group', group)
-  redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty)
+  if live then redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty) end
   if status == 'held' then holds[#holds + 1] = {tonumber(ARGV[i + 5]), id} end
   if group ~= '' then
     local gk = KEYS[1] .. ':g:' .. group
-    redis.call('HINCRBY', gk, 'active', 1)
+    if live then redis.call('HINCRBY', gk, 'active', 1) end
     redis.call('RPUSH', gk .. ':m', id)
     redis.call('HSET', gk .. ':mu', user, id)
     if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[4], ARGV[i + 7], group .. '|' .. ARGV[i + 8]) end
@@ -67,7 +70,7 @@ for i = first_reservation, first_group - 1, 9 do
       redis.call('RPUSH', KEYS[6], ARGV[i + 7] .. string.char(31) .. id .. '|' .. ARGV[i + 8])
       records = records + 1
     end
-    if status == 'held' then held = held + qty else confirmed = confirmed + qty end
+    if status == 'held' then held = held + qty elseif status == 'confirmed' then confirmed = confirmed + qty end
   end
 end
 -- The expiry list is in expiry order (see expire.lua).

@@ -124,6 +124,13 @@ pub enum Command {
     Persist,
     /// Compare engine and database per campaign, print the drift, exit 1 if any.
     Reconcile,
+    /// List the events the persister set aside (exit 1 if any); `--retry` applies the ones
+    /// the database refused once more.
+    DeadEvents {
+        /// Apply the refused events again (after fixing what the database refused them for).
+        #[arg(long)]
+        retry: bool,
+    },
 }
 
 impl Config {

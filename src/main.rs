@@ -24,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
             let clean = startup::reconcile_once(config).await?;
             std::process::exit(if clean { 0 } else { 1 });
         }
+        Some(Command::DeadEvents { retry }) => {
+            let clean = startup::dead_events(config, retry).await?;
+            std::process::exit(if clean { 0 } else { 1 });
+        }
         Some(Command::Serve) | None => {}
     }
     let application = Application::build(config.clone()).await?;

@@ -52,8 +52,13 @@ pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_sec
 pub const PERSIST_LAG: &str = "flashsale_persister_lag_seconds";
 /// Persister failures by `stage` (read, write, ack).
 pub const PERSIST_FAILURES: &str = "flashsale_persister_failures_total";
+/// Events set aside in `dead_events` instead of applied, by `reason` (refused,
+/// unknown_campaign, fenced).
+pub const DEAD_EVENTS: &str = "flashsale_persister_dead_events_total";
 /// Units by which engine and database disagree, per `campaign`.
 pub const RECONCILE_DRIFT: &str = "flashsale_reconcile_drift_units";
+/// Times this instance saw the engine's dataset change (its data lost).
+pub const ENGINE_DATA_LOSSES: &str = "flashsale_engine_data_losses_total";
 /// Campaigns rebuilt in the engine from the database.
 pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
 /// Always 1, labelled with `version` and `engine`.
@@ -85,11 +90,15 @@ pub fn touch_counters(redis: bool) {
     for stage in ["read", "write", "ack"] {
         metrics::counter!(PERSIST_FAILURES, "stage" => stage).increment(0);
     }
+    for reason in ["refused", "unknown_campaign", "fenced"] {
+        metrics::counter!(DEAD_EVENTS, "reason" => reason).increment(0);
+    }
     for name in [
         SOLD_OUT_SHORT_CIRCUITS,
         REAPER_EXPIRED,
         REAPER_ERRORS,
         RECOVERED_CAMPAIGNS,
+        ENGINE_DATA_LOSSES,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -150,6 +159,14 @@ fn describe() {
         "Refusals answered by the in-process sold-out gate, without asking the engine."
     );
     metrics::describe_counter!(REAPER_EXPIRED, "Held reservations the reaper expired.");
+    metrics::describe_counter!(
+        DEAD_EVENTS,
+        "Events the persister set aside in dead_events instead of applying, by reason (refused, unknown_campaign, fenced)."
+    );
+    metrics::describe_counter!(
+        ENGINE_DATA_LOSSES,
+        "Times this instance saw the stock engine's dataset change (Redis lost its data)."
+    );
     metrics::describe_counter!(REAPER_ERRORS, "Reaper passes that failed.");
     metrics::describe_gauge!(
         CAMPAIGN_UNITS,

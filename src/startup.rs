@@ -95,9 +95,18 @@ impl Application {
         let credentials = Credentials::from_config(&config);
         let store = connect_store(&config).await?;
         let engine = Gated::new(backends.engine);
+        recovery::check_dataset(&engine, &store)
+            .await
+            .context("checking the stock engine's data against the database")?;
+        // Answering after the commit needs this process's persister to make the commit.
+        let answer_after_commit = backends.answer_after_commit && config.persister;
+        let mut recovering = Recovering::new(engine.clone(), store.clone());
+        if answer_after_commit {
+            recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
+        }
         // Whatever the database knows and the engine lacks (a fresh in-memory engine, or a
         // Redis that restarted empty) is rebuilt before the first request.
-        let restored = recovery::restore_all(&engine, &store)
+        let restored = recovery::restore_all(&engine, &store, &recovering.watch())
             .await
             .context("rebuilding campaigns from the database")?;
         if !restored.is_empty() {
@@ -118,12 +127,6 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
-        // Answering after the commit needs this process's persister to make the commit.
-        let answer_after_commit = backends.answer_after_commit && config.persister;
-        let mut recovering = Recovering::new(engine, store.clone());
-        if answer_after_commit {
-            recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
-        }
         let mut persister = config.persister.then(|| persister_settings(&config));
         if let (Some(settings), true) = (&mut persister, answer_after_commit) {
             // Every answer waits for a commit: write whatever has arrived at once. Under load
@@ -283,6 +286,7 @@ impl Application {
         workers.push(tokio::spawn(recovery::run(
             Arc::new(engine.clone()),
             self.state.store.clone(),
+            self.state.engine.watch(),
             self.reconcile_interval,
             shutdown.clone(),
         )));
@@ -398,6 +402,25 @@ pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
         );
     }
     Ok(drifts.is_empty())
+}
+
+/// `flashsale dead-events [--retry]`: lists what the persister set aside, or retries the
+/// refused events; `Ok(false)` if any are (still) set aside.
+pub async fn dead_events(config: Config, retry: bool) -> anyhow::Result<bool> {
+    let store = connect_store(&config).await?;
+    if retry {
+        let (retried, refused) = store.retry_dead_events().await?;
+        println!("{retried} refused events applied, {refused} refused again");
+    }
+    let dead = store.dead_events().await?;
+    println!("{} events set aside", dead.len());
+    for d in &dead {
+        println!(
+            "{} {} {} {} ({}): {}",
+            d.id, d.reason, d.campaign_id, d.stream_id, d.kind, d.error
+        );
+    }
+    Ok(dead.is_empty())
 }
 
 /// Waits for `stop`, and says so.

@@ -98,7 +98,10 @@ fn bench_persist(c: &mut Criterion) {
             group: None,
         };
         let campaign = Campaign::parse(draft, Millis::now()).expect("valid");
-        store.insert_campaign(&campaign).await.expect("inserted");
+        store
+            .insert_campaign(&campaign, "bench")
+            .await
+            .expect("inserted");
         (store, copy, campaign)
     });
     let next = AtomicI64::new(1);
@@ -109,7 +112,11 @@ fn bench_persist(c: &mut Criterion) {
     group.bench_function("persister_transaction", |b| {
         b.iter_batched(
             || batch(&campaign, &next),
-            |events| runtime.block_on(store.persist(&events)).expect("persisted"),
+            |events| {
+                runtime
+                    .block_on(store.persist("bench", &events))
+                    .expect("persisted")
+            },
             BatchSize::PerIteration,
         )
     });

@@ -11,11 +11,11 @@
 
 use super::{
     Backend, CampaignSnapshot, CancelScope, Engine, EngineError, GroupOutcome, GroupRequest,
-    ReserveOutcome, ReserveRequest, StockOutcome, Transition,
+    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Group, GroupId, Millis,
-    Refusal, Reservation, ReservationId, ReservationStatus, StockDelta, Window,
+    Refusal, Reservation, ReservationId, ReservationStatus, Window,
 };
 use crate::metrics as m;
 use async_trait::async_trait;
@@ -304,6 +304,10 @@ impl Backend for Gated {
     async fn ping(&self) -> Result<(), EngineError> {
         self.inner.ping().await
     }
+
+    async fn epoch(&self) -> Result<String, EngineError> {
+        self.inner.epoch().await
+    }
 }
 
 #[async_trait]
@@ -328,15 +332,11 @@ impl Engine for Gated {
         self.inner.campaign_ids().await
     }
 
-    async fn adjust_stock(
-        &self,
-        id: &CampaignId,
-        delta: StockDelta,
-    ) -> Result<StockOutcome, EngineError> {
-        let outcome = self.inner.adjust_stock(id, delta).await?;
+    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        let outcome = self.inner.adjust_stock(request).await?;
         if let StockOutcome::Adjusted { available, .. } = outcome {
             if available > 0 {
-                self.units_returned(id);
+                self.units_returned(&request.campaign_id);
             }
         }
         Ok(outcome)

@@ -160,6 +160,15 @@ pub enum GroupOutcome {
     Refused(Refusal),
 }
 
+/// A stock change.
+#[derive(Debug, Clone)]
+pub struct StockRequest {
+    pub campaign_id: CampaignId,
+    pub delta: StockDelta,
+    /// The caller's idempotency key: a retried change applies once.
+    pub idempotency_key: ScopedKey,
+}
+
 /// What a stock delta came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StockOutcome {
@@ -167,6 +176,13 @@ pub enum StockOutcome {
         stock: u64,
         available: u64,
     },
+    /// The key was seen before with the same delta: the first outcome, as it was.
+    Replayed {
+        stock: u64,
+        available: u64,
+    },
+    /// The key was seen before with another delta.
+    KeyReused,
     /// Withdrawing more than is available.
     Insufficient {
         available: u64,
@@ -223,6 +239,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the backing store answers.
     async fn ping(&self) -> Result<(), EngineError>;
+
+    /// The id of the engine's current dataset: it stays while the data does, and changes
+    /// when the data is lost (a Redis that restarted empty gets a new one, made here if
+    /// missing; the in-memory engine has one per process). The database records which
+    /// dataset each campaign's engine state was loaded under.
+    async fn epoch(&self) -> Result<String, EngineError>;
 }
 
 /// Decisions and reads. Every decision is one atomic step (one Lua script, or one campaign
@@ -238,12 +260,9 @@ pub trait Engine: Backend {
     /// Ids of every campaign the engine holds (for the reaper, recovery and metrics).
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError>;
 
-    /// Adds or withdraws units; never below what is available.
-    async fn adjust_stock(
-        &self,
-        id: &CampaignId,
-        delta: StockDelta,
-    ) -> Result<StockOutcome, EngineError>;
+    /// Adds or withdraws units; never below what is available. One idempotency key
+    /// changes the stock at most once.
+    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError>;
 
     /// Never creates a reservation that would oversell or pass the user's limit; one
     /// idempotency key yields at most one reservation.
@@ -307,6 +326,14 @@ pub struct Backlog {
     pub oldest: Option<Millis>,
 }
 
+/// Events read together, with the engine dataset ([`Backend::epoch`]) they were read from,
+/// read atomically with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    pub epoch: String,
+    pub events: Vec<Event>,
+}
+
 /// The events decisions appended, per consumer group: at least once, in order per campaign.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -318,7 +345,7 @@ pub trait EventLog: Send + Sync + 'static {
         consumer: &Consumer,
         max: usize,
         reclaim_after: std::time::Duration,
-    ) -> Result<Vec<Event>, EngineError>;
+    ) -> Result<EventBatch, EngineError>;
 
     /// Acknowledges `group`'s handled events; once every group has, they leave the log.
     async fn ack(&self, group: &str, events: &[Event]) -> Result<(), EngineError>;

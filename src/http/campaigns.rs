@@ -1,16 +1,18 @@
 //! Campaign endpoints: create, read, tune stock, availability.
 
 use super::auth::Caller;
+use super::creating;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::domain::{
-    Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal, StockDelta,
+    Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal, ScopedKey,
+    StockDelta,
 };
-use crate::engine::{Engine, StockOutcome};
+use crate::engine::{Engine, StockOutcome, StockRequest};
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -215,30 +217,45 @@ pub async fn get_campaign(
 /// Add or withdraw units.
 #[utoipa::path(post, path = "/v1/campaigns/{id}/stock", tag = "campaigns", request_body = StockChange,
     security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]; a retried change applies once")),
     responses((status = 200, body = CampaignView),
-        (status = 409, description = "`insufficient_stock`", body = super::error::Problem)))]
+        (status = 409, description = "`insufficient_stock`", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem)))]
 pub async fn adjust_stock(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<StockChange>,
-) -> Result<Json<CampaignView>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let id = campaign_id(&id)?;
+    let key = creating::idempotency_key(&headers)?;
     let delta = StockDelta::parse(body.delta).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    match state.engine.adjust_stock(&id, delta).await? {
-        StockOutcome::Adjusted { .. } => {}
+    let request = StockRequest {
+        idempotency_key: ScopedKey::new(&caller.idempotency_scope(), &format!("stock:{id}"), &key),
+        campaign_id: id,
+        delta,
+    };
+    let replayed = match state.engine.adjust_stock(&request).await? {
+        StockOutcome::Adjusted { .. } => false,
+        StockOutcome::Replayed { .. } => true,
+        StockOutcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
         StockOutcome::Insufficient { available } => {
             return Err(ApiError::InsufficientStock { available })
         }
         StockOutcome::NotFound => return Err(ApiError::refused(Refusal::CampaignNotFound)),
-    }
+    };
     let campaign = state
         .engine
-        .campaign(&id)
+        .campaign(&request.campaign_id)
         .await?
         .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
-    Ok(Json(CampaignView::of(campaign, Millis::now())))
+    let mut response = Json(CampaignView::of(campaign, Millis::now())).into_response();
+    if replayed {
+        creating::mark_replayed(&mut response);
+    }
+    Ok(response)
 }
 
 /// Whether a campaign is on and how many units are left; cacheable for a second.

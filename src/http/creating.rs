@@ -1,4 +1,4 @@
-//! What every creating POST (reservations, groups, joins) shares: the `Idempotency-Key`, the
+//! What every creating POST (reservations, groups, joins) and stock change shares: the `Idempotency-Key`, the
 //! user the request acts for, and the 201 answer that marks a replay.
 
 use super::auth::Caller;
@@ -48,9 +48,14 @@ pub fn created(location: String, body: impl Serialize, replayed: bool) -> Respon
     )
         .into_response();
     if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        mark_replayed(&mut response);
     }
     response
+}
+
+/// Marks an answer as the replay of a first outcome (`Idempotent-Replayed: true`).
+pub fn mark_replayed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
 }

@@ -3,9 +3,13 @@
 //! batch is written when it is full or `delay` after its first event, whichever comes first.
 //! Database failures are retried with backoff while the hot path keeps serving; events wait
 //! in the streams meanwhile.
+//!
+//! A batch holds events of one engine dataset (epoch) only: the database applies a batch's
+//! events only to campaigns loaded under that dataset (see `store::batch`), so what the
+//! persister read from a Redis that has since lost its data is written as soon as possible —
+//! also while Redis is unreachable — before a rebuild fences it out.
 
-use crate::domain::Event;
-use crate::engine::{Consumer, EventLog};
+use crate::engine::{Consumer, EventBatch, EventLog};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -32,10 +36,10 @@ pub async fn run(
     settings: PersisterSettings,
     mut shutdown: Shutdown,
 ) {
-    let mut buffer: Vec<Event> = Vec::with_capacity(settings.batch);
+    let mut buffer = EventBatch::default();
     let mut first_at: Option<Instant> = None;
     loop {
-        let room = settings.batch.saturating_sub(buffer.len());
+        let room = settings.batch.saturating_sub(buffer.events.len());
         let read = tokio::select! {
             _ = shutdown.recv() => {
                 drain(&*log, &consumer, &store, buffer, &settings).await;
@@ -44,30 +48,50 @@ pub async fn run(
             read = log.read(&consumer, room, settings.reclaim_after) => read,
         };
         let fresh = match read {
-            Ok(events) => events,
+            Ok(fresh) => fresh,
             Err(error) => {
                 metrics::counter!(m::PERSIST_FAILURES, "stage" => "read").increment(1);
                 tracing::warn!(%error, "persister could not read events");
+                // What is already read must not wait for the log to answer again: after a
+                // Redis loss it is the last copy, and a rebuild fences it out later.
+                if !buffer.events.is_empty() {
+                    if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown)
+                        .await
+                    {
+                        return;
+                    }
+                    buffer.events.clear();
+                    first_at = None;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let got_any = !fresh.is_empty();
-        if got_any && first_at.is_none() {
-            first_at = Some(Instant::now());
-        }
-        buffer.extend(fresh);
-        let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
-        if !buffer.is_empty() && (buffer.len() >= settings.batch || due) {
+        if !buffer.events.is_empty() && fresh.epoch != buffer.epoch {
+            // Another dataset: the buffered batch goes alone, tagged with its own.
             if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
                 return;
             }
-            buffer.clear();
+            buffer.events.clear();
+            first_at = None;
+        }
+        let got_any = !fresh.events.is_empty();
+        if got_any && first_at.is_none() {
+            first_at = Some(Instant::now());
+        }
+        buffer.epoch = fresh.epoch;
+        buffer.events.extend(fresh.events);
+        let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
+        if !buffer.events.is_empty() && (buffer.events.len() >= settings.batch || due) {
+            if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
+                return;
+            }
+            buffer.events.clear();
             first_at = None;
         } else if !got_any {
             // Nothing new: poll again after a short pause while a batch is open (so it still
             // flushes on time), after a whole delay when idle (keeps Redis quiet between sales).
-            let pause = if buffer.is_empty() {
+            let pause = if buffer.events.is_empty() {
                 settings.delay
             } else {
                 Duration::from_millis(2)
@@ -87,18 +111,18 @@ async fn drain(
     log: &dyn EventLog,
     consumer: &Consumer,
     store: &Store,
-    mut buffer: Vec<Event>,
+    mut buffer: EventBatch,
     settings: &PersisterSettings,
 ) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     loop {
-        if !buffer.is_empty()
+        if !buffer.events.is_empty()
             && write_once(log, &consumer.group, store, &buffer)
                 .await
                 .is_err()
         {
             tracing::warn!(
-                events = buffer.len(),
+                events = buffer.events.len(),
                 "could not write the last batch at shutdown"
             );
             return;
@@ -110,7 +134,7 @@ async fn drain(
             .read(consumer, settings.batch, settings.reclaim_after)
             .await
         {
-            Ok(events) if !events.is_empty() => events,
+            Ok(batch) if !batch.events.is_empty() => batch,
             _ => return,
         };
     }
@@ -122,7 +146,7 @@ async fn write_with_retry(
     log: &dyn EventLog,
     group: &str,
     store: &Store,
-    batch: &[Event],
+    batch: &EventBatch,
     shutdown: &mut Shutdown,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
@@ -145,21 +169,30 @@ async fn write_once(
     log: &dyn EventLog,
     group: &str,
     store: &Store,
-    batch: &[Event],
+    batch: &EventBatch,
 ) -> Result<(), &'static str> {
     let started = Instant::now();
-    if let Err(error) = store.persist(batch).await {
-        tracing::warn!(%error, events = batch.len(), "persisting a batch failed; will retry");
-        return Err("write");
+    let events = &batch.events;
+    match store.persist(&batch.epoch, events).await {
+        Ok(set_aside) => {
+            for (reason, count) in set_aside {
+                metrics::counter!(m::DEAD_EVENTS, "reason" => reason).increment(count);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, events = events.len(), "persisting a batch failed; will retry");
+            return Err("write");
+        }
     }
     // Only after the commit: a crash before this line means redelivery, which the database
-    // absorbs (ON CONFLICT DO NOTHING), never loss.
-    if let Err(error) = log.ack(group, batch).await {
-        tracing::warn!(%error, "acknowledging a persisted batch failed; will retry");
-        return Err("ack");
+    // absorbs (ON CONFLICT DO NOTHING), never loss. A failed ack is harmless too (the events
+    // come back and are absorbed); after a Redis loss there is nothing left to ack.
+    if let Err(error) = log.ack(group, events).await {
+        tracing::warn!(%error, "acknowledging a persisted batch failed");
+        metrics::counter!(m::PERSIST_FAILURES, "stage" => "ack").increment(1);
     }
-    metrics::counter!(m::PERSISTED_EVENTS).increment(batch.len() as u64);
-    metrics::histogram!(m::PERSIST_BATCH_SIZE).record(batch.len() as f64);
+    metrics::counter!(m::PERSISTED_EVENTS).increment(events.len() as u64);
+    metrics::histogram!(m::PERSIST_BATCH_SIZE).record(events.len() as f64);
     metrics::histogram!(m::PERSIST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -9,11 +9,12 @@
 
 use crate::domain::{
     Campaign, CampaignId, CampaignState, CampaignStatus, Group, GroupId, Millis, Refusal,
-    Reservation, ReservationId, StockDelta,
+    Reservation, ReservationId,
 };
 use crate::engine::{
     Backend, CampaignSnapshot, CancelScope, Engine, EngineError, EventLog, Gated, GroupOutcome,
-    GroupRequest, ReserveOutcome, ReserveRequest, StockOutcome, Transition, PERSISTER,
+    GroupRequest, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
+    PERSISTER,
 };
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -49,20 +50,84 @@ pub enum RecoveryError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// How long after noticing that the engine lost its data (a new dataset epoch) no campaign
+/// is rebuilt: the persisters (in every instance) write what they had already read from the
+/// lost dataset first, so the rebuild counts it. Stragglers later than this are fenced out by
+/// the database (set aside, never applied), so they can cost a 201, never a unit.
+pub const LOSS_GRACE: Duration = Duration::from_secs(2);
+
+/// Watches the engine's dataset epoch, on this instance: after a loss, rebuilds wait out
+/// [`LOSS_GRACE`].
+#[derive(Default)]
+pub struct LossWatch {
+    state: std::sync::Mutex<WatchState>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// The dataset this instance last saw.
+    known: Option<String>,
+    /// When it saw the dataset change.
+    lost_at: Option<Instant>,
+}
+
+impl LossWatch {
+    /// The engine's current dataset, once rebuilding under it is safe; `Recovering` while a
+    /// loss is younger than [`LOSS_GRACE`]. A new dataset is recorded in the database.
+    pub async fn settled_epoch(
+        &self,
+        engine: &dyn Engine,
+        store: &Store,
+    ) -> Result<String, RecoveryError> {
+        let current = engine.epoch().await?;
+        let changed = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = state.known.as_deref() != Some(current.as_str());
+            if changed {
+                if let Some(previous) = state.known.replace(current.clone()) {
+                    state.lost_at = Some(Instant::now());
+                    tracing::error!(previous, current, "the stock engine lost its data; rebuilding campaigns from the database after the persisters flush");
+                    metrics::counter!(m::ENGINE_DATA_LOSSES).increment(1);
+                }
+            }
+            changed
+        };
+        if changed {
+            store.register_epoch(&current).await?;
+        }
+        let waiting = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .lost_at
+                .map(|at| at.elapsed())
+                .filter(|e| *e < LOSS_GRACE)
+        };
+        if let Some(elapsed) = waiting {
+            return Err(RecoveryError::Engine(EngineError::Recovering(format!(
+                "the engine lost its data {} ms ago; rebuilding after the persisters flush",
+                elapsed.as_millis()
+            ))));
+        }
+        Ok(current)
+    }
+}
+
 /// Rebuilds one campaign in the engine if the database knows it and the engine does not.
 /// `true` if the engine has the campaign afterwards (rebuilt here, by another caller in the
 /// meantime, or there all along).
 pub async fn restore(
     engine: &dyn Engine,
     store: &Store,
+    watch: &LossWatch,
     id: &CampaignId,
 ) -> Result<bool, RecoveryError> {
     if engine.campaign(id).await?.is_some() {
         return Ok(true);
     }
-    match store.campaign(id).await? {
-        Some(campaign) => {
-            restore_from(engine, store, &campaign).await?;
+    let epoch = watch.settled_epoch(engine, store).await?;
+    match store.rebuild(id, &epoch).await? {
+        Some(rebuild) => {
+            load(engine, &rebuild).await?;
             Ok(true)
         }
         None => Ok(false),
@@ -76,6 +141,7 @@ pub async fn restore(
 pub async fn restore_all(
     engine: &dyn Engine,
     store: &Store,
+    watch: &LossWatch,
 ) -> Result<Vec<CampaignId>, RecoveryError> {
     let listed: std::collections::HashSet<CampaignId> =
         engine.campaign_ids().await?.into_iter().collect();
@@ -83,34 +149,52 @@ pub async fn restore_all(
     for campaign in store.campaigns().await? {
         let missing =
             !listed.contains(&campaign.id) || engine.campaign(&campaign.id).await?.is_none();
-        if missing && restore_from(engine, store, &campaign).await? {
-            restored.push(campaign.id);
+        if !missing {
+            continue;
+        }
+        let epoch = watch.settled_epoch(engine, store).await?;
+        if let Some(rebuild) = store.rebuild(&campaign.id, &epoch).await? {
+            if load(engine, &rebuild).await? {
+                restored.push(campaign.id);
+            }
         }
     }
     Ok(restored)
 }
 
-/// Loads the campaign's live reservations and groups and restores it (a no-op if it exists
-/// by now).
-async fn restore_from(
-    engine: &dyn Engine,
-    store: &Store,
-    campaign: &Campaign,
-) -> Result<bool, RecoveryError> {
-    let reservations = store.live_reservations(&campaign.id).await?;
-    let groups = store.groups(&campaign.id).await?;
+/// Loads what the database holds of a campaign (a no-op if the engine has it by now).
+async fn load(engine: &dyn Engine, rebuild: &crate::store::Rebuild) -> Result<bool, RecoveryError> {
     let restored = engine
         .load_campaign(CampaignSnapshot {
-            campaign,
-            reservations: &reservations,
-            groups: &groups,
+            campaign: &rebuild.campaign,
+            reservations: &rebuild.reservations,
+            groups: &rebuild.groups,
         })
         .await?;
     if restored {
         metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-        tracing::warn!(campaign = %campaign.id, reservations = reservations.len(), "rebuilt a campaign the engine had lost");
+        tracing::info!(campaign = %rebuild.campaign.id, reservations = rebuild.reservations.len(), "loaded a campaign into the engine from the database");
     }
     Ok(restored)
+}
+
+/// Refuses an engine whose data belongs to another database: it holds campaigns under a
+/// dataset this database never served (and this database has served some). Otherwise
+/// records the dataset as this database's.
+pub async fn check_dataset(engine: &dyn Engine, store: &Store) -> Result<(), anyhow::Error> {
+    let epoch = engine.epoch().await?;
+    if !store.knows_epoch(&epoch).await?
+        && !engine.campaign_ids().await?.is_empty()
+        && store.has_epochs().await?
+    {
+        anyhow::bail!(
+            "the stock engine holds campaigns of another database (its dataset {epoch} is unknown \
+             to this database): refusing to mix them; point FLASHSALE_REDIS_URL/NAMESPACE and \
+             FLASHSALE_DATABASE_URL at a matching pair"
+        );
+    }
+    store.register_epoch(&epoch).await?;
+    Ok(())
 }
 
 /// How long an id the database did not know is answered `not found` without asking it
@@ -129,6 +213,8 @@ pub struct Recovering {
     store: Store,
     /// Campaign ids the database did not know, and when it said so.
     unknown: Arc<DashMap<CampaignId, Instant>>,
+    /// The engine's dataset as this instance saw it, shared with the recovery worker.
+    watch: Arc<LossWatch>,
     /// When set, a change is answered only once the persister committed its events to the
     /// database (the embedded engine keeps nothing on its own across a crash).
     commit: Option<Arc<dyn EventLog>>,
@@ -140,8 +226,14 @@ impl Recovering {
             engine,
             store,
             unknown: Arc::default(),
+            watch: Arc::default(),
             commit: None,
         }
+    }
+
+    /// The loss watch the recovery worker must share.
+    pub fn watch(&self) -> Arc<LossWatch> {
+        Arc::clone(&self.watch)
     }
 
     /// Answers every change only once `log`'s persister group acknowledged its events,
@@ -170,7 +262,8 @@ impl Recovering {
     /// recovery loaded it from the database already, which is the same campaign. `false` if
     /// the id was taken.
     pub async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, RecoveryError> {
-        if !self.store.insert_campaign(campaign).await? {
+        let epoch = self.watch.settled_epoch(&self.engine, &self.store).await?;
+        if !self.store.insert_campaign(campaign, &epoch).await? {
             return Ok(false);
         }
         self.unknown.remove(&campaign.id);
@@ -200,7 +293,7 @@ impl Recovering {
             }
             self.unknown.remove(id);
         }
-        match restore(&self.engine, &self.store, id).await {
+        match restore(&self.engine, &self.store, &self.watch, id).await {
             Ok(true) => Ok(true),
             Ok(false) => {
                 if self.unknown.len() >= UNKNOWN_MAX {
@@ -246,6 +339,10 @@ impl Backend for Recovering {
     async fn ping(&self) -> Result<(), EngineError> {
         self.engine.ping().await
     }
+
+    async fn epoch(&self) -> Result<String, EngineError> {
+        self.engine.epoch().await
+    }
 }
 
 #[async_trait]
@@ -263,16 +360,16 @@ impl Engine for Recovering {
         self.engine.campaign_ids().await
     }
 
-    async fn adjust_stock(
-        &self,
-        id: &CampaignId,
-        delta: StockDelta,
-    ) -> Result<StockOutcome, EngineError> {
+    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        let id = &request.campaign_id;
         let missing = |o: &StockOutcome| *o == StockOutcome::NotFound;
         let outcome = self
-            .retrying(id, missing, || self.engine.adjust_stock(id, delta))
+            .retrying(id, missing, || self.engine.adjust_stock(request))
             .await?;
-        let changed = matches!(outcome, StockOutcome::Adjusted { .. });
+        let changed = matches!(
+            outcome,
+            StockOutcome::Adjusted { .. } | StockOutcome::Replayed { .. }
+        );
         self.committed(id, changed).await?;
         Ok(outcome)
     }
@@ -406,6 +503,7 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
 pub async fn run(
     engine: std::sync::Arc<dyn Engine>,
     store: Store,
+    watch: Arc<LossWatch>,
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -416,7 +514,7 @@ pub async fn run(
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = restore_all(&*engine, &store).await {
+        if let Err(error) = restore_all(&*engine, &store, &watch).await {
             tracing::warn!(%error, "recovery pass failed");
         }
         if let Err(error) = reconcile(&*engine, &store).await {

@@ -3,8 +3,6 @@
 
 use super::{Store, StoreError};
 use crate::domain::{CampaignId, Change, Event, ReservationId};
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
 use sqlx::QueryBuilder;
 use std::collections::HashMap;
 
@@ -13,17 +11,163 @@ use std::collections::HashMap;
 const EVENTS_LOCK: i64 = 0x00f1_a5b5_a1e0;
 
 impl Store {
-    /// Writes a batch of events in one transaction: each event once (by campaign and stream
-    /// position), each reservation's newest state, each campaign's newest stock.
-    pub async fn persist(&self, events: &[Event]) -> Result<(), StoreError> {
+    /// Writes a batch of events read from engine dataset `epoch` in one transaction: each
+    /// event once (by campaign and stream position), each reservation's newest state, each
+    /// campaign's newest stock. Events are set aside in `dead_events` instead when their
+    /// campaign was loaded under another dataset (`fenced`: decided by a Redis that lost its
+    /// data, rebuilt without them) or is unknown to the database (`unknown_campaign`); a
+    /// batch the database refuses is written event by event and the refused ones are set
+    /// aside (`refused`), so one bad event never stops the others. Returns how many were set
+    /// aside, by reason.
+    pub async fn persist(
+        &self,
+        epoch: &str,
+        events: &[Event],
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let batch = Batch::of(events);
+        match self.persist_once(epoch, events).await {
+            Err(error) if refusal(&error).is_some() && events.len() > 1 => {
+                tracing::warn!(%error, events = events.len(), "the database refused a batch; writing its events one by one");
+                let mut set_aside = Vec::new();
+                for event in events {
+                    let one = std::slice::from_ref(event);
+                    match self.persist_once(epoch, one).await {
+                        Ok(counts) => set_aside.extend(counts),
+                        Err(error) => match refusal(&error) {
+                            Some(why) => {
+                                self.set_aside(epoch, one, super::dead::Reason::Refused, &why)
+                                    .await?;
+                                set_aside.push((super::dead::Reason::Refused.as_str(), 1));
+                            }
+                            None => return Err(error),
+                        },
+                    }
+                }
+                Ok(set_aside)
+            }
+            Err(error) => match refusal(&error) {
+                Some(why) => {
+                    self.set_aside(epoch, events, super::dead::Reason::Refused, &why)
+                        .await?;
+                    Ok(vec![(super::dead::Reason::Refused.as_str(), 1)])
+                }
+                None => Err(error),
+            },
+            ok => ok,
+        }
+    }
+
+    /// One transaction: the fence, then the rows.
+    pub(super) async fn persist_once(
+        &self,
+        epoch: &str,
+        events: &[Event],
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let campaigns: Vec<String> = {
+            let mut ids: Vec<String> = events.iter().map(|e| e.campaign_id.to_string()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
         match self {
-            Store::Postgres(pool) => batch.write_postgres(pool).await,
-            Store::Sqlite(pool) => batch.write_sqlite(pool).await,
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(EVENTS_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                // FOR SHARE: a rebuild (which updates the row) waits for this batch to commit
+                // and then reads it; a batch after the rebuild sees the new dataset.
+                let loaded: Vec<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, engine_epoch FROM campaigns WHERE id = ANY($1) FOR SHARE",
+                )
+                .bind(&campaigns)
+                .fetch_all(&mut *tx)
+                .await?;
+                let fence = Fence::of(epoch, loaded);
+                let (accepted, dead) = fence.split(events);
+                Batch::of(&accepted).write_postgres(&mut tx).await?;
+                let counts = super::dead::insert_postgres(&mut tx, epoch, &dead).await?;
+                tx.commit().await?;
+                Ok(counts)
+            }
+            Store::Sqlite(pool) => {
+                // IMMEDIATE: the write lock up front (waiting out the busy timeout), not an
+                // upgrade from a read that fails at once when another writer went first.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut loaded = Vec::with_capacity(campaigns.len());
+                for id in &campaigns {
+                    let row: Option<(String, Option<String>)> =
+                        sqlx::query_as("SELECT id, engine_epoch FROM campaigns WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    loaded.extend(row);
+                }
+                let fence = Fence::of(epoch, loaded);
+                let (accepted, dead) = fence.split(events);
+                Batch::of(&accepted).write_sqlite(&mut tx).await?;
+                let counts = super::dead::insert_sqlite(&mut tx, epoch, &dead).await?;
+                tx.commit().await?;
+                Ok(counts)
+            }
         }
+    }
+}
+
+/// The database's reason when it refused the write for good (a constraint), as opposed to
+/// failing for now (connection, lock, timeout: retried).
+pub(super) fn refusal(error: &StoreError) -> Option<String> {
+    match error {
+        StoreError::Database(sqlx::Error::Database(db))
+            if db.kind() != sqlx::error::ErrorKind::Other =>
+        {
+            Some(db.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Which campaigns of a batch may take its events: those the database knows and loaded
+/// under the batch's dataset (or under none recorded: campaigns from before fencing).
+struct Fence {
+    epoch: String,
+    loaded: HashMap<String, Option<String>>,
+}
+
+impl Fence {
+    fn of(epoch: &str, loaded: Vec<(String, Option<String>)>) -> Self {
+        Fence {
+            epoch: epoch.to_owned(),
+            loaded: loaded.into_iter().collect(),
+        }
+    }
+
+    /// (events to apply, events to set aside with their reason)
+    fn split(&self, events: &[Event]) -> (Vec<Event>, Vec<(Event, super::dead::Reason, String)>) {
+        let mut accepted = Vec::with_capacity(events.len());
+        let mut dead = Vec::new();
+        for event in events {
+            match self.loaded.get(event.campaign_id.as_str()) {
+                None => dead.push((
+                    event.clone(),
+                    super::dead::Reason::UnknownCampaign,
+                    "the database has no such campaign".to_owned(),
+                )),
+                Some(Some(loaded)) if *loaded != self.epoch => dead.push((
+                    event.clone(),
+                    super::dead::Reason::Fenced,
+                    format!(
+                        "decided under engine dataset {:?}; the campaign was rebuilt under {loaded:?} without it",
+                        self.epoch
+                    ),
+                )),
+                Some(_) => accepted.push(event.clone()),
+            }
+        }
+        (accepted, dead)
     }
 }
 
@@ -168,12 +312,8 @@ impl Batch {
         }
     }
 
-    async fn write_postgres(&self, pool: &PgPool) -> Result<(), StoreError> {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENTS_LOCK)
-            .execute(&mut *tx)
-            .await?;
+    /// Writes the rows inside the caller's transaction (which holds [`EVENTS_LOCK`]).
+    async fn write_postgres(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         let e = &self.events;
         sqlx::query(
             "INSERT INTO events (campaign_id, stream_id, type, at_ms, payload) \
@@ -244,13 +384,12 @@ impl Batch {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
-    async fn write_sqlite(&self, pool: &SqlitePool) -> Result<(), StoreError> {
-        // SQLite allows one writer at a time, which already orders cursors by commit.
-        let mut tx = pool.begin().await?;
+    /// Writes the rows inside the caller's transaction. SQLite allows one writer at a time,
+    /// which already orders cursors by commit.
+    async fn write_sqlite(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         for chunk in self.events.chunks(500) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO events (campaign_id, stream_id, type, at_ms, payload) ",
@@ -325,7 +464,6 @@ impl Batch {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ pub struct StoredCounts {
 
 /// One `campaigns` row.
 #[derive(sqlx::FromRow)]
-struct CampaignRow {
+pub(super) struct CampaignRow {
     id: String,
     kind: String,
     sku: String,
@@ -28,7 +28,7 @@ struct CampaignRow {
 }
 
 impl CampaignRow {
-    fn into_campaign(self) -> Result<Campaign, StoreError> {
+    pub(super) fn into_campaign(self) -> Result<Campaign, StoreError> {
         let group = match (self.group_size, self.group_window_seconds) {
             (Some(size), Some(window)) => Some(GroupRule {
                 size: unsigned("group size", size)?,
@@ -61,16 +61,19 @@ struct CountsRow {
     formed_units: i64,
 }
 
-const SELECT_CAMPAIGNS: &str = "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
+pub(super) const SELECT_CAMPAIGNS: &str =
+    "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
     ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms FROM campaigns";
 
 impl Store {
-    /// Records a new campaign; `false` if one with the id exists.
-    pub async fn insert_campaign(&self, c: &Campaign) -> Result<bool, StoreError> {
+    /// Records a new campaign, to be loaded into engine dataset `epoch`; `false` if one
+    /// with the id exists.
+    pub async fn insert_campaign(&self, c: &Campaign, epoch: &str) -> Result<bool, StoreError> {
         const SQL: &str =
             "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
-            ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
+            ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
+            engine_epoch) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING";
         let group = c.group;
         let affected = on_pool!(self, pool => sqlx::query(SQL)
             .bind(c.id.as_str())
@@ -84,6 +87,7 @@ impl Store {
             .bind(group.map(|g| i64::from(g.size)))
             .bind(group.map(|g| i64::from(g.window_seconds)))
             .bind(c.created_at.0)
+            .bind(epoch)
             .execute(pool)
             .await?
             .rows_affected());
@@ -96,6 +100,37 @@ impl Store {
         let rows: Vec<CampaignRow> =
             on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         rows.into_iter().map(CampaignRow::into_campaign).collect()
+    }
+
+    /// Records that this database serves engine dataset `epoch`.
+    pub async fn register_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO engine_epochs (epoch, first_seen_ms) VALUES ($1, $2) \
+            ON CONFLICT (epoch) DO NOTHING";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(epoch)
+            .bind(Millis::now().0)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Whether this database has recorded any engine dataset (before fencing, none).
+    pub async fn has_epochs(&self) -> Result<bool, StoreError> {
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as("SELECT COUNT(*) FROM engine_epochs")
+            .fetch_one(pool)
+            .await?);
+        Ok(n > 0)
+    }
+
+    /// Whether this database ever served engine dataset `epoch`.
+    pub async fn knows_epoch(&self, epoch: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM engine_epochs WHERE epoch = $1";
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(epoch)
+            .fetch_one(pool)
+            .await?);
+        Ok(n > 0)
     }
 
     /// One campaign (recovery asks for a single id on a request's path; no full scan).

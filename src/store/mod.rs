@@ -5,18 +5,22 @@
 //! - `campaigns`: the campaigns table and the units the database counts per campaign;
 //! - `reservations`: live reservations and groups, as recovery reads them back;
 //! - `feed`: the event feed's pages;
-//! - `batch`: a persister batch turned into rows and written in one transaction.
+//! - `batch`: a persister batch turned into rows and written in one transaction, behind the
+//!   fence that keeps a lost engine dataset's late events out;
+//! - [`dead`]: events set aside instead of applied, with why.
 //!
 //! Rows are typed (`sqlx::FromRow`) and decoded into domain values in one place each; the
 //! same SQL serves both databases, run by [`on_pool!`] on whichever pool the store has.
 
 mod batch;
 mod campaigns;
+pub mod dead;
 mod feed;
 mod reservations;
 
 pub use campaigns::StoredCounts;
 pub use feed::FeedEvent;
+pub use reservations::Rebuild;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};

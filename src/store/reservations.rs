@@ -72,7 +72,99 @@ impl GroupRow {
     }
 }
 
+/// What an engine needs to rebuild a campaign, read in the transaction that records the
+/// dataset it is rebuilt under.
+#[derive(Debug, Clone)]
+pub struct Rebuild {
+    pub campaign: crate::domain::Campaign,
+    /// Every reservation, live and ended, in creation order, with its idempotency record:
+    /// ended ones keep answering replays and reads after the rebuild.
+    pub reservations: Vec<StoredReservation>,
+    pub groups: Vec<Group>,
+}
+
+const SELECT_RESERVATIONS: &str =
+    "SELECT id, user_id, quantity, status, created_at_ms, expires_at_ms, group_id, \
+    idempotency_key, fingerprint FROM reservations WHERE campaign_id = $1 ORDER BY id";
+const SELECT_GROUPS: &str = "SELECT id, leader_user_id, size, status, created_at_ms, \
+    expires_at_ms FROM groups WHERE campaign_id = $1 ORDER BY id";
+const MARK_REBUILT: &str = "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1";
+
+/// The body of [`Store::rebuild`] for one kind of transaction.
+macro_rules! rebuild_in {
+    ($tx:expr, $id:expr, $epoch:expr) => {{
+        // The update first: it takes the campaign row's lock (Postgres) or the write lock
+        // (SQLite), so a persister batch for the campaign commits before this reads, and one
+        // after it meets the new dataset (the fence in `batch`).
+        let marked = sqlx::query(MARK_REBUILT)
+            .bind($id.as_str())
+            .bind($epoch)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        if marked == 0 {
+            None
+        } else {
+            let campaign: super::campaigns::CampaignRow = sqlx::query_as(&format!(
+                "{} WHERE id = $1",
+                super::campaigns::SELECT_CAMPAIGNS
+            ))
+            .bind($id.as_str())
+            .fetch_one(&mut *$tx)
+            .await?;
+            let reservations: Vec<ReservationRow> = sqlx::query_as(SELECT_RESERVATIONS)
+                .bind($id.as_str())
+                .fetch_all(&mut *$tx)
+                .await?;
+            let groups: Vec<GroupRow> = sqlx::query_as(SELECT_GROUPS)
+                .bind($id.as_str())
+                .fetch_all(&mut *$tx)
+                .await?;
+            Some((campaign, reservations, groups))
+        }
+    }};
+}
+
 impl Store {
+    /// Records that campaign `id`'s engine state is being rebuilt under dataset `epoch` and
+    /// reads what the rebuild needs, in one transaction; `None` if the database has no such
+    /// campaign. From its commit on, events of any other dataset for the campaign are set
+    /// aside, not applied.
+    pub async fn rebuild(
+        &self,
+        id: &CampaignId,
+        epoch: &str,
+    ) -> Result<Option<Rebuild>, StoreError> {
+        let read = match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let read = rebuild_in!(tx, id, epoch);
+                tx.commit().await?;
+                read
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let read = rebuild_in!(tx, id, epoch);
+                tx.commit().await?;
+                read
+            }
+        };
+        let Some((campaign, reservations, groups)) = read else {
+            return Ok(None);
+        };
+        Ok(Some(Rebuild {
+            campaign: campaign.into_campaign()?,
+            reservations: reservations
+                .into_iter()
+                .map(|r| r.into_stored(id))
+                .collect::<Result<_, _>>()?,
+            groups: groups
+                .into_iter()
+                .map(|g| g.into_group(id))
+                .collect::<Result<_, _>>()?,
+        }))
+    }
+
     /// The held and confirmed reservations of a campaign, with their idempotency records.
     pub async fn live_reservations(
         &self,

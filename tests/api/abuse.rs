@@ -192,3 +192,47 @@ async fn a_user_token_used_before_its_nbf_is_refused() {
     let answer = app.reserve_with(&id, &early, "nbf-1", &json!({})).await;
     assert_problem(answer, 401, "unauthenticated").await;
 }
+
+crate::on_both_backends!(a_retried_stock_change_with_the_same_key_adds_once);
+
+async fn a_retried_stock_change_with_the_same_key_adds_once(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let id = app.campaign(10, 1, json!({})).await;
+    let change = |key: Option<&str>, delta: i64| {
+        let mut request = app
+            .client
+            .post(app.url(&format!("/v1/campaigns/{id}/stock")))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({ "delta": delta }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    };
+    let first = change(Some("restock-1"), 100).await.expect("sent");
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let retry = change(Some("restock-1"), 100).await.expect("sent");
+    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        retry
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(app.campaign_json(&id).await["stock"], 110, "added once");
+    assert_problem(
+        change(Some("restock-1"), 5).await.expect("sent"),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_problem(
+        change(None, 5).await.expect("sent"),
+        400,
+        "idempotency_key_required",
+    )
+    .await;
+    assert_eq!(app.campaign_json(&id).await["stock"], 110);
+}

@@ -218,8 +218,11 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         )
         .await
         .expect("reads");
-    assert_eq!(committed.len(), 25);
-    app.store.persist(&committed).await.expect("commits");
+    assert_eq!(committed.events.len(), 25);
+    app.store
+        .persist(&committed.epoch, &committed.events)
+        .await
+        .expect("commits");
     // ... and one that died before its commit.
     let lost = events
         .read(
@@ -229,7 +232,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         )
         .await
         .expect("reads");
-    assert_eq!(lost.len(), 15);
+    assert_eq!(lost.events.len(), 15);
 
     let (trigger, shutdown) = flashsale::shutdown::channel();
     let settings = flashsale::pipeline::persister::PersisterSettings {

@@ -515,3 +515,222 @@ async fn re_arming_the_sold_out_gate_never_blocks_redis() {
         .expect("reads");
     assert!(slow.is_empty(), "commands over 20 ms: {slow:?}");
 }
+
+/// What the database says about one campaign, to hold the invariants against.
+async fn invariant_breaches(
+    app: &crate::helpers::TestApp,
+    campaign: &str,
+    stock: i64,
+) -> Vec<String> {
+    let flashsale::store::Store::Postgres(pool) = &app.store else {
+        panic!("this test runs on Postgres");
+    };
+    let mut breaches = Vec::new();
+    let (taken,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+         WHERE campaign_id = $1 AND status IN ('held', 'confirmed')",
+    )
+    .bind(campaign)
+    .fetch_one(pool)
+    .await
+    .expect("query");
+    if taken > stock {
+        breaches.push(format!("oversold: {taken} units taken of {stock}"));
+    }
+    let over_limit: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT user_id, CAST(SUM(quantity) AS BIGINT) FROM reservations \
+         WHERE campaign_id = $1 AND status IN ('held', 'confirmed') GROUP BY user_id HAVING SUM(quantity) > 1",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await
+    .expect("query");
+    if !over_limit.is_empty() {
+        breaches.push(format!("users over their limit: {over_limit:?}"));
+    }
+    let reused: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT idempotency_key, COUNT(*) FROM reservations WHERE campaign_id = $1 \
+         AND idempotency_key IS NOT NULL GROUP BY idempotency_key HAVING COUNT(*) > 1",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await
+    .expect("query");
+    if !reused.is_empty() {
+        breaches.push(format!("keys with two reservations: {reused:?}"));
+    }
+    let stale: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM reservations WHERE campaign_id = $1 AND status = 'held' \
+         AND expires_at_ms < $2",
+    )
+    .bind(campaign)
+    .bind(flashsale::domain::Millis::now().0 - 3_000)
+    .fetch_all(pool)
+    .await
+    .expect("query");
+    if !stale.is_empty() {
+        breaches.push(format!("holds that never ended: {}", stale.len()));
+    }
+    breaches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_burst_never_oversells_and_every_hold_ends() {
+    use crate::helpers::{fresh_postgres_schema, TestApp};
+    let mut redis = RedisServer::start(false);
+    let url = redis.url();
+    let database = fresh_postgres_schema().await;
+    let namespace = unique_id("ns");
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_url = Some(url.clone());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    let instances = Arc::new([
+        spawn_app_with(Backend::Redis, tune).await,
+        spawn_app_with(Backend::Redis, tune).await,
+    ]);
+    // Enough stock that reservations are still being made when Redis dies: events are in
+    // flight (read by a persister, not yet committed) at that moment.
+    let stock = 1_000_000;
+    let hold_seconds = 3;
+    let campaign = instances[0]
+        .campaign(stock, 1, json!({"hold_seconds": hold_seconds}))
+        .await;
+    let users = 1_000_000;
+    for round in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let workers: Vec<_> = (0..16)
+            .map(|worker| {
+                let instances = Arc::clone(&instances);
+                let campaign = campaign.clone();
+                tokio::spawn(async move {
+                    let mut n = worker;
+                    while Instant::now() < deadline {
+                        let user = format!("u{round}-{}", n % users);
+                        let key = format!("k-{user}");
+                        n += 16;
+                        // A caller retries a 5xx with the same key, on either instance.
+                        for attempt in 0..40 {
+                            let app: &TestApp = &instances[(worker + attempt) % 2];
+                            let answer = app
+                                .reserve_with(
+                                    &campaign,
+                                    &app.store_token,
+                                    &key,
+                                    &json!({"user_id": user}),
+                                )
+                                .await;
+                            if !answer.status().is_server_error() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.restart(); // empty: no persistence
+        for worker in workers {
+            worker.await.expect("no panic");
+        }
+    }
+    // Every hold ends (3 s holds, reaped within a second), the persisters drain.
+    tokio::time::sleep(Duration::from_secs(hold_seconds + 4)).await;
+    let breaches = invariant_breaches(&instances[0], &campaign, stock as i64).await;
+    assert!(
+        breaches.is_empty(),
+        "after three Redis losses: {breaches:?}"
+    );
+    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
+        .await
+        .expect("reconciles");
+    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
+    use flashsale::domain::{IdempotencyKey, Millis, Quantity, ScopedKey, UserId};
+    use flashsale::engine::{CampaignSnapshot, Engine, ReserveOutcome, ReserveRequest};
+    let app = crate::helpers::spawn_app(Backend::Redis).await;
+    // A campaign only Redis knows, as when a fresh database is pointed at an old Redis: its
+    // events can never reach the `reservations` table (its foreign key).
+    let ghost = flashsale::domain::Campaign::parse(
+        flashsale::domain::CampaignDraft {
+            id: Some(unique_id("ghost").to_lowercase()),
+            kind: "flash_sale".into(),
+            sku: "s".into(),
+            stock: 10,
+            per_user_limit: Some(1),
+            starts_at: None,
+            ends_at: None,
+            hold_seconds: Some(900),
+            group: None,
+        },
+        Millis::now(),
+    )
+    .expect("valid");
+    assert!(app
+        .engine
+        .load_campaign(CampaignSnapshot::fresh(&ghost))
+        .await
+        .expect("loads"));
+    for i in 0..5 {
+        let key = IdempotencyKey::parse(&format!("g{i}")).expect("valid");
+        let request = ReserveRequest::new(
+            ghost.id.clone(),
+            UserId::parse(&format!("g{i}")).expect("valid"),
+            Quantity::ONE,
+            ScopedKey::new("s/test", "reserve", &key),
+            Millis::now(),
+        );
+        let outcome = app.engine.reserve(&request).await.expect("answers");
+        assert!(matches!(outcome, ReserveOutcome::Reserved { .. }));
+    }
+    // Beside them, a campaign both know, served as usual.
+    let id = app.campaign(10, 1, json!({})).await;
+    for i in 0..3 {
+        assert_eq!(app.reserve(&id, &format!("u{i}"), 1).await.status(), 201);
+    }
+    let feed = crate::durability::feed_when(&app, 3, Duration::from_secs(20)).await;
+    let healthy = feed
+        .iter()
+        .filter(|e| e["reservation"]["campaign_id"] == id.as_str())
+        .count();
+    assert_eq!(
+        healthy, 3,
+        "the healthy campaign's events reach the feed: {feed:?}"
+    );
+    let started = Instant::now();
+    let dead = loop {
+        let dead = app.store.dead_events().await.expect("reads");
+        if dead.len() >= 5 || started.elapsed() > Duration::from_secs(20) {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 5, "{dead:?}");
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == "unknown_campaign" && d.campaign_id == ghost.id.as_str()));
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("flashsale_persister_dead_events_total")
+                && l.contains("unknown_campaign")
+                && !l.ends_with(" 0")),
+        "the set-aside events are counted"
+    );
+}

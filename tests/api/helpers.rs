@@ -216,6 +216,7 @@ impl TestApp {
         self.client
             .post(self.url(&format!("/v1/campaigns/{id}/stock")))
             .bearer_auth(&self.admin_token)
+            .header("Idempotency-Key", fresh_key())
             .json(&json!({ "delta": delta }))
             .send()
             .await

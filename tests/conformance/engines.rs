@@ -1,10 +1,11 @@
 //! How each engine under test is made, and the macro that runs one specification on all.
 
 use flashsale::domain::{
-    Campaign, CampaignDraft, CampaignId, IdempotencyKey, Millis, Quantity, ScopedKey, UserId,
+    Campaign, CampaignDraft, CampaignId, IdempotencyKey, Millis, Quantity, ScopedKey, StockDelta,
+    UserId,
 };
 use flashsale::engine::{
-    CampaignSnapshot, Engine, Gated, MemoryEngine, RedisEngine, ReserveRequest,
+    CampaignSnapshot, Engine, Gated, MemoryEngine, RedisEngine, ReserveRequest, StockRequest,
 };
 use std::sync::Arc;
 
@@ -100,4 +101,13 @@ pub fn attempt(
         ScopedKey::new("s/test", "reserve", &key),
         now,
     )
+}
+
+/// A stock change with its own idempotency key.
+pub fn stock(campaign: &CampaignId, delta: i64) -> StockRequest {
+    StockRequest {
+        campaign_id: campaign.clone(),
+        delta: StockDelta::parse(delta).expect("valid delta"),
+        idempotency_key: ScopedKey::from_stored(format!("s/test/stock/{}", ulid::Ulid::new())),
+    }
 }

@@ -2,10 +2,9 @@
 //! user id holds (the Redis engine packs each event into one stream field). These tests read
 //! and acknowledge events, so each engine gets a namespace of its own.
 
-use crate::engines::{attempt, campaign, created, redis_url};
+use crate::engines::{attempt, campaign, created, redis_url, stock};
 use flashsale::domain::{
-    Change, GroupId, GroupStatus, Millis, ReservationId, ReservationStatus, ScopedKey, StockDelta,
-    UserId,
+    Change, GroupId, GroupStatus, Millis, ReservationId, ReservationStatus, ScopedKey, UserId,
 };
 use flashsale::engine::{
     Consumer, Engine, EventLog, GroupOutcome, GroupRequest, MemoryEngine, RedisEngine,
@@ -40,7 +39,7 @@ async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
     };
     engine.confirm(&reservation.id, now).await.expect("answers");
     engine
-        .adjust_stock(&sale.id, StockDelta::parse(5).expect("valid"))
+        .adjust_stock(&stock(&sale.id, 5))
         .await
         .expect("answers");
     let buy = campaign(10, 1, |d| {
@@ -74,7 +73,8 @@ async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
             Duration::from_secs(3600),
         )
         .await
-        .expect("answers");
+        .expect("answers")
+        .events;
 
     let mut seen = Vec::new();
     for event in &events {

@@ -1,8 +1,8 @@
 //! A small reference model of the reservation rules, and a randomized test that drives every
 //! engine with random operation sequences and compares each answer with the model's.
 
-use crate::engines::{attempt, campaign, make, Kind};
-use flashsale::domain::{Campaign, Millis, Refusal, ReservationId, ReservationStatus, StockDelta};
+use crate::engines::{attempt, campaign, make, stock, Kind};
+use flashsale::domain::{Campaign, Millis, Refusal, ReservationId, ReservationStatus};
 use flashsale::engine::{
     CampaignSnapshot, CancelScope, Engine, ReserveOutcome, StockOutcome, Transition,
 };
@@ -272,7 +272,7 @@ async fn play(
             )),
             Op::Stock { delta } => Some(
                 match engine
-                    .adjust_stock(&c.id, StockDelta::parse(delta).expect("valid delta"))
+                    .adjust_stock(&stock(&c.id, delta))
                     .await
                     .expect("answers")
                 {
@@ -281,6 +281,10 @@ async fn play(
                     }
                     StockOutcome::Insufficient { available } => Answer::Insufficient(available),
                     StockOutcome::NotFound => Answer::NotFound,
+                    // Every change has a fresh key: neither can happen here.
+                    other @ (StockOutcome::Replayed { .. } | StockOutcome::KeyReused) => {
+                        panic!("a fresh key answered {other:?}")
+                    }
                 },
             ),
         };

@@ -1,8 +1,8 @@
 //! One rule per test, each run on every engine.
 
-use crate::engines::{attempt, campaign, created};
+use crate::engines::{attempt, campaign, created, stock};
 use crate::on_every_engine;
-use flashsale::domain::{CampaignId, Millis, Refusal, ReservationStatus, StockDelta};
+use flashsale::domain::{CampaignId, Millis, Refusal, ReservationStatus};
 use flashsale::engine::{
     CampaignSnapshot, CancelScope, Engine, ReserveOutcome, StockOutcome, Transition,
 };
@@ -55,6 +55,7 @@ on_every_engine!(
     expired_holds_return_their_units_and_cannot_be_confirmed,
     holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass,
     stock_can_be_added_and_withdrawn_but_never_below_available,
+    a_retried_stock_change_applies_once,
     unknown_reservations_are_not_found,
 );
 
@@ -400,7 +401,7 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
 
     assert_eq!(
         engine
-            .adjust_stock(&c.id, StockDelta::parse(3).expect("valid delta"))
+            .adjust_stock(&stock(&c.id, 3))
             .await
             .expect("answers"),
         StockOutcome::Adjusted {
@@ -410,14 +411,14 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
     );
     assert_eq!(
         engine
-            .adjust_stock(&c.id, StockDelta::parse(-4).expect("valid delta"))
+            .adjust_stock(&stock(&c.id, -4))
             .await
             .expect("answers"),
         StockOutcome::Insufficient { available: 3 }
     );
     assert_eq!(
         engine
-            .adjust_stock(&c.id, StockDelta::parse(-2).expect("valid delta"))
+            .adjust_stock(&stock(&c.id, -2))
             .await
             .expect("answers"),
         StockOutcome::Adjusted {
@@ -430,11 +431,45 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
     let missing = crate::engines::campaign(1, 1, |_| {});
     assert_eq!(
         engine
-            .adjust_stock(&missing.id, StockDelta::parse(1).expect("valid delta"))
+            .adjust_stock(&stock(&missing.id, 1))
             .await
             .expect("answers"),
         StockOutcome::NotFound
     );
+}
+
+async fn a_retried_stock_change_applies_once(engine: Arc<dyn Engine>) {
+    let c = campaign(10, 5, |_| {});
+    created(&*engine, &c).await;
+    let plus_100 = stock(&c.id, 100);
+    let first = engine.adjust_stock(&plus_100).await.expect("answers");
+    assert_eq!(
+        first,
+        StockOutcome::Adjusted {
+            stock: 110,
+            available: 110
+        }
+    );
+    reserved(&*engine, &attempt(&c, "u1", 1, "k1", Millis::now())).await;
+    // The retry answers the first outcome and changes nothing.
+    assert_eq!(
+        engine.adjust_stock(&plus_100).await.expect("answers"),
+        StockOutcome::Replayed {
+            stock: 110,
+            available: 110
+        }
+    );
+    assert_eq!(counts(&*engine, &c.id).await, (109, 1, 0));
+    // The same key with another delta is a different request.
+    let reused = flashsale::engine::StockRequest {
+        delta: flashsale::domain::StockDelta::parse(5).expect("valid"),
+        ..plus_100
+    };
+    assert_eq!(
+        engine.adjust_stock(&reused).await.expect("answers"),
+        StockOutcome::KeyReused
+    );
+    assert_eq!(counts(&*engine, &c.id).await, (109, 1, 0));
 }
 
 async fn unknown_reservations_are_not_found(engine: Arc<dyn Engine>) {

@@ -5,11 +5,11 @@ use super::groups::GroupSlot;
 use super::outbox::Outbox;
 use crate::domain::{
     Campaign, CampaignKind, Change, GroupCounts, GroupId, GroupStatus, Millis, Quantity, Refusal,
-    Reservation, ReservationId, ReservationStatus, ScopedKey, StockDelta, UserId, Window,
+    Reservation, ReservationId, ReservationStatus, ScopedKey, UserId, Window,
 };
 use crate::engine::{
     CampaignSnapshot, CancelScope, EngineError, RecordsSince, ReserveOutcome, ReserveRequest,
-    StockOutcome, Transition,
+    StockOutcome, StockRequest, Transition,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,6 +25,8 @@ pub struct Slot {
     pub idempotency: HashMap<String, (ReservationId, String)>,
     /// The keys of `idempotency` in creation order, for the sold-out gate.
     pub record_order: Vec<String>,
+    /// Stock change keys → (delta, stock after, available after).
+    pub stock_changes: HashMap<String, (i64, u64, u64)>,
     pub reservations: HashMap<ReservationId, Reservation>,
     /// Held reservations by expiry, so the reaper finds due ones without a scan.
     pub expiries: BTreeSet<(Millis, ReservationId)>,
@@ -70,6 +72,7 @@ impl Slot {
             users: HashMap::new(),
             idempotency: HashMap::new(),
             record_order: Vec::new(),
+            stock_changes: HashMap::new(),
             reservations: HashMap::new(),
             expiries: BTreeSet::new(),
             outbox: Outbox::default(),
@@ -119,23 +122,27 @@ impl Slot {
         for r in reservations {
             let reservation = &r.reservation;
             let quantity = u64::from(reservation.quantity);
-            if !reservation.status.takes_units() {
-                continue;
-            }
+            // Ended reservations come back too (status, idempotency record), so a replay of
+            // their key and a read of their id answer as before; only live ones take units.
+            let live = reservation.status.takes_units();
             let held = reservation.status == ReservationStatus::Held;
             if held {
                 slot.expiries
                     .insert((reservation.expires_at, reservation.id.clone()));
             }
-            *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
+            if live {
+                *slot.users.entry(reservation.user_id.clone()).or_insert(0) += quantity;
+            }
             let group = reservation.group_id.as_ref();
             match group.and_then(|g| Some(g.clone()).zip(slot.groups.get_mut(g))) {
                 Some((group_id, group)) => {
                     group
                         .members
                         .push((reservation.user_id.clone(), reservation.id.clone()));
-                    group.active += 1;
-                    if !held {
+                    if live {
+                        group.active += 1;
+                    }
+                    if live && !held {
                         group.confirmed += 1;
                         if group.status == GroupStatus::Open {
                             slot.held -= quantity;
@@ -150,7 +157,7 @@ impl Slot {
                 None => {
                     if held {
                         slot.held += quantity;
-                    } else {
+                    } else if live {
                         slot.confirmed += quantity;
                     }
                     if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
@@ -158,6 +165,7 @@ impl Slot {
                             key.to_string(),
                             (reservation.id.clone(), fingerprint.clone()),
                         );
+                        slot.record_order.push(key.to_string());
                     }
                 }
             }
@@ -287,10 +295,23 @@ impl Slot {
         }
         due
     }
-    /// Adds or withdraws units; never below what is available.
-    pub fn adjust_stock(&mut self, delta: StockDelta) -> StockOutcome {
-        let magnitude = delta.get().unsigned_abs();
-        if delta.get() < 0 {
+    /// Adds or withdraws units; never below what is available; once per idempotency key.
+    pub fn adjust_stock(&mut self, request: &StockRequest) -> StockOutcome {
+        let delta = request.delta.get();
+        if let Some((first, stock, available)) =
+            self.stock_changes.get(request.idempotency_key.as_str())
+        {
+            return if *first == delta {
+                StockOutcome::Replayed {
+                    stock: *stock,
+                    available: *available,
+                }
+            } else {
+                StockOutcome::KeyReused
+            };
+        }
+        let magnitude = delta.unsigned_abs();
+        if delta < 0 {
             if magnitude > self.available {
                 return StockOutcome::Insufficient {
                     available: self.available,
@@ -303,9 +324,13 @@ impl Slot {
             self.campaign.stock += magnitude;
         }
         let stock = self.campaign.stock;
+        self.stock_changes.insert(
+            request.idempotency_key.to_string(),
+            (delta, stock, self.available),
+        );
         self.emit(Millis::now(), Change::Stock { stock });
         StockOutcome::Adjusted {
-            stock: self.campaign.stock,
+            stock,
             available: self.available,
         }
     }

@@ -13,13 +13,12 @@ mod groups;
 mod outbox;
 
 use super::{
-    Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventLog,
-    GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince, ReserveOutcome, ReserveRequest,
-    StockOutcome, Transition,
+    Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventBatch,
+    EventLog, GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince, ReserveOutcome,
+    ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use crate::domain::{
     CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
-    StockDelta,
 };
 use async_trait::async_trait;
 use campaign::Slot;
@@ -29,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The in-memory stock engine.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct MemoryEngine {
     /// One entry per campaign; the mutex makes each decision on a campaign atomic.
     campaigns: Arc<DashMap<CampaignId, Arc<Mutex<Slot>>>>,
@@ -37,6 +36,8 @@ pub struct MemoryEngine {
     appended: Arc<Notify>,
     /// Signalled after every acknowledgement, for callers waiting for their events' commit.
     acknowledged: Arc<Notify>,
+    /// This process's dataset: everything here dies with the process.
+    epoch: Arc<str>,
 }
 
 /// How long an empty [`EventLog::read`] waits for a decision before answering nothing.
@@ -50,7 +51,12 @@ fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 
 impl MemoryEngine {
     pub fn new() -> Self {
-        Self::default()
+        MemoryEngine {
+            campaigns: Arc::default(),
+            appended: Arc::default(),
+            acknowledged: Arc::default(),
+            epoch: Arc::from(format!("memory-{}", ulid::Ulid::new())),
+        }
     }
 
     fn slot(&self, id: &CampaignId) -> Option<Arc<Mutex<Slot>>> {
@@ -91,6 +97,16 @@ impl Backend for MemoryEngine {
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
     }
+
+    async fn epoch(&self) -> Result<String, EngineError> {
+        Ok(self.epoch.to_string())
+    }
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[async_trait]
@@ -122,12 +138,12 @@ impl Engine for MemoryEngine {
         Ok(self.campaigns.iter().map(|e| e.key().clone()).collect())
     }
 
-    async fn adjust_stock(
-        &self,
-        id: &CampaignId,
-        delta: StockDelta,
-    ) -> Result<StockOutcome, EngineError> {
-        Ok(self.decide(id, StockOutcome::NotFound, |slot| slot.adjust_stock(delta)))
+    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        Ok(
+            self.decide(&request.campaign_id, StockOutcome::NotFound, |slot| {
+                slot.adjust_stock(request)
+            }),
+        )
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
@@ -219,7 +235,7 @@ impl EventLog for MemoryEngine {
         _consumer: &Consumer,
         max: usize,
         reclaim_after: Duration,
-    ) -> Result<Vec<Event>, EngineError> {
+    ) -> Result<EventBatch, EngineError> {
         let mut events = Vec::new();
         for waited in [false, true] {
             for slot in self.slots() {
@@ -235,7 +251,10 @@ impl EventLog for MemoryEngine {
             // for its commit is not held up by the persister's idle pause.
             let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
         }
-        Ok(events)
+        Ok(EventBatch {
+            epoch: self.epoch.to_string(),
+            events,
+        })
     }
 
     async fn ack(&self, _group: &str, events: &[Event]) -> Result<(), EngineError> {

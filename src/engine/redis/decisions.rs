@@ -6,11 +6,11 @@ use super::scripts::Timed;
 use super::{Connection, RedisEngine};
 use crate::domain::{
     CampaignId, CampaignState, Group, GroupId, GroupMember, GroupStatus, Millis, Refusal,
-    Reservation, ReservationId, ReservationStatus, StockDelta, UserId,
+    Reservation, ReservationId, ReservationStatus, UserId,
 };
 use crate::engine::{
     CampaignSnapshot, CancelScope, Engine, EngineError, GroupOutcome, GroupRequest, ReserveOutcome,
-    ReserveRequest, StockOutcome, Transition,
+    ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -186,18 +186,15 @@ impl<C: Connection> Engine for RedisEngine<C> {
         self.listed_campaigns().await
     }
 
-    async fn adjust_stock(
-        &self,
-        id: &CampaignId,
-        delta: StockDelta,
-    ) -> Result<StockOutcome, EngineError> {
-        let keys = self.keys(id);
+    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        let keys = self.keys(&request.campaign_id);
         let reply: Vec<String> = self
             .scripts
             .adjust_stock
             .key(&keys.campaign)
             .key(keys.events())
-            .arg(delta.get())
+            .arg(request.delta.get())
+            .arg(request.idempotency_key.as_str())
             .invoke_async(&mut self.timed("adjust_stock"))
             .await?;
         let number = |i: usize| -> Result<u64, EngineError> {
@@ -211,6 +208,11 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 stock: number(1)?,
                 available: number(2)?,
             }),
+            Some("replay") => Ok(StockOutcome::Replayed {
+                stock: number(1)?,
+                available: number(2)?,
+            }),
+            Some("key_reused") => Ok(StockOutcome::KeyReused),
             Some("insufficient") => Ok(StockOutcome::Insufficient {
                 available: number(1)?,
             }),

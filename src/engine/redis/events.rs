@@ -2,9 +2,10 @@
 //! by consumer groups with `XREADGROUP`, reclaimed with `XAUTOCLAIM`, acknowledged with `XACK`.
 
 use super::codec::event_from;
+use super::keys;
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Event, Millis, StreamPosition};
-use crate::engine::{Backlog, Consumer, EngineError, EventLog};
+use crate::engine::{Backlog, Consumer, EngineError, EventBatch, EventLog};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,10 +50,10 @@ impl<C: Connection> EventLog for RedisEngine<C> {
         consumer: &Consumer,
         max: usize,
         reclaim_after: Duration,
-    ) -> Result<Vec<Event>, EngineError> {
+    ) -> Result<EventBatch, EngineError> {
         let campaigns = self.listed_campaigns().await?;
         if campaigns.is_empty() || max == 0 {
-            return Ok(Vec::new());
+            return Ok(EventBatch::default());
         }
         let reclaim = {
             let mut last = self.last_reclaim.lock().unwrap_or_else(|p| p.into_inner());
@@ -63,9 +64,12 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             due
         };
         let per_stream = max.div_ceil(campaigns.len()).max(1);
-        let mut events = Vec::new();
+        // One MULTI: the epoch is read atomically with the events, so a batch is always
+        // tagged with the dataset it came from, even if Redis restarts right after.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("GET").arg(keys::epoch(&self.namespace));
         if reclaim {
-            let mut pipe = redis::pipe();
             for campaign in &campaigns {
                 pipe.cmd("XAUTOCLAIM")
                     .arg(self.keys(campaign).events())
@@ -76,17 +80,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                     .arg("COUNT")
                     .arg(per_stream);
             }
-            let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
-            for (campaign, reply) in campaigns.iter().zip(replies) {
-                // [next id, [entries], [deleted ids]]
-                if let redis::Value::Array(mut parts) = reply {
-                    if parts.len() >= 2 {
-                        events.extend(entries(campaign, parts.swap_remove(1))?);
-                    }
-                }
-            }
         }
-        let mut pipe = redis::pipe();
         for campaign in &campaigns {
             pipe.cmd("XREADGROUP")
                 .arg("GROUP")
@@ -98,28 +92,43 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .arg(self.keys(campaign).events())
                 .arg(">");
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
-        for (campaign, reply) in campaigns.iter().zip(replies) {
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
+        let mut events = Vec::new();
+        let epoch = match replies.first() {
+            Some(redis::Value::Nil) | None => String::new(),
+            Some(value) => redis::from_redis_value(value)?,
+        };
+        let rest = replies.split_off(1.min(replies.len()));
+        let (claimed, read) = rest.split_at(if reclaim { campaigns.len() } else { 0 });
+        for (campaign, reply) in campaigns.iter().zip(claimed) {
+            // [next id, [entries], [deleted ids]]
+            if let redis::Value::Array(parts) = reply {
+                if let Some(list) = parts.get(1) {
+                    events.extend(entries(campaign, list.clone())?);
+                }
+            }
+        }
+        for (campaign, reply) in campaigns.iter().zip(read) {
             // Nil, or [[stream key, [entries]]] (RESP2) / {stream key: [entries]} (RESP3)
             match reply {
                 redis::Value::Array(streams) => {
                     for stream in streams {
-                        if let redis::Value::Array(mut pair) = stream {
-                            if pair.len() == 2 {
-                                events.extend(entries(campaign, pair.swap_remove(1))?);
+                        if let redis::Value::Array(pair) = stream {
+                            if let Some(list) = pair.get(1) {
+                                events.extend(entries(campaign, list.clone())?);
                             }
                         }
                     }
                 }
                 redis::Value::Map(streams) => {
                     for (_, list) in streams {
-                        events.extend(entries(campaign, list)?);
+                        events.extend(entries(campaign, list.clone())?);
                     }
                 }
                 _ => {}
             }
         }
-        Ok(events)
+        Ok(EventBatch { epoch, events })
     }
 
     async fn backlog(&self, group: &str) -> Result<Backlog, EngineError> {

@@ -51,3 +51,9 @@ impl Keys {
 pub fn campaign_index(namespace: &str) -> String {
     format!("{namespace}:campaigns")
 }
+
+/// The id of the dataset Redis holds (see `Backend::epoch`): made when missing, so a Redis
+/// that restarted empty gets a new one.
+pub fn epoch(namespace: &str) -> String {
+    format!("{namespace}:epoch")
+}

@@ -191,6 +191,31 @@ impl<C: Connection> Backend for RedisEngine<C> {
             .await?;
         Ok(())
     }
+
+    async fn epoch(&self) -> Result<String, EngineError> {
+        let key = keys::epoch(&self.namespace);
+        let mut connection = self.connection();
+        let current: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await?;
+        if let Some(epoch) = current {
+            return Ok(epoch);
+        }
+        // A Redis without one is new or lost its data: the first to notice names the new
+        // dataset; everyone else reads that name.
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(format!("redis-{}", ulid::Ulid::new()))
+            .arg("NX")
+            .query_async(&mut connection)
+            .await?;
+        let epoch: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await?;
+        Ok(epoch)
+    }
 }
 
 #[async_trait]
