@@ -106,6 +106,12 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_REAPER_INTERVAL_MS", default_value_t = 250)]
     pub reaper_interval_ms: u64,
 
+    /// `strict`: refuse to start unless every acknowledged change is on disk before it is
+    /// answered (with Redis: `appendonly yes` and `appendfsync always`; the embedded engine
+    /// always answers after the SQLite commit). `default`: Redis's own persistence decides.
+    #[arg(long, env = "FLASHSALE_DURABILITY", value_enum, default_value_t = Durability::Default)]
+    pub durability: Durability,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FLASHSALE_LOG_JSON")]
     pub log_json: bool,
@@ -113,6 +119,13 @@ pub struct Config {
     /// What to run; the service when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How durable an answer must be (see `Config::durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    Default,
+    Strict,
 }
 
 /// The binary's modes.

@@ -1,6 +1,6 @@
 //! The application: build the state from the config, start the workers, serve, shut down.
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::engine::{Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, PERSISTER};
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
@@ -324,11 +324,18 @@ impl Backends {
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
 pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     Ok(match &config.redis_url {
-        Some(url) => Backends::of(
-            RedisEngine::connect_in(url, &config.redis_namespace)
+        Some(url) => {
+            let engine = RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
-                .with_context(|| format!("connecting to Redis at {url}"))?,
-        ),
+                .with_context(|| format!("connecting to Redis at {url}"))?;
+            if config.durability == Durability::Strict {
+                engine
+                    .check_strict_durability()
+                    .await
+                    .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
+            }
+            Backends::of(engine)
+        }
         None => Backends::of(MemoryEngine::new()),
     })
 }

@@ -3,14 +3,14 @@
 use super::auth::Caller;
 use super::creating;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathId};
 use super::AppState;
 use crate::domain::{
     Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal, ScopedKey,
     StockDelta,
 };
 use crate::engine::{Engine, StockOutcome, StockRequest};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -202,7 +202,7 @@ pub async fn create_campaign(
 pub async fn get_campaign(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<CampaignView>, ApiError> {
     caller.require_store()?;
     let id = campaign_id(&id)?;
@@ -224,7 +224,7 @@ pub async fn get_campaign(
 pub async fn adjust_stock(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<StockChange>,
 ) -> Result<Response, ApiError> {
@@ -264,7 +264,7 @@ pub async fn adjust_stock(
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
 pub async fn availability(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = campaign_id(&id)?;
     let (status, available) = state

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 422: JSON of the wrong shape: unknown or missing fields, wrong types, bad values.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 400: a path parameter that is not valid text.
+    #[error("the path is not valid: {0}")]
+    MalformedPath(String),
     /// 415: a body that does not say it is JSON.
     #[error("request bodies must be application/json")]
     UnsupportedMediaType,
@@ -131,6 +134,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated"),
             ApiError::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            ApiError::MalformedPath(_) => (S::BAD_REQUEST, "malformed_path", "Malformed path"),
             ApiError::InvalidRequest(_) => (
                 S::UNPROCESSABLE_ENTITY,
                 "invalid_request",

@@ -3,14 +3,14 @@
 use super::auth::Caller;
 use super::creating;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathId};
 use super::AppState;
 use crate::domain::{
     CampaignId, Group, GroupId, IdempotencyKey, Millis, Refusal, ScopedKey, UserId,
 };
 use crate::engine::{Engine, GroupOutcome, GroupRequest};
 use crate::metrics as m;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -119,7 +119,7 @@ fn answer(outcome: GroupOutcome, operation: &'static str) -> Result<Response, Ap
 pub async fn open_group(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<GroupMemberRequest>,
 ) -> Result<Response, ApiError> {
@@ -141,7 +141,7 @@ pub async fn open_group(
 pub async fn join_group(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<GroupMemberRequest>,
 ) -> Result<Response, ApiError> {
@@ -163,7 +163,7 @@ pub async fn join_group(
 pub async fn get_group(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<GroupView>, ApiError> {
     let group_id = GroupId::parse(&id).map_err(|_| ApiError::refused(Refusal::GroupNotFound))?;
     let group = state

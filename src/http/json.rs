@@ -70,3 +70,21 @@ where
         })
     }
 }
+
+/// The one path parameter of a route (`{id}`), as text. A path that is not valid UTF-8 (or
+/// not percent-decodable) is refused as problem+json, not with axum's plain-text 400.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| ApiError::MalformedPath(rejection.body_text()))
+    }
+}

@@ -3,14 +3,14 @@
 use super::auth::Caller;
 use super::creating;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathId};
 use super::AppState;
 use crate::domain::{
     CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus, ScopedKey,
 };
 use crate::engine::{CancelScope, Engine, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -96,7 +96,7 @@ fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
 pub async fn reserve(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<NewReservation>,
 ) -> Result<Response, ApiError> {
@@ -160,7 +160,7 @@ async fn visible(
 pub async fn get_reservation(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     Ok(Json(visible(&state, &caller, &id).await?.into()))
@@ -186,7 +186,7 @@ fn transitioned(
 pub async fn confirm(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ReservationView>, ApiError> {
     caller.require_store()?;
     let id = reservation_id(&id)?;
@@ -204,7 +204,7 @@ pub async fn confirm(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     let scope = match caller {

@@ -236,3 +236,22 @@ async fn a_retried_stock_change_with_the_same_key_adds_once(backend: Backend) {
     .await;
     assert_eq!(app.campaign_json(&id).await["stock"], 110);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_not_valid_text_gets_a_problem_not_plain_text() {
+    let app = spawn_app_with(Backend::Memory, |_| {}).await;
+    for path in [
+        "/v1/reservations/%FF",
+        "/v1/campaigns/%C3%28/availability",
+        "/v1/groups/%FE%FF",
+    ] {
+        let answer = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(&app.store_token)
+            .send()
+            .await
+            .expect("answers");
+        assert_problem(answer, 400, "malformed_path").await;
+    }
+}

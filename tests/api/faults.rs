@@ -734,3 +734,33 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
         "the set-aside events are counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_refuses_a_redis_that_could_lose_an_acknowledged_change() {
+    // Without an fsynced AOF: the service refuses to start, saying what it found.
+    let volatile = RedisServer::start(false);
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .env("FLASHSALE_REDIS_URL", volatile.url())
+        .env("FLASHSALE_DURABILITY", "strict")
+        .env("FLASHSALE_LISTEN", "127.0.0.1:0")
+        .env(
+            "FLASHSALE_SQLITE_PATH",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.db", unique_id("strict"))),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("appendonly no"), "{stderr}");
+    // With one, it serves.
+    let durable = RedisServer::start(true);
+    let url = durable.url();
+    let app = spawn_app_with(Backend::Redis, |c| {
+        c.redis_url = Some(url);
+        c.durability = flashsale::config::Durability::Strict;
+    })
+    .await;
+    let id = app.campaign(5, 1, json!({})).await;
+    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
+}

@@ -125,6 +125,31 @@ impl<C: Connection> RedisEngine<C> {
         Ok(engine)
     }
 
+    /// Refuses a Redis that could lose an acknowledged change in a crash: it must append
+    /// every write to its AOF and fsync it before answering (`appendonly yes`, `appendfsync
+    /// always`). `Err` says what it found.
+    pub async fn check_strict_durability(&self) -> Result<(), String> {
+        let setting = |name: &'static str| async move {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(|e| format!("cannot read Redis's {name} (CONFIG GET): {e}"))?;
+            Ok::<String, String>(pair.get(1).cloned().unwrap_or_default())
+        };
+        let appendonly = setting("appendonly").await?;
+        let appendfsync = setting("appendfsync").await?;
+        if appendonly != "yes" || appendfsync != "always" {
+            return Err(format!(
+                "FLASHSALE_DURABILITY=strict needs Redis with appendonly yes and appendfsync \
+                 always (a 201 must be on disk); this one has appendonly {appendonly}, \
+                 appendfsync {appendfsync}"
+            ));
+        }
+        Ok(())
+    }
+
     fn keys(&self, id: &CampaignId) -> Keys {
         Keys::of(&self.namespace, id)
     }
