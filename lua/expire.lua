@@ -9,7 +9,10 @@
 -- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
 -- KEYS[4]  group expiry sorted set
 -- ARGV[1]  now (ms)        ARGV[2] look at most this many ids
--- returns  {how many reservations ended, how many ids left the list}
+-- ARGV[3]  retention (ms): reservations (outside groups) that ended at least this long ago
+--          leave Redis — their hash goes, their idempotency record stays, so a replay of
+--          their key finds the id and is answered from the database
+-- returns  {how many reservations ended, how many ids left the list, how many were forgotten}
 local now = tonumber(ARGV[1])
 local ended = 0
 for _, gid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])) do
@@ -27,4 +30,13 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)) do
   popped = popped + 1
 end
 if popped > 0 then redis.call('LTRIM', KEYS[2], popped, -1) end
-return {ended, popped}
+local gone = 0
+local ended_key = KEYS[1] .. ':ended'
+for _, entry in ipairs(redis.call('LRANGE', ended_key, 0, tonumber(ARGV[2]) - 1)) do
+  local bar = string.find(entry, '|', 1, true)
+  if tonumber(string.sub(entry, 1, bar - 1)) + tonumber(ARGV[3]) > now then break end
+  redis.call('DEL', KEYS[1] .. ':r:' .. string.sub(entry, bar + 1))
+  gone = gone + 1
+end
+if gone > 0 then redis.call('LTRIM', ended_key, gone, -1) end
+return {ended, popped, gone}

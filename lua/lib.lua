@@ -67,6 +67,11 @@ local function release(campaign, stream, rk, id, r, to, now)
   end
   redis.call('HSET', rk, 'status', to)
   emit(stream, rk, id, now)
+  -- Outside groups, an ended reservation leaves Redis after the retention (expire.lua);
+  -- the database keeps it. Ends are appended in time order.
+  if not r[4] or r[4] == '' then
+    redis.call('RPUSH', campaign .. ':ended', now .. '|' .. id)
+  end
 end
 
 -- Fails the group if it is open past its window: every member with a slot is released and

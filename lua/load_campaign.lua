@@ -71,6 +71,9 @@ for i = first_reservation, first_group - 1, 9 do
       records = records + 1
     end
     if status == 'held' then held = held + qty elseif status == 'confirmed' then confirmed = confirmed + qty end
+    -- Ended ones leave again after the retention, counted from their expiry (their end time
+    -- is not kept; it was no later).
+    if not live then redis.call('RPUSH', KEYS[1] .. ':ended', ARGV[i + 5] .. '|' .. id) end
   end
 end
 -- The expiry list is in expiry order (see expire.lua).

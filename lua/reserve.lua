@@ -7,6 +7,7 @@
 -- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
 -- returns  {'reserved', created, expires, available}
 --        | {'replay', id, user, quantity, created, expires}
+--        | {'replay_gone', id}: the key's reservation ended and left Redis (retention)
 --        | {'key_reused'} | {refusal code}
 -- Six redis.calls on success, one on a refusal: every read the decision needs is one HMGET
 -- of the campaign hash, and the campaign's side of the change is one HSET.
@@ -21,6 +22,7 @@ if seen then
   local id = string.sub(seen, 1, bar - 1)
   if string.sub(seen, bar + 1) ~= ARGV[5] then return {'key_reused'} end
   local r = redis.call('HMGET', KEYS[1] .. ':r:' .. id, 'user', 'qty', 'created', 'expires')
+  if not r[1] then return {'replay_gone', id} end
   return {'replay', id, r[1], r[2], r[3], r[4]}
 end
 

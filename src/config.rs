@@ -102,6 +102,16 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_BODY_READ_TIMEOUT_MS", default_value_t = 2_000)]
     pub body_read_timeout_ms: u64,
 
+    /// Ended reservations (cancelled, expired) leave the stock engine this many seconds after
+    /// they ended; the database keeps them, and replays of their keys and reads of their ids
+    /// are answered from it. Keeps Redis memory per live hold flat over a long sale.
+    #[arg(
+        long,
+        env = "FLASHSALE_ENDED_RETENTION_SECONDS",
+        default_value_t = 3_600
+    )]
+    pub ended_retention_seconds: u64,
+
     /// How often the reaper looks for expired holds, in milliseconds.
     #[arg(long, env = "FLASHSALE_REAPER_INTERVAL_MS", default_value_t = 250)]
     pub reaper_interval_ms: u64,

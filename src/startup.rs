@@ -33,6 +33,8 @@ pub struct Application {
     events: Arc<dyn EventLog>,
     credentials: Credentials,
     serve: http::serve::ServeSettings,
+    /// How long ended reservations and campaigns stay in the engine.
+    retention: Duration,
 }
 
 /// The credentials the service accepts, with the generated ones marked so they can be shown.
@@ -167,6 +169,7 @@ impl Application {
             persister,
             events: backends.events,
             credentials,
+            retention: Duration::from_secs(config.ended_retention_seconds),
             serve: http::serve::ServeSettings {
                 header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             },
@@ -288,6 +291,7 @@ impl Application {
             self.state.store.clone(),
             self.state.engine.watch(),
             self.reconcile_interval,
+            self.retention,
             shutdown.clone(),
         )));
         if let Some(limiter) = &self.state.user_limiter {
@@ -323,11 +327,13 @@ impl Backends {
 
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
 pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
+    let retention = Duration::from_secs(config.ended_retention_seconds);
     Ok(match &config.redis_url {
         Some(url) => {
             let engine = RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
-                .with_context(|| format!("connecting to Redis at {url}"))?;
+                .with_context(|| format!("connecting to Redis at {url}"))?
+                .with_retention(retention);
             if config.durability == Durability::Strict {
                 engine
                     .check_strict_durability()
@@ -336,7 +342,7 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
             }
             Backends::of(engine)
         }
-        None => Backends::of(MemoryEngine::new()),
+        None => Backends::of(MemoryEngine::new().with_retention(retention)),
     })
 }
 

@@ -269,16 +269,15 @@ impl Gated {
             if *fingerprint != request.fingerprint {
                 return Ok(ReserveOutcome::KeyReused);
             }
-            return match self.inner.reservation(&id).await? {
-                Some(reservation) => Ok(ReserveOutcome::Replayed(Reservation {
+            return Ok(match self.inner.reservation(&id).await? {
+                Some(reservation) => ReserveOutcome::Replayed(Reservation {
                     status: ReservationStatus::Held,
                     group_id: None,
                     ..reservation
-                })),
-                None => Err(EngineError::Corrupt(format!(
-                    "{id} is in a snapshot but missing"
-                ))),
-            };
+                }),
+                // It ended and left the engine; the database has it.
+                None => ReserveOutcome::ReplayOf(id),
+            });
         }
         let refusal = match self
             .config
@@ -307,6 +306,14 @@ impl Backend for Gated {
 
     async fn epoch(&self) -> Result<String, EngineError> {
         self.inner.epoch().await
+    }
+
+    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
+        self.inner.forget_campaign(id).await?;
+        self.sold_out.remove(id);
+        self.records.remove(id);
+        self.config.remove(id);
+        Ok(())
     }
 }
 

@@ -100,10 +100,17 @@ pub enum ReserveOutcome {
     /// The idempotency key was seen before with the same body: the first outcome, as it was
     /// created (status `held`), whatever happened to it since.
     Replayed(Reservation),
+    /// The idempotency key was seen before with the same body, but its reservation ended
+    /// and left the engine (after the retention): the first outcome is in the database.
+    ReplayOf(ReservationId),
     /// The idempotency key was seen before with a different body.
     KeyReused,
     Refused(Refusal),
 }
+
+/// How long an ended reservation (outside groups) stays in an engine when none is
+/// configured; the database keeps it for good.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Opening or joining a group.
 #[derive(Debug, Clone)]
@@ -245,6 +252,11 @@ pub trait Backend: Send + Sync + 'static {
     /// missing; the in-memory engine has one per process). The database records which
     /// dataset each campaign's engine state was loaded under.
     async fn epoch(&self) -> Result<String, EngineError>;
+
+    /// Removes everything the engine holds of a campaign the database archived (ended, no
+    /// live holds, every event persisted); requests about it are answered from the database
+    /// from then on.
+    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError>;
 }
 
 /// Decisions and reads. Every decision is one atomic step (one Lua script, or one campaign
@@ -284,7 +296,10 @@ pub trait Engine: Backend {
     /// Fails the campaign's open groups whose window passed (their members are released and
     /// their units return), then expires up to `limit` held reservations whose
     /// `expires_at <= now`, returning their units (a group member's slot returns to its
-    /// group). Safe to run from many instances at once. Returns how many reservations ended.
+    /// group), then forgets up to `limit` reservations (outside groups) that ended more than
+    /// the engine's retention ago — their idempotency records stay, so replays find them in
+    /// the database. Safe to run from many instances at once. Returns how many reservations
+    /// ended.
     async fn expire_due(
         &self,
         campaign: &CampaignId,

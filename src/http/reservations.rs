@@ -126,6 +126,10 @@ pub async fn reserve(
             count_attempt(Some(&request.campaign_id), "replayed");
             Ok(created(reservation, true))
         }
+        // Resolved from the database below HTTP (`Recovering`); never reaches here.
+        ReserveOutcome::ReplayOf(id) => Err(ApiError::Internal(format!(
+            "an unresolved replay of {id} reached the handler"
+        ))),
         ReserveOutcome::KeyReused => {
             count_attempt(Some(&request.campaign_id), "idempotency_key_reused");
             Err(ApiError::IdempotencyKeyReused)

@@ -215,6 +215,8 @@ pub struct Recovering {
     unknown: Arc<DashMap<CampaignId, Instant>>,
     /// The engine's dataset as this instance saw it, shared with the recovery worker.
     watch: Arc<LossWatch>,
+    /// Archived campaigns (they left the engine for good) this instance has looked up.
+    archived: Arc<DashMap<CampaignId, Campaign>>,
     /// When set, a change is answered only once the persister committed its events to the
     /// database (the embedded engine keeps nothing on its own across a crash).
     commit: Option<Arc<dyn EventLog>>,
@@ -227,6 +229,7 @@ impl Recovering {
             store,
             unknown: Arc::default(),
             watch: Arc::default(),
+            archived: Arc::default(),
             commit: None,
         }
     }
@@ -279,8 +282,13 @@ impl Recovering {
         id: &CampaignId,
         now: Millis,
     ) -> Result<Option<(CampaignStatus, u64)>, EngineError> {
-        self.retrying(id, Option::is_none, || self.engine.availability(id, now))
-            .await
+        let found = self
+            .retrying(id, Option::is_none, || self.engine.availability(id, now))
+            .await?;
+        if found.is_none() && self.archived(id).await?.is_some() {
+            return Ok(Some((CampaignStatus::Ended, 0)));
+        }
+        Ok(found)
     }
 
     /// Rebuilds the campaign if the engine lacks it and the database has it; `true` if the
@@ -308,6 +316,106 @@ impl Recovering {
                 Err(EngineError::Recovering(error.to_string()))
             }
         }
+    }
+
+    /// The campaign if the database archived it: it is answered from the database alone.
+    async fn archived(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
+        if let Some(campaign) = self.archived.get(id) {
+            return Ok(Some(campaign.clone()));
+        }
+        let found = self
+            .store
+            .archived_campaign(id)
+            .await
+            .map_err(|error| EngineError::Recovering(error.to_string()))?;
+        if let Some(campaign) = &found {
+            self.archived.insert(id.clone(), campaign.clone());
+        }
+        Ok(found)
+    }
+
+    /// A refusal for a campaign the engine does not know: `instead` if it was archived.
+    async fn or_archived(
+        &self,
+        id: &CampaignId,
+        refusal: Refusal,
+        missing: Refusal,
+        instead: Refusal,
+    ) -> Result<Refusal, EngineError> {
+        if refusal == missing && self.archived(id).await?.is_some() {
+            return Ok(instead);
+        }
+        Ok(refusal)
+    }
+
+    /// A reservation from the database (engines forget ended ones after the retention).
+    async fn stored(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        self.store
+            .reservation(id)
+            .await
+            .map_err(|error| EngineError::Recovering(error.to_string()))
+    }
+
+    /// A confirm or cancel the engine answered `NotFound`: if the database has the
+    /// reservation, it ended long ago — `Unchanged` if it is in the asked status, else
+    /// `NotHeld`.
+    async fn or_stored(
+        &self,
+        id: &ReservationId,
+        outcome: Transition,
+        asked: crate::domain::ReservationStatus,
+    ) -> Result<Transition, EngineError> {
+        if outcome != Transition::NotFound {
+            return Ok(outcome);
+        }
+        Ok(match self.stored(id).await? {
+            Some(r) if r.status == asked => Transition::Unchanged(r),
+            Some(r) => Transition::NotHeld(r),
+            None => Transition::NotFound,
+        })
+    }
+
+    /// A refund (the store cancelling a confirmed reservation) in a campaign that left the
+    /// engine: the change goes to the database directly, as the event the engine would have
+    /// made (the campaign sells nothing any more, so no unit is counted anywhere else).
+    async fn refund_archived(
+        &self,
+        r: Reservation,
+        now: Millis,
+    ) -> Result<Transition, EngineError> {
+        if self.archived(&r.campaign_id).await?.is_none() {
+            return Ok(Transition::NotHeld(r));
+        }
+        static SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let unavailable =
+            |error: crate::store::StoreError| EngineError::Recovering(error.to_string());
+        let epoch = self
+            .store
+            .engine_epoch(&r.campaign_id)
+            .await
+            .map_err(unavailable)?
+            .unwrap_or_default();
+        let cancelled = Reservation {
+            status: crate::domain::ReservationStatus::Cancelled,
+            ..r
+        };
+        let event = crate::domain::Event {
+            campaign_id: cancelled.campaign_id.clone(),
+            position: crate::domain::StreamPosition {
+                ms: now.0,
+                seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            },
+            at: now,
+            change: crate::domain::Change::Reservation {
+                reservation: cancelled.clone(),
+                idempotency: None,
+            },
+        };
+        self.store
+            .persist(&epoch, std::slice::from_ref(&event))
+            .await
+            .map_err(unavailable)?;
+        Ok(Transition::Done(cancelled))
     }
 
     /// Runs `call`; if its answer says the campaign is missing, rebuilds it once and runs
@@ -343,6 +451,10 @@ impl Backend for Recovering {
     async fn epoch(&self) -> Result<String, EngineError> {
         self.engine.epoch().await
     }
+
+    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
+        self.engine.forget_campaign(id).await
+    }
 }
 
 #[async_trait]
@@ -352,8 +464,28 @@ impl Engine for Recovering {
     }
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        self.retrying(id, Option::is_none, || self.engine.campaign(id))
+        let found = self
+            .retrying(id, Option::is_none, || self.engine.campaign(id))
+            .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        let Some(campaign) = self.archived(id).await? else {
+            return Ok(None);
+        };
+        // Archived: its units as the database counts them (no live holds are left).
+        let counts = self
+            .store
+            .counts(&campaign)
             .await
+            .map_err(|error| EngineError::Recovering(error.to_string()))?;
+        Ok(Some(CampaignState {
+            available: counts.stock.saturating_sub(counts.held + counts.confirmed),
+            held: counts.held,
+            confirmed: counts.confirmed,
+            groups: Default::default(),
+            campaign,
+        }))
     }
 
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
@@ -376,11 +508,33 @@ impl Engine for Recovering {
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let missing = |o: &ReserveOutcome| *o == ReserveOutcome::Refused(Refusal::CampaignNotFound);
-        let outcome = self
+        let mut outcome = self
             .retrying(&request.campaign_id, missing, || {
                 self.engine.reserve(request)
             })
             .await?;
+        if let ReserveOutcome::ReplayOf(id) = &outcome {
+            // The first outcome left the engine after the retention: read it back.
+            let first = self.stored(id).await?.ok_or_else(|| {
+                EngineError::Corrupt(format!("{id} is in an idempotency record but nowhere"))
+            })?;
+            outcome = ReserveOutcome::Replayed(Reservation {
+                status: crate::domain::ReservationStatus::Held,
+                group_id: None,
+                ..first
+            });
+        }
+        if let ReserveOutcome::Refused(refusal) = outcome {
+            let refusal = self
+                .or_archived(
+                    &request.campaign_id,
+                    refusal,
+                    Refusal::CampaignNotFound,
+                    Refusal::Ended,
+                )
+                .await?;
+            outcome = ReserveOutcome::Refused(refusal);
+        }
         // A replay waits too: its original may not be committed yet.
         let changed = matches!(
             outcome,
@@ -391,16 +545,25 @@ impl Engine for Recovering {
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        self.retrying(&id.campaign_id(), Option::is_none, || {
-            self.engine.reservation(id)
-        })
-        .await
+        let found = self
+            .retrying(&id.campaign_id(), Option::is_none, || {
+                self.engine.reservation(id)
+            })
+            .await?;
+        match found {
+            Some(reservation) => Ok(Some(reservation)),
+            // Ended and forgotten by the engine after the retention: the database has it.
+            None => self.stored(id).await,
+        }
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
         let missing = |t: &Transition| *t == Transition::NotFound;
         let outcome = self
             .retrying(&id.campaign_id(), missing, || self.engine.confirm(id, now))
+            .await?;
+        let outcome = self
+            .or_stored(id, outcome, crate::domain::ReservationStatus::Confirmed)
             .await?;
         self.committed(&id.campaign_id(), changes(&outcome)).await?;
         Ok(outcome)
@@ -418,6 +581,18 @@ impl Engine for Recovering {
                 self.engine.cancel(id, scope, now)
             })
             .await?;
+        let outcome = self
+            .or_stored(id, outcome, crate::domain::ReservationStatus::Cancelled)
+            .await?;
+        let outcome = match outcome {
+            Transition::NotHeld(r)
+                if r.status == crate::domain::ReservationStatus::Confirmed
+                    && scope == CancelScope::HeldOrConfirmed =>
+            {
+                self.refund_archived(r, now).await?
+            }
+            other => other,
+        };
         self.committed(&id.campaign_id(), changes(&outcome)).await?;
         Ok(outcome)
     }
@@ -433,11 +608,22 @@ impl Engine for Recovering {
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::CampaignNotFound);
-        let outcome = self
+        let mut outcome = self
             .retrying(&request.campaign_id, missing, || {
                 self.engine.open_group(request)
             })
             .await?;
+        if let GroupOutcome::Refused(refusal) = outcome {
+            let refusal = self
+                .or_archived(
+                    &request.campaign_id,
+                    refusal,
+                    Refusal::CampaignNotFound,
+                    Refusal::Ended,
+                )
+                .await?;
+            outcome = GroupOutcome::Refused(refusal);
+        }
         self.committed(&request.campaign_id, joined(&outcome))
             .await?;
         Ok(outcome)
@@ -445,11 +631,22 @@ impl Engine for Recovering {
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::GroupNotFound);
-        let outcome = self
+        let mut outcome = self
             .retrying(&request.campaign_id, missing, || {
                 self.engine.join_group(request)
             })
             .await?;
+        if let GroupOutcome::Refused(refusal) = outcome {
+            let refusal = self
+                .or_archived(
+                    &request.campaign_id,
+                    refusal,
+                    Refusal::GroupNotFound,
+                    Refusal::GroupClosed,
+                )
+                .await?;
+            outcome = GroupOutcome::Refused(refusal);
+        }
         self.committed(&request.campaign_id, joined(&outcome))
             .await?;
         Ok(outcome)
@@ -459,6 +656,45 @@ impl Engine for Recovering {
         self.retrying(&id.campaign_id(), Option::is_none, || self.engine.group(id))
             .await
     }
+}
+
+/// Ended campaigns leave the engine entirely: past `ends_at` plus `retention`, with no live
+/// hold or open group, engine and database agreeing (every change persisted). The database
+/// records the archive first, so nothing rebuilds it; then the engine forgets it. Returns the
+/// archived ids.
+pub async fn archive_ended(
+    engine: &dyn Engine,
+    store: &Store,
+    retention: Duration,
+    now: Millis,
+) -> Result<Vec<CampaignId>, RecoveryError> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut archived = Vec::new();
+    for campaign in store.campaigns().await? {
+        let over = campaign
+            .ends_at
+            .is_some_and(|ends| ends.0.saturating_add(retention_ms) <= now.0);
+        if !over {
+            continue;
+        }
+        let Some(state) = engine.campaign(&campaign.id).await? else {
+            continue;
+        };
+        if state.held > 0 || state.groups.open > 0 {
+            continue;
+        }
+        let database = store.counts(&campaign).await?;
+        let agree = (state.campaign.stock, state.held, state.confirmed)
+            == (database.stock, database.held, database.confirmed);
+        if !agree {
+            continue;
+        }
+        store.archive(&campaign.id).await?;
+        engine.forget_campaign(&campaign.id).await?;
+        tracing::info!(campaign = %campaign.id, "an ended campaign left the stock engine");
+        archived.push(campaign.id);
+    }
+    Ok(archived)
 }
 
 /// Whether a confirm or cancel answer reports a state the database must hold first (an
@@ -499,12 +735,13 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
     Ok(drifts)
 }
 
-/// Every `interval`: rebuild what the engine lost, then reconcile.
+/// Every `interval`: rebuild what the engine lost, reconcile, archive ended campaigns.
 pub async fn run(
     engine: std::sync::Arc<dyn Engine>,
     store: Store,
     watch: Arc<LossWatch>,
     interval: Duration,
+    retention: Duration,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -519,6 +756,9 @@ pub async fn run(
         }
         if let Err(error) = reconcile(&*engine, &store).await {
             tracing::warn!(%error, "reconcile pass failed");
+        }
+        if let Err(error) = archive_ended(&*engine, &store, retention, Millis::now()).await {
+            tracing::warn!(%error, "archive pass failed");
         }
     }
 }

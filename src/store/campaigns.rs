@@ -94,9 +94,9 @@ impl Store {
         Ok(affected == 1)
     }
 
-    /// Every campaign.
+    /// Every campaign still in the engine (not archived).
     pub async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
-        let sql = format!("{SELECT_CAMPAIGNS} ORDER BY id");
+        let sql = format!("{SELECT_CAMPAIGNS} WHERE archived_at_ms IS NULL ORDER BY id");
         let rows: Vec<CampaignRow> =
             on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         rows.into_iter().map(CampaignRow::into_campaign).collect()
@@ -131,6 +131,39 @@ impl Store {
             .fetch_one(pool)
             .await?);
         Ok(n > 0)
+    }
+
+    /// Records that an ended campaign left the engine for good.
+    pub async fn archive(&self, id: &CampaignId) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE campaigns SET archived_at_ms = $2 WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(id.as_str())
+            .bind(Millis::now().0)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// The engine dataset the campaign was last loaded under.
+    pub async fn engine_epoch(&self, id: &CampaignId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT engine_epoch FROM campaigns WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.and_then(|(epoch,)| epoch))
+    }
+
+    /// The campaign if the database archived it (it is answered from here alone).
+    pub async fn archived_campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, StoreError> {
+        let sql = format!("{SELECT_CAMPAIGNS} WHERE id = $1 AND archived_at_ms IS NOT NULL");
+        let row: Option<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?);
+        row.map(CampaignRow::into_campaign).transpose()
     }
 
     /// One campaign (recovery asks for a single id on a request's path; no full scan).

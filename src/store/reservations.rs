@@ -88,7 +88,8 @@ const SELECT_RESERVATIONS: &str =
     idempotency_key, fingerprint FROM reservations WHERE campaign_id = $1 ORDER BY id";
 const SELECT_GROUPS: &str = "SELECT id, leader_user_id, size, status, created_at_ms, \
     expires_at_ms FROM groups WHERE campaign_id = $1 ORDER BY id";
-const MARK_REBUILT: &str = "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1";
+const MARK_REBUILT: &str =
+    "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1 AND archived_at_ms IS NULL";
 
 /// The body of [`Store::rebuild`] for one kind of transaction.
 macro_rules! rebuild_in {
@@ -128,7 +129,7 @@ macro_rules! rebuild_in {
 impl Store {
     /// Records that campaign `id`'s engine state is being rebuilt under dataset `epoch` and
     /// reads what the rebuild needs, in one transaction; `None` if the database has no such
-    /// campaign. From its commit on, events of any other dataset for the campaign are set
+    /// campaign or archived it (it left the engine for good). From its commit on, events of any other dataset for the campaign are set
     /// aside, not applied.
     pub async fn rebuild(
         &self,
@@ -163,6 +164,19 @@ impl Store {
                 .map(|g| g.into_group(id))
                 .collect::<Result<_, _>>()?,
         }))
+    }
+
+    /// One reservation, whatever its status (engines forget ended ones after a while).
+    pub async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, StoreError> {
+        const SQL: &str =
+            "SELECT id, user_id, quantity, status, created_at_ms, expires_at_ms, group_id, \
+            idempotency_key, fingerprint FROM reservations WHERE id = $1";
+        let row: Option<ReservationRow> = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?);
+        row.map(|r| r.into_stored(&id.campaign_id()).map(|s| s.reservation))
+            .transpose()
     }
 
     /// The held and confirmed reservations of a campaign, with their idempotency records.

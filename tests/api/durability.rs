@@ -1,7 +1,7 @@
 //! The durable pipeline against the real servers: every acknowledged reservation and every
 //! state change reaches the database exactly once, whatever crashes.
 
-use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 use flashsale::domain::{CampaignId, Millis};
 use flashsale::engine::{Consumer, Engine, PERSISTER};
@@ -253,4 +253,179 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
 
     assert_eq!(events.len(), 40);
     assert_each_once(&events);
+}
+
+on_both_backends!(ended_reservations_leave_the_engine_and_still_answer_from_the_database);
+
+async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.ended_retention_seconds = 1).await;
+    let id = app.campaign(1_000, 1, json!({})).await;
+    let store = app.store_token.clone();
+    let body = json!({"user_id": "alice"});
+    let first = app.reserve_with(&id, &store, "keep-1", &body).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("json");
+    let rid = first["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.cancel(&rid, &store).await.status(), 200);
+    // A long sale: many holds come and go.
+    for i in 0..50 {
+        let answer = app.reserve(&id, &format!("u{i}"), 1).await;
+        let answer: Value = answer.json().await.expect("json");
+        let other = answer["id"].as_str().expect("id").to_owned();
+        assert_eq!(app.cancel(&other, &store).await.status(), 200);
+    }
+    let parsed = flashsale::domain::ReservationId::parse(&rid).expect("valid");
+    let started = Instant::now();
+    while app
+        .engine
+        .reservation(&parsed)
+        .await
+        .expect("answers")
+        .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the engine never forgot it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The engine forgot it; every answer about it still holds.
+    let replay = app.reserve_with(&id, &store, "keep-1", &body).await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(
+        replay
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let replay: Value = replay.json().await.expect("json");
+    assert_eq!(replay["id"], first["id"]);
+    assert_eq!(replay["status"], "held", "the first outcome, as it was");
+    let read: Value = app
+        .get_reservation(&rid, &store)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["status"], "cancelled");
+    let again = app.cancel(&rid, &store).await;
+    assert_eq!(again.status(), 200, "cancel stays idempotent");
+    assert_problem(app.confirm(&rid, &store).await, 409, "reservation_not_held").await;
+    if let Backend::Redis = backend {
+        // Nothing of the ended holds is left in Redis but their idempotency records.
+        let mut redis = redis::Client::open(crate::helpers::redis_url())
+            .expect("valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        // Every hold ended; within the retention and a reaper pass, all of them are gone.
+        let started = Instant::now();
+        loop {
+            let left: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("*:v3:{{c:{id}}}:r:*"))
+                .query_async(&mut redis)
+                .await
+                .expect("lists");
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "reservation hashes left: {}",
+                left.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+on_both_backends!(an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database);
+
+async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.ended_retention_seconds = 1).await;
+    let ends_at = Millis::now().plus_seconds(2).to_rfc3339();
+    let id = app.campaign(10, 1, json!({"ends_at": ends_at})).await;
+    let store = app.store_token.clone();
+    let paid: Value = app
+        .reserve(&id, "payer", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let paid = paid["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.confirm(&paid, &store).await.status(), 200);
+    let dropped: Value = app
+        .reserve(&id, "dropper", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let dropped = dropped["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.cancel(&dropped, &store).await.status(), 200);
+    // Past its end and the retention, with no live hold: it leaves the engine.
+    let campaign = CampaignId::parse(&id).expect("valid");
+    let started = Instant::now();
+    while app
+        .engine
+        .campaign(&campaign)
+        .await
+        .expect("answers")
+        .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never archived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Backend::Redis = backend {
+        let mut redis = redis::Client::open(crate::helpers::redis_url())
+            .expect("valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*:v3:{{c:{id}}}*"))
+            .query_async(&mut redis)
+            .await
+            .expect("lists");
+        assert!(left.is_empty(), "keys left in Redis: {left:?}");
+    }
+    // The database answers for it, and nothing rebuilds it into the engine.
+    let state = app.campaign_json(&id).await;
+    assert_eq!(state["status"], "ended", "{state}");
+    assert_eq!(
+        (state["confirmed"].as_u64(), state["held"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_problem(app.reserve(&id, "late", 1).await, 409, "ended").await;
+    let read: Value = app
+        .get_reservation(&paid, &store)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["status"], "confirmed");
+    // A refund still goes through, straight to the database and its feed.
+    let refund = app.cancel(&paid, &store).await;
+    assert_eq!(refund.status(), 200);
+    let read: Value = app
+        .get_reservation(&paid, &store)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["status"], "cancelled");
+    let feed = feed_when(&app, 5, Duration::from_secs(10)).await;
+    assert!(feed
+        .iter()
+        .any(|e| e["type"] == "reservation.cancelled" && e["reservation"]["id"] == paid.as_str()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(app
+        .engine
+        .campaign(&campaign)
+        .await
+        .expect("answers")
+        .is_none());
 }

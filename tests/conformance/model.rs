@@ -239,6 +239,10 @@ async fn play(
                     ReserveOutcome::Replayed(r) => Some(Answer::Replayed(
                         ids.iter().position(|id| *id == r.id).expect("known id"),
                     )),
+                    // The same replay, of a reservation the engine forgot after its retention.
+                    ReserveOutcome::ReplayOf(first) => Some(Answer::Replayed(
+                        ids.iter().position(|id| *id == first).expect("known id"),
+                    )),
                     ReserveOutcome::KeyReused => Some(Answer::KeyReused),
                     ReserveOutcome::Refused(refusal) => Some(Answer::Refused(refusal)),
                 }

@@ -11,7 +11,7 @@ use crate::engine::{
     CampaignSnapshot, CancelScope, EngineError, RecordsSince, ReserveOutcome, ReserveRequest,
     StockOutcome, StockRequest, Transition,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Everything one campaign owns, changed only under its mutex.
 pub struct Slot {
@@ -25,6 +25,8 @@ pub struct Slot {
     pub idempotency: HashMap<String, (ReservationId, String)>,
     /// The keys of `idempotency` in creation order, for the sold-out gate.
     pub record_order: Vec<String>,
+    /// Reservations outside groups that ended, in the order they ended, until they leave.
+    pub ended: VecDeque<(Millis, ReservationId)>,
     /// Stock change keys → (delta, stock after, available after).
     pub stock_changes: HashMap<String, (i64, u64, u64)>,
     pub reservations: HashMap<ReservationId, Reservation>,
@@ -73,6 +75,7 @@ impl Slot {
             idempotency: HashMap::new(),
             record_order: Vec::new(),
             stock_changes: HashMap::new(),
+            ended: VecDeque::new(),
             reservations: HashMap::new(),
             expiries: BTreeSet::new(),
             outbox: Outbox::default(),
@@ -159,6 +162,11 @@ impl Slot {
                         slot.held += quantity;
                     } else if live {
                         slot.confirmed += quantity;
+                    } else {
+                        // Leaves again after the retention, counted from its expiry (its end
+                        // time is not kept; it was no later).
+                        slot.ended
+                            .push_back((reservation.expires_at, reservation.id.clone()));
                     }
                     if let (Some(key), Some(fingerprint)) = (&r.idempotency_key, &r.fingerprint) {
                         slot.idempotency.insert(
@@ -277,6 +285,9 @@ impl Slot {
         let reservation = stored.clone();
         take_from_user(&mut self.users, &reservation.user_id, quantity);
         self.emit_reservation(at, reservation.clone());
+        if reservation.group_id.is_none() {
+            self.ended.push_back((at, reservation.id.clone()));
+        }
         Some(reservation)
     }
 
@@ -341,17 +352,14 @@ impl Slot {
             if *fingerprint != request.fingerprint {
                 return Ok(ReserveOutcome::KeyReused);
             }
-            let first = self
-                .reservations
-                .get(id)
-                .map(|s| Reservation {
+            // Gone after the retention: the database has the first outcome.
+            return Ok(match self.reservations.get(id) {
+                Some(first) => ReserveOutcome::Replayed(Reservation {
                     status: ReservationStatus::Held,
-                    ..s.clone()
-                })
-                .ok_or_else(|| {
-                    EngineError::Corrupt(format!("idempotency record points at missing {id}"))
-                })?;
-            return Ok(ReserveOutcome::Replayed(first));
+                    ..first.clone()
+                }),
+                None => ReserveOutcome::ReplayOf(id.clone()),
+            });
         }
         if self.campaign.kind != CampaignKind::FlashSale {
             return Ok(ReserveOutcome::Refused(Refusal::WrongCampaignKind));
@@ -471,7 +479,7 @@ impl Slot {
     }
 
     /// Fails due groups, then expires up to `limit` due holds; how many reservations ended.
-    pub fn expire_due(&mut self, now: Millis, limit: u32) -> u32 {
+    pub fn expire_due(&mut self, now: Millis, limit: u32, retention: std::time::Duration) -> u32 {
         // Groups first: a member whose hold and group end together is released with its group.
         let due_groups: Vec<GroupId> = self
             .group_expiries
@@ -492,6 +500,19 @@ impl Slot {
             .collect();
         for id in &due {
             self.release(id, ReservationStatus::Expired, now);
+        }
+        // Ended reservations (outside groups) leave memory after the retention; their
+        // idempotency records stay, so a replay finds the id and reads the database.
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        for _ in 0..limit {
+            match self.ended.front() {
+                Some((at, _)) if at.0.saturating_add(retention_ms) <= now.0 => {
+                    if let Some((_, id)) = self.ended.pop_front() {
+                        self.reservations.remove(&id);
+                    }
+                }
+                _ => break,
+            }
         }
         ended + due.len() as u32
     }

@@ -38,6 +38,8 @@ pub struct MemoryEngine {
     acknowledged: Arc<Notify>,
     /// This process's dataset: everything here dies with the process.
     epoch: Arc<str>,
+    /// How long an ended reservation stays here (see `Engine::expire_due`).
+    retention: Duration,
 }
 
 /// How long an empty [`EventLog::read`] waits for a decision before answering nothing.
@@ -56,7 +58,14 @@ impl MemoryEngine {
             appended: Arc::default(),
             acknowledged: Arc::default(),
             epoch: Arc::from(format!("memory-{}", ulid::Ulid::new())),
+            retention: super::DEFAULT_RETENTION,
         }
+    }
+
+    /// Ended reservations leave memory this long after they ended.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     fn slot(&self, id: &CampaignId) -> Option<Arc<Mutex<Slot>>> {
@@ -100,6 +109,11 @@ impl Backend for MemoryEngine {
 
     async fn epoch(&self) -> Result<String, EngineError> {
         Ok(self.epoch.to_string())
+    }
+
+    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
+        self.campaigns.remove(id);
+        Ok(())
     }
 }
 
@@ -182,7 +196,8 @@ impl Engine for MemoryEngine {
         now: Millis,
         limit: u32,
     ) -> Result<u32, EngineError> {
-        Ok(self.decide(campaign, 0, |slot| slot.expire_due(now, limit)))
+        let retention = self.retention;
+        Ok(self.decide(campaign, 0, |slot| slot.expire_due(now, limit, retention)))
     }
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {

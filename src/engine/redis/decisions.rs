@@ -153,7 +153,10 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 .arg(group.expires_at.0);
         }
         let loaded: i64 = invocation
-            .invoke_async(&mut self.timed("load_campaign"))
+            .invoke_async(&mut Timed {
+                connection: self.background(),
+                script: "load_campaign",
+            })
             .await?;
         // Outside the script on purpose: the index spans campaigns (another slot). A crash in
         // between leaves the campaign out of the index until the next recovery pass lists it
@@ -277,6 +280,11 @@ impl<C: Connection> Engine for RedisEngine<C> {
                     &fields,
                 )?))
             }
+            Some("replay_gone") => reply
+                .get(1)
+                .and_then(|raw| ReservationId::parse(raw).ok())
+                .map(ReserveOutcome::ReplayOf)
+                .ok_or_else(corrupt),
             Some("key_reused") => Ok(ReserveOutcome::KeyReused),
             Some(code) => Refusal::from_code(code)
                 .map(ReserveOutcome::Refused)
@@ -325,7 +333,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         // The script walks the expiry list's head; ids no longer held leave it without
         // ending anything, so keep walking while whole pages left.
         loop {
-            let (ended, walked): (u32, u32) = self
+            let (ended, walked, _forgotten): (u32, u32, u32) = self
                 .scripts
                 .expire
                 .key(&keys.campaign)
@@ -334,6 +342,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 .key(keys.group_expiries())
                 .arg(now.0)
                 .arg(limit)
+                .arg(self.retention.as_millis() as u64)
                 .invoke_async(&mut Timed {
                     connection: self.background(),
                     script: "expire",

@@ -36,6 +36,9 @@ impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Connection f
 /// The longest a command waits for Redis's answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// The longest a background command (persister, reaper, campaign loads) waits.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The longest one connection attempt waits.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -63,6 +66,8 @@ pub struct RedisEngine<C = ConnectionManager> {
     namespace: Arc<str>,
     /// The consumer groups every campaign's event stream gets when it is loaded.
     consumer_groups: Arc<[String]>,
+    /// How long an ended reservation stays in Redis (see `Engine::expire_due`).
+    retention: Duration,
     /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
     /// all walk it, and a campaign created on this instance is added at once.
     campaign_ids: Arc<Mutex<Option<CachedIds>>>,
@@ -95,7 +100,11 @@ impl RedisEngine {
         let connection = client
             .get_connection_manager_with_config(config.clone())
             .await?;
-        let background = client.get_connection_manager_with_config(config).await?;
+        // Background work may wait longer: loading a large campaign (every reservation it
+        // ever had) is one script that can run for more than a request's timeout.
+        let background = client
+            .get_connection_manager_with_config(config.set_response_timeout(BACKGROUND_TIMEOUT))
+            .await?;
         RedisEngine::with_connections(connection, background, namespace).await
     }
 }
@@ -115,6 +124,7 @@ impl<C: Connection> RedisEngine<C> {
             scripts: Arc::new(scripts),
             namespace: Arc::from(namespace),
             consumer_groups: Arc::from([PERSISTER.to_owned()]),
+            retention: super::DEFAULT_RETENTION,
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
         };
@@ -123,6 +133,12 @@ impl<C: Connection> RedisEngine<C> {
             script.prepare_invoke().load_async(&mut connection).await?;
         }
         Ok(engine)
+    }
+
+    /// Ended reservations leave Redis this long after they ended.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Refuses a Redis that could lose an acknowledged change in a crash: it must append
@@ -240,6 +256,47 @@ impl<C: Connection> Backend for RedisEngine<C> {
             .query_async(&mut connection)
             .await?;
         Ok(epoch)
+    }
+
+    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
+        let keys = self.keys(id);
+        let mut connection = self.background();
+        // The hash first: from then on every script finds the campaign missing, and the
+        // database answers for it.
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(&keys.campaign)
+            .query_async(&mut connection)
+            .await?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(keys::campaign_index(&self.namespace))
+            .arg(id.as_str())
+            .query_async(&mut connection)
+            .await?;
+        *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // Then the rest, a page at a time (SCAN never blocks Redis for long): every other key
+        // of the campaign starts with its hash key and a colon.
+        let pattern = format!("{}:*", keys.campaign);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !found.is_empty() {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(&found)
+                    .query_async(&mut connection)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }
 
