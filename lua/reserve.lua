@@ -5,10 +5,12 @@
 -- KEYS[5]  records list (every idempotency record in creation order, for the sold-out gate)
 -- ARGV[1]  now (ms)   ARGV[2] user id   ARGV[3] quantity   ARGV[4] scoped idempotency key
 -- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
+-- ARGV[7]  attempts one user may make on this campaign per second, across every instance
+--          (0: no limit); counted in `<campaign>:rl:<user>:<second>`, which expires
 -- returns  {'reserved', created, expires, available}
 --        | {'replay', id, user, quantity, created, expires}
 --        | {'replay_gone', id}: the key's reservation ended and left Redis (retention)
---        | {'key_reused'} | {refusal code}
+--        | {'key_reused'} | {'rate_limited'} | {refusal code}
 -- Six redis.calls on success, one on a refusal: every read the decision needs is one HMGET
 -- of the campaign hash, and the campaign's side of the change is one HSET.
 local key, user = 'k:' .. ARGV[4], 'u:' .. ARGV[2]
@@ -24,6 +26,13 @@ if seen then
   local r = redis.call('HMGET', KEYS[1] .. ':r:' .. id, 'user', 'qty', 'created', 'expires')
   if not r[1] then return {'replay_gone', id} end
   return {'replay', id, r[1], r[2], r[3], r[4]}
+end
+
+if ARGV[7] ~= '0' then
+  local counter = KEYS[1] .. ':rl:' .. ARGV[2] .. ':' .. math.floor(tonumber(ARGV[1]) / 1000)
+  local attempts = redis.call('INCR', counter)
+  if attempts == 1 then redis.call('PEXPIRE', counter, 2000) end
+  if attempts > tonumber(ARGV[7]) then return {'rate_limited'} end
 end
 
 if c[1] ~= 'flash_sale' then return {'wrong_campaign_kind'} end

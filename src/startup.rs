@@ -333,7 +333,8 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
             let engine = RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
                 .with_context(|| format!("connecting to Redis at {url}"))?
-                .with_retention(retention);
+                .with_retention(retention)
+                .with_user_rate(config.user_rate_per_second);
             if config.durability == Durability::Strict {
                 engine
                     .check_strict_durability()

@@ -106,6 +106,9 @@ pub enum ReserveOutcome {
     /// The idempotency key was seen before with a different body.
     KeyReused,
     Refused(Refusal),
+    /// The user made more attempts on this campaign this second than the engine allows,
+    /// counted across every instance (the Redis engine, when built with a rate).
+    RateLimited,
 }
 
 /// How long an ended reservation (outside groups) stays in an engine when none is

@@ -130,6 +130,12 @@ pub async fn reserve(
         ReserveOutcome::ReplayOf(id) => Err(ApiError::Internal(format!(
             "an unresolved replay of {id} reached the handler"
         ))),
+        ReserveOutcome::RateLimited => {
+            count_attempt(Some(&request.campaign_id), "rate_limited");
+            Err(ApiError::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+            })
+        }
         ReserveOutcome::KeyReused => {
             count_attempt(Some(&request.campaign_id), "idempotency_key_reused");
             Err(ApiError::IdempotencyKeyReused)

@@ -765,3 +765,37 @@ async fn strict_durability_refuses_a_redis_that_could_lose_an_acknowledged_chang
     let id = app.campaign(5, 1, json!({})).await;
     assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_rate_is_shared_by_every_instance_on_redis() {
+    use crate::helpers::fresh_postgres_schema;
+    let database = fresh_postgres_schema().await;
+    let namespace = unique_id("ns");
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+        c.user_rate_per_second = 5;
+    };
+    let a = spawn_app_with(Backend::Redis, tune).await;
+    let b = spawn_app_with(Backend::Redis, tune).await;
+    let id = a.campaign(1_000, 1_000, json!({})).await;
+    // Start just after a second begins, so the attempts share one counting window.
+    let now = flashsale::domain::Millis::now().0;
+    tokio::time::sleep(Duration::from_millis(
+        (1_000 - now.rem_euclid(1_000)) as u64 + 20,
+    ))
+    .await;
+    let mut passed = 0;
+    let mut limited = 0;
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let answer = app.reserve(&id, "hammer", 1).await;
+        match answer.status().as_u16() {
+            429 => limited += 1,
+            _ => passed += 1,
+        }
+    }
+    // Each instance alone allows 5 a second; together they still allow 5.
+    assert!(passed <= 5, "{passed} attempts passed, {limited} limited");
+    assert!(limited >= 7, "{passed} attempts passed, {limited} limited");
+}

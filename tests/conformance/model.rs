@@ -245,6 +245,7 @@ async fn play(
                     )),
                     ReserveOutcome::KeyReused => Some(Answer::KeyReused),
                     ReserveOutcome::Refused(refusal) => Some(Answer::Refused(refusal)),
+                    ReserveOutcome::RateLimited => panic!("the suite's engines have no rate"),
                 }
             }
             Op::Confirm { pick } if !ids.is_empty() => Some(transition(

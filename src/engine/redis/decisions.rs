@@ -242,6 +242,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
             .arg(request.idempotency_key.as_str())
             .arg(&request.fingerprint)
             .arg(request.reservation_id.as_str())
+            .arg(self.user_rate_per_second)
             .invoke_async(&mut self.timed("reserve"))
             .await?;
         let corrupt = || EngineError::Corrupt(format!("reserve answered {reply:?}"));
@@ -286,6 +287,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 .map(ReserveOutcome::ReplayOf)
                 .ok_or_else(corrupt),
             Some("key_reused") => Ok(ReserveOutcome::KeyReused),
+            Some("rate_limited") => Ok(ReserveOutcome::RateLimited),
             Some(code) => Refusal::from_code(code)
                 .map(ReserveOutcome::Refused)
                 .ok_or_else(corrupt),

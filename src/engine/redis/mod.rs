@@ -68,6 +68,9 @@ pub struct RedisEngine<C = ConnectionManager> {
     consumer_groups: Arc<[String]>,
     /// How long an ended reservation stays in Redis (see `Engine::expire_due`).
     retention: Duration,
+    /// Reservation attempts one user may make per campaign per second across every
+    /// instance; 0: no limit.
+    user_rate_per_second: u32,
     /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
     /// all walk it, and a campaign created on this instance is added at once.
     campaign_ids: Arc<Mutex<Option<CachedIds>>>,
@@ -125,6 +128,7 @@ impl<C: Connection> RedisEngine<C> {
             namespace: Arc::from(namespace),
             consumer_groups: Arc::from([PERSISTER.to_owned()]),
             retention: super::DEFAULT_RETENTION,
+            user_rate_per_second: 0,
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
         };
@@ -133,6 +137,13 @@ impl<C: Connection> RedisEngine<C> {
             script.prepare_invoke().load_async(&mut connection).await?;
         }
         Ok(engine)
+    }
+
+    /// Limits each user to `per_second` reservation attempts per campaign per second, counted
+    /// in Redis so every instance shares the count (0: no limit).
+    pub fn with_user_rate(mut self, per_second: u32) -> Self {
+        self.user_rate_per_second = per_second;
+        self
     }
 
     /// Ended reservations leave Redis this long after they ended.
