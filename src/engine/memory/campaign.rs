@@ -504,7 +504,7 @@ impl Slot {
         // Ended reservations (outside groups) leave memory after the retention; their
         // idempotency records stay, so a replay finds the id and reads the database.
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        for _ in 0..limit {
+        loop {
             match self.ended.front() {
                 Some((at, _)) if at.0.saturating_add(retention_ms) <= now.0 => {
                     if let Some((_, id)) = self.ended.pop_front() {

@@ -335,7 +335,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         // The script walks the expiry list's head; ids no longer held leave it without
         // ending anything, so keep walking while whole pages left.
         loop {
-            let (ended, walked, _forgotten): (u32, u32, u32) = self
+            let (ended, walked, forgotten): (u32, u32, u32) = self
                 .scripts
                 .expire
                 .key(&keys.campaign)
@@ -351,7 +351,8 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 })
                 .await?;
             expired += ended;
-            if walked < limit || expired >= limit {
+            // Whole pages walked or forgotten: there may be more of either.
+            if (walked < limit && forgotten < limit) || expired >= limit {
                 return Ok(expired);
             }
         }
