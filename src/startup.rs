@@ -330,14 +330,14 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
     Ok(match &config.redis_url {
         Some(url) => {
-            let engine = RedisEngine::connect_in(url, &config.redis_namespace)
+            let mut engine = RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
                 .with_context(|| format!("connecting to Redis at {url}"))?
                 .with_retention(retention)
                 .with_user_rate(config.user_rate_per_second);
             if config.durability == Durability::Strict {
-                engine
-                    .check_strict_durability()
+                engine = engine
+                    .require_durability()
                     .await
                     .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
             }

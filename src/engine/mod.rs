@@ -51,6 +51,10 @@ pub enum EngineError {
     /// database did not answer); nothing was decided.
     #[error("the campaign is being rebuilt: {0}")]
     Recovering(String),
+    /// Strict durability: the change was made but no replica has it yet; a retry with the
+    /// same idempotency key answers it once it is there.
+    #[error("not replicated: {0}")]
+    Unreplicated(String),
 }
 
 /// One reservation attempt.

@@ -237,6 +237,7 @@ impl From<EngineError> for ApiError {
             EngineError::Redis(_) => ApiError::EngineUnavailable(error),
             EngineError::Corrupt(what) => ApiError::Internal(what),
             EngineError::Recovering(_) => ApiError::EngineRecovering(error),
+            EngineError::Unreplicated(_) => ApiError::EngineUnavailable(error),
         }
     }
 }

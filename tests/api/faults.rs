@@ -25,6 +25,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     appendonly: bool,
+    /// The port of the master this server replicates, if it is a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
@@ -37,6 +39,22 @@ impl RedisServer {
             port: free_port(),
             dir,
             appendonly,
+            replica_of: None,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// A replica of `master`, without persistence of its own.
+    pub fn replica_of(master: &RedisServer) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("replica"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            appendonly: false,
+            replica_of: Some(master.port),
             child: None,
         };
         server.restart();
@@ -58,7 +76,11 @@ impl RedisServer {
     /// Starts the server again on the same port and directory, and waits until it answers.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--dir"])
             .arg(&self.dir)
@@ -798,4 +820,91 @@ async fn the_per_user_rate_is_shared_by_every_instance_on_redis() {
     // Each instance alone allows 5 a second; together they still allow 5.
     assert!(passed <= 5, "{passed} attempts passed, {limited} limited");
     assert!(limited >= 7, "{passed} attempts passed, {limited} limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_holding_another_databases_campaigns_is_refused_at_start() {
+    use crate::helpers::fresh_postgres_schema;
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let namespace = unique_id("ns");
+    let first = fresh_postgres_schema().await;
+    let app = spawn_app_with(Backend::Redis, |c| {
+        c.redis_url = Some(url.clone());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(first.clone());
+    })
+    .await;
+    app.campaign(5, 1, json!({})).await;
+    // The first database knew a dataset; now point a second one that served another dataset
+    // at this Redis.
+    let second = fresh_postgres_schema().await;
+    let other = RedisServer::start(false);
+    let other_url = other.url();
+    spawn_app_with(Backend::Redis, |c| {
+        c.redis_url = Some(other_url.clone());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(second.clone());
+    })
+    .await;
+    let mut config = flashsale::config::Config::defaults();
+    config.listen = "127.0.0.1:0".parse().expect("valid");
+    config.redis_url = Some(url);
+    config.redis_namespace = namespace;
+    config.database_url = Some(second);
+    let refused = flashsale::startup::Application::build(config).await;
+    let Err(error) = refused else {
+        panic!("a Redis with another database's campaigns was accepted");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains("another database"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
+    let master = RedisServer::start(true);
+    let mut replica = RedisServer::replica_of(&master);
+    let mut admin = redis::Client::open(master.url())
+        .expect("valid URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let started = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut admin).await.expect("info");
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the replica never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = master.url();
+    let app = spawn_app_with(Backend::Redis, |c| {
+        c.redis_url = Some(url);
+        c.durability = flashsale::config::Durability::Strict;
+    })
+    .await;
+    let id = app.campaign(10, 1, json!({})).await;
+    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
+    // Without its replica, a change is not answered 201: it might be lost with the master.
+    replica.kill();
+    let answer = app
+        .reserve_with(&id, &app.store_token, "while-alone", &json!({"user_id": "u2"}))
+        .await;
+    assert_eq!(answer.status(), 503);
+    let problem: Value = answer.json().await.expect("problem");
+    assert_eq!(problem["code"], "engine_unavailable");
+    // Once the replica is back, the retry with the same key answers the change it made.
+    replica.restart();
+    let started = Instant::now();
+    loop {
+        let retry = app
+            .reserve_with(&id, &app.store_token, "while-alone", &json!({"user_id": "u2"}))
+            .await;
+        if retry.status() == 201 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never answered: {}", retry.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

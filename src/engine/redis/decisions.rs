@@ -17,6 +17,19 @@ use redis::Script;
 use std::collections::HashMap;
 
 impl<C: Connection> RedisEngine<C> {
+    /// Strict durability with replicas: an answer that reports a change (or replays one)
+    /// waits until a replica has it.
+    async fn replicated_if(&self, answer: Option<&String>) -> Result<(), EngineError> {
+        let changed = matches!(
+            answer.map(String::as_str),
+            Some("reserved" | "replay" | "replay_gone" | "done" | "unchanged" | "adjusted")
+        );
+        if changed {
+            self.replicated().await?;
+        }
+        Ok(())
+    }
+
     /// Runs `open_group.lua` or `join_group.lua` (same keys and arguments).
     async fn group_decision(
         &self,
@@ -51,6 +64,7 @@ impl<C: Connection> RedisEngine<C> {
                 None => Err(EngineError::Corrupt("group decision named no group".into())),
             }
         };
+        self.replicated_if(reply.first()).await?;
         match reply.first().map(String::as_str) {
             Some("done") => Ok(GroupOutcome::Done(group().await?)),
             Some("replay") => Ok(GroupOutcome::Replayed(group().await?)),
@@ -88,6 +102,7 @@ impl<C: Connection> RedisEngine<C> {
         }
         let reply: Vec<String> = invocation.invoke_async(&mut self.timed(name)).await?;
         let outcome = reply.first().map(String::as_str).unwrap_or_default();
+        self.replicated_if(reply.first()).await?;
         if outcome == "not_found" {
             return Ok(Transition::NotFound);
         }
@@ -206,6 +221,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| EngineError::Corrupt(format!("adjust_stock answered {reply:?}")))
         };
+        self.replicated_if(reply.first()).await?;
         match reply.first().map(String::as_str) {
             Some("adjusted") => Ok(StockOutcome::Adjusted {
                 stock: number(1)?,
@@ -252,6 +268,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(corrupt)
         };
+        self.replicated_if(reply.first()).await?;
         match reply.first().map(String::as_str) {
             Some("reserved") => Ok(ReserveOutcome::Reserved {
                 reservation: Reservation {

@@ -39,6 +39,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
 /// The longest a background command (persister, reaper, campaign loads) waits.
 pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a change waits for a replica in strict mode before it is answered 503.
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
+
 /// The longest one connection attempt waits.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -71,6 +74,8 @@ pub struct RedisEngine<C = ConnectionManager> {
     /// Reservation attempts one user may make per campaign per second across every
     /// instance; 0: no limit.
     user_rate_per_second: u32,
+    /// Strict durability with replicas: every change waits until a replica has it.
+    wait_for_replica: bool,
     /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
     /// all walk it, and a campaign created on this instance is added at once.
     campaign_ids: Arc<Mutex<Option<CachedIds>>>,
@@ -129,6 +134,7 @@ impl<C: Connection> RedisEngine<C> {
             consumer_groups: Arc::from([PERSISTER.to_owned()]),
             retention: super::DEFAULT_RETENTION,
             user_rate_per_second: 0,
+            wait_for_replica: false,
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
         };
@@ -154,16 +160,21 @@ impl<C: Connection> RedisEngine<C> {
 
     /// Refuses a Redis that could lose an acknowledged change in a crash: it must append
     /// every write to its AOF and fsync it before answering (`appendonly yes`, `appendfsync
-    /// always`). `Err` says what it found.
-    pub async fn check_strict_durability(&self) -> Result<(), String> {
-        let setting = |name: &'static str| async move {
-            let pair: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(|e| format!("cannot read Redis's {name} (CONFIG GET): {e}"))?;
-            Ok::<String, String>(pair.get(1).cloned().unwrap_or_default())
+    /// always`). `Err` says what it found. With replicas connected, every change then also
+    /// waits (`WAIT`) until one of them has it.
+    pub async fn require_durability(mut self) -> Result<Self, String> {
+        let connection = self.connection();
+        let setting = |name: &'static str| {
+            let mut connection = connection.clone();
+            async move {
+                let pair: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| format!("cannot read Redis's {name} (CONFIG GET): {e}"))?;
+                Ok::<String, String>(pair.get(1).cloned().unwrap_or_default())
+            }
         };
         let appendonly = setting("appendonly").await?;
         let appendfsync = setting("appendfsync").await?;
@@ -173,6 +184,40 @@ impl<C: Connection> RedisEngine<C> {
                  always (a 201 must be on disk); this one has appendonly {appendonly}, \
                  appendfsync {appendfsync}"
             ));
+        }
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| format!("cannot read Redis's replication (INFO): {e}"))?;
+        let replicas = replication
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if replicas > 0 {
+            self.wait_for_replica = true;
+        }
+        Ok(self)
+    }
+
+    /// With replicas and strict durability: waits until a replica has every write this
+    /// instance made so far (`WAIT` on the shared connection covers all of them, so
+    /// concurrent requests mostly find theirs already there).
+    pub(super) async fn replicated(&self) -> Result<(), EngineError> {
+        if !self.wait_for_replica {
+            return Ok(());
+        }
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .query_async(&mut self.connection())
+            .await?;
+        if acknowledged < 1 {
+            return Err(EngineError::Unreplicated(format!(
+                "no replica acknowledged the change within {} ms",
+                REPLICA_WAIT.as_millis()
+            )));
         }
         Ok(())
     }
