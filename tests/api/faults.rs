@@ -871,11 +871,18 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
         .expect("connects");
     let started = Instant::now();
     loop {
-        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut admin).await.expect("info");
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut admin)
+            .await
+            .expect("info");
         if info.contains("connected_slaves:1") && info.contains("state=online") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the replica never connected");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica never connected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = master.url();
@@ -889,7 +896,12 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
     // Without its replica, a change is not answered 201: it might be lost with the master.
     replica.kill();
     let answer = app
-        .reserve_with(&id, &app.store_token, "while-alone", &json!({"user_id": "u2"}))
+        .reserve_with(
+            &id,
+            &app.store_token,
+            "while-alone",
+            &json!({"user_id": "u2"}),
+        )
         .await;
     assert_eq!(answer.status(), 503);
     let problem: Value = answer.json().await.expect("problem");
@@ -899,12 +911,21 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
     let started = Instant::now();
     loop {
         let retry = app
-            .reserve_with(&id, &app.store_token, "while-alone", &json!({"user_id": "u2"}))
+            .reserve_with(
+                &id,
+                &app.store_token,
+                "while-alone",
+                &json!({"user_id": "u2"}),
+            )
             .await;
         if retry.status() == 201 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never answered: {}", retry.status());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never answered: {}",
+            retry.status()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
