@@ -20,7 +20,8 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
     pub redis_namespace: String,
 
-    /// Postgres for the durable record; unset uses the embedded SQLite file `sqlite_path`.
+    /// The durable record: a `postgres://` URL, or a `sqlite:` URL (e.g.
+    /// `sqlite:///var/lib/flashsale.db`); unset uses the embedded SQLite file `sqlite_path`.
     #[arg(long, env = "FLASHSALE_DATABASE_URL")]
     pub database_url: Option<String>,
 

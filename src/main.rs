@@ -4,6 +4,7 @@ use clap::Parser;
 use flashsale::config::{Command, Config};
 use flashsale::startup;
 use flashsale::startup::Application;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -16,7 +17,11 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour only for a person at a terminal, never into a file or a pipe.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
     }
     match config.command {
         Some(Command::Persist) => return startup::run_persister_only(config).await,
@@ -43,6 +48,22 @@ fn print_banner(application: &Application, config: &Config) {
     } else {
         "in-memory"
     };
+    if config.log_json {
+        // JSON logs are JSON only: the banner is one event, generated credentials as fields.
+        let credentials = application.credentials();
+        let generated = credentials.generated_tokens;
+        tracing::info!(
+            listening = %format!("http://{address}"),
+            engine,
+            admin_token = generated.then(|| credentials.admin_tokens[0].as_str()),
+            store_token = generated.then(|| credentials.store_tokens[0].as_str()),
+            demo_user_token = credentials
+                .generated_jwt_secret
+                .then(|| application.user_token("demo-user")),
+            "flashsale listening"
+        );
+        return;
+    }
     println!("flashsale listening on http://{address} (stock engine: {engine})");
     let credentials = application.credentials();
     if credentials.generated_tokens {
@@ -53,6 +74,11 @@ fn print_banner(application: &Application, config: &Config) {
         println!("try:");
         println!(
             "  curl -s -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"id\":\"demo\",\"kind\":\"flash_sale\",\"sku\":\"sku-1\",\"stock\":100}}' http://{address}/v1/campaigns"
+        );
+        println!("or the whole walk-through from the README:");
+        println!(
+            "  FS=http://{address} ADMIN_TOKEN={admin} STORE_TOKEN={} docs/walkthrough.sh",
+            credentials.store_tokens[0]
         );
     }
     if credentials.generated_jwt_secret {

@@ -352,6 +352,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     Store::connect(config.database_url.as_deref(), &config.sqlite_path)
         .await
         .with_context(|| match &config.database_url {
+            Some(url) if url.starts_with("sqlite:") => format!("opening the SQLite database {url}"),
             Some(_) => "connecting to and migrating the Postgres database".to_owned(),
             None => format!("opening the SQLite database {}", config.sqlite_path),
         })

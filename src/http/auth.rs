@@ -79,9 +79,7 @@ impl Auth {
             });
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.jwt_key, &self.jwt_validation)
-            .map_err(|e| {
-                ApiError::Unauthenticated(format!("the bearer token is not valid: {e}"))
-            })?;
+            .map_err(|e| ApiError::Unauthenticated(token_problem(e.kind())))?;
         let user = UserId::parse(&data.claims.sub).map_err(|e| {
             ApiError::Unauthenticated(format!("the token's sub is not a user id: {e}"))
         })?;
@@ -153,6 +151,25 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Issues a user token: for the start-up banner and for tests (the main store issues real ones).
+/// Why a user token was refused, in words a caller can act on.
+fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "the user token has expired (its exp is past)".into(),
+        K::ImmatureSignature => "the user token is not valid yet (its nbf is in the future)".into(),
+        K::InvalidSignature => {
+            "the token is neither a service token of this service nor a user token signed \
+             with its FLASHSALE_JWT_SECRET"
+                .into()
+        }
+        K::MissingRequiredClaim(claim) => format!("the user token has no `{claim}` claim"),
+        K::InvalidAlgorithm => "user tokens must be signed with HS256".into(),
+        _ => "the token is neither a service token of this service nor a valid user token (a \
+              JWT signed with FLASHSALE_JWT_SECRET)"
+            .into(),
+    }
+}
+
 pub fn issue_user_token(secret: &str, user: &str, valid_seconds: u64) -> String {
     #[derive(serde::Serialize)]
     struct Issued<'a> {

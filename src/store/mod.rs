@@ -58,18 +58,22 @@ macro_rules! on_pool {
 pub(crate) use on_pool;
 
 impl Store {
-    /// Connects (Postgres at `url`, or the SQLite file at `sqlite_path`) and migrates.
+    /// Connects and migrates: Postgres at a `postgres:` URL, SQLite at a `sqlite:` URL, or,
+    /// with no URL, the SQLite file at `sqlite_path`.
     pub async fn connect(url: Option<&str>, sqlite_path: &str) -> Result<Self, StoreError> {
         let store = match url {
-            Some(url) => Store::Postgres(
+            Some(url) if !url.starts_with("sqlite:") => Store::Postgres(
                 PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(3))
                     .connect(url)
                     .await?,
             ),
-            None => {
-                let options = SqliteConnectOptions::from_str(&format!("sqlite://{sqlite_path}"))?
+            sqlite => {
+                let sqlite_url = sqlite
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("sqlite://{sqlite_path}"));
+                let options = SqliteConnectOptions::from_str(&sqlite_url)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(5));

@@ -179,12 +179,13 @@ async fn run_walkthrough(backend: Backend, script: &str) -> String {
         c.store_tokens = vec!["sto-demo".into()];
     })
     .await;
-    let output = tokio::process::Command::new("bash")
-        .arg(format!("{}/docs/{script}", env!("CARGO_MANIFEST_DIR")))
-        .env("FS", &app.address)
-        .output()
-        .await
-        .expect("bash and curl run");
+    // Run as a user would: the file itself (its shebang and its mode).
+    let output =
+        tokio::process::Command::new(format!("{}/docs/{script}", env!("CARGO_MANIFEST_DIR")))
+            .env("FS", &app.address)
+            .output()
+            .await
+            .expect("bash and curl run");
     assert!(output.status.success(), "{output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -246,4 +247,58 @@ async fn the_readme_walkthrough_runs_as_written(backend: Backend) {
         (last["available"].as_u64(), last["confirmed"].as_u64()),
         (Some(1), Some(1))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_url_is_taken_for_sqlite() {
+    let path = crate::helpers::fresh_sqlite_path();
+    let app = crate::helpers::spawn_app_with(Backend::Memory, |c| {
+        c.database_url = Some(format!("sqlite://{path}"));
+    })
+    .await;
+    assert_eq!(app.store.name(), "sqlite");
+    let id = app.campaign(5, 1, serde_json::json!({})).await;
+    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "the file named by the URL holds it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_only_and_plain_logs_carry_no_colour_into_a_pipe() {
+    for json in [true, false] {
+        let path = crate::helpers::fresh_sqlite_path();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .env("FLASHSALE_LISTEN", "127.0.0.1:0")
+            .env("FLASHSALE_SQLITE_PATH", &path)
+            .env("FLASHSALE_LOG_JSON", json.to_string())
+            .env_remove("FLASHSALE_REDIS_URL")
+            .env_remove("FLASHSALE_DATABASE_URL")
+            .env_remove("FLASHSALE_ADMIN_TOKENS")
+            .env_remove("FLASHSALE_STORE_TOKENS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary runs");
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let output = child.wait_with_output().expect("it stops");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("flashsale listening"), "{stdout}");
+        assert!(
+            !stdout.contains('\u{1b}'),
+            "colour codes in a pipe: {stdout:?}"
+        );
+        if json {
+            for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "not JSON: {line}"
+                );
+            }
+        }
+    }
 }

@@ -166,7 +166,7 @@ async fn load(engine: &dyn Engine, rebuild: &crate::store::Rebuild) -> Result<bo
         .await?;
     if restored {
         metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-        tracing::info!(campaign = %rebuild.campaign.id, reservations = rebuild.reservations.len(), "loaded a campaign into the engine from the database");
+        tracing::debug!(campaign = %rebuild.campaign.id, reservations = rebuild.reservations.len(), "loaded a campaign into the engine from the database");
     }
     Ok(restored)
 }
