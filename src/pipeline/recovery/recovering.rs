@@ -172,6 +172,34 @@ impl Recovering {
         Ok(refusal)
     }
 
+    /// Opening or joining a group: recovery when the engine answers `missing`, `archived`
+    /// instead of it for a campaign that left the engine, the commit wait for a change.
+    async fn group_decision<F, Fut>(
+        &self,
+        request: &GroupRequest,
+        missing: Refusal,
+        archived: Refusal,
+        call: F,
+    ) -> Result<GroupOutcome, EngineError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<GroupOutcome, EngineError>>,
+    {
+        let is_missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(missing);
+        let mut outcome = self
+            .retrying(&request.campaign_id, is_missing, call)
+            .await?;
+        if let GroupOutcome::Refused(refusal) = outcome {
+            let refusal = self
+                .or_archived(&request.campaign_id, refusal, missing, archived)
+                .await?;
+            outcome = GroupOutcome::Refused(refusal);
+        }
+        self.committed(&request.campaign_id, joined(&outcome))
+            .await?;
+        Ok(outcome)
+    }
+
     /// A reservation from the database (engines forget ended ones after the retention).
     async fn stored(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
         self.store
@@ -431,49 +459,20 @@ impl Engine for Recovering {
     }
 
     async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::CampaignNotFound);
-        let mut outcome = self
-            .retrying(&request.campaign_id, missing, || {
-                self.engine.open_group(request)
-            })
-            .await?;
-        if let GroupOutcome::Refused(refusal) = outcome {
-            let refusal = self
-                .or_archived(
-                    &request.campaign_id,
-                    refusal,
-                    Refusal::CampaignNotFound,
-                    Refusal::Ended,
-                )
-                .await?;
-            outcome = GroupOutcome::Refused(refusal);
-        }
-        self.committed(&request.campaign_id, joined(&outcome))
-            .await?;
-        Ok(outcome)
+        self.group_decision(request, Refusal::CampaignNotFound, Refusal::Ended, || {
+            self.engine.open_group(request)
+        })
+        .await
     }
 
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        let missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(Refusal::GroupNotFound);
-        let mut outcome = self
-            .retrying(&request.campaign_id, missing, || {
-                self.engine.join_group(request)
-            })
-            .await?;
-        if let GroupOutcome::Refused(refusal) = outcome {
-            let refusal = self
-                .or_archived(
-                    &request.campaign_id,
-                    refusal,
-                    Refusal::GroupNotFound,
-                    Refusal::GroupClosed,
-                )
-                .await?;
-            outcome = GroupOutcome::Refused(refusal);
-        }
-        self.committed(&request.campaign_id, joined(&outcome))
-            .await?;
-        Ok(outcome)
+        self.group_decision(
+            request,
+            Refusal::GroupNotFound,
+            Refusal::GroupClosed,
+            || self.engine.join_group(request),
+        )
+        .await
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
