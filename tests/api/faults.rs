@@ -892,7 +892,27 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
     })
     .await;
     let id = app.campaign(10, 1, json!({})).await;
-    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
+    // A caller retries a 503 with the same key; with the replica online that ends in a 201.
+    let started = Instant::now();
+    loop {
+        let first = app
+            .reserve_with(
+                &id,
+                &app.store_token,
+                "with-replica",
+                &json!({"user_id": "u1"}),
+            )
+            .await;
+        if first.status() == 201 {
+            break;
+        }
+        assert_eq!(first.status(), 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Without its replica, a change is not answered 201: it might be lost with the master.
     replica.kill();
     let answer = app

@@ -39,8 +39,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
 /// The longest a background command (persister, reaper, campaign loads) waits.
 pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a change waits for a replica in strict mode before it is answered 503.
-const REPLICA_WAIT: Duration = Duration::from_millis(500);
+/// How long a change waits for a replica in strict mode before it is answered 503 (below
+/// [`RESPONSE_TIMEOUT`], which would cut the `WAIT` itself).
+const REPLICA_WAIT: Duration = Duration::from_millis(700);
 
 /// The longest one connection attempt waits.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
