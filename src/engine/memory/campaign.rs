@@ -3,6 +3,7 @@
 
 use super::groups::GroupSlot;
 use super::outbox::Outbox;
+use super::sharded::Sharded;
 use crate::domain::{
     Campaign, CampaignKind, Change, GroupCounts, GroupId, GroupStatus, Millis, Quantity, Refusal,
     Reservation, ReservationId, ReservationStatus, ScopedKey, UserId, Window,
@@ -20,16 +21,16 @@ pub struct Slot {
     pub held: u64,
     pub confirmed: u64,
     /// Units each user holds or has confirmed.
-    pub users: HashMap<UserId, u64>,
+    pub users: Sharded<UserId, u64>,
     /// Idempotency key → (reservation id, fingerprint).
-    pub idempotency: HashMap<String, (ReservationId, String)>,
+    pub idempotency: Sharded<String, (ReservationId, String)>,
     /// The keys of `idempotency` in creation order, for the sold-out gate.
     pub record_order: Vec<String>,
     /// Reservations outside groups that ended, in the order they ended, until they leave.
     pub ended: VecDeque<(Millis, ReservationId)>,
     /// Stock change keys → (delta, stock after, available after).
     pub stock_changes: HashMap<String, (i64, u64, u64)>,
-    pub reservations: HashMap<ReservationId, Reservation>,
+    pub reservations: Sharded<ReservationId, Reservation>,
     /// Held reservations by expiry, so the reaper finds due ones without a scan.
     pub expiries: BTreeSet<(Millis, ReservationId)>,
     /// Events not yet acknowledged by the persister.
@@ -55,7 +56,7 @@ pub struct NewHold<'a> {
     pub now: Millis,
 }
 
-pub fn take_from_user(users: &mut HashMap<UserId, u64>, user: &UserId, quantity: u64) {
+pub fn take_from_user(users: &mut Sharded<UserId, u64>, user: &UserId, quantity: u64) {
     if let Some(units) = users.get_mut(user) {
         *units = units.saturating_sub(quantity);
         if *units == 0 {
@@ -71,12 +72,12 @@ impl Slot {
             campaign,
             held: 0,
             confirmed: 0,
-            users: HashMap::new(),
-            idempotency: HashMap::new(),
+            users: Sharded::default(),
+            idempotency: Sharded::default(),
             record_order: Vec::new(),
             stock_changes: HashMap::new(),
             ended: VecDeque::new(),
-            reservations: HashMap::new(),
+            reservations: Sharded::default(),
             expiries: BTreeSet::new(),
             outbox: Outbox::default(),
             groups: HashMap::new(),

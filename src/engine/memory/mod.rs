@@ -4,13 +4,15 @@
 //! different campaigns never wait for each other and there is no global lock on the hot path.
 //! - `campaign`: one campaign's state and its stock rules;
 //! - `groups`: the group-buy rules;
-//! - `outbox`: the campaign's events until the persister acknowledges them.
+//! - `outbox`: the campaign's events until the persister acknowledges them;
+//! - `sharded`: the hash map the big per-campaign maps use, so growing never stalls.
 //!
 //! Every rule here has its twin in `lua/`; keep them in step.
 
 mod campaign;
 mod groups;
 mod outbox;
+mod sharded;
 
 use super::{
     Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventBatch,
