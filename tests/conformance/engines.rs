@@ -14,7 +14,8 @@ pub fn redis_url() -> String {
 }
 
 pub async fn redis() -> RedisEngine {
-    RedisEngine::connect(&redis_url())
+    // A namespace of the tests' own (`scripts/test` removes exactly its keys).
+    RedisEngine::connect_in(&redis_url(), "t-conformance")
         .await
         .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)")
 }
