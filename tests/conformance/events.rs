@@ -118,5 +118,21 @@ async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
     ];
     expected.sort();
     assert_eq!(seen, expected);
+    // A caller waiting for the campaign's events to be committed waits until they are
+    // acknowledged, and no longer.
+    let waiting = engine.acknowledged(PERSISTER, &sale.id);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting)
+            .await
+            .is_err(),
+        "resolved before the events were acknowledged"
+    );
     engine.ack(PERSISTER, &events).await.expect("answers");
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        engine.acknowledged(PERSISTER, &sale.id),
+    )
+    .await
+    .expect("resolves once acknowledged")
+    .expect("answers");
 }
