@@ -109,7 +109,7 @@ impl Recovering {
         let found = self
             .retrying(id, Option::is_none, || self.engine.availability(id, now))
             .await?;
-        if found.is_none() && self.archived(id).await?.is_some() {
+        if found.is_none() && self.archived(id).is_some() {
             return Ok(Some((CampaignStatus::Ended, 0)));
         }
         Ok(found)
@@ -119,43 +119,52 @@ impl Recovering {
     /// engine has it now. The database not answering is `Recovering`: nothing can be decided
     /// about the campaign until it does.
     async fn recover(&self, id: &CampaignId) -> Result<bool, EngineError> {
+        if self.archived.contains_key(id) {
+            return Ok(false);
+        }
         if let Some(at) = self.unknown.get(id).map(|at| *at) {
             if at.elapsed() < UNKNOWN_TTL {
                 return Ok(false);
             }
             self.unknown.remove(id);
         }
+        let unavailable = |error: crate::store::StoreError| {
+            tracing::warn!(%error, campaign = %id, "could not read a missing campaign from the database");
+            EngineError::Recovering(error.to_string())
+        };
         match restore(&self.engine, &self.store, &self.watch, id).await {
             Ok(true) => Ok(true),
             Ok(false) => {
-                if self.unknown.len() >= UNKNOWN_MAX {
-                    self.unknown.clear();
+                // Not rebuildable: archived (answered from the database from now on) or
+                // unknown (answered from the negative cache for a while). Either way this
+                // instance asks the database about it once.
+                match self
+                    .store
+                    .archived_campaign(id)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Some(campaign) => {
+                        self.archived.insert(id.clone(), campaign);
+                    }
+                    None => {
+                        if self.unknown.len() >= UNKNOWN_MAX {
+                            self.unknown.clear();
+                        }
+                        self.unknown.insert(id.clone(), Instant::now());
+                    }
                 }
-                self.unknown.insert(id.clone(), Instant::now());
                 Ok(false)
             }
             Err(RecoveryError::Engine(error)) => Err(error),
-            Err(RecoveryError::Store(error)) => {
-                tracing::warn!(%error, campaign = %id, "could not read a missing campaign from the database");
-                Err(EngineError::Recovering(error.to_string()))
-            }
+            Err(RecoveryError::Store(error)) => Err(unavailable(error)),
         }
     }
 
-    /// The campaign if the database archived it: it is answered from the database alone.
-    async fn archived(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
-        if let Some(campaign) = self.archived.get(id) {
-            return Ok(Some(campaign.clone()));
-        }
-        let found = self
-            .store
-            .archived_campaign(id)
-            .await
-            .map_err(|error| EngineError::Recovering(error.to_string()))?;
-        if let Some(campaign) = &found {
-            self.archived.insert(id.clone(), campaign.clone());
-        }
-        Ok(found)
+    /// The campaign if the database archived it (known from [`Recovering::recover`], which
+    /// every missing-campaign answer goes through first): answered from the database alone.
+    fn archived(&self, id: &CampaignId) -> Option<Campaign> {
+        self.archived.get(id).map(|campaign| campaign.clone())
     }
 
     /// A refusal for a campaign the engine does not know: `instead` if it was archived.
@@ -166,7 +175,7 @@ impl Recovering {
         missing: Refusal,
         instead: Refusal,
     ) -> Result<Refusal, EngineError> {
-        if refusal == missing && self.archived(id).await?.is_some() {
+        if refusal == missing && self.archived(id).is_some() {
             return Ok(instead);
         }
         Ok(refusal)
@@ -235,7 +244,7 @@ impl Recovering {
         r: Reservation,
         now: Millis,
     ) -> Result<Transition, EngineError> {
-        if self.archived(&r.campaign_id).await?.is_none() {
+        if self.archived(&r.campaign_id).is_none() {
             return Ok(Transition::NotHeld(r));
         }
         static SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
@@ -322,7 +331,7 @@ impl Engine for Recovering {
         if found.is_some() {
             return Ok(found);
         }
-        let Some(campaign) = self.archived(id).await? else {
+        let Some(campaign) = self.archived(id) else {
             return Ok(None);
         };
         // Archived: its units as the database counts them (no live holds are left).
