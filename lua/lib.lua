@@ -14,14 +14,24 @@
 --   campaign.stock  type at stock
 local US = string.char(31)
 
--- Appends a reservation event with the given values to the campaign's event stream (same
--- slot), so the change and its event are one atomic step. A creating event also carries the
--- idempotency record (`key`, `fp`), so the database can rebuild it.
-local function emit_values(stream, now, id, user, qty, status, created, expires, group, key, fp)
+-- Between the events of one stream entry (byte 30): a batch of reserves (reserve.lua) is
+-- one entry carrying one event per reservation made.
+local RS = string.char(30)
+
+-- Encodes a reservation event. A creating event also carries the idempotency record (`key`,
+-- `fp`), so the database can rebuild it.
+local function reservation_event(now, id, user, qty, status, created, expires, group, key, fp)
   local e = table.concat({'reservation.' .. status, now, id, user, qty, status, created, expires,
     group or ''}, US)
   if key then e = e .. US .. key .. US .. fp end
-  redis.call('XADD', stream, '*', 'e', e)
+  return e
+end
+
+-- Appends a reservation event with the given values to the campaign's event stream (same
+-- slot), so the change and its event are one atomic step.
+local function emit_values(stream, now, id, user, qty, status, created, expires, group, key, fp)
+  redis.call('XADD', stream, '*', 'e',
+    reservation_event(now, id, user, qty, status, created, expires, group, key, fp))
 end
 
 -- Appends the reservation's current state, as its hash `rk` holds it.

@@ -1,57 +1,102 @@
--- Decides one reservation attempt. Order of checks: campaign exists, idempotency key seen,
--- kind, window, stock, per-user limit (see src/engine/mod.rs for why).
+-- Decides a batch of reservation attempts on one campaign, one after another in the order
+-- given, each with exactly the rules of a lone attempt (a batch of one is a lone attempt).
+-- Order of checks per attempt: campaign exists, idempotency key seen, rate, kind, window,
+-- stock, per-user limit (see src/engine/mod.rs for why). Attempts that arrive while a call
+-- for the campaign is in flight are sent together (src/engine/redis/batcher.rs), so under
+-- load the campaign is read once and written once per batch, not per attempt.
 -- KEYS[1]  campaign hash (config, counters, `u:<user>` counts, `k:<key>` idempotency records)
--- KEYS[2]  expiry list     KEYS[3]  the new reservation's hash     KEYS[4] event stream
--- KEYS[5]  records list (every idempotency record in creation order, for the sold-out gate)
--- ARGV[1]  now (ms)   ARGV[2] user id   ARGV[3] quantity   ARGV[4] scoped idempotency key
--- ARGV[5]  fingerprint of the request body   ARGV[6] the new reservation's id
--- ARGV[7]  attempts one user may make on this campaign per second, across every instance
+-- KEYS[2]  expiry list     KEYS[3] event stream
+-- KEYS[4]  records list (every idempotency record in creation order, for the sold-out gate)
+-- ARGV[1]  attempts one user may make on this campaign per second, across every instance
 --          (0: no limit); counted in `<campaign>:rl:<user>:<second>`, which expires
--- returns  {'reserved', created, expires, available}
+-- then six values per attempt: now (ms), user id, quantity, scoped idempotency key,
+--          fingerprint of the request body, the new reservation's id (its hash is
+--          `<campaign>:r:<id>`, same hash tag)
+-- returns  one answer per attempt, in order:
+--          {'reserved', created, expires, available}
 --        | {'replay', id, user, quantity, created, expires}
 --        | {'replay_gone', id}: the key's reservation ended and left Redis (retention)
 --        | {'key_reused'} | {'rate_limited'} | {refusal code}
--- Six redis.calls on success, one on a refusal: every read the decision needs is one HMGET
--- of the campaign hash, and the campaign's side of the change is one HSET.
-local key, user = 'k:' .. ARGV[4], 'u:' .. ARGV[2]
-local c = redis.call('HMGET', KEYS[1], 'kind', 'starts', 'ends', 'limit', 'hold', 'available',
-  'held', 'records', key, user)
-if not c[1] then return {'campaign_not_found'} end
-
-local seen = c[9]
-if seen then
-  local bar = string.find(seen, '|', 1, true)
-  local id = string.sub(seen, 1, bar - 1)
-  if string.sub(seen, bar + 1) ~= ARGV[5] then return {'key_reused'} end
-  local r = redis.call('HMGET', KEYS[1] .. ':r:' .. id, 'user', 'qty', 'created', 'expires')
-  if not r[1] then return {'replay_gone', id} end
-  return {'replay', id, r[1], r[2], r[3], r[4]}
+-- Redis calls per batch: one HMGET (config, counters, and every attempt's key record and
+-- user count), then per reservation made one HSET of its hash, and once for all of them one
+-- HSET of the campaign, one RPUSH per list and one XADD (an entry carrying every event).
+local rate = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 6
+local fields = {'kind', 'starts', 'ends', 'limit', 'hold', 'available', 'held', 'records'}
+for i = 0, n - 1 do
+  fields[9 + 2 * i] = 'k:' .. ARGV[5 + 6 * i]
+  fields[10 + 2 * i] = 'u:' .. ARGV[3 + 6 * i]
+end
+local c = redis.call('HMGET', KEYS[1], unpack(fields))
+local answers = {}
+if not c[1] then
+  for i = 1, n do answers[i] = {'campaign_not_found'} end
+  return answers
 end
 
-if ARGV[7] ~= '0' then
-  local counter = KEYS[1] .. ':rl:' .. ARGV[2] .. ':' .. math.floor(tonumber(ARGV[1]) / 1000)
-  local attempts = redis.call('INCR', counter)
-  if attempts == 1 then redis.call('PEXPIRE', counter, 2000) end
-  if attempts > tonumber(ARGV[7]) then return {'rate_limited'} end
+local available, held, records = tonumber(c[6]), tonumber(c[7]), tonumber(c[8])
+-- What this batch has written so far, read before the hash (which still holds the state
+-- from before the batch): records by key, counts by user.
+local made, counts = {}, {}
+local writes, exp, recs, events = {}, {}, {}, {}
+
+for i = 0, n - 1 do
+  local now, user, quantity = tonumber(ARGV[2 + 6 * i]), ARGV[3 + 6 * i], tonumber(ARGV[4 + 6 * i])
+  local key, fp, id = ARGV[5 + 6 * i], ARGV[6 + 6 * i], ARGV[7 + 6 * i]
+  local answer
+  local mine = made[key]
+  local seen = c[9 + 2 * i]
+  if mine then
+    if mine[2] ~= fp then answer = {'key_reused'}
+    else answer = {'replay', mine[1], mine[3], mine[4], mine[5], mine[6]} end
+  elseif seen then
+    local bar = string.find(seen, '|', 1, true)
+    local rid = string.sub(seen, 1, bar - 1)
+    if string.sub(seen, bar + 1) ~= fp then answer = {'key_reused'}
+    else
+      local r = redis.call('HMGET', KEYS[1] .. ':r:' .. rid, 'user', 'qty', 'created', 'expires')
+      if not r[1] then answer = {'replay_gone', rid}
+      else answer = {'replay', rid, r[1], r[2], r[3], r[4]} end
+    end
+  end
+  if not answer and rate > 0 then
+    local counter = KEYS[1] .. ':rl:' .. user .. ':' .. math.floor(now / 1000)
+    local attempts = redis.call('INCR', counter)
+    if attempts == 1 then redis.call('PEXPIRE', counter, 2000) end
+    if attempts > rate then answer = {'rate_limited'} end
+  end
+  if not answer then
+    local had = counts[user] or tonumber(c[10 + 2 * i] or '0')
+    if c[1] ~= 'flash_sale' then answer = {'wrong_campaign_kind'}
+    elseif c[2] ~= '' and now < tonumber(c[2]) then answer = {'not_started'}
+    elseif c[3] ~= '' and now >= tonumber(c[3]) then answer = {'ended'}
+    elseif available < quantity then answer = {'sold_out'}
+    elseif had + quantity > tonumber(c[4]) then answer = {'limit_exceeded'}
+    else
+      local expires = now + tonumber(c[5]) * 1000
+      available, held, records = available - quantity, held + quantity, records + 1
+      counts[user] = had + quantity
+      made[key] = {id, fp, user, quantity, now, expires}
+      local w = #writes
+      writes[w + 1], writes[w + 2] = 'k:' .. key, id .. '|' .. fp
+      writes[w + 3], writes[w + 4] = 'u:' .. user, had + quantity
+      redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', quantity, 'status', 'held',
+        'created', now, 'expires', expires)
+      exp[#exp + 1] = id
+      recs[#recs + 1] = key .. US .. id .. '|' .. fp
+      events[#events + 1] =
+        reservation_event(now, id, user, quantity, 'held', now, expires, '', key, fp)
+      answer = {'reserved', now, expires, available}
+    end
+  end
+  answers[i + 1] = answer
 end
 
-if c[1] ~= 'flash_sale' then return {'wrong_campaign_kind'} end
-local now = tonumber(ARGV[1])
-if c[2] ~= '' and now < tonumber(c[2]) then return {'not_started'} end
-if c[3] ~= '' and now >= tonumber(c[3]) then return {'ended'} end
-
-local quantity = tonumber(ARGV[3])
-local available = tonumber(c[6])
-if available < quantity then return {'sold_out'} end
-local had = tonumber(c[10] or '0')
-if had + quantity > tonumber(c[4]) then return {'limit_exceeded'} end
-
-local expires = now + tonumber(c[5]) * 1000
-redis.call('HSET', KEYS[1], 'available', available - quantity, 'held', tonumber(c[7]) + quantity,
-  'records', tonumber(c[8]) + 1, key, ARGV[6] .. '|' .. ARGV[5], user, had + quantity)
-redis.call('HSET', KEYS[3], 'user', ARGV[2], 'qty', quantity, 'status', 'held',
-  'created', now, 'expires', expires)
-redis.call('RPUSH', KEYS[2], ARGV[6])
-redis.call('RPUSH', KEYS[5], ARGV[4] .. US .. ARGV[6] .. '|' .. ARGV[5])
-emit_values(KEYS[4], now, ARGV[6], ARGV[2], quantity, 'held', now, expires, '', ARGV[4], ARGV[5])
-return {'reserved', now, expires, available - quantity}
+if #exp > 0 then
+  redis.call('HSET', KEYS[1], 'available', available, 'held', held, 'records', records,
+    unpack(writes))
+  redis.call('RPUSH', KEYS[2], unpack(exp))
+  redis.call('RPUSH', KEYS[4], unpack(recs))
+  redis.call('XADD', KEYS[3], '*', 'e', table.concat(events, RS))
+end
+return answers

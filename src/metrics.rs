@@ -46,6 +46,8 @@ pub const PERSIST_PENDING: &str = "flashsale_persister_pending_events";
 pub const PERSISTED_EVENTS: &str = "flashsale_persister_events_total";
 /// Events per persisted batch.
 pub const PERSIST_BATCH_SIZE: &str = "flashsale_persister_batch_size";
+/// Reservation attempts decided by one call of `lua/reserve.lua` (group commit).
+pub const RESERVE_BATCH_SIZE: &str = "flashsale_reserve_batch_size";
 /// Time to write and acknowledge one batch.
 pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_seconds";
 /// Age of the oldest event not yet persisted (0 when none waits).
@@ -112,6 +114,9 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 /// Events per batch: 1 to the 1,000 default maximum.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
+/// Attempts per reserve batch: 1 (a lone attempt) to the cap of 128.
+const RESERVE_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// Installs the process-wide recorder once and returns its handle; later calls (tests start
 /// many applications in one process) get the same handle.
 pub fn install() -> PrometheusHandle {
@@ -125,6 +130,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(PERSIST_BATCH_SIZE.into()),
                         BATCH_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(RESERVE_BATCH_SIZE.into()),
+                        RESERVE_BATCH_BUCKETS,
                     )
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -199,6 +210,10 @@ fn describe() {
     );
     metrics::describe_counter!(PERSISTED_EVENTS, "Events written to the database.");
     metrics::describe_histogram!(PERSIST_BATCH_SIZE, "Events per persisted batch.");
+    metrics::describe_histogram!(
+        RESERVE_BATCH_SIZE,
+        "Reservation attempts decided by one call of the reserve script (group commit)."
+    );
     metrics::describe_histogram!(
         PERSIST_BATCH_DURATION,
         "Time to write and acknowledge one batch."

@@ -212,9 +212,10 @@ fn bench_connections(c: &mut Criterion) {
     const TASKS: u64 = 64;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // Leaked: invocations borrow the script and move into spawned tasks (bench only).
-    let script: &'static redis::Script = Box::leak(Box::new(redis::Script::new(include_str!(
-        "../../lua/reserve.lua"
-    ))));
+    let script: &'static redis::Script = Box::leak(Box::new(redis::Script::new(
+        &flashsale::engine::redis::scripts::with_lib(include_str!("../../lua/reserve.lua"))
+            .expect("the lib folds"),
+    )));
     let namespace = format!(
         "bench-conn-{}",
         ulid::Ulid::new().to_string().to_lowercase()
@@ -261,8 +262,9 @@ fn bench_connections(c: &mut Criterion) {
         invocation
             .key(&key)
             .key(format!("{key}:exp"))
-            .key(format!("{key}:r:{n}"))
             .key(format!("{key}:events"))
+            .key(format!("{key}:recs"))
+            .arg(0)
             .arg(Millis::now().0)
             .arg(format!("user-{n}"))
             .arg(1)
@@ -286,7 +288,7 @@ fn bench_connections(c: &mut Criterion) {
                         .collect();
                     tokio::spawn(async move {
                         for call in calls {
-                            let _: Vec<String> =
+                            let _: Vec<Vec<String>> =
                                 call.invoke_async(&mut connection).await.expect("reserve");
                         }
                     })
@@ -313,7 +315,7 @@ fn bench_connections(c: &mut Criterion) {
                     tokio::spawn(async move {
                         for call in calls {
                             let mut connection = pool.get().await.expect("pooled connection");
-                            let _: Vec<String> =
+                            let _: Vec<Vec<String>> =
                                 call.invoke_async(&mut *connection).await.expect("reserve");
                         }
                     })

@@ -29,7 +29,11 @@ fn batch(campaign: &Campaign, next: &AtomicI64) -> Vec<Event> {
             let now = Millis::now();
             Event {
                 campaign_id: campaign.id.clone(),
-                position: StreamPosition { ms: 1, seq },
+                position: StreamPosition {
+                    ms: 1,
+                    seq,
+                    index: 0,
+                },
                 at: now,
                 change: Change::Reservation {
                     reservation: Reservation {

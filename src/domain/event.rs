@@ -16,26 +16,43 @@ pub struct Event {
     pub change: Change,
 }
 
-/// A stream entry id `<ms>-<seq>`, ordered as Redis orders them.
+/// An event's place in its campaign's stream: the entry id `<ms>-<seq>`, ordered as Redis
+/// orders them, and the event's index within the entry (an entry written by a batch of
+/// reserves carries one event per reservation made). Written `<ms>-<seq>` for an entry's
+/// first event and `<ms>-<seq>.<index>` for the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamPosition {
     pub ms: i64,
     pub seq: i64,
+    pub index: u32,
 }
 
 impl StreamPosition {
     pub fn parse(raw: &str) -> Option<Self> {
-        let (ms, seq) = raw.split_once('-')?;
+        let (entry, index) = match raw.split_once('.') {
+            Some((entry, index)) => (entry, index.parse().ok()?),
+            None => (raw, 0),
+        };
+        let (ms, seq) = entry.split_once('-')?;
         Some(StreamPosition {
             ms: ms.parse().ok()?,
             seq: seq.parse().ok()?,
+            index,
         })
+    }
+
+    /// The id of the stream entry that carries the event (what is acknowledged).
+    pub fn entry(&self) -> String {
+        format!("{}-{}", self.ms, self.seq)
     }
 }
 
 impl std::fmt::Display for StreamPosition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        match self.index {
+            0 => write!(f, "{}-{}", self.ms, self.seq),
+            index => write!(f, "{}-{}.{index}", self.ms, self.seq),
+        }
     }
 }
 

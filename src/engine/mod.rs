@@ -55,6 +55,26 @@ pub enum EngineError {
     /// same idempotency key answers it once it is there.
     #[error("not replicated: {0}")]
     Unreplicated(String),
+    /// Too many attempts already wait for the campaign; this one was not decided.
+    #[error("too many attempts wait for this campaign")]
+    Overloaded,
+}
+
+impl EngineError {
+    /// The same error for another caller (one failed batch fails each of its attempts).
+    pub fn share(&self) -> EngineError {
+        match self {
+            EngineError::Redis(e) => EngineError::Redis(::redis::RedisError::from((
+                e.kind(),
+                "a batch of reserves failed",
+                e.to_string(),
+            ))),
+            EngineError::Corrupt(what) => EngineError::Corrupt(what.clone()),
+            EngineError::Recovering(what) => EngineError::Recovering(what.clone()),
+            EngineError::Unreplicated(what) => EngineError::Unreplicated(what.clone()),
+            EngineError::Overloaded => EngineError::Overloaded,
+        }
+    }
 }
 
 /// One reservation attempt.

@@ -238,6 +238,7 @@ impl From<EngineError> for ApiError {
             EngineError::Corrupt(what) => ApiError::Internal(what),
             EngineError::Recovering(_) => ApiError::EngineRecovering(error),
             EngineError::Unreplicated(_) => ApiError::EngineUnavailable(error),
+            EngineError::Overloaded => ApiError::Overloaded,
         }
     }
 }

@@ -299,7 +299,11 @@ mod tests {
         let campaign = CampaignId::parse("c1").expect("valid");
         let event = Event {
             campaign_id: campaign.clone(),
-            position: StreamPosition { ms: 5, seq: 2 },
+            position: StreamPosition {
+                ms: 5,
+                seq: 2,
+                index: 0,
+            },
             at: Millis(7),
             change: Change::Reservation {
                 reservation: Reservation {

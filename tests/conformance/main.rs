@@ -3,6 +3,7 @@
 //! skips, when Redis is unreachable), and both behind the sold-out gate. Tests isolate
 //! themselves with fresh campaign ids.
 
+mod batches;
 mod concurrency;
 mod engines;
 mod events;

@@ -23,11 +23,16 @@ impl Outbox {
     pub fn push(&mut self, campaign: &CampaignId, at: Millis, change: Change) {
         let now = Millis::now().0;
         self.last = if now > self.last.ms {
-            StreamPosition { ms: now, seq: 0 }
+            StreamPosition {
+                ms: now,
+                seq: 0,
+                index: 0,
+            }
         } else {
             StreamPosition {
                 ms: self.last.ms,
                 seq: self.last.seq + 1,
+                index: 0,
             }
         };
         self.queue.push_back(Event {

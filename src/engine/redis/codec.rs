@@ -12,13 +12,35 @@ use std::collections::HashMap;
 /// The byte between an event's values (see `lua/lib.lua`).
 pub const SEPARATOR: char = '\x1f';
 
+/// The byte between the events of one stream entry (see `lua/lib.lua`).
+pub const EVENT_SEPARATOR: char = '\x1e';
+
+/// Decodes the events of one stream entry (one, or one per reservation a batch of reserves
+/// made), each with its own position: the entry's id and its index in the entry.
+pub fn events_from(
+    campaign: &CampaignId,
+    id: &str,
+    entry: &str,
+) -> Result<Vec<Event>, EngineError> {
+    let position = StreamPosition::parse(id)
+        .ok_or_else(|| EngineError::Corrupt(format!("stream entry id {id:?} of {campaign}")))?;
+    entry
+        .split(EVENT_SEPARATOR)
+        .zip(0u32..)
+        .map(|(event, index)| event_from(campaign, StreamPosition { index, ..position }, event))
+        .collect()
+}
+
 /// Decodes one event as the scripts in `lua/` write it: values joined by byte 31 (layouts in
 /// `lua/lib.lua`).
-pub fn event_from(campaign: &CampaignId, id: &str, event: &str) -> Result<Event, EngineError> {
-    let corrupt = || EngineError::Corrupt(format!("event {id} of {campaign}: {event:?}"));
+pub fn event_from(
+    campaign: &CampaignId,
+    position: StreamPosition,
+    event: &str,
+) -> Result<Event, EngineError> {
+    let corrupt = || EngineError::Corrupt(format!("event {position} of {campaign}: {event:?}"));
     let values: Vec<&str> = event.split(SEPARATOR).collect();
     let number = |raw: &str| raw.parse::<i64>().map_err(|_| corrupt());
-    let position = StreamPosition::parse(id).ok_or_else(corrupt)?;
     let (kind, at, rest) = match values.as_slice() {
         [kind, at, rest @ ..] => (*kind, Millis(number(at)?), rest),
         _ => return Err(corrupt()),
@@ -225,7 +247,8 @@ mod tests {
             "2:x",
         ]
         .join("\x1f");
-        let event = event_from(&campaign, "7-1", &raw).expect("decodes");
+        let events = events_from(&campaign, "7-1", &raw).expect("decodes");
+        let [event] = <[Event; 1]>::try_from(events).expect("one event");
         let Change::Reservation {
             reservation,
             idempotency,
@@ -238,6 +261,40 @@ mod tests {
         assert_eq!(
             idempotency.map(|(k, f)| (k.to_string(), f)),
             Some(("3:u/x/k".into(), "2:x".into()))
+        );
+    }
+
+    #[test]
+    fn an_entry_of_a_batch_gives_each_event_its_own_position() {
+        let campaign = CampaignId::parse("c1").expect("valid");
+        let one = |n: &str| {
+            let id = ReservationId::generate(&campaign);
+            [
+                "reservation.held",
+                "5",
+                id.as_str(),
+                n,
+                "1",
+                "held",
+                "5",
+                "9",
+                "",
+            ]
+            .join("\x1f")
+        };
+        let entry = [one("a"), one("b"), one("c")].join("\x1e");
+        let events = events_from(&campaign, "7-1", &entry).expect("decodes");
+        let positions: Vec<String> = events.iter().map(|e| e.position.to_string()).collect();
+        assert_eq!(positions, ["7-1", "7-1.1", "7-1.2"]);
+        assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+        assert!(events.iter().all(|e| e.position.entry() == "7-1"));
+        let parsed: Vec<StreamPosition> = positions
+            .iter()
+            .filter_map(|p| StreamPosition::parse(p))
+            .collect();
+        assert_eq!(
+            parsed,
+            events.iter().map(|e| e.position).collect::<Vec<_>>()
         );
     }
 }

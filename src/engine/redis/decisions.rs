@@ -30,6 +30,61 @@ impl<C: Connection> RedisEngine<C> {
         Ok(())
     }
 
+    /// Decides attempts on one campaign with one call of `reserve.lua`, in the order given,
+    /// each as a lone attempt would be decided (the batcher's call; public so tests can
+    /// build batches with chosen interleavings).
+    pub async fn reserve_batch(
+        &self,
+        requests: &[ReserveRequest],
+    ) -> Result<Vec<ReserveOutcome>, EngineError> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        if requests.iter().any(|r| r.campaign_id != first.campaign_id) {
+            return Err(EngineError::Corrupt(
+                "a reserve batch spans campaigns".into(),
+            ));
+        }
+        let keys = self.keys(&first.campaign_id);
+        let mut invocation = self.scripts.reserve.prepare_invoke();
+        invocation
+            .key(&keys.campaign)
+            .key(keys.expiries())
+            .key(keys.events())
+            .key(keys.records())
+            .arg(self.user_rate_per_second);
+        for request in requests {
+            invocation
+                .arg(request.now.0)
+                .arg(request.user_id.as_str())
+                .arg(request.quantity.get())
+                .arg(request.idempotency_key.as_str())
+                .arg(&request.fingerprint)
+                .arg(request.reservation_id.as_str());
+        }
+        let replies: Vec<Vec<String>> = invocation.invoke_async(&mut self.timed("reserve")).await?;
+        if replies.len() != requests.len() {
+            return Err(EngineError::Corrupt(format!(
+                "reserve answered {} times for {} attempts",
+                replies.len(),
+                requests.len()
+            )));
+        }
+        if let Some(changed) = replies.iter().find(|r| {
+            matches!(
+                r.first().map(String::as_str),
+                Some("reserved" | "replay" | "replay_gone")
+            )
+        }) {
+            self.replicated_if(changed.first()).await?;
+        }
+        requests
+            .iter()
+            .zip(&replies)
+            .map(|(request, reply)| reserve_outcome(request, reply))
+            .collect()
+    }
+
     /// Runs `open_group.lua` or `join_group.lua` (same keys and arguments).
     async fn group_decision(
         &self,
@@ -243,73 +298,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        let keys = self.keys(&request.campaign_id);
-        let reply: Vec<String> = self
-            .scripts
-            .reserve
-            .key(&keys.campaign)
-            .key(keys.expiries())
-            .key(keys.reservation(&request.reservation_id))
-            .key(keys.events())
-            .key(keys.records())
-            .arg(request.now.0)
-            .arg(request.user_id.as_str())
-            .arg(request.quantity.get())
-            .arg(request.idempotency_key.as_str())
-            .arg(&request.fingerprint)
-            .arg(request.reservation_id.as_str())
-            .arg(self.user_rate_per_second)
-            .invoke_async(&mut self.timed("reserve"))
-            .await?;
-        let corrupt = || EngineError::Corrupt(format!("reserve answered {reply:?}"));
-        let number = |i: usize| -> Result<i64, EngineError> {
-            reply
-                .get(i)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(corrupt)
-        };
-        self.replicated_if(reply.first()).await?;
-        match reply.first().map(String::as_str) {
-            Some("reserved") => Ok(ReserveOutcome::Reserved {
-                reservation: Reservation {
-                    id: request.reservation_id.clone(),
-                    campaign_id: request.campaign_id.clone(),
-                    user_id: request.user_id.clone(),
-                    quantity: request.quantity,
-                    status: ReservationStatus::Held,
-                    created_at: Millis(number(1)?),
-                    expires_at: Millis(number(2)?),
-                    group_id: None,
-                },
-                available: u64::try_from(number(3)?).map_err(|_| corrupt())?,
-            }),
-            Some("replay") => {
-                let id = reply
-                    .get(1)
-                    .and_then(|raw| ReservationId::parse(raw).ok())
-                    .ok_or_else(corrupt)?;
-                let mut fields: Vec<String> = reply.get(2..).unwrap_or_default().to_vec();
-                // The first outcome is the reservation as created: held, outside any group.
-                fields.insert(2, "held".into());
-                fields.push(String::new());
-                Ok(ReserveOutcome::Replayed(reservation_from(
-                    &id,
-                    &request.campaign_id,
-                    &fields,
-                )?))
-            }
-            Some("replay_gone") => reply
-                .get(1)
-                .and_then(|raw| ReservationId::parse(raw).ok())
-                .map(ReserveOutcome::ReplayOf)
-                .ok_or_else(corrupt),
-            Some("key_reused") => Ok(ReserveOutcome::KeyReused),
-            Some("rate_limited") => Ok(ReserveOutcome::RateLimited),
-            Some(code) => Refusal::from_code(code)
-                .map(ReserveOutcome::Refused)
-                .ok_or_else(corrupt),
-            None => Err(corrupt()),
-        }
+        self.reserve_queued(request).await
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
@@ -422,5 +411,60 @@ impl<C: Connection> Engine for RedisEngine<C> {
             expires_at: Millis(expires.parse().map_err(|_| corrupt())?),
             members,
         }))
+    }
+}
+
+/// One attempt's answer from `reserve.lua`, as a domain value.
+fn reserve_outcome(
+    request: &ReserveRequest,
+    reply: &[String],
+) -> Result<ReserveOutcome, EngineError> {
+    let corrupt = || EngineError::Corrupt(format!("reserve answered {reply:?}"));
+    let number = |i: usize| -> Result<i64, EngineError> {
+        reply
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(corrupt)
+    };
+    match reply.first().map(String::as_str) {
+        Some("reserved") => Ok(ReserveOutcome::Reserved {
+            reservation: Reservation {
+                id: request.reservation_id.clone(),
+                campaign_id: request.campaign_id.clone(),
+                user_id: request.user_id.clone(),
+                quantity: request.quantity,
+                status: ReservationStatus::Held,
+                created_at: Millis(number(1)?),
+                expires_at: Millis(number(2)?),
+                group_id: None,
+            },
+            available: u64::try_from(number(3)?).map_err(|_| corrupt())?,
+        }),
+        Some("replay") => {
+            let id = reply
+                .get(1)
+                .and_then(|raw| ReservationId::parse(raw).ok())
+                .ok_or_else(corrupt)?;
+            let mut fields: Vec<String> = reply.get(2..).unwrap_or_default().to_vec();
+            // The first outcome is the reservation as created: held, outside any group.
+            fields.insert(2, "held".into());
+            fields.push(String::new());
+            Ok(ReserveOutcome::Replayed(reservation_from(
+                &id,
+                &request.campaign_id,
+                &fields,
+            )?))
+        }
+        Some("replay_gone") => reply
+            .get(1)
+            .and_then(|raw| ReservationId::parse(raw).ok())
+            .map(ReserveOutcome::ReplayOf)
+            .ok_or_else(corrupt),
+        Some("key_reused") => Ok(ReserveOutcome::KeyReused),
+        Some("rate_limited") => Ok(ReserveOutcome::RateLimited),
+        Some(code) => Refusal::from_code(code)
+            .map(ReserveOutcome::Refused)
+            .ok_or_else(corrupt),
+        None => Err(corrupt()),
     }
 }

@@ -1,7 +1,7 @@
 //! The event log on Redis streams: one stream per campaign (same slot as the campaign), read
 //! by consumer groups with `XREADGROUP`, reclaimed with `XAUTOCLAIM`, acknowledged with `XACK`.
 
-use super::codec::event_from;
+use super::codec::events_from;
 use super::keys;
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Event, Millis, StreamPosition};
@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Parses stream entries `[[id, ["e", event]], ...]` into events; entries deleted meanwhile
-/// come back as nil and are skipped.
+/// Parses stream entries `[[id, ["e", events]], ...]` into events (an entry carries one
+/// event or several); entries deleted meanwhile come back as nil and are skipped.
 fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, EngineError> {
     let redis::Value::Array(list) = list else {
         return Ok(Vec::new());
@@ -38,7 +38,7 @@ fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, Engi
             std::str::from_utf8(bytes)
                 .map_err(|_| EngineError::Corrupt(format!("stream entry of {campaign}: not UTF-8")))
         };
-        events.push(event_from(campaign, text(id)?, text(event)?)?);
+        events.extend(events_from(campaign, text(id)?, text(event)?)?);
     }
     Ok(events)
 }
@@ -176,12 +176,13 @@ impl<C: Connection> EventLog for RedisEngine<C> {
     }
 
     async fn ack(&self, group: &str, events: &[Event]) -> Result<(), EngineError> {
+        // Per entry, not per event: the events of one entry are read (and so written) together.
         let mut by_campaign: HashMap<&CampaignId, Vec<String>> = HashMap::new();
-        for event in events {
+        for event in events.iter().filter(|e| e.position.index == 0) {
             by_campaign
                 .entry(&event.campaign_id)
                 .or_default()
-                .push(event.position.to_string());
+                .push(event.position.entry());
         }
         let mut pipe = redis::pipe();
         for (campaign, ids) in &by_campaign {

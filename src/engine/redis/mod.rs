@@ -10,6 +10,7 @@
 //! reconnecting [`ConnectionManager`] today; any connection that routes each command by its
 //! first key's slot (a cluster connection) slots in, since every script touches one slot.
 
+mod batcher;
 pub mod codec;
 mod decisions;
 mod events;
@@ -82,6 +83,8 @@ pub struct RedisEngine<C = ConnectionManager> {
     campaign_ids: Arc<Mutex<Option<CachedIds>>>,
     /// When this instance last looked for events a dead consumer left unacknowledged.
     last_reclaim: Arc<Mutex<Option<Instant>>>,
+    /// Each campaign's reserve attempts waiting for the call in flight (group commit).
+    batcher: Arc<batcher::Batcher>,
 }
 
 impl RedisEngine {
@@ -138,6 +141,7 @@ impl<C: Connection> RedisEngine<C> {
             wait_for_replica: false,
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
+            batcher: Arc::default(),
         };
         let mut connection = engine.connection.clone();
         for script in engine.scripts.all() {
@@ -330,6 +334,7 @@ impl<C: Connection> Backend for RedisEngine<C> {
             .query_async(&mut connection)
             .await?;
         *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.batcher.forget(id);
         // Then the rest, a page at a time (SCAN never blocks Redis for long): every other key
         // of the campaign starts with its hash key and a colon.
         let pattern = format!("{}:*", keys.campaign);

@@ -265,6 +265,7 @@ impl Recovering {
             position: crate::domain::StreamPosition {
                 ms: now.0,
                 seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                index: 0,
             },
             at: now,
             change: crate::domain::Change::Reservation {
