@@ -218,3 +218,54 @@ fn random_batches_answer_as_one_by_one() {
         });
     });
 }
+
+/// Batch drivers start and stop all the time when attempts come in waves with gaps (each
+/// wave starts a driver, which stops when its queue is empty): every attempt must still be
+/// answered — none dropped at a driver's hand-over — and the counts must add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_in_waves_are_all_answered_while_drivers_come_and_go() {
+    let c = campaign(1_000_000, 1_000_000, |_| {});
+    let engine = std::sync::Arc::new(redis().await);
+    created(&*engine, &c).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let engine = std::sync::Arc::clone(&engine);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut reserved = 0u64;
+                for i in 0..400 {
+                    let request = attempt(
+                        &c,
+                        &format!("u{task}"),
+                        1,
+                        &format!("{task}-{i}"),
+                        Millis::now(),
+                    );
+                    match engine.reserve(&request).await {
+                        Ok(ReserveOutcome::Reserved { .. }) => reserved += 1,
+                        other => panic!("attempt {task}-{i} answered {other:?}"),
+                    }
+                    if i % 3 == 0 {
+                        tokio::time::sleep(std::time::Duration::from_micros(
+                            200 * (task % 4) as u64,
+                        ))
+                        .await;
+                    }
+                }
+                reserved
+            })
+        })
+        .collect();
+    let mut reserved = 0;
+    for task in tasks {
+        reserved += task.await.expect("no task panics");
+    }
+    let state = engine
+        .campaign(&c.id)
+        .await
+        .expect("answers")
+        .expect("exists");
+    assert_eq!(reserved, 64 * 400);
+    assert_eq!(state.held, reserved);
+    assert_eq!(state.available, 1_000_000 - reserved);
+}

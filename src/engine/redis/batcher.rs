@@ -54,14 +54,16 @@ fn lock(queue: &Shared) -> std::sync::MutexGuard<'_, Queue> {
     queue.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks the queue idle if the driver stops without emptying it (a panic): the waiting
-/// attempts are dropped (their callers get an error), the next attempt starts a new driver.
+/// Marks the queue idle if the driver panics: the waiting attempts are dropped (their
+/// callers get an error), the next attempt starts a new driver. Only on a panic: after a
+/// normal stop another driver may already own the queue (an attempt that arrived after the
+/// queue was found empty started it), and its attempts are not this driver's to drop.
 struct Running(Shared);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut queue = lock(&self.0);
-        if queue.running {
+        if std::thread::panicking() {
+            let mut queue = lock(&self.0);
             queue.running = false;
             queue.waiting.clear();
         }
