@@ -18,20 +18,28 @@ local US = string.char(31)
 -- one entry carrying one event per reservation made.
 local RS = string.char(30)
 
--- Encodes a reservation event. A creating event also carries the idempotency record (`key`,
--- `fp`), so the database can rebuild it.
-local function reservation_event(now, id, user, qty, status, created, expires, group, key, fp)
-  local e = table.concat({'reservation.' .. status, now, id, user, qty, status, created, expires,
-    group or ''}, US)
-  if key then e = e .. US .. key .. US .. fp end
-  return e
+-- Appends a reservation event's values, separators included, to `buf` (a table that
+-- table.concat joins into one entry; events after the first are preceded by RS). A creating
+-- event also carries the idempotency record (`key`, `fp`), so the database can rebuild it.
+local function push_reservation_event(buf, now, id, user, qty, status, created, expires, group,
+    key, fp)
+  local n = #buf
+  if n > 0 then buf[n + 1] = RS; n = n + 1 end
+  buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4], buf[n + 5] = 'reservation.', status, US, now, US
+  buf[n + 6], buf[n + 7], buf[n + 8], buf[n + 9], buf[n + 10] = id, US, user, US, qty
+  buf[n + 11], buf[n + 12], buf[n + 13], buf[n + 14], buf[n + 15] = US, status, US, created, US
+  buf[n + 16], buf[n + 17], buf[n + 18] = expires, US, group or ''
+  if key then
+    buf[n + 19], buf[n + 20], buf[n + 21], buf[n + 22] = US, key, US, fp
+  end
 end
 
 -- Appends a reservation event with the given values to the campaign's event stream (same
 -- slot), so the change and its event are one atomic step.
 local function emit_values(stream, now, id, user, qty, status, created, expires, group, key, fp)
-  redis.call('XADD', stream, '*', 'e',
-    reservation_event(now, id, user, qty, status, created, expires, group, key, fp))
+  local buf = {}
+  push_reservation_event(buf, now, id, user, qty, status, created, expires, group, key, fp)
+  redis.call('XADD', stream, '*', 'e', table.concat(buf))
 end
 
 -- Appends the reservation's current state, as its hash `rk` holds it.

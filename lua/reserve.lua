@@ -78,14 +78,13 @@ for i = 0, n - 1 do
       counts[user] = had + quantity
       made[key] = {id, fp, user, quantity, now, expires}
       local w = #writes
-      writes[w + 1], writes[w + 2] = 'k:' .. key, id .. '|' .. fp
-      writes[w + 3], writes[w + 4] = 'u:' .. user, had + quantity
+      writes[w + 1], writes[w + 2] = fields[9 + 2 * i], id .. '|' .. fp
+      writes[w + 3], writes[w + 4] = fields[10 + 2 * i], had + quantity
       redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', quantity, 'status', 'held',
         'created', now, 'expires', expires)
       exp[#exp + 1] = id
       recs[#recs + 1] = key .. US .. id .. '|' .. fp
-      events[#events + 1] =
-        reservation_event(now, id, user, quantity, 'held', now, expires, '', key, fp)
+      push_reservation_event(events, now, id, user, quantity, 'held', now, expires, '', key, fp)
       answer = {'reserved', now, expires, available}
     end
   end
@@ -97,6 +96,6 @@ if #exp > 0 then
     unpack(writes))
   redis.call('RPUSH', KEYS[2], unpack(exp))
   redis.call('RPUSH', KEYS[4], unpack(recs))
-  redis.call('XADD', KEYS[3], '*', 'e', table.concat(events, RS))
+  redis.call('XADD', KEYS[3], '*', 'e', table.concat(events))
 end
 return answers
