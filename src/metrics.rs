@@ -38,7 +38,8 @@ pub const SCRIPT_ERRORS: &str = "flashsale_redis_script_errors_total";
 pub const ENGINE_UP: &str = "flashsale_engine_up";
 /// 1 while the database answers, else 0.
 pub const DATABASE_UP: &str = "flashsale_database_up";
-/// Events in the engine's streams not yet persisted (and acknowledged).
+/// Stream entries not yet persisted (and acknowledged): each carries one event, or the
+/// events of one batch of reserves.
 pub const PERSIST_BACKLOG: &str = "flashsale_persister_backlog_events";
 /// Events handed to a persister and not yet acknowledged.
 pub const PERSIST_PENDING: &str = "flashsale_persister_pending_events";
@@ -202,7 +203,7 @@ fn describe() {
     metrics::describe_gauge!(DATABASE_UP, "1 while the database answers, else 0.");
     metrics::describe_gauge!(
         PERSIST_BACKLOG,
-        "Events in the engine's streams not yet persisted (and acknowledged)."
+        "Stream entries not yet persisted (and acknowledged); an entry carries one event, or the events of one batch of reserves."
     );
     metrics::describe_gauge!(
         PERSIST_PENDING,
