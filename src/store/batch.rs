@@ -145,8 +145,12 @@ impl Fence {
         }
     }
 
-    /// (events to apply, events to set aside with their reason)
-    fn split(&self, events: &[Event]) -> (Vec<Event>, Vec<(Event, super::dead::Reason, String)>) {
+    /// (events to apply, events to set aside with their reason); the applied ones are
+    /// borrowed (every event of a normal batch), only the set-aside ones copied.
+    fn split<'e>(
+        &self,
+        events: &'e [Event],
+    ) -> (Vec<&'e Event>, Vec<(Event, super::dead::Reason, String)>) {
         let mut accepted = Vec::with_capacity(events.len());
         let mut dead = Vec::new();
         for event in events {
@@ -164,7 +168,7 @@ impl Fence {
                         self.epoch
                     ),
                 )),
-                Some(_) => accepted.push(event.clone()),
+                Some(_) => accepted.push(event),
             }
         }
         (accepted, dead)
@@ -228,12 +232,12 @@ struct ReservationRow {
 }
 
 impl Batch {
-    fn of(events: &[Event]) -> Self {
+    fn of(events: &[&Event]) -> Self {
         let mut rows = Vec::with_capacity(events.len());
         let mut newest: HashMap<&ReservationId, ReservationRow> = HashMap::new();
         let mut stocks: HashMap<&CampaignId, (i64, i64, i64)> = HashMap::new();
         let mut groups: HashMap<String, GroupRow> = HashMap::new();
-        for event in events {
+        for &event in events {
             let position = event.position;
             match &event.change {
                 Change::Reservation {
@@ -321,11 +325,11 @@ impl Batch {
              WITH ORDINALITY AS x(c, s, t, a, p, n) ORDER BY n \
              ON CONFLICT (campaign_id, stream_id) DO NOTHING",
         )
-        .bind(e.iter().map(|r| r.campaign_id.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.stream_id.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.campaign_id.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.stream_id.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at_ms).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         let g = &self.groups;
@@ -338,11 +342,11 @@ impl Batch {
              event_seq = EXCLUDED.event_seq \
              WHERE (groups.event_ms, groups.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
         )
-        .bind(g.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.campaign_id.clone()).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.leader_user_id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.id.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.campaign_id.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.leader_user_id.as_str()).collect::<Vec<_>>())
         .bind(g.iter().map(|x| x.size).collect::<Vec<_>>())
-        .bind(g.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
         .bind(g.iter().map(|x| x.created_at_ms).collect::<Vec<_>>())
         .bind(g.iter().map(|x| x.expires_at_ms).collect::<Vec<_>>())
         .bind(g.iter().map(|x| x.event_ms).collect::<Vec<_>>())
@@ -361,16 +365,16 @@ impl Batch {
              fingerprint = COALESCE(reservations.fingerprint, EXCLUDED.fingerprint) \
              WHERE (reservations.event_ms, reservations.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
         )
-        .bind(r.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.campaign_id.clone()).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.user_id.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.campaign_id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.user_id.as_str()).collect::<Vec<_>>())
         .bind(r.iter().map(|x| x.quantity).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.status.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
         .bind(r.iter().map(|x| x.created_at_ms).collect::<Vec<_>>())
         .bind(r.iter().map(|x| x.expires_at_ms).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.group_id.clone()).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.idempotency_key.clone()).collect::<Vec<_>>())
-        .bind(r.iter().map(|x| x.fingerprint.clone()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.group_id.as_deref()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.idempotency_key.as_deref()).collect::<Vec<_>>())
+        .bind(r.iter().map(|x| x.fingerprint.as_deref()).collect::<Vec<_>>())
         .bind(r.iter().map(|x| x.event_ms).collect::<Vec<_>>())
         .bind(r.iter().map(|x| x.event_seq).collect::<Vec<_>>())
         .execute(&mut *tx)

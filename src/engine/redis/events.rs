@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Parses stream entries `[[id, ["e", events]], ...]` into events (an entry carries one
 /// event or several); entries deleted meanwhile come back as nil and are skipped.
-fn entries(campaign: &CampaignId, list: redis::Value) -> Result<Vec<Event>, EngineError> {
+fn entries(campaign: &CampaignId, list: &redis::Value) -> Result<Vec<Event>, EngineError> {
     let redis::Value::Array(list) = list else {
         return Ok(Vec::new());
     };
@@ -104,7 +104,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             // [next id, [entries], [deleted ids]]
             if let redis::Value::Array(parts) = reply {
                 if let Some(list) = parts.get(1) {
-                    events.extend(entries(campaign, list.clone())?);
+                    events.extend(entries(campaign, list)?);
                 }
             }
         }
@@ -115,14 +115,14 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                     for stream in streams {
                         if let redis::Value::Array(pair) = stream {
                             if let Some(list) = pair.get(1) {
-                                events.extend(entries(campaign, list.clone())?);
+                                events.extend(entries(campaign, list)?);
                             }
                         }
                     }
                 }
                 redis::Value::Map(streams) => {
                     for (_, list) in streams {
-                        events.extend(entries(campaign, list.clone())?);
+                        events.extend(entries(campaign, list)?);
                     }
                 }
                 _ => {}
