@@ -25,20 +25,42 @@ struct FeedRow {
     payload: String,
 }
 
+/// Which events a feed page holds.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    /// Only this campaign's events.
+    pub campaign_id: Option<String>,
+    /// Only events of these types (empty: every type).
+    pub types: Vec<String>,
+}
+
 impl Store {
-    /// Up to `limit` feed events after `cursor`, in cursor order.
+    /// Up to `limit` feed events after `cursor` that pass `filter`, in cursor order.
     pub async fn events_after(
         &self,
         cursor: i64,
         limit: i64,
+        filter: &FeedFilter,
     ) -> Result<Vec<FeedEvent>, StoreError> {
-        const SQL: &str = "SELECT cursor, type, at_ms, payload FROM events \
-            WHERE cursor > $1 ORDER BY cursor LIMIT $2";
-        let rows: Vec<FeedRow> = on_pool!(self, pool => sqlx::query_as(SQL)
-            .bind(cursor)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?);
+        let rows: Vec<FeedRow> = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT cursor, type, at_ms, payload FROM events WHERE cursor > ",
+            );
+            q.push_bind(cursor);
+            if let Some(campaign) = &filter.campaign_id {
+                q.push(" AND campaign_id = ").push_bind(campaign);
+            }
+            if !filter.types.is_empty() {
+                q.push(" AND type IN (");
+                let mut types = q.separated(", ");
+                for kind in &filter.types {
+                    types.push_bind(kind);
+                }
+                q.push(")");
+            }
+            q.push(" ORDER BY cursor LIMIT ").push_bind(limit);
+            q.build_query_as().fetch_all(pool).await?
+        });
         rows.into_iter()
             .map(|row| {
                 let payload = serde_json::from_str(&row.payload)

@@ -19,7 +19,7 @@ mod feed;
 mod reservations;
 
 pub use campaigns::StoredCounts;
-pub use feed::FeedEvent;
+pub use feed::{FeedEvent, FeedFilter};
 pub use reservations::Rebuild;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

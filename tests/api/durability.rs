@@ -14,6 +14,7 @@ on_both_backends!(
     after_a_burst_the_database_holds_exactly_the_acknowledged_reservations,
     the_feed_pages_through_10000_events_without_gap_or_duplicate,
     a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing,
+    the_feed_filters_by_campaign_and_type_and_says_whether_more_follow,
 );
 
 /// Pages through the whole feed with `limit`, checking order; returns every event.
@@ -428,4 +429,90 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
         .await
         .expect("answers")
         .is_none());
+}
+
+/// Pages through the feed with `query` (filters) and `limit`; every page's `has_more` must
+/// say whether another page follows. Returns every event.
+async fn filtered_feed(app: &TestApp, query: &str, limit: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let response = app
+            .client
+            .get(app.url(&format!("/v1/events?after={after}&limit={limit}&{query}")))
+            .bearer_auth(&app.store_token)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.expect("json");
+        let batch = page["events"].as_array().expect("events").clone();
+        for event in &batch {
+            let cursor = event["cursor"].as_i64().expect("cursor");
+            assert!(cursor > after, "cursors strictly increase");
+            after = cursor;
+        }
+        assert_eq!(page["next"].as_i64(), Some(after));
+        events.extend(batch.iter().cloned());
+        let has_more = page["has_more"].as_bool().expect("has_more");
+        if !has_more {
+            // Nothing more now: the next page is empty.
+            let response = app
+                .client
+                .get(app.url(&format!("/v1/events?after={after}&limit={limit}&{query}")))
+                .bearer_auth(&app.store_token)
+                .send()
+                .await
+                .expect("sent");
+            let next: Value = response.json().await.expect("json");
+            assert_eq!(next["events"].as_array().map(Vec::len), Some(0), "{query}");
+            return events;
+        }
+        assert_eq!(batch.len(), limit, "a page followed by more is full");
+    }
+}
+
+async fn the_feed_filters_by_campaign_and_type_and_says_whether_more_follow(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.campaign(100, 10, json!({})).await;
+    let b = app.campaign(100, 10, json!({})).await;
+    let mut held_a = Vec::new();
+    for n in 0..23 {
+        let r =
+            crate::helpers::created_reservation(app.reserve(&a, &format!("u{n}"), 1).await).await;
+        held_a.push(r["id"].as_str().expect("id").to_owned());
+    }
+    for n in 0..11 {
+        crate::helpers::created_reservation(app.reserve(&b, &format!("u{n}"), 1).await).await;
+    }
+    for id in &held_a[..7] {
+        assert_eq!(app.cancel(id, &app.store_token).await.status(), 200);
+    }
+    feed_when(&app, 23 + 11 + 7, Duration::from_secs(30)).await;
+
+    let only_a = filtered_feed(&app, &format!("campaign_id={a}"), 5).await;
+    assert_eq!(only_a.len(), 30);
+    assert!(only_a
+        .iter()
+        .all(|e| e["reservation"]["campaign_id"] == a.as_str()));
+    let cancelled = filtered_feed(&app, "type=reservation.cancelled", 4).await;
+    assert_eq!(cancelled.len(), 7);
+    assert!(cancelled
+        .iter()
+        .all(|e| e["type"] == "reservation.cancelled"));
+    let held_b = filtered_feed(&app, &format!("campaign_id={b}&type=reservation.held"), 11).await;
+    assert_eq!(held_b.len(), 11);
+    let both = filtered_feed(&app, "type=reservation.held,reservation.cancelled", 1000).await;
+    assert_eq!(both.len(), 23 + 11 + 7);
+
+    for bad in ["type=reservation.nope", "campaign_id=no%20such", "type="] {
+        let response = app
+            .client
+            .get(app.url(&format!("/v1/events?{bad}")))
+            .bearer_auth(&app.store_token)
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, 422, "invalid_request").await;
+    }
 }
