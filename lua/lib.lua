@@ -21,11 +21,13 @@ local RS = string.char(30)
 -- Appends a reservation event's values, separators included, to `buf` (a table that
 -- table.concat joins into one entry; events after the first are preceded by RS). A creating
 -- event also carries the idempotency record (`key`, `fp`), so the database can rebuild it.
+-- The type is `reservation.<status>`, or `reservation.<kind>` when given (`extended`).
 local function push_reservation_event(buf, now, id, user, qty, status, created, expires, group,
-    key, fp)
+    key, fp, kind)
   local n = #buf
   if n > 0 then buf[n + 1] = RS; n = n + 1 end
-  buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4], buf[n + 5] = 'reservation.', status, US, now, US
+  buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4], buf[n + 5] =
+    'reservation.', kind or status, US, now, US
   buf[n + 6], buf[n + 7], buf[n + 8], buf[n + 9], buf[n + 10] = id, US, user, US, qty
   buf[n + 11], buf[n + 12], buf[n + 13], buf[n + 14], buf[n + 15] = US, status, US, created, US
   buf[n + 16], buf[n + 17], buf[n + 18] = expires, US, group or ''

@@ -75,6 +75,7 @@ pub const SCRIPT_NAMES: &[&str] = &[
     "reserve",
     "confirm",
     "cancel",
+    "extend",
     "expire",
     "sold_out_records",
     "open_group",

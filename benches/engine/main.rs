@@ -38,6 +38,7 @@ fn campaign(stock: u64) -> Campaign {
         starts_at: None,
         ends_at: None,
         hold_seconds: Some(3600),
+        max_extend_seconds: None,
         group: None,
     };
     Campaign::parse(draft, Millis::now()).expect("valid campaign")

@@ -99,6 +99,7 @@ fn bench_persist(c: &mut Criterion) {
             starts_at: None,
             ends_at: None,
             hold_seconds: None,
+            max_extend_seconds: None,
             group: None,
         };
         let campaign = Campaign::parse(draft, Millis::now()).expect("valid");

@@ -57,6 +57,9 @@ pub struct Campaign {
     pub ends_at: Option<Millis>,
     /// How long a reservation stays held before it expires unpaid.
     pub hold_seconds: u32,
+    /// How far past `created_at + hold_seconds` the store may extend a hold while a payment
+    /// is in progress.
+    pub max_extend_seconds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRule>,
     pub created_at: Millis,
@@ -73,6 +76,7 @@ pub struct CampaignDraft {
     pub starts_at: Option<String>,
     pub ends_at: Option<String>,
     pub hold_seconds: Option<u64>,
+    pub max_extend_seconds: Option<u64>,
     pub group: Option<(u64, u64)>,
 }
 
@@ -80,6 +84,7 @@ impl Campaign {
     /// Stock beyond this is certainly a typo; the bound keeps all sums far from overflow.
     pub const MAX_STOCK: u64 = 1_000_000_000;
     pub const DEFAULT_HOLD_SECONDS: u32 = 900;
+    pub const DEFAULT_MAX_EXTEND_SECONDS: u32 = 300;
     /// Thirty days: a hold longer than that is not a hold.
     pub const MAX_HOLD_SECONDS: u64 = 30 * 24 * 3600;
 
@@ -115,6 +120,16 @@ impl Campaign {
                 .unwrap_or(u64::from(Self::DEFAULT_HOLD_SECONDS)),
             Self::MAX_HOLD_SECONDS,
         )?;
+        let max_extend_seconds = match draft.max_extend_seconds {
+            None => Self::DEFAULT_MAX_EXTEND_SECONDS,
+            Some(n) if n <= Self::MAX_HOLD_SECONDS => n as u32,
+            Some(n) => {
+                return Err(ParseError(format!(
+                    "max_extend_seconds must be between 0 and {}, got {n}",
+                    Self::MAX_HOLD_SECONDS
+                )))
+            }
+        };
         let starts_at = draft
             .starts_at
             .as_deref()
@@ -165,6 +180,7 @@ impl Campaign {
             starts_at,
             ends_at,
             hold_seconds,
+            max_extend_seconds,
             group,
             created_at: now,
         })

@@ -65,6 +65,8 @@ pub enum Change {
         reservation: Reservation,
         idempotency: Option<(ScopedKey, String)>,
     },
+    /// A held reservation now expires later (`reservation.expires_at`).
+    Extended { reservation: Reservation },
     /// The campaign's stock is now `stock`.
     Stock { stock: u64 },
     /// A group entered `group.status` (`members` is left empty in events).
@@ -100,7 +102,9 @@ impl Event {
     /// The feed item's payload: `{"reservation": …}`, `{"group": …}` or `{"stock": n}`.
     pub fn feed_payload(&self) -> String {
         let payload = match &self.change {
-            Change::Reservation { reservation, .. } => Payload::Reservation(reservation),
+            Change::Reservation { reservation, .. } | Change::Extended { reservation } => {
+                Payload::Reservation(reservation)
+            }
             Change::Group { group } => Payload::Group(GroupSummary {
                 id: &group.id,
                 campaign_id: &group.campaign_id,
@@ -128,6 +132,7 @@ impl Change {
                 S::Expired => "reservation.expired",
                 S::Released => "reservation.released",
             },
+            Change::Extended { .. } => "reservation.extended",
             Change::Stock { .. } => "campaign.stock",
             Change::Group { group } => match group.status {
                 GroupStatus::Open => "group.opened",

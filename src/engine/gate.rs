@@ -17,6 +17,7 @@ use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, CampaignStatus, Group, GroupId, Millis,
     Refusal, Reservation, ReservationId, ReservationStatus, Window,
 };
+use crate::engine::Extension;
 use crate::metrics as m;
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -389,6 +390,26 @@ impl Engine for Gated {
             .instrument(tracing::debug_span!("engine.confirm", reservation = %id))
             .await?;
         if let Transition::NotHeld(r) = &outcome {
+            if r.status == ReservationStatus::Expired {
+                self.units_returned(&id.campaign_id());
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn extend(
+        &self,
+        id: &ReservationId,
+        seconds: u32,
+        now: Millis,
+    ) -> Result<Extension, EngineError> {
+        let outcome = self
+            .inner
+            .extend(id, seconds, now)
+            .instrument(tracing::debug_span!("engine.extend", reservation = %id))
+            .await?;
+        // Found past its expiry: it expired on the spot and its units came back.
+        if let Extension::NotHeld(r) = &outcome {
             if r.status == ReservationStatus::Expired {
                 self.units_returned(&id.campaign_id());
             }

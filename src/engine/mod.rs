@@ -244,6 +244,19 @@ pub enum Transition {
     NotFound,
 }
 
+/// What an extension came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extension {
+    /// Still held, until `expires_at` (later than before, or unchanged when the hold already
+    /// lasted past the asked time).
+    Extended(Reservation),
+    /// Not held: ended, or found past its expiry and expired on the spot.
+    NotHeld(Reservation),
+    /// The asked time is past `created_at + hold_seconds + max_extend_seconds`; unchanged.
+    Exceeded(Reservation),
+    NotFound,
+}
+
 /// A campaign to load into an engine: a new one (no reservations, no groups), or one
 /// rebuilt from the database with its groups (`members` unused) and its live reservations
 /// (held and confirmed, in creation order) with their idempotency records.
@@ -319,6 +332,17 @@ pub trait Engine: Backend {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError>;
+
+    /// held → held until `max(expires_at, now + seconds)`, at most `created_at +
+    /// hold_seconds + max_extend_seconds` (beyond it: `Exceeded`, nothing changes). Atomic
+    /// with expiry: a hold found past `expires_at` expires instead (`NotHeld`), so a hold is
+    /// never both extended and expired. An actual extension appends `reservation.extended`.
+    async fn extend(
+        &self,
+        id: &ReservationId,
+        seconds: u32,
+        now: Millis,
+    ) -> Result<Extension, EngineError>;
 
     /// Fails the campaign's open groups whose window passed (their members are released and
     /// their units return), then expires up to `limit` held reservations whose

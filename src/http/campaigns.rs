@@ -45,6 +45,9 @@ pub struct NewCampaign {
     ends_at: Option<String>,
     /// Seconds a reservation stays held unpaid; default 900.
     hold_seconds: Option<u64>,
+    /// How far past `created_at + hold_seconds` the store may extend a hold while a
+    /// payment is in progress (`POST /v1/reservations/{id}/extend`); default 300.
+    max_extend_seconds: Option<u64>,
     /// Required for, and only for, `group_buy`.
     group: Option<NewGroupRule>,
 }
@@ -69,6 +72,7 @@ pub struct CampaignView {
     #[serde(skip_serializing_if = "Option::is_none")]
     ends_at: Option<String>,
     hold_seconds: u32,
+    max_extend_seconds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<GroupRuleView>,
     created_at: String,
@@ -109,6 +113,7 @@ impl CampaignView {
             starts_at: c.starts_at.map(Millis::to_rfc3339),
             ends_at: c.ends_at.map(Millis::to_rfc3339),
             hold_seconds: c.hold_seconds,
+            max_extend_seconds: c.max_extend_seconds,
             group: c.group.map(|g| GroupRuleView {
                 size: g.size,
                 window_seconds: g.window_seconds,
@@ -171,6 +176,7 @@ pub async fn create_campaign(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
         hold_seconds: body.hold_seconds,
+        max_extend_seconds: body.max_extend_seconds,
         group: body.group.map(|g| (g.size, g.window_seconds)),
     };
     let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;

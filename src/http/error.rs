@@ -64,6 +64,9 @@ pub enum ApiError {
     /// 409: the reservation is not held (any more).
     #[error("reservation is {0}, not held")]
     ReservationNotHeld(&'static str),
+    /// 409: an extension past `created_at + hold_seconds + max_extend_seconds`.
+    #[error("the hold may be extended until {0} at most")]
+    ExtensionExceeded(String),
     /// 404: no such route.
     #[error("no such resource")]
     NotFound,
@@ -189,6 +192,9 @@ impl ApiError {
             }
             ApiError::ReservationNotHeld(_) => {
                 (S::CONFLICT, "reservation_not_held", "Reservation not held")
+            }
+            ApiError::ExtensionExceeded(_) => {
+                (S::CONFLICT, "extension_exceeded", "Extension exceeded")
             }
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found"),
             ApiError::MethodNotAllowed => (

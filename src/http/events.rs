@@ -38,6 +38,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "reservation.cancelled",
     "reservation.expired",
     "reservation.released",
+    "reservation.extended",
     "group.opened",
     "group.formed",
     "group.failed",

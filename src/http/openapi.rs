@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         super::reservations::get_reservation,
         super::reservations::confirm,
         super::reservations::cancel,
+        super::reservations::extend,
         super::events::feed,
         super::groups::open_group,
         super::groups::join_group,

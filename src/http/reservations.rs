@@ -8,7 +8,7 @@ use super::AppState;
 use crate::domain::{
     CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus, ScopedKey,
 };
-use crate::engine::{CancelScope, Engine, ReserveOutcome, ReserveRequest, Transition};
+use crate::engine::{CancelScope, Engine, Extension, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reservations/{id}", get(get_reservation))
         .route("/v1/reservations/{id}/confirm", post(confirm))
         .route("/v1/reservations/{id}/cancel", post(cancel))
+        .route("/v1/reservations/{id}/extend", post(extend))
 }
 
 /// A reservation attempt.
@@ -174,6 +175,53 @@ pub async fn get_reservation(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     Ok(Json(visible(&state, &caller, &id).await?.into()))
+}
+
+/// How much longer a hold should last.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The hold lasts until at least now + this many seconds (1 to 86,400).
+    seconds: u64,
+}
+
+/// Keeps a hold while a payment is in progress: `expires_at` becomes max(`expires_at`, now +
+/// `seconds`), at most `created_at` + `hold_seconds` + `max_extend_seconds`. Atomic with
+/// expiry: a hold that already expired answers 409 `reservation_not_held`, never both.
+#[utoipa::path(post, path = "/v1/reservations/{id}/extend", tag = "reservations",
+    request_body = ExtendRequest, security(("bearer" = [])),
+    responses((status = 200, body = ReservationView),
+        (status = 409, description = "`reservation_not_held`, `extension_exceeded`", body = super::error::Problem),
+        (status = 404, description = "`reservation_not_found`", body = super::error::Problem),
+        (status = 422, description = "`invalid_request`", body = super::error::Problem)))]
+pub async fn extend(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<ExtendRequest>,
+) -> Result<Json<ReservationView>, ApiError> {
+    caller.require_store()?;
+    let id = reservation_id(&id)?;
+    let seconds = u32::try_from(body.seconds)
+        .ok()
+        .filter(|s| (1..=86_400).contains(s))
+        .ok_or_else(|| ApiError::InvalidRequest("seconds must be between 1 and 86400".into()))?;
+    match state.engine.extend(&id, seconds, Millis::now()).await? {
+        Extension::Extended(r) => Ok(Json(r.into())),
+        Extension::NotHeld(r) => Err(ApiError::ReservationNotHeld(r.status.as_str())),
+        Extension::Exceeded(r) => {
+            let limit = match state.engine.campaign(&r.campaign_id).await? {
+                Some(c) => r
+                    .created_at
+                    .plus_seconds(c.campaign.hold_seconds)
+                    .plus_seconds(c.campaign.max_extend_seconds)
+                    .to_rfc3339(),
+                None => "its limit".to_owned(),
+            };
+            Err(ApiError::ExtensionExceeded(limit))
+        }
+        Extension::NotFound => Err(ApiError::ReservationNotFound(id.to_string())),
+    }
 }
 
 fn transitioned(

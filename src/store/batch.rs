@@ -239,11 +239,19 @@ impl Batch {
         let mut groups: HashMap<String, GroupRow> = HashMap::new();
         for &event in events {
             let position = event.position;
-            match &event.change {
+            let reservation_change = match &event.change {
                 Change::Reservation {
                     reservation,
                     idempotency,
-                } => {
+                } => Some((reservation, idempotency.as_ref())),
+                Change::Extended { reservation } => Some((reservation, None)),
+                _ => None,
+            };
+            match &event.change {
+                Change::Reservation { .. } | Change::Extended { .. } => {
+                    let Some((reservation, idempotency)) = reservation_change else {
+                        continue;
+                    };
                     rows.push(EventRow::of(event));
                     let row = ReservationRow {
                         id: reservation.id.to_string(),
@@ -254,8 +262,8 @@ impl Batch {
                         created_at_ms: reservation.created_at.0,
                         expires_at_ms: reservation.expires_at.0,
                         group_id: reservation.group_id.as_ref().map(ToString::to_string),
-                        idempotency_key: idempotency.as_ref().map(|(k, _)| k.to_string()),
-                        fingerprint: idempotency.as_ref().map(|(_, f)| f.clone()),
+                        idempotency_key: idempotency.map(|(k, _)| k.to_string()),
+                        fingerprint: idempotency.map(|(_, f)| f.clone()),
                         event_ms: position.ms,
                         event_seq: position.seq,
                     };
@@ -360,7 +368,7 @@ impl Batch {
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], \
              $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[]) \
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, event_ms = EXCLUDED.event_ms, \
-             event_seq = EXCLUDED.event_seq, \
+             event_seq = EXCLUDED.event_seq, expires_at_ms = EXCLUDED.expires_at_ms, \
              idempotency_key = COALESCE(reservations.idempotency_key, EXCLUDED.idempotency_key), \
              fingerprint = COALESCE(reservations.fingerprint, EXCLUDED.fingerprint) \
              WHERE (reservations.event_ms, reservations.event_seq) < (EXCLUDED.event_ms, EXCLUDED.event_seq)",
@@ -452,7 +460,7 @@ impl Batch {
             });
             q.push(
                 " ON CONFLICT (id) DO UPDATE SET status = excluded.status, event_ms = excluded.event_ms, \
-                 event_seq = excluded.event_seq, \
+                 event_seq = excluded.event_seq, expires_at_ms = excluded.expires_at_ms, \
                  idempotency_key = COALESCE(reservations.idempotency_key, excluded.idempotency_key), \
                  fingerprint = COALESCE(reservations.fingerprint, excluded.fingerprint) \
                  WHERE (reservations.event_ms, reservations.event_seq) < (excluded.event_ms, excluded.event_seq)",

@@ -22,6 +22,7 @@ pub(super) struct CampaignRow {
     starts_at_ms: Option<i64>,
     ends_at_ms: Option<i64>,
     hold_seconds: i64,
+    max_extend_seconds: i64,
     group_size: Option<i64>,
     group_window_seconds: Option<i64>,
     created_at_ms: i64,
@@ -45,6 +46,7 @@ impl CampaignRow {
             starts_at: self.starts_at_ms.map(Millis),
             ends_at: self.ends_at_ms.map(Millis),
             hold_seconds: unsigned("hold_seconds", self.hold_seconds)?,
+            max_extend_seconds: unsigned("max_extend_seconds", self.max_extend_seconds)?,
             group,
             created_at: Millis(self.created_at_ms),
         })
@@ -63,7 +65,8 @@ struct CountsRow {
 
 pub(super) const SELECT_CAMPAIGNS: &str =
     "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
-    ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms FROM campaigns";
+    ends_at_ms, hold_seconds, max_extend_seconds, group_size, group_window_seconds, created_at_ms \
+    FROM campaigns";
 
 impl Store {
     /// Records a new campaign, to be loaded into engine dataset `epoch`; `false` if one
@@ -72,8 +75,8 @@ impl Store {
         const SQL: &str =
             "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
             ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
-            engine_epoch) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING";
+            engine_epoch, max_extend_seconds) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING";
         let group = c.group;
         let affected = on_pool!(self, pool => sqlx::query(SQL)
             .bind(c.id.as_str())
@@ -88,6 +91,7 @@ impl Store {
             .bind(group.map(|g| i64::from(g.window_seconds)))
             .bind(c.created_at.0)
             .bind(epoch)
+            .bind(i64::from(c.max_extend_seconds))
             .execute(pool)
             .await?
             .rows_affected());

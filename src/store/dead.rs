@@ -45,6 +45,9 @@ enum StoredChange {
         group_id: Option<String>,
         key: Option<String>,
         fingerprint: Option<String>,
+        /// `reservation.extended` rather than a status change.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        extended: bool,
     },
     Group {
         id: String,
@@ -67,11 +70,16 @@ struct StoredEvent {
 }
 
 fn encode(event: &Event) -> String {
-    let change = match &event.change {
+    let (reservation, idempotency, extended) = match &event.change {
         Change::Reservation {
-            reservation: r,
+            reservation,
             idempotency,
-        } => StoredChange::Reservation {
+        } => (Some(reservation), idempotency.as_ref(), false),
+        Change::Extended { reservation } => (Some(reservation), None, true),
+        _ => (None, None, false),
+    };
+    let change = match (&event.change, reservation) {
+        (_, Some(r)) => StoredChange::Reservation {
             id: r.id.to_string(),
             user_id: r.user_id.to_string(),
             quantity: r.quantity.get(),
@@ -79,10 +87,11 @@ fn encode(event: &Event) -> String {
             created_at_ms: r.created_at.0,
             expires_at_ms: r.expires_at.0,
             group_id: r.group_id.as_ref().map(ToString::to_string),
-            key: idempotency.as_ref().map(|(k, _)| k.to_string()),
-            fingerprint: idempotency.as_ref().map(|(_, f)| f.clone()),
+            key: idempotency.map(|(k, _)| k.to_string()),
+            fingerprint: idempotency.map(|(_, f)| f.clone()),
+            extended,
         },
-        Change::Group { group: g } => StoredChange::Group {
+        (Change::Group { group: g }, None) => StoredChange::Group {
             id: g.id.to_string(),
             leader_user_id: g.leader_user_id.to_string(),
             size: g.size,
@@ -90,7 +99,10 @@ fn encode(event: &Event) -> String {
             created_at_ms: g.created_at.0,
             expires_at_ms: g.expires_at.0,
         },
-        Change::Stock { stock } => StoredChange::Stock { stock: *stock },
+        (Change::Stock { stock }, None) => StoredChange::Stock { stock: *stock },
+        (Change::Reservation { .. } | Change::Extended { .. }, None) => {
+            unreachable!("a reservation change carries its reservation")
+        }
     };
     let stored = StoredEvent {
         at_ms: event.at.0,
@@ -114,8 +126,9 @@ fn decode(campaign: &str, stream_id: &str, raw: &str) -> Result<Event, StoreErro
             group_id,
             key,
             fingerprint,
-        } => Change::Reservation {
-            reservation: Reservation {
+            extended,
+        } => {
+            let reservation = Reservation {
                 id: ReservationId::parse(&id).map_err(|e| corrupt(&e.0))?,
                 campaign_id: campaign_id.clone(),
                 user_id: UserId::parse(&user_id).map_err(|e| corrupt(&e.0))?,
@@ -126,9 +139,16 @@ fn decode(campaign: &str, stream_id: &str, raw: &str) -> Result<Event, StoreErro
                 group_id: group_id
                     .map(|g| GroupId::parse(&g).map_err(|e| corrupt(&e.0)))
                     .transpose()?,
-            },
-            idempotency: key.map(ScopedKey::from_stored).zip(fingerprint),
-        },
+            };
+            if extended {
+                Change::Extended { reservation }
+            } else {
+                Change::Reservation {
+                    reservation,
+                    idempotency: key.map(ScopedKey::from_stored).zip(fingerprint),
+                }
+            }
+        }
         StoredChange::Group {
             id,
             leader_user_id,

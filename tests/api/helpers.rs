@@ -277,6 +277,16 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn extend(&self, id: &str, body: Value, token: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/reservations/{id}/extend")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn cancel(&self, id: &str, token: &str) -> Response {
         self.client
             .post(self.url(&format!("/v1/reservations/{id}/cancel")))

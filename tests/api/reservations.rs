@@ -19,6 +19,7 @@ on_both_backends!(
     keys_are_scoped_to_the_caller,
     too_many_attempts_from_one_user_are_rate_limited,
     an_unconfirmed_hold_expires_and_its_units_return,
+    a_store_extends_a_hold_while_the_payment_goes_through,
 );
 
 async fn a_flash_sale_from_first_reservation_to_sold_out(backend: Backend) {
@@ -291,4 +292,86 @@ async fn an_unconfirmed_hold_expires_and_its_units_return(backend: Backend) {
     )
     .await;
     assert_eq!(app.reserve(&id, "bob", 1).await.status(), 201);
+}
+
+async fn a_store_extends_a_hold_while_the_payment_goes_through(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let plain = app.campaign(5, 5, json!({})).await;
+    assert_eq!(app.campaign_json(&plain).await["max_extend_seconds"], 300);
+    let id = app
+        .campaign(5, 5, json!({"hold_seconds": 60, "max_extend_seconds": 120}))
+        .await;
+    assert_eq!(app.campaign_json(&id).await["max_extend_seconds"], 120);
+    let held = created_reservation(app.reserve(&id, "ann", 1).await).await;
+    let rid = held["id"].as_str().expect("id").to_owned();
+    let time = |v: &Value| {
+        flashsale::domain::Millis::parse_rfc3339(v.as_str().expect("a time")).expect("RFC 3339")
+    };
+    let created = time(&held["created_at"]);
+
+    let response = app
+        .extend(&rid, json!({"seconds": 150}), &app.store_token)
+        .await;
+    assert_eq!(response.status(), 200);
+    let extended: Value = response.json().await.expect("json");
+    assert_eq!(extended["status"], "held");
+    assert!(time(&extended["expires_at"]) > time(&held["expires_at"]));
+    assert!(time(&extended["expires_at"]).0 <= created.0 + 180_000);
+
+    let too_far = app
+        .extend(&rid, json!({"seconds": 400}), &app.store_token)
+        .await;
+    let problem = assert_problem(too_far, 409, "extension_exceeded").await;
+    assert!(problem["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains(&created.plus_seconds(180).to_rfc3339())));
+    for bad in [
+        json!({"seconds": 0}),
+        json!({"seconds": "x"}),
+        json!({"seconds": 10, "extra": 1}),
+        json!({}),
+    ] {
+        let response = app.extend(&rid, bad, &app.store_token).await;
+        assert_problem(response, 422, "invalid_request").await;
+    }
+    let as_user = app
+        .extend(&rid, json!({"seconds": 10}), &app.user_token("ann"))
+        .await;
+    assert_problem(as_user, 403, "forbidden").await;
+    let unknown = format!("res_01JAAAAAAAAAAAAAAAAAAAAAAA_{id}");
+    let response = app
+        .extend(&unknown, json!({"seconds": 10}), &app.store_token)
+        .await;
+    assert_problem(response, 404, "reservation_not_found").await;
+
+    assert_eq!(app.cancel(&rid, &app.store_token).await.status(), 200);
+    let response = app
+        .extend(&rid, json!({"seconds": 10}), &app.store_token)
+        .await;
+    assert_problem(response, 409, "reservation_not_held").await;
+
+    // The feed has the extension, with the new expiry.
+    let started = Instant::now();
+    loop {
+        let response = app
+            .client
+            .get(app.url(&format!(
+                "/v1/events?campaign_id={id}&type=reservation.extended"
+            )))
+            .bearer_auth(&app.store_token)
+            .send()
+            .await
+            .expect("sent");
+        let page: Value = response.json().await.expect("json");
+        if let Some(event) = page["events"].as_array().and_then(|e| e.first()) {
+            assert_eq!(event["reservation"]["id"], rid.as_str());
+            assert_eq!(event["reservation"]["expires_at"], extended["expires_at"]);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no reservation.extended in the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

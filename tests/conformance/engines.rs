@@ -71,6 +71,7 @@ pub fn campaign(
         starts_at: None,
         ends_at: None,
         hold_seconds: Some(60),
+        max_extend_seconds: None,
         group: None,
     };
     tune(&mut draft);

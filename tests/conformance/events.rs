@@ -98,6 +98,7 @@ async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
                 }
             }
             Change::Stock { stock } => seen.push(format!("{} {stock}", event.kind())),
+            Change::Extended { reservation: r } => seen.push(format!("{} {}", event.kind(), r.id)),
             Change::Group { group: g } => {
                 assert_eq!(g.id, group.id);
                 assert_eq!(g.leader_user_id.as_str(), user);

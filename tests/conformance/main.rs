@@ -7,6 +7,7 @@ mod batches;
 mod concurrency;
 mod engines;
 mod events;
+mod extend;
 mod group_model;
 mod groups;
 mod model;

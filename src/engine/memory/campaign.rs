@@ -9,8 +9,8 @@ use crate::domain::{
     Reservation, ReservationId, ReservationStatus, ScopedKey, UserId, Window,
 };
 use crate::engine::{
-    CampaignSnapshot, CancelScope, EngineError, RecordsSince, ReserveOutcome, ReserveRequest,
-    StockOutcome, StockRequest, Transition,
+    CampaignSnapshot, CancelScope, EngineError, Extension, RecordsSince, ReserveOutcome,
+    ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -438,6 +438,43 @@ impl Slot {
             }
             _ => Transition::NotHeld(stored.clone()),
         }
+    }
+
+    /// held → held until later, at most `created_at + hold + max_extend`; a hold found past
+    /// `expires_at` expires instead.
+    pub fn extend(&mut self, id: &ReservationId, seconds: u32, now: Millis) -> Extension {
+        self.expire_if_due(id, now);
+        let (hold, max_extend) = (self.campaign.hold_seconds, self.campaign.max_extend_seconds);
+        let slot = self;
+        let Some(stored) = slot.reservations.get_mut(id) else {
+            return Extension::NotFound;
+        };
+        if stored.status != ReservationStatus::Held {
+            return Extension::NotHeld(stored.clone());
+        }
+        let asked = now.plus_seconds(seconds);
+        if asked
+            > stored
+                .created_at
+                .plus_seconds(hold)
+                .plus_seconds(max_extend)
+        {
+            return Extension::Exceeded(stored.clone());
+        }
+        if asked <= stored.expires_at {
+            return Extension::Extended(stored.clone());
+        }
+        slot.expiries.remove(&(stored.expires_at, id.clone()));
+        stored.expires_at = asked;
+        let extended = stored.clone();
+        slot.expiries.insert((asked, id.clone()));
+        slot.emit(
+            now,
+            Change::Extended {
+                reservation: extended.clone(),
+            },
+        );
+        Extension::Extended(extended)
     }
 
     /// → cancelled, units return; a hold found past `expires_at` expires instead.

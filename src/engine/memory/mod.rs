@@ -16,8 +16,8 @@ mod sharded;
 
 use super::{
     Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventBatch,
-    EventLog, GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince, ReserveOutcome,
-    ReserveRequest, StockOutcome, StockRequest, Transition,
+    EventLog, Extension, GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince,
+    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use crate::domain::{
     CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
@@ -179,6 +179,17 @@ impl Engine for MemoryEngine {
                 slot.confirm(id, now)
             }),
         )
+    }
+
+    async fn extend(
+        &self,
+        id: &ReservationId,
+        seconds: u32,
+        now: Millis,
+    ) -> Result<Extension, EngineError> {
+        Ok(self.decide(&id.campaign_id(), Extension::NotFound, |slot| {
+            slot.extend(id, seconds, now)
+        }))
     }
 
     async fn cancel(

@@ -80,9 +80,14 @@ pub fn event_from(
             _ => return Err(corrupt()),
         };
         let reservation_id = ReservationId::parse(id).map_err(|_| corrupt())?;
-        Change::Reservation {
-            reservation: reservation_from(&reservation_id, campaign, fields)?,
-            idempotency,
+        let reservation = reservation_from(&reservation_id, campaign, fields)?;
+        if kind == "reservation.extended" {
+            Change::Extended { reservation }
+        } else {
+            Change::Reservation {
+                reservation,
+                idempotency,
+            }
         }
     };
     Ok(Event {
@@ -136,6 +141,7 @@ pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
         ("starts", optional(campaign.starts_at)),
         ("ends", optional(campaign.ends_at)),
         ("hold", campaign.hold_seconds.to_string()),
+        ("maxext", campaign.max_extend_seconds.to_string()),
         (
             "gsize",
             group.map(|g| g.size.to_string()).unwrap_or_default(),
@@ -151,7 +157,7 @@ pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
 }
 
 /// The campaign hash's config and counter fields (what [`campaign_state`] reads).
-pub const CAMPAIGN_FIELDS: [&str; 16] = [
+pub const CAMPAIGN_FIELDS: [&str; 17] = [
     "kind",
     "sku",
     "stock",
@@ -159,6 +165,7 @@ pub const CAMPAIGN_FIELDS: [&str; 16] = [
     "starts",
     "ends",
     "hold",
+    "maxext",
     "gsize",
     "gwindow",
     "created",
@@ -211,6 +218,11 @@ pub fn campaign_state(
             starts_at: optional("starts")?.map(Millis),
             ends_at: optional("ends")?.map(Millis),
             hold_seconds: small("hold")?,
+            // Campaigns loaded before extensions existed have no field: the default.
+            max_extend_seconds: match hash.get("maxext") {
+                Some(raw) => raw.parse().map_err(|_| corrupt("maxext"))?,
+                None => Campaign::DEFAULT_MAX_EXTEND_SECONDS,
+            },
             group,
             created_at: Millis(optional("created")?.unwrap_or_default()),
         },

@@ -9,8 +9,8 @@ use crate::domain::{
     Reservation, ReservationId, ReservationStatus, UserId,
 };
 use crate::engine::{
-    CampaignSnapshot, CancelScope, Engine, EngineError, GroupOutcome, GroupRequest, ReserveOutcome,
-    ReserveRequest, StockOutcome, StockRequest, Transition,
+    CampaignSnapshot, CancelScope, Engine, EngineError, Extension, GroupOutcome, GroupRequest,
+    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -328,6 +328,42 @@ impl<C: Connection> Engine for RedisEngine<C> {
     ) -> Result<Transition, EngineError> {
         self.transition(&self.scripts.cancel, "cancel", id, now, Some(scope))
             .await
+    }
+
+    async fn extend(
+        &self,
+        id: &ReservationId,
+        seconds: u32,
+        now: Millis,
+    ) -> Result<Extension, EngineError> {
+        let campaign = id.campaign_id();
+        let keys = self.keys(&campaign);
+        let reply: Vec<String> = self
+            .scripts
+            .extend
+            .key(&keys.campaign)
+            .key(keys.reservation(id))
+            .key(keys.events())
+            .key(keys.group_expiries())
+            .arg(now.0)
+            .arg(id.as_str())
+            .arg(seconds)
+            .invoke_async(&mut self.timed("extend"))
+            .await?;
+        let outcome = reply.first().map(String::as_str).unwrap_or_default();
+        if outcome == "not_found" {
+            return Ok(Extension::NotFound);
+        }
+        if outcome == "done" || outcome == "not_held" {
+            self.replicated().await?;
+        }
+        let reservation = reservation_from(id, &campaign, reply.get(1..).unwrap_or_default())?;
+        match outcome {
+            "done" | "unchanged" => Ok(Extension::Extended(reservation)),
+            "not_held" => Ok(Extension::NotHeld(reservation)),
+            "exceeded" => Ok(Extension::Exceeded(reservation)),
+            other => Err(EngineError::Corrupt(format!("extend answered {other:?}"))),
+        }
     }
 
     async fn expire_due(

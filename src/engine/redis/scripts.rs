@@ -33,6 +33,7 @@ pub struct Scripts {
     pub reserve: Script,
     pub confirm: Script,
     pub cancel: Script,
+    pub extend: Script,
     pub expire: Script,
     pub sold_out_records: Script,
     pub open_group: Script,
@@ -49,6 +50,7 @@ impl Scripts {
             reserve: lib(include_str!("../../../lua/reserve.lua"))?,
             confirm: lib(include_str!("../../../lua/confirm.lua"))?,
             cancel: lib(include_str!("../../../lua/cancel.lua"))?,
+            extend: lib(include_str!("../../../lua/extend.lua"))?,
             expire: lib(include_str!("../../../lua/expire.lua"))?,
             sold_out_records: Script::new(include_str!("../../../lua/sold_out_records.lua")),
             open_group: lib(include_str!("../../../lua/open_group.lua"))?,
@@ -57,13 +59,14 @@ impl Scripts {
         })
     }
 
-    pub fn all(&self) -> [&Script; 10] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.load_campaign,
             &self.adjust_stock,
             &self.reserve,
             &self.confirm,
             &self.cancel,
+            &self.extend,
             &self.expire,
             &self.sold_out_records,
             &self.open_group,

@@ -7,6 +7,7 @@ use crate::domain::{
     Campaign, CampaignId, CampaignState, CampaignStatus, Group, GroupId, Millis, Refusal,
     Reservation, ReservationId,
 };
+use crate::engine::Extension;
 use crate::engine::{
     Backend, CampaignSnapshot, CancelScope, Engine, EngineError, EventLog, Gated, GroupOutcome,
     GroupRequest, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
@@ -428,6 +429,31 @@ impl Engine for Recovering {
             .or_stored(id, outcome, crate::domain::ReservationStatus::Confirmed)
             .await?;
         self.committed(&id.campaign_id(), changes(&outcome)).await?;
+        Ok(outcome)
+    }
+
+    async fn extend(
+        &self,
+        id: &ReservationId,
+        seconds: u32,
+        now: Millis,
+    ) -> Result<Extension, EngineError> {
+        let missing = |e: &Extension| *e == Extension::NotFound;
+        let outcome = self
+            .retrying(&id.campaign_id(), missing, || {
+                self.engine.extend(id, seconds, now)
+            })
+            .await?;
+        // Gone from the engine (ended and forgotten, or archived): the database answers.
+        let outcome = match outcome {
+            Extension::NotFound => match self.stored(id).await? {
+                Some(r) => Extension::NotHeld(r),
+                None => Extension::NotFound,
+            },
+            other => other,
+        };
+        let changed = matches!(outcome, Extension::Extended(_) | Extension::NotHeld(_));
+        self.committed(&id.campaign_id(), changed).await?;
         Ok(outcome)
     }
 
