@@ -123,6 +123,24 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_DURABILITY", value_enum, default_value_t = Durability::Default)]
     pub durability: Durability,
 
+    /// Webhook targets allowed besides public addresses: comma-separated host names or
+    /// CIDRs (loopback, private and link-local addresses are refused unless listed).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub webhook_allowed_hosts: Vec<String>,
+
+    /// How long one webhook delivery attempt may take, in milliseconds.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// After failing this many seconds, a webhook event is given up on (recorded
+    /// `gave_up`) and the next one goes on.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_GIVE_UP_SECONDS",
+        default_value_t = 86_400
+    )]
+    pub webhook_give_up_seconds: u64,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FLASHSALE_LOG_JSON")]
     pub log_json: bool,

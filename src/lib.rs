@@ -32,4 +32,5 @@ pub mod pipeline;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod webhooks;
 pub mod workers;

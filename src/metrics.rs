@@ -64,6 +64,10 @@ pub const RECONCILE_DRIFT: &str = "flashsale_reconcile_drift_units";
 pub const ENGINE_DATA_LOSSES: &str = "flashsale_engine_data_losses_total";
 /// Campaigns rebuilt in the engine from the database.
 pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
+/// Webhook delivery attempts by `outcome` (delivered, failed, gave_up).
+pub const WEBHOOK_DELIVERIES: &str = "flashsale_webhook_deliveries_total";
+/// Per `webhook`: age of the oldest feed event not yet delivered (0 when none waits).
+pub const WEBHOOK_LAG: &str = "flashsale_webhook_lag_seconds";
 /// Always 1, labelled with `version` and `engine`.
 pub const BUILD_INFO: &str = "flashsale_build_info";
 
@@ -93,6 +97,9 @@ pub fn touch_counters(redis: bool) {
     }
     for stage in ["read", "write", "ack"] {
         metrics::counter!(PERSIST_FAILURES, "stage" => stage).increment(0);
+    }
+    for outcome in ["delivered", "failed", "gave_up"] {
+        metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
     }
     for reason in ["refused", "unknown_campaign", "fenced"] {
         metrics::counter!(DEAD_EVENTS, "reason" => reason).increment(0);
@@ -235,6 +242,14 @@ fn describe() {
     metrics::describe_counter!(
         RECOVERED_CAMPAIGNS,
         "Campaigns rebuilt in the engine from the database."
+    );
+    metrics::describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts by outcome (delivered, failed, gave_up)."
+    );
+    metrics::describe_gauge!(
+        WEBHOOK_LAG,
+        "Per webhook: age of the oldest feed event not yet delivered (0 when none waits)."
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with version and engine.");
 }

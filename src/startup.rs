@@ -35,6 +35,7 @@ pub struct Application {
     serve: http::serve::ServeSettings,
     /// How long ended reservations and campaigns stay in the engine.
     retention: Duration,
+    webhooks: crate::webhooks::deliver::DeliverySettings,
 }
 
 /// The credentials the service accepts, with the generated ones marked so they can be shown.
@@ -129,6 +130,10 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
+        let webhook_hosts = Arc::new(
+            crate::webhooks::AllowedHosts::parse(&config.webhook_allowed_hosts)
+                .map_err(|e| anyhow::anyhow!("FLASHSALE_WEBHOOK_ALLOWED_HOSTS: {e}"))?,
+        );
         let mut persister = config.persister.then(|| persister_settings(&config));
         if let (Some(settings), true) = (&mut persister, answer_after_commit) {
             // Every answer waits for a commit: write whatever has arrived at once. Under load
@@ -146,6 +151,7 @@ impl Application {
             user_limiter: Shared::user_limiter(config.user_rate_per_second),
             metrics: handle,
             metrics_on_main_listener: metrics_listener.is_none(),
+            webhook_hosts: Arc::clone(&webhook_hosts),
         });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,
@@ -164,6 +170,14 @@ impl Application {
             metrics_router,
             state,
             reaper_interval: Duration::from_millis(config.reaper_interval_ms.max(10)),
+            webhooks: crate::webhooks::deliver::DeliverySettings {
+                timeout: Duration::from_millis(config.webhook_timeout_ms.max(1)),
+                give_up_after: Duration::from_secs(config.webhook_give_up_seconds),
+                min_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(60),
+                poll: Duration::from_millis(250),
+                allowed: Arc::clone(&webhook_hosts),
+            },
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
             sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
             persister,
@@ -292,6 +306,11 @@ impl Application {
             self.state.engine.watch(),
             self.reconcile_interval,
             self.retention,
+            shutdown.clone(),
+        )));
+        workers.push(tokio::spawn(crate::webhooks::deliver::run(
+            self.state.store.clone(),
+            self.webhooks.clone(),
             shutdown.clone(),
         )));
         if let Some(limiter) = &self.state.user_limiter {

@@ -67,6 +67,9 @@ pub enum ApiError {
     /// 409: an extension past `created_at + hold_seconds + max_extend_seconds`.
     #[error("the hold may be extended until {0} at most")]
     ExtensionExceeded(String),
+    /// 404: no such webhook.
+    #[error("no webhook {0}")]
+    WebhookNotFound(String),
     /// 404: no such route.
     #[error("no such resource")]
     NotFound,
@@ -195,6 +198,9 @@ impl ApiError {
             }
             ApiError::ExtensionExceeded(_) => {
                 (S::CONFLICT, "extension_exceeded", "Extension exceeded")
+            }
+            ApiError::WebhookNotFound(_) => {
+                (S::NOT_FOUND, "webhook_not_found", "Webhook not found")
             }
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "Not found"),
             ApiError::MethodNotAllowed => (

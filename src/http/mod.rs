@@ -14,6 +14,7 @@ mod json;
 mod openapi;
 mod reservations;
 pub mod serve;
+mod webhooks;
 
 use crate::metrics as m;
 use crate::pipeline::recovery::Recovering;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Whether `/metrics` is served here or on its own listener.
     pub metrics_on_main_listener: bool,
+    /// Which webhook targets may be registered.
+    pub webhook_hosts: Arc<crate::webhooks::AllowedHosts>,
 }
 
 /// Settings of the HTTP layer itself.
@@ -110,6 +113,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(reservations::router())
         .merge(events::router())
         .merge(groups::router())
+        .merge(webhooks::router())
         .merge(health::router())
         .merge(openapi::router());
     if state.metrics_on_main_listener {

@@ -25,6 +25,12 @@ use utoipa::{Modify, OpenApi};
         super::groups::open_group,
         super::groups::join_group,
         super::groups::get_group,
+        super::webhooks::create_webhook,
+        super::webhooks::list_webhooks,
+        super::webhooks::get_webhook,
+        super::webhooks::delete_webhook,
+        super::webhooks::deliveries,
+        super::webhooks::replay,
     ),
     modifiers(&BearerAuth)
 )]

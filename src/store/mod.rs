@@ -17,10 +17,12 @@ mod campaigns;
 pub mod dead;
 mod feed;
 mod reservations;
+mod webhooks;
 
 pub use campaigns::StoredCounts;
 pub use feed::{FeedEvent, FeedFilter};
 pub use reservations::Rebuild;
+pub use webhooks::{Delivery, Webhook};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};

@@ -16,3 +16,4 @@ mod observability;
 mod outages;
 mod reservations;
 mod service;
+mod webhooks;

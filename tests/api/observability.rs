@@ -73,8 +73,23 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_cover_every_dashboard_and_alert_query() {
-    let app = spawn_app_with(Backend::Redis, |c| c.metrics_sample_interval_ms = 200).await;
+    let app = spawn_app_with(Backend::Redis, |c| {
+        c.metrics_sample_interval_ms = 200;
+        c.webhook_allowed_hosts = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    // A webhook whose endpoint refuses connections: its lag and failed deliveries show.
+    let hook = app
+        .client
+        .post(app.url("/v1/webhooks"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"url": "http://127.0.0.1:9/hook"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(hook.status(), 201);
     small_sale(&app).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let scrape = app
         .client
         .get(app.url("/metrics"))

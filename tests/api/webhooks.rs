@@ -1,0 +1,622 @@
+//! Webhooks against real HTTP receivers the tests start on loopback (allowed by
+//! configuration): every event delivered at least once, in cursor order, signed; a failing
+//! endpoint catches up without delaying others; a hanging one hits the timeout; targets that
+//! are not allowed are refused; replay delivers again.
+
+use crate::helpers::{assert_problem, created_reservation, spawn_app_with, Backend, TestApp};
+use crate::on_both_backends;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+on_both_backends!(
+    every_event_of_a_burst_reaches_the_webhook_in_order_and_signed,
+    a_failing_endpoint_catches_up_in_order_and_does_not_delay_the_others,
+    a_hanging_endpoint_hits_the_timeout_and_is_retried,
+    replay_delivers_again_from_a_cursor_and_delete_stops_deliveries,
+);
+
+/// What a receiver got: (cursor header, signature header, body).
+type Received = Arc<Mutex<Vec<(i64, String, Vec<u8>)>>>;
+
+/// How a receiver answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Ok,
+    /// 500 until this instant, then 200.
+    FailUntil(Instant),
+    /// Never answers the first `n` requests (they hang), then 200.
+    HangFirst(usize),
+    /// Answers 200 after this many milliseconds.
+    Slow(u64),
+}
+
+/// A receiver on a loopback port; returns its URL and what it received.
+async fn receiver(behaviour: Behaviour) -> (String, Received) {
+    let received: Received = Arc::default();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = Arc::clone(&received);
+            move |headers: HeaderMap, body: Bytes| {
+                let received = Arc::clone(&received);
+                let seen = Arc::clone(&seen);
+                async move {
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    match behaviour {
+                        Behaviour::FailUntil(until) if Instant::now() < until => {
+                            return StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                        Behaviour::HangFirst(k) if n < k => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        Behaviour::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                        _ => {}
+                    }
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let cursor = header("flashsale-event-cursor").parse().unwrap_or(-1);
+                    received.lock().expect("not poisoned").push((
+                        cursor,
+                        header("flashsale-signature"),
+                        body.to_vec(),
+                    ));
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}/hook", listener.local_addr().expect("bound"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+async fn app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |c| {
+        c.webhook_allowed_hosts = vec!["127.0.0.0/8".into()];
+        c.webhook_timeout_ms = 500;
+    })
+    .await
+}
+
+async fn subscribe(app: &TestApp, body: Value) -> Value {
+    let response = app
+        .client
+        .post(app.url("/v1/webhooks"))
+        .bearer_auth(&app.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    response.json().await.expect("json")
+}
+
+/// Checks `t=<s>,v1=<hex>` the way a receiver would.
+fn signed(secret: &str, signature: &str, body: &[u8]) -> bool {
+    let Some((t, v1)) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    hex::decode(v1).is_ok_and(|sig| mac.verify_slice(&sig).is_ok())
+}
+
+/// The cursors received, first arrival of each, in arrival order.
+fn first_arrivals(received: &Received) -> Vec<i64> {
+    let mut seen = std::collections::HashSet::new();
+    received
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|(c, _, _)| seen.insert(*c))
+        .map(|(c, _, _)| *c)
+        .collect()
+}
+
+/// Waits until `received` holds at least `n` distinct cursors.
+async fn until_received(received: &Received, n: usize, within: Duration) -> Vec<i64> {
+    let started = Instant::now();
+    loop {
+        let cursors = first_arrivals(received);
+        if cursors.len() >= n || started.elapsed() > within {
+            return cursors;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The campaign's feed cursors, in order.
+async fn feed_cursors(app: &TestApp, campaign: &str, expected: usize) -> Vec<i64> {
+    let started = Instant::now();
+    loop {
+        let page: Value = app
+            .client
+            .get(app.url(&format!("/v1/events?campaign_id={campaign}&limit=1000")))
+            .bearer_auth(&app.store_token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let cursors: Vec<i64> = page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["cursor"].as_i64())
+            .collect();
+        if cursors.len() >= expected || started.elapsed() > Duration::from_secs(30) {
+            return cursors;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn every_event_of_a_burst_reaches_the_webhook_in_order_and_signed(backend: Backend) {
+    let app = app(backend).await;
+    let (url, received) = receiver(Behaviour::Ok).await;
+    let campaign = app.campaign(300, 1, json!({})).await;
+    let hook = subscribe(&app, json!({"url": url, "campaign_id": campaign})).await;
+    let secret = hook["secret"]
+        .as_str()
+        .expect("the secret, once")
+        .to_owned();
+
+    // 2,000 attempts from 1,000 users at once: 300 holds, the rest refused.
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url(&format!("/v1/campaigns/{campaign}/reservations"));
+            let token = app.store_token.clone();
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("idempotency-key", format!("burst-{i}"))
+                    .json(&json!({"user_id": format!("u{}", i % 1000)}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for task in tasks {
+        if task.await.expect("no panic").expect("answered") == 201 {
+            held += 1;
+        }
+    }
+    assert_eq!(held, 300);
+    let feed = feed_cursors(&app, &campaign, 300).await;
+    assert_eq!(feed.len(), 300);
+    let got = until_received(&received, 300, Duration::from_secs(60)).await;
+    assert_eq!(got, feed, "every event, once at least, in cursor order");
+    for (cursor, signature, body) in received.lock().expect("not poisoned").iter() {
+        assert!(signed(&secret, signature, body), "a valid signature");
+        let event: Value = serde_json::from_slice(body).expect("the feed item");
+        assert_eq!(event["cursor"].as_i64(), Some(*cursor));
+        assert_eq!(event["type"], "reservation.held");
+    }
+}
+
+async fn a_failing_endpoint_catches_up_in_order_and_does_not_delay_the_others(backend: Backend) {
+    let app = app(backend).await;
+    let failing_for = Duration::from_secs(10);
+    let (failing_url, failing) = receiver(Behaviour::FailUntil(Instant::now() + failing_for)).await;
+    let (healthy_url, healthy) = receiver(Behaviour::Ok).await;
+    let campaign = app.campaign(100, 100, json!({})).await;
+    let broken = subscribe(&app, json!({"url": failing_url, "campaign_id": campaign})).await;
+    subscribe(&app, json!({"url": healthy_url, "campaign_id": campaign})).await;
+    let started = Instant::now();
+    for n in 0..20 {
+        created_reservation(app.reserve(&campaign, &format!("u{n}"), 1).await).await;
+    }
+    let feed = feed_cursors(&app, &campaign, 20).await;
+    let got = until_received(&healthy, 20, Duration::from_secs(20)).await;
+    assert_eq!(got, feed);
+    assert!(
+        started.elapsed() < failing_for,
+        "the healthy endpoint got everything while the other was still failing"
+    );
+    assert!(failing.lock().expect("not poisoned").is_empty());
+    let got = until_received(&failing, 20, Duration::from_secs(90)).await;
+    assert_eq!(got, feed, "after recovering: everything, in order");
+
+    let id = broken["id"].as_str().expect("id");
+    let page: Value = app
+        .client
+        .get(app.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let attempts = page["deliveries"].as_array().expect("deliveries");
+    let first = &attempts[0];
+    assert_eq!(first["event_cursor"].as_i64(), feed.first().copied());
+    assert_eq!(first["outcome"], "failed");
+    assert_eq!(first["status_code"], 500);
+    assert!(attempts
+        .iter()
+        .any(|a| a["outcome"] == "delivered" && a["attempt"].as_i64() > Some(1)));
+}
+
+async fn a_hanging_endpoint_hits_the_timeout_and_is_retried(backend: Backend) {
+    let app = app(backend).await;
+    let (url, received) = receiver(Behaviour::HangFirst(2)).await;
+    let campaign = app.campaign(10, 10, json!({})).await;
+    let hook = subscribe(&app, json!({"url": url, "campaign_id": campaign})).await;
+    created_reservation(app.reserve(&campaign, "ann", 1).await).await;
+    let got = until_received(&received, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "delivered after two timed-out attempts");
+    let id = hook["id"].as_str().expect("id");
+    let page: Value = app
+        .client
+        .get(app.url(&format!("/v1/webhooks/{id}/deliveries")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let outcomes: Vec<(String, String)> = page["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| {
+            (
+                d["outcome"].as_str().unwrap_or_default().to_owned(),
+                d["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("failed".to_owned(), "timed out".to_owned()),
+            ("failed".to_owned(), "timed out".to_owned()),
+            ("delivered".to_owned(), String::new()),
+        ]
+    );
+}
+
+async fn replay_delivers_again_from_a_cursor_and_delete_stops_deliveries(backend: Backend) {
+    let app = app(backend).await;
+    let (url, received) = receiver(Behaviour::Ok).await;
+    let campaign = app.campaign(10, 10, json!({})).await;
+    let hook = subscribe(
+        &app,
+        json!({"url": url, "campaign_id": campaign, "event_types": ["reservation.held"]}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id").to_owned();
+    for n in 0..3 {
+        let r = created_reservation(app.reserve(&campaign, &format!("u{n}"), 1).await).await;
+        // Cancellations are not subscribed to.
+        app.cancel(r["id"].as_str().expect("id"), &app.store_token)
+            .await;
+    }
+    let got = until_received(&received, 3, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        received.lock().expect("not poisoned").len(),
+        3,
+        "held events only"
+    );
+
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/webhooks/{id}/replay")))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"after": got[0]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    while received.lock().expect("not poisoned").len() < 5 {
+        assert!(started.elapsed() < Duration::from_secs(30), "replayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again: Vec<i64> = received.lock().expect("not poisoned")[3..]
+        .iter()
+        .map(|(c, _, _)| *c)
+        .collect();
+    assert_eq!(
+        again,
+        got[1..].to_vec(),
+        "everything after the cursor, in order"
+    );
+
+    let response = app
+        .client
+        .delete(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 204);
+    created_reservation(app.reserve(&campaign, "late", 1).await).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        received.lock().expect("not poisoned").len(),
+        5,
+        "nothing after delete"
+    );
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 404, "webhook_not_found").await;
+}
+
+#[tokio::test]
+async fn targets_not_allowed_are_refused_at_creation() {
+    // No allow-list: only public addresses.
+    let app = spawn_app_with(Backend::Memory, |_| {}).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:9/hook",
+        "ftp://example.com/",
+        "not a url",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({"url": url}))
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, 422, "invalid_request").await;
+    }
+    let response = app
+        .client
+        .post(app.url("/v1/webhooks"))
+        .bearer_auth(&app.store_token)
+        .json(&json!({"url": "https://example.com/hook"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 403, "forbidden").await;
+    let allowed = spawn_app_with(Backend::Memory, |c| {
+        c.webhook_allowed_hosts = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let response = allowed
+        .client
+        .post(allowed.url("/v1/webhooks"))
+        .bearer_auth(&allowed.admin_token)
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "event_types": ["reservation.nope"]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 422, "invalid_request").await;
+    let hook = subscribe(&allowed, json!({"url": "http://127.0.0.1:9/hook"})).await;
+    assert!(hook["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    let listed: Value = allowed
+        .client
+        .get(allowed.url("/v1/webhooks"))
+        .bearer_auth(&allowed.admin_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert!(
+        listed[0].get("secret").is_none(),
+        "the secret is shown once"
+    );
+}
+
+/// The `flashsale` binary on Redis and Postgres, as a process (two of them share one
+/// deployment); killed on drop.
+struct Instance {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Instance {
+    fn start(namespace: &str, database: &str) -> Self {
+        use std::io::BufRead;
+        let port = crate::faults::free_port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHSALE_REDIS_URL", crate::helpers::redis_url())
+            .env("FLASHSALE_REDIS_NAMESPACE", namespace)
+            .env("FLASHSALE_DATABASE_URL", database)
+            .env("FLASHSALE_ADMIN_TOKENS", "hook-admin")
+            .env("FLASHSALE_STORE_TOKENS", "hook-store")
+            .env("FLASHSALE_JWT_SECRET", "hook-secret")
+            .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
+            .env("FLASHSALE_WEBHOOK_ALLOWED_HOSTS", "127.0.0.0/8")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary runs");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let banner = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.contains("flashsale listening"));
+        assert!(banner.is_some(), "the service printed no banner");
+        std::thread::spawn(move || for _ in lines {});
+        Instance {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
+    let namespace = crate::helpers::unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let client = reqwest::Client::new();
+    // 30 ms per delivery: 100 events take ~3 s, so the kill lands mid-stream.
+    let (url, received) = receiver(Behaviour::Slow(30)).await;
+    let mut first = Instance::start(&namespace, &database);
+    let post = |address: &str, path: &str, token: &str, body: Value, key: String| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let campaign = crate::helpers::unique_id("c").to_lowercase();
+    let created = post(&first.address, "/v1/campaigns", "hook-admin",
+        json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": 100, "per_user_limit": 1}), "c".into())
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let hook = post(
+        &first.address,
+        "/v1/webhooks",
+        "hook-admin",
+        json!({"url": url, "campaign_id": campaign}),
+        "h".into(),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(hook.status(), 201);
+    for n in 0..100 {
+        let r = post(
+            &first.address,
+            &format!("/v1/campaigns/{campaign}/reservations"),
+            "hook-store",
+            json!({"user_id": format!("u{n}")}),
+            format!("k{n}"),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(r.status(), 201);
+    }
+    let some = until_received(&received, 10, Duration::from_secs(30)).await;
+    assert!(
+        some.len() >= 10 && some.len() < 100,
+        "delivery under way: {}",
+        some.len()
+    );
+    let second = Instance::start(&namespace, &database);
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+
+    let feed: Value = client
+        .get(format!(
+            "{}/v1/events?campaign_id={campaign}&limit=1000",
+            second.address
+        ))
+        .bearer_auth("hook-store")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let feed: Vec<i64> = feed["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["cursor"].as_i64())
+        .collect();
+    assert_eq!(feed.len(), 100);
+    // The lease of the killed instance lapses (15 s); the survivor delivers the rest.
+    let got = until_received(&received, 100, Duration::from_secs(60)).await;
+    assert_eq!(
+        got, feed,
+        "every event at least once, in order, across the kill"
+    );
+    drop(second);
+}
+
+/// The receiver example in `docs/webhook-receiver.py` verifies real deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_python_receiver_verifies_real_deliveries() {
+    use std::io::BufRead;
+    let app = app(Backend::Memory).await;
+    let port = crate::faults::free_port();
+    let campaign = app.campaign(10, 10, json!({})).await;
+    let hook = subscribe(
+        &app,
+        json!({"url": format!("http://127.0.0.1:{port}/"), "campaign_id": campaign}),
+    )
+    .await;
+    let mut receiver = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/webhook-receiver.py"
+        ))
+        .env("WEBHOOK_SECRET", hook["secret"].as_str().expect("secret"))
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the documented receiver");
+    let stdout = receiver.stdout.take().expect("piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    for n in 0..3 {
+        created_reservation(app.reserve(&campaign, &format!("u{n}"), 1).await).await;
+    }
+    let mut valid = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while valid.len() < 3 && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            valid.push(line);
+        }
+    }
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert_eq!(valid.len(), 3, "{valid:?}");
+    assert!(valid
+        .iter()
+        .all(|l| l.starts_with("valid ") && l.ends_with("reservation.held")));
+}
