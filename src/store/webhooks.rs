@@ -158,6 +158,19 @@ impl Store {
         Ok(affected == 1)
     }
 
+    /// Gives the lease up (at shutdown), so another instance takes the webhook at once.
+    pub async fn release_webhook(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        const SQL: &str =
+            "UPDATE webhooks SET lease_until_ms = 0 WHERE id = $1 AND lease_owner = $2";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
     /// Moves the webhook's cursor past a delivered event while `owner` holds the lease
     /// (and unless a replay moved it meanwhile); `false` if the lease was lost.
     pub async fn advance_webhook(

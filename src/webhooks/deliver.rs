@@ -89,8 +89,23 @@ async fn deliver_webhook(
     id: String,
     mut shutdown: Shutdown,
 ) {
+    deliver_until_stopped(&store, &http, &settings, &owner, &id, &mut shutdown).await;
+    // Another instance takes the webhook over at once instead of after the lease.
+    if let Err(error) = store.release_webhook(&id, &owner).await {
+        tracing::warn!(%error, webhook = %id, "could not release a webhook's lease");
+    }
+}
+
+async fn deliver_until_stopped(
+    store: &Store,
+    http: &reqwest::Client,
+    settings: &DeliverySettings,
+    owner: &str,
+    id: &str,
+    shutdown: &mut Shutdown,
+) {
     loop {
-        let pause = match deliver_some(&store, &http, &settings, &owner, &id, &mut shutdown).await {
+        let pause = match deliver_some(store, http, settings, owner, id, shutdown).await {
             Ok(Next::Stop) => return,
             Ok(Next::More) => Duration::ZERO,
             Ok(Next::Idle) => settings.poll,

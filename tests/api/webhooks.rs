@@ -450,6 +450,10 @@ struct Instance {
 
 impl Instance {
     fn start(namespace: &str, database: &str) -> Self {
+        Self::start_allowing(namespace, database, "127.0.0.0/8")
+    }
+
+    fn start_allowing(namespace: &str, database: &str, allowed: &str) -> Self {
         use std::io::BufRead;
         let port = crate::faults::free_port();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
@@ -461,7 +465,7 @@ impl Instance {
             .env("FLASHSALE_STORE_TOKENS", "hook-store")
             .env("FLASHSALE_JWT_SECRET", "hook-secret")
             .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
-            .env("FLASHSALE_WEBHOOK_ALLOWED_HOSTS", "127.0.0.0/8")
+            .env("FLASHSALE_WEBHOOK_ALLOWED_HOSTS", allowed)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -619,4 +623,88 @@ async fn the_documented_python_receiver_verifies_real_deliveries() {
     assert!(valid
         .iter()
         .all(|l| l.starts_with("valid ") && l.ends_with("reservation.held")));
+}
+
+/// A webhook made while its (private) target was allowed, delivered by an instance that no
+/// longer allows it: every attempt is refused before a connection, and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_target_is_refused_at_delivery_too() {
+    let namespace = crate::helpers::unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let client = reqwest::Client::new();
+    let (url, received) = receiver(Behaviour::Ok).await;
+    let allowing = Instance::start(&namespace, &database);
+    let hook: Value = client
+        .post(format!("{}/v1/webhooks", allowing.address))
+        .bearer_auth("hook-admin")
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let id = hook["id"].as_str().expect("created").to_owned();
+    // A graceful stop gives the webhook's lease up at once.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &allowing.child.id().to_string()])
+        .status();
+    drop(allowing);
+    let strict = Instance::start_allowing(&namespace, &database, "");
+    let campaign = crate::helpers::unique_id("c").to_lowercase();
+    let created = client
+        .post(format!("{}/v1/campaigns", strict.address))
+        .bearer_auth("hook-admin")
+        .json(&json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": 5}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let reserved = client
+        .post(format!(
+            "{}/v1/campaigns/{campaign}/reservations",
+            strict.address
+        ))
+        .bearer_auth("hook-store")
+        .header("idempotency-key", "k")
+        .json(&json!({"user_id": "ann"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reserved.status(), 201);
+    let started = Instant::now();
+    let refused = loop {
+        let page: Value = client
+            .get(format!("{}/v1/webhooks/{id}/deliveries", strict.address))
+            .bearer_auth("hook-admin")
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        if let Some(first) = page["deliveries"]
+            .as_array()
+            .and_then(|d| d.first())
+            .cloned()
+        {
+            break first;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["outcome"], "failed");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not allowed")),
+        "{refused}"
+    );
+    assert!(
+        received.lock().expect("not poisoned").is_empty(),
+        "nothing reached the target"
+    );
 }
