@@ -76,6 +76,7 @@ pub const BUILD_INFO: &str = "flashsale_build_info";
 pub const SCRIPT_NAMES: &[&str] = &[
     "load_campaign",
     "adjust_stock",
+    "end_campaign",
     "reserve",
     "confirm",
     "cancel",

@@ -186,6 +186,13 @@ impl Campaign {
         })
     }
 
+    /// Ends the campaign at `now` unless it ended earlier; one not started yet starts and
+    /// ends at `now`.
+    pub fn end_at(&mut self, now: Millis) {
+        self.ends_at = Some(self.ends_at.map_or(now, |ends| ends.min(now)));
+        self.starts_at = self.starts_at.map(|starts| starts.min(now));
+    }
+
     /// Where `now` falls relative to the campaign's window.
     pub fn window(&self, now: Millis) -> Window {
         match (self.starts_at, self.ends_at) {

@@ -336,6 +336,18 @@ impl Engine for Gated {
         Ok(state)
     }
 
+    async fn end_campaign(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<CampaignState>, EngineError> {
+        let state = self.inner.end_campaign(id, now).await?;
+        if let Some(state) = &state {
+            self.config.insert(id.clone(), state.campaign.clone());
+        }
+        Ok(state)
+    }
+
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
         self.inner.campaign_ids().await
     }

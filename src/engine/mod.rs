@@ -333,6 +333,15 @@ pub trait Engine: Backend {
         now: Millis,
     ) -> Result<Transition, EngineError>;
 
+    /// Ends the campaign at `now` unless it ended earlier (a campaign not started yet starts
+    /// and ends at `now`): attempts from then on are refused `ended`; live holds end as they
+    /// would have. Idempotent. Its state after, `None` when unknown.
+    async fn end_campaign(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<CampaignState>, EngineError>;
+
     /// held → held until `max(expires_at, now + seconds)`, at most `created_at +
     /// hold_seconds + max_extend_seconds` (beyond it: `Exceeded`, nothing changes). Atomic
     /// with expiry: a hold found past `expires_at` expires instead (`NotHeld`), so a hold is

@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/campaigns", post(create_campaign))
+        .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
+        .route("/v1/campaigns/{id}/end", post(end_campaign))
         .route("/v1/campaigns/{id}", get(get_campaign))
         .route("/v1/campaigns/{id}/stock", post(adjust_stock))
         .route("/v1/campaigns/{id}/availability", get(availability))
@@ -199,6 +200,116 @@ pub async fn create_campaign(
         [(header::LOCATION, location)],
         Json(view),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A page of campaigns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignPage {
+    campaigns: Vec<CampaignView>,
+    /// Pass as `after` for the next page (the last campaign's id); absent on an empty page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    has_more: bool,
+}
+
+/// Campaigns by id, with their live counts; `status` filters (`scheduled`, `active`,
+/// `sold_out`, `ended`).
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", security(("bearer" = [])),
+    params(("status" = Option<String>, Query, description = "`scheduled | active | sold_out | ended`"),
+        ("after" = Option<String>, Query, description = "a campaign id: the page starts after it"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 100")),
+    responses((status = 200, body = CampaignPage),
+        (status = 422, description = "`invalid_request`", body = super::error::Problem)))]
+pub async fn list_campaigns(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CampaignPage>, ApiError> {
+    caller.require_store()?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::InvalidRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let wanted = match query.status.as_deref() {
+        None => None,
+        Some("scheduled") => Some(CampaignStatus::Scheduled),
+        Some("active") => Some(CampaignStatus::Active),
+        Some("sold_out") => Some(CampaignStatus::SoldOut),
+        Some("ended") => Some(CampaignStatus::Ended),
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "status {other:?} is none of scheduled, active, sold_out, ended"
+            )))
+        }
+    };
+    let now = Millis::now();
+    let mut views = Vec::new();
+    let mut after = query.after.clone();
+    // Pages of the database's campaigns until one more than asked for matches (that one
+    // only says `has_more`).
+    'pages: loop {
+        let page = state
+            .store
+            .campaigns_page(after.as_deref(), limit.max(50))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let exhausted = (page.len() as i64) < limit.max(50);
+        for campaign in page {
+            after = Some(campaign.id.to_string());
+            let Some(live) = state.engine.campaign(&campaign.id).await? else {
+                continue;
+            };
+            if wanted.is_some_and(|w| live.status(now) != w) {
+                continue;
+            }
+            views.push(CampaignView::of(live, now));
+            if views.len() as i64 > limit {
+                break 'pages;
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let has_more = views.len() as i64 > limit;
+    views.truncate(limit as usize);
+    Ok(Json(CampaignPage {
+        next: views.last().map(|v| v.id.clone()),
+        campaigns: views,
+        has_more,
+    }))
+}
+
+/// Ends the campaign now: no new attempts (`ended`); live holds end as they would have.
+/// Idempotent (a campaign that ended already keeps its end).
+#[utoipa::path(post, path = "/v1/campaigns/{id}/end", tag = "campaigns", security(("bearer" = [])),
+    responses((status = 200, body = CampaignView),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
+pub async fn end_campaign(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<CampaignView>, ApiError> {
+    caller.require_admin()?;
+    let id = campaign_id(&id)?;
+    let now = Millis::now();
+    let ended = state
+        .engine
+        .end_campaign(&id, now)
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    Ok(Json(CampaignView::of(ended, now)))
 }
 
 /// A campaign's config and live counts.

@@ -6,7 +6,8 @@ use super::error::ApiError;
 use super::json::{JsonBody, PathId};
 use super::AppState;
 use crate::domain::{
-    CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus, ScopedKey,
+    CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus,
+    ScopedKey, UserId,
 };
 use crate::engine::{CancelScope, Engine, Extension, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
@@ -20,7 +21,10 @@ use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/campaigns/{id}/reservations", post(reserve))
+        .route(
+            "/v1/campaigns/{id}/reservations",
+            post(reserve).get(list_reservations),
+        )
         .route("/v1/reservations/{id}", get(get_reservation))
         .route("/v1/reservations/{id}/confirm", post(confirm))
         .route("/v1/reservations/{id}/cancel", post(cancel))
@@ -222,6 +226,96 @@ pub async fn extend(
         }
         Extension::NotFound => Err(ApiError::ReservationNotFound(id.to_string())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationsQuery {
+    status: Option<String>,
+    user_id: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A page of a campaign's reservations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationPage {
+    reservations: Vec<ReservationView>,
+    /// Pass as `after` for the next page (the last reservation's id); absent on an empty page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    has_more: bool,
+}
+
+/// A campaign's reservations as persisted (a change reaches this list within the
+/// persister's delay), in creation order; by status and by user.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/reservations", tag = "reservations",
+    security(("bearer" = [])),
+    params(("status" = Option<String>, Query, description = "`held | confirmed | cancelled | expired | released`"),
+        ("user_id" = Option<String>, Query, description = "only this user's"),
+        ("after" = Option<String>, Query, description = "a reservation id: the page starts after it"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, body = ReservationPage),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
+        (status = 422, description = "`invalid_request`", body = super::error::Problem)))]
+pub async fn list_reservations(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    query: Result<
+        axum::extract::Query<ReservationsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<ReservationPage>, ApiError> {
+    caller.require_store()?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let campaign =
+        CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let status = query
+        .status
+        .as_deref()
+        .map(|raw| {
+            ReservationStatus::parse(raw).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "status {raw:?} is none of held, confirmed, cancelled, expired, released"
+                ))
+            })
+        })
+        .transpose()?;
+    let user = query
+        .user_id
+        .as_deref()
+        .map(|raw| {
+            UserId::parse(raw).map_err(|e| ApiError::InvalidRequest(format!("user_id: {}", e.0)))
+        })
+        .transpose()?;
+    if state.engine.campaign(&campaign).await?.is_none() {
+        return Err(ApiError::refused(Refusal::CampaignNotFound));
+    }
+    let mut page = state
+        .store
+        .campaign_reservations(
+            &campaign,
+            status,
+            user.as_ref(),
+            query.after.as_deref(),
+            limit + 1,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let has_more = page.len() as i64 > limit;
+    page.truncate(limit as usize);
+    Ok(Json(ReservationPage {
+        next: page.last().map(|r| r.id.to_string()),
+        reservations: page.into_iter().map(ReservationView::from).collect(),
+        has_more,
+    }))
 }
 
 fn transitioned(

@@ -170,6 +170,37 @@ impl Store {
         row.map(CampaignRow::into_campaign).transpose()
     }
 
+    /// Ends a campaign at `now` unless it ended earlier (see `Campaign::end_at`); `false`
+    /// when there is no such campaign.
+    pub async fn end_campaign(&self, id: &CampaignId, now: Millis) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE campaigns SET \
+            ends_at_ms = CASE WHEN ends_at_ms IS NULL OR ends_at_ms > $2 THEN $2 ELSE ends_at_ms END, \
+            starts_at_ms = CASE WHEN starts_at_ms > $2 THEN $2 ELSE starts_at_ms END \
+            WHERE id = $1";
+        let affected = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(id.as_str())
+            .bind(now.0)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Campaigns by id after `after`, archived ones included; at most `limit`.
+    pub async fn campaigns_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        let sql = format!("{SELECT_CAMPAIGNS} WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows: Vec<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(CampaignRow::into_campaign).collect()
+    }
+
     /// One campaign (recovery asks for a single id on a request's path; no full scan).
     pub async fn campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, StoreError> {
         let sql = format!("{SELECT_CAMPAIGNS} WHERE id = $1");

@@ -180,6 +180,40 @@ impl Store {
     }
 
     /// The held and confirmed reservations of a campaign, with their idempotency records.
+    /// A campaign's reservations as persisted (the engine's newest changes reach the
+    /// database within the persister's delay), by id (creation order) after `after`,
+    /// optionally of one status and one user; at most `limit`.
+    pub async fn campaign_reservations(
+        &self,
+        campaign: &CampaignId,
+        status: Option<ReservationStatus>,
+        user: Option<&UserId>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let rows: Vec<ReservationRow> = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT id, user_id, quantity, status, created_at_ms, expires_at_ms, group_id, \
+                 idempotency_key, fingerprint FROM reservations WHERE campaign_id = ",
+            );
+            q.push_bind(campaign.as_str());
+            if let Some(status) = status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(user) = user {
+                q.push(" AND user_id = ").push_bind(user.as_str());
+            }
+            if let Some(after) = after {
+                q.push(" AND id > ").push_bind(after);
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(limit);
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter()
+            .map(|row| row.into_stored(campaign).map(|s| s.reservation))
+            .collect()
+    }
+
     pub async fn live_reservations(
         &self,
         campaign: &CampaignId,

@@ -1,6 +1,6 @@
 //! Creating, reading and tuning campaigns; availability.
 
-use crate::helpers::{assert_problem, spawn_app, unique_id, Backend};
+use crate::helpers::{assert_problem, created_reservation, spawn_app, unique_id, Backend};
 use crate::on_both_backends;
 use serde_json::{json, Value};
 
@@ -12,6 +12,7 @@ on_both_backends!(
     stock_can_be_added_and_withdrawn_down_to_what_is_available,
     availability_is_public_and_cacheable_for_a_second,
     scheduled_and_ended_campaigns_say_so,
+    an_admin_lists_ends_and_inspects_campaigns,
 );
 
 async fn creating_a_campaign_returns_it_with_live_counts(backend: Backend) {
@@ -146,4 +147,172 @@ async fn scheduled_and_ended_campaigns_say_so(backend: Backend) {
     let body = app.campaign_json(&over).await;
     assert_eq!(body["status"], "ended");
     assert_eq!(body["ends_at"], "2000-01-01T16:00:00.000Z");
+}
+
+async fn an_admin_lists_ends_and_inspects_campaigns(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let get = |path: String, token: String| {
+        let request = app.client.get(app.url(&path)).bearer_auth(token);
+        async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let active = app.campaign(5, 5, json!({})).await;
+    let later = (flashsale::domain::Millis::now().plus_seconds(3600)).to_rfc3339();
+    let scheduled = app.campaign(5, 5, json!({"starts_at": later})).await;
+    let gone = app.campaign(1, 1, json!({})).await;
+    let first = created_reservation(app.reserve(&gone, "ann", 1).await).await;
+    let held = created_reservation(app.reserve(&active, "bob", 1).await).await;
+
+    // Paging one at a time sees each campaign once; has_more until the last.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = get(
+            format!("/v1/campaigns?limit=1&after={after}"),
+            app.store_token.clone(),
+        )
+        .await;
+        let campaigns = page["campaigns"].as_array().expect("campaigns");
+        assert!(campaigns.len() <= 1);
+        if let Some(c) = campaigns.first() {
+            seen.push(c["id"].as_str().expect("id").to_owned());
+            after = page["next"].as_str().expect("next").to_owned();
+        }
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    let mut expected = vec![active.clone(), scheduled.clone(), gone.clone()];
+    expected.sort();
+    assert_eq!(seen, expected);
+    for (status, id) in [
+        ("active", &active),
+        ("scheduled", &scheduled),
+        ("sold_out", &gone),
+    ] {
+        let page = get(
+            format!("/v1/campaigns?status={status}"),
+            app.admin_token.clone(),
+        )
+        .await;
+        let ids: Vec<&str> = page["campaigns"]
+            .as_array()
+            .expect("campaigns")
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
+        assert_eq!(ids, vec![id.as_str()], "{status}");
+    }
+    let response = app
+        .client
+        .get(app.url("/v1/campaigns?status=nope"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 422, "invalid_request").await;
+
+    // End now: no new attempts, live holds still end normally, idempotent.
+    let end = |id: String, token: String| {
+        let request = app
+            .client
+            .post(app.url(&format!("/v1/campaigns/{id}/end")))
+            .bearer_auth(token);
+        async move { request.send().await.expect("sent") }
+    };
+    assert_problem(
+        end(active.clone(), app.store_token.clone()).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        end("no-such".into(), app.admin_token.clone()).await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    let response = end(active.clone(), app.admin_token.clone()).await;
+    assert_eq!(response.status(), 200);
+    let ended: Value = response.json().await.expect("json");
+    assert_eq!(ended["status"], "ended");
+    let again: Value = end(active.clone(), app.admin_token.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        again["ends_at"], ended["ends_at"],
+        "ending again keeps the first end"
+    );
+    assert_problem(app.reserve(&active, "cat", 1).await, 409, "ended").await;
+    assert_eq!(
+        app.confirm(held["id"].as_str().expect("id"), &app.store_token)
+            .await
+            .status(),
+        200
+    );
+    let response = end(scheduled.clone(), app.admin_token.clone()).await;
+    let ended: Value = response.json().await.expect("json");
+    assert_eq!(ended["status"], "ended");
+    assert_eq!(ended["starts_at"], ended["ends_at"]);
+    let page = get("/v1/campaigns?status=ended".into(), app.admin_token.clone()).await;
+    assert_eq!(page["campaigns"].as_array().map(Vec::len), Some(2));
+
+    // A campaign's reservations, as persisted: by status and by user, paged.
+    for n in 0..3 {
+        let _ = app.reserve(&gone, &format!("late{n}"), 1).await; // sold out: nothing made
+    }
+    let started = std::time::Instant::now();
+    let listed = loop {
+        let page = get(
+            format!("/v1/campaigns/{active}/reservations"),
+            app.store_token.clone(),
+        )
+        .await;
+        if page["reservations"]
+            .as_array()
+            .is_some_and(|r| r.first().is_some_and(|r| r["status"] == "confirmed"))
+        {
+            break page;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["reservations"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["has_more"], false);
+    let page = get(
+        format!("/v1/campaigns/{gone}/reservations?user_id=ann&status=held"),
+        app.store_token.clone(),
+    )
+    .await;
+    assert_eq!(page["reservations"][0]["id"], first["id"]);
+    let page = get(
+        format!("/v1/campaigns/{gone}/reservations?status=confirmed"),
+        app.store_token.clone(),
+    )
+    .await;
+    assert_eq!(page["reservations"].as_array().map(Vec::len), Some(0));
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/campaigns/{gone}/reservations?status=paid")))
+        .bearer_auth(&app.store_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 422, "invalid_request").await;
+    let response = app
+        .client
+        .get(app.url("/v1/campaigns/no-such/reservations"))
+        .bearer_auth(&app.store_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 404, "campaign_not_found").await;
 }

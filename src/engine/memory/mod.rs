@@ -150,6 +150,21 @@ impl Engine for MemoryEngine {
         }))
     }
 
+    async fn end_campaign(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<CampaignState>, EngineError> {
+        let ended = self.decide(id, false, |slot| {
+            slot.campaign.end_at(now);
+            true
+        });
+        if !ended {
+            return Ok(None);
+        }
+        self.campaign(id).await
+    }
+
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
         Ok(self.campaigns.iter().map(|e| e.key().clone()).collect())
     }

@@ -255,6 +255,25 @@ impl<C: Connection> Engine for RedisEngine<C> {
         campaign_state(id, &hash).map(Some)
     }
 
+    async fn end_campaign(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<CampaignState>, EngineError> {
+        let found: i64 = self
+            .scripts
+            .end_campaign
+            .key(self.keys(id).campaign)
+            .arg(now.0)
+            .invoke_async(&mut self.timed("end_campaign"))
+            .await?;
+        if found == 0 {
+            return Ok(None);
+        }
+        self.replicated().await?;
+        self.campaign(id).await
+    }
+
     async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
         self.listed_campaigns().await
     }

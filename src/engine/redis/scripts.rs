@@ -30,6 +30,7 @@ pub fn with_lib(body: &str) -> Result<String, String> {
 pub struct Scripts {
     pub load_campaign: Script,
     pub adjust_stock: Script,
+    pub end_campaign: Script,
     pub reserve: Script,
     pub confirm: Script,
     pub cancel: Script,
@@ -47,6 +48,7 @@ impl Scripts {
         Ok(Scripts {
             load_campaign: Script::new(include_str!("../../../lua/load_campaign.lua")),
             adjust_stock: lib(include_str!("../../../lua/adjust_stock.lua"))?,
+            end_campaign: Script::new(include_str!("../../../lua/end_campaign.lua")),
             reserve: lib(include_str!("../../../lua/reserve.lua"))?,
             confirm: lib(include_str!("../../../lua/confirm.lua"))?,
             cancel: lib(include_str!("../../../lua/cancel.lua"))?,
@@ -59,10 +61,11 @@ impl Scripts {
         })
     }
 
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 12] {
         [
             &self.load_campaign,
             &self.adjust_stock,
+            &self.end_campaign,
             &self.reserve,
             &self.confirm,
             &self.cancel,

@@ -326,6 +326,30 @@ impl Engine for Recovering {
         self.engine.load_campaign(snapshot).await
     }
 
+    /// The database first (it is the source a rebuild reads), then the engine.
+    async fn end_campaign(
+        &self,
+        id: &CampaignId,
+        now: Millis,
+    ) -> Result<Option<CampaignState>, EngineError> {
+        let known = self
+            .store
+            .end_campaign(id, now)
+            .await
+            .map_err(|error| EngineError::Recovering(error.to_string()))?;
+        if !known {
+            return Ok(None);
+        }
+        match self
+            .retrying(id, Option::is_none, || self.engine.end_campaign(id, now))
+            .await?
+        {
+            Some(state) => Ok(Some(state)),
+            // Archived: it ended long ago; the database answers.
+            None => self.campaign(id).await,
+        }
+    }
+
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
         let found = self
             .retrying(id, Option::is_none, || self.engine.campaign(id))
