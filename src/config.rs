@@ -173,6 +173,113 @@ pub enum Command {
         #[arg(long)]
         retry: bool,
     },
+    /// Manage campaigns through a running service's API.
+    Campaign {
+        #[command(flatten)]
+        api: ApiTarget,
+        #[command(subcommand)]
+        action: CampaignAction,
+    },
+    /// Inspect and settle reservations through a running service's API.
+    Reservation {
+        #[command(flatten)]
+        api: ApiTarget,
+        #[command(subcommand)]
+        action: ReservationAction,
+    },
+}
+
+/// Which service the CLI talks to, and as whom.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiTarget {
+    /// The service's base URL (default: `http://` + FLASHSALE_LISTEN).
+    #[arg(long, env = "FLASHSALE_URL")]
+    pub url: Option<String>,
+    /// An admin token (a store token is enough for reading and settling).
+    #[arg(long, env = "FLASHSALE_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CampaignAction {
+    /// Create a campaign; prints it.
+    Create {
+        #[arg(long)]
+        id: Option<String>,
+        /// `flash_sale` or `group_buy`.
+        #[arg(long, default_value = "flash_sale")]
+        kind: String,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        stock: u64,
+        #[arg(long)]
+        per_user_limit: Option<u64>,
+        #[arg(long)]
+        hold_seconds: Option<u64>,
+        #[arg(long)]
+        max_extend_seconds: Option<u64>,
+        /// RFC 3339.
+        #[arg(long)]
+        starts_at: Option<String>,
+        /// RFC 3339.
+        #[arg(long)]
+        ends_at: Option<String>,
+        /// Group buys: members per group.
+        #[arg(long)]
+        group_size: Option<u64>,
+        /// Group buys: how long a group may stay open.
+        #[arg(long)]
+        group_window_seconds: Option<u64>,
+    },
+    /// List campaigns (one page; `--after` the printed `next` for the following one).
+    List {
+        /// `scheduled | active | sold_out | ended`
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// A campaign with its live counts.
+    Show { id: String },
+    /// Add (positive) or withdraw (negative) units; once per `--key`.
+    Stock {
+        id: String,
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+        /// Idempotency key (default: a new one).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// End the campaign now (no new attempts; live holds end normally).
+    End { id: String },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ReservationAction {
+    Show {
+        id: String,
+    },
+    Confirm {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    /// A campaign's reservations, one page.
+    List {
+        campaign: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 impl Config {

@@ -23,6 +23,7 @@
 //! Nothing below points back up. `docs/architecture.md` has the module map and where a new
 //! campaign kind or event consumer goes.
 
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;

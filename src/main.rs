@@ -39,6 +39,14 @@ async fn main() -> anyhow::Result<()> {
             let clean = startup::dead_events(config, retry).await?;
             std::process::exit(if clean { 0 } else { 1 });
         }
+        Some(Command::Campaign { api, action }) => {
+            let code = flashsale::cli::campaign(api, &config.listen.to_string(), action).await?;
+            std::process::exit(code);
+        }
+        Some(Command::Reservation { api, action }) => {
+            let code = flashsale::cli::reservation(api, &config.listen.to_string(), action).await?;
+            std::process::exit(code);
+        }
         Some(Command::Serve) | None => {}
     }
     let application = Application::build(config.clone()).await?;
