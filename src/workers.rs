@@ -89,11 +89,16 @@ pub async fn run_metrics_sampler(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Process metrics (CPU seconds, resident memory, open and maximum fds, threads, start
+    // time) from the metrics-process crate, refreshed every tick.
+    let process = metrics_process::Collector::default();
+    process.describe();
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
+        process.collect();
         sample_once(&engine, &*events, &store).await;
     }
 }
