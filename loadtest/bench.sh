@@ -176,7 +176,7 @@ v = sorted(float(x) for x in open('$out/lag.txt') if x.strip())
 print(f'{v[min(len(v) - 1, int(len(v) * 0.99))]:.3f}' if v else 'n/a')")
 drain
 
-lt() { target/release/loadtest --url "$1" "${@:2}"; }
+lt() { target/release/loadtest --url "$1" --admin-token adm --store-token sto "${@:2}"; }
 echo "== open loop at 40/60/80% of the rate flashsale sustains (success, persister keeping up)" >&2
 # Sustained as the open-loop generator itself drives it (it costs more CPU per request than
 # wrk, on the same cores): a closed loop of $CONNECTIONS workers with the same generator.

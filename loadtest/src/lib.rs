@@ -9,11 +9,14 @@
 //!   from its *scheduled* send time, so a stalled service shows up in the latency instead of
 //!   silently slowing the generator down (coordinated omission).
 
+pub mod chart;
+
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 /// A flashsale service to talk to.
 #[derive(Clone)]
 pub struct Service {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     admin_token: String,
     store_token: String,
@@ -59,6 +62,13 @@ impl Service {
     pub fn new(base: &str, admin_token: &str, store_token: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        // https:// (rustls, the webpki roots) or plain http://.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(4096)
             .build(connector);
@@ -146,6 +156,59 @@ pub enum Drive {
         rate_per_second: u64,
         max_in_flight: usize,
     },
+    /// Open loop through stages: each `(seconds, rate)` in turn (a ramp).
+    Stages {
+        #[serde(skip)]
+        stages: &'static [(u64, u64)],
+        max_in_flight: usize,
+    },
+}
+
+impl Drive {
+    /// When attempt `i` is due, counted from the start; `None` for a closed loop.
+    fn due(&self, i: u64) -> Option<Duration> {
+        match *self {
+            Drive::Closed { .. } => None,
+            Drive::Open {
+                rate_per_second, ..
+            } => Some(Duration::from_nanos(
+                i * 1_000_000_000 / rate_per_second.max(1),
+            )),
+            Drive::Stages { stages, .. } => {
+                let (mut before, mut offset) = (0u64, Duration::ZERO);
+                for &(seconds, rate) in stages {
+                    let here = seconds * rate;
+                    if i < before + here {
+                        let k = i - before;
+                        return Some(
+                            offset + Duration::from_nanos(k * 1_000_000_000 / rate.max(1)),
+                        );
+                    }
+                    before += here;
+                    offset += Duration::from_secs(seconds);
+                }
+                Some(offset)
+            }
+        }
+    }
+
+    /// Attempts the stages add up to.
+    pub fn staged_attempts(stages: &[(u64, u64)]) -> u64 {
+        stages.iter().map(|(s, r)| s * r).sum()
+    }
+}
+
+/// One second of a burst: what was sent, what came back, how fast.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    /// Seconds since the burst started.
+    pub second: u64,
+    pub attempts: u64,
+    pub reserved: u64,
+    /// Answers with a 5xx status, and requests that got no answer.
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// What to send.
@@ -194,9 +257,74 @@ pub struct Report {
     /// own scheduling). This part of `latency` is the generator's, not the service's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag: Option<Latency>,
+    /// Per second of the burst (by scheduled or sent time).
+    pub series: Vec<Second>,
+    /// Answers with a 5xx status and requests without an answer, over all attempts.
+    pub error_ratio: f64,
     /// The 201 answers: (user, reservation id).
     #[serde(skip)]
     pub winners: Vec<(String, String)>,
+}
+
+/// Per-second counters and latencies of one worker.
+#[derive(Default)]
+struct Seconds {
+    slots: Vec<(u64, u64, u64, Option<Histogram<u64>>)>,
+}
+
+impl Seconds {
+    fn record(&mut self, second: usize, reserved: bool, error: bool, micros: u64) {
+        if self.slots.len() <= second {
+            self.slots.resize_with(second + 1, Default::default);
+        }
+        let slot = &mut self.slots[second];
+        slot.0 += 1;
+        slot.1 += u64::from(reserved);
+        slot.2 += u64::from(error);
+        let histogram = slot.3.get_or_insert_with(|| {
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
+        });
+        let _ = histogram.record(micros.max(1));
+    }
+
+    fn merge(&mut self, other: Seconds) {
+        for (second, (a, r, e, h)) in other.slots.into_iter().enumerate() {
+            if self.slots.len() <= second {
+                self.slots.resize_with(second + 1, Default::default);
+            }
+            let slot = &mut self.slots[second];
+            slot.0 += a;
+            slot.1 += r;
+            slot.2 += e;
+            if let Some(h) = h {
+                match &mut slot.3 {
+                    Some(mine) => {
+                        let _ = mine.add(h);
+                    }
+                    None => slot.3 = Some(h),
+                }
+            }
+        }
+    }
+
+    fn series(&self) -> Vec<Second> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(second, (attempts, reserved, errors, h))| Second {
+                second: second as u64,
+                attempts: *attempts,
+                reserved: *reserved,
+                errors: *errors,
+                p50_ms: h
+                    .as_ref()
+                    .map_or(0.0, |h| h.value_at_quantile(0.5) as f64 / 1000.0),
+                p99_ms: h
+                    .as_ref()
+                    .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0),
+            })
+            .collect()
+    }
 }
 
 impl Latency {
@@ -232,7 +360,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
     };
     let workers = match burst.drive {
         Drive::Closed { concurrency } => concurrency,
-        Drive::Open { max_in_flight, .. } => max_in_flight,
+        Drive::Open { max_in_flight, .. } | Drive::Stages { max_in_flight, .. } => max_in_flight,
     };
     // Every worker's connection is opened before the clock starts: a sale's first second
     // should not be measured as TCP handshakes.
@@ -266,18 +394,16 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
             let mut lag = histogram.clone();
             let mut local: HashMap<String, u64> = HashMap::new();
             let mut won = Vec::new();
+            let mut seconds = Seconds::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= burst.attempts {
                     break;
                 }
                 // Open loop: latency counts from the scheduled send time.
-                let scheduled = match burst.drive {
-                    Drive::Open {
-                        rate_per_second, ..
-                    } => {
-                        let at = started
-                            + Duration::from_nanos(i * 1_000_000_000 / rate_per_second.max(1));
+                let scheduled = match burst.drive.due(i) {
+                    Some(due) => {
+                        let at = started + due;
                         // Only a send the worker waited for is the generator's own lateness
                         // (timer granularity, its scheduling); one claimed after its time
                         // waited for a free worker, i.e. for the service's earlier answers.
@@ -288,7 +414,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                         }
                         at
                     }
-                    Drive::Closed { .. } => Instant::now(),
+                    None => Instant::now(),
                 };
                 let user = format!("user-{}", i % burst.users.max(1));
                 let answer = match burst.target {
@@ -305,6 +431,13 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                 };
                 let micros = scheduled.elapsed().as_micros() as u64;
                 let _ = histogram.record(micros.max(1));
+                let error = match &answer {
+                    Ok(a) => a.status.is_server_error(),
+                    Err(_) => true,
+                };
+                let reserved = matches!(&answer, Ok(a) if a.status == StatusCode::CREATED);
+                let second = scheduled.saturating_duration_since(started).as_secs() as usize;
+                seconds.record(second, reserved, error, micros);
                 // The answers' bodies are only searched for the one field needed, and an
                 // outcome seen before costs no allocation: a refusal is the cheapest request
                 // the service answers, and the generator shares its cores.
@@ -343,27 +476,33 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(won);
-            (histogram, lag)
+            (histogram, lag, seconds)
         }));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut lag = histogram.clone();
+    let mut per_seconds = Seconds::default();
     for task in tasks {
-        let (latency, send_lag) = task.await?;
+        let (latency, send_lag, per_second) = task.await?;
         histogram.add(latency)?;
         lag.add(send_lag)?;
+        per_seconds.merge(per_second);
     }
     progress.abort();
     let seconds = started.elapsed().as_secs_f64();
     let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let winners = std::mem::take(&mut *winners.lock().unwrap_or_else(|p| p.into_inner()));
+    let series = per_seconds.series();
+    let errors: u64 = series.iter().map(|s| s.errors).sum();
     Ok(Report {
+        series,
+        error_ratio: errors as f64 / burst.attempts.max(1) as f64,
         burst: burst.clone(),
         seconds,
         attempts_per_second: burst.attempts as f64 / seconds,
         outcomes,
         latency: Latency::of(&histogram),
-        send_lag: matches!(burst.drive, Drive::Open { .. }).then(|| Latency::of(&lag)),
+        send_lag: (!matches!(burst.drive, Drive::Closed { .. })).then(|| Latency::of(&lag)),
         winners,
     })
 }

@@ -11,31 +11,47 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "Plays a flash sale against a running flashsale and verifies its invariants")]
 struct Cli {
-    /// The service.
+    /// The service: http:// or https:// (rustls, the webpki roots).
     #[arg(
         long,
-        env = "FS",
+        env = "FLASHSALE_URL",
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
     url: String,
+    /// An admin token, to create the campaign (the service's FLASHSALE_ADMIN_TOKENS; the
+    /// first of a comma-separated list is used).
     #[arg(
         long,
-        env = "FLASHSALE_ADMIN_TOKEN",
-        default_value = "adm",
-        global = true
+        env = "FLASHSALE_ADMIN_TOKENS",
+        global = true,
+        hide_env_values = true
     )]
-    admin_token: String,
+    admin_token: Option<String>,
+    /// A store token, to reserve and settle (FLASHSALE_STORE_TOKENS; the first is used).
     #[arg(
         long,
-        env = "FLASHSALE_STORE_TOKEN",
-        default_value = "sto",
-        global = true
+        alias = "token",
+        env = "FLASHSALE_STORE_TOKENS",
+        global = true,
+        hide_env_values = true
     )]
-    store_token: String,
-    /// Write the report as JSON here.
+    store_token: Option<String>,
+    /// Write the report as JSON here (with a per-second `series`).
     #[arg(long, global = true)]
     json: Option<String>,
+    /// Draw throughput and latency percentiles per second into this SVG file.
+    #[arg(long, global = true)]
+    chart: Option<String>,
+    /// Fail (exit code 2) if the burst's p99 latency is above this many milliseconds.
+    #[arg(long, global = true)]
+    max_p99_ms: Option<f64>,
+    /// Fail (exit code 2) if more than this share of attempts got a 5xx or no answer.
+    #[arg(long, global = true)]
+    max_error_ratio: Option<f64>,
+    /// Fail (exit code 2) if the burst ran slower than this many attempts per second.
+    #[arg(long, global = true)]
+    min_rate: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +75,32 @@ struct DriveArgs {
     /// Open loop instead: attempts per second, latency measured from the scheduled send.
     #[arg(long)]
     rate: Option<u64>,
+    /// Open loop through stages instead (a ramp): `seconds:rate,…`, e.g. `5:500,10:2000,5:500`;
+    /// the attempts are what the stages add up to.
+    #[arg(long, value_parser = parse_stages)]
+    stages: Option<Stages>,
+}
+
+/// `seconds:rate` stages, in order.
+#[derive(Clone, Debug)]
+struct Stages(Vec<(u64, u64)>);
+
+fn parse_stages(raw: &str) -> Result<Stages, String> {
+    raw.split(',')
+        .map(|stage| {
+            let (seconds, rate) = stage
+                .trim()
+                .trim_end_matches('/')
+                .split_once(':')
+                .ok_or_else(|| format!("{stage:?} is not seconds:rate"))?;
+            let seconds = seconds.trim().trim_end_matches('s');
+            match (seconds.parse(), rate.trim().parse()) {
+                (Ok(s), Ok(r)) if s > 0 && r > 0 => Ok((s, r)),
+                _ => Err(format!("{stage:?} is not seconds:rate with both above 0")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Stages)
 }
 
 #[derive(Args)]
@@ -91,6 +133,12 @@ struct SaleArgs {
 }
 
 fn drive(args: &DriveArgs) -> Drive {
+    if let Some(stages) = &args.stages {
+        return Drive::Stages {
+            stages: Box::leak(stages.0.clone().into_boxed_slice()),
+            max_in_flight: args.concurrency.max(1),
+        };
+    }
     match args.rate {
         Some(rate) => Drive::Open {
             rate_per_second: rate,
@@ -100,6 +148,48 @@ fn drive(args: &DriveArgs) -> Drive {
             concurrency: args.concurrency.max(1),
         },
     }
+}
+
+/// The attempts a burst makes: what the stages add up to, or `--attempts`.
+fn attempts(args: &DriveArgs) -> u64 {
+    args.stages
+        .as_ref()
+        .map_or(args.attempts, |s| Drive::staged_attempts(&s.0))
+}
+
+/// The first of a comma-separated token list.
+fn first(tokens: &Option<String>) -> String {
+    tokens
+        .as_deref()
+        .and_then(|t| t.split(',').map(str::trim).find(|t| !t.is_empty()))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The chart and the thresholds, after a burst: `false` if a threshold failed.
+fn judge(cli: &Cli, report: &Report, title: &str) -> anyhow::Result<bool> {
+    if let Some(path) = &cli.chart {
+        loadtest::chart::render(&report.series, title, std::path::Path::new(path))?;
+        println!("  chart             {path}");
+    }
+    let p99_ms = report.latency.p99_us as f64 / 1000.0;
+    let mut failed = Vec::new();
+    if let Some(max) = cli.max_p99_ms.filter(|max| p99_ms > *max) {
+        failed.push(format!("p99 {p99_ms:.2} ms > {max} ms"));
+    }
+    if let Some(max) = cli.max_error_ratio.filter(|max| report.error_ratio > *max) {
+        failed.push(format!("error ratio {:.4} > {max}", report.error_ratio));
+    }
+    if let Some(min) = cli.min_rate.filter(|min| report.attempts_per_second < *min) {
+        failed.push(format!(
+            "{:.0} attempts/s < {min}",
+            report.attempts_per_second
+        ));
+    }
+    for failure in &failed {
+        println!("  THRESHOLD FAILED  {failure}");
+    }
+    Ok(failed.is_empty())
 }
 
 fn print_table(report: &Report) {
@@ -124,28 +214,36 @@ fn print_table(report: &Report) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let service = Service::new(&cli.url, &cli.admin_token, &cli.store_token);
+    let service = Service::new(&cli.url, &first(&cli.admin_token), &first(&cli.store_token));
+    if matches!(cli.command, Command::Sale(_))
+        && (first(&cli.store_token).is_empty() || first(&cli.admin_token).is_empty())
+    {
+        anyhow::bail!("a sale needs --admin-token and --store-token (or FLASHSALE_ADMIN_TOKENS and FLASHSALE_STORE_TOKENS)");
+    }
     let run_id = format!(
         "{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos()
     );
-    match cli.command {
+    match &cli.command {
         Command::Healthz(args) => {
             let burst = Burst {
                 campaign: String::new(),
-                attempts: args.attempts,
+                attempts: attempts(args),
                 users: 1,
-                drive: drive(&args),
+                drive: drive(args),
                 target: Target::Healthz,
                 run_id,
             };
             let report = play(&service, &burst).await?;
             println!("healthz");
             print_table(&report);
-            if let Some(path) = cli.json {
+            if let Some(path) = &cli.json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+            if !judge(&cli, &report, "GET /healthz")? {
+                std::process::exit(2);
             }
         }
         Command::Sale(args) => {
@@ -161,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let burst = Burst {
                 campaign: args.campaign.clone(),
-                attempts: args.drive.attempts,
+                attempts: attempts(&args.drive),
                 users: args.users,
                 drive: drive(&args.drive),
                 target: Target::Reserve,
@@ -207,8 +305,12 @@ async fn main() -> anyhow::Result<()> {
                 output["settled"] = serde_json::json!({"confirmed": settled.confirmed.len(), "cancelled": settled.cancelled.len(), "expired": settled.expiring.len()});
                 output["verification"] = serde_json::to_value(&verification)?;
             }
-            if let Some(path) = cli.json {
+            if let Some(path) = &cli.json {
                 std::fs::write(path, serde_json::to_string_pretty(&output)?)?;
+            }
+            let title = format!("sale {} ({} users)", args.campaign, args.users);
+            if !judge(&cli, &report, &title)? {
+                std::process::exit(2);
             }
             if !passed {
                 anyhow::bail!("the sale broke an invariant (see FAIL above)");

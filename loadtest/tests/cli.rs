@@ -1,0 +1,105 @@
+//! The load generator as a user runs it, against a live service: a ramp in stages, the JSON
+//! report with its per-second series, the SVG chart, and thresholds that set the exit code.
+
+use flashsale::config::Config;
+use flashsale::startup::Application;
+use std::process::Command;
+
+async fn service() -> String {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.redis_url = None;
+    config.database_url = None;
+    config.sqlite_path = std::env::temp_dir()
+        .join(format!("lt-cli-{}.db", ulid::Ulid::new()))
+        .to_string_lossy()
+        .into_owned();
+    config.admin_tokens = vec!["lt-admin".into()];
+    config.store_tokens = vec!["lt-store".into()];
+    config.user_rate_per_second = 0;
+    let application = Application::build(config)
+        .await
+        .expect("the service builds");
+    let url = format!("http://{}", application.address());
+    tokio::spawn(application.run_until(std::future::pending()));
+    url
+}
+
+fn loadtest(url: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env("FLASHSALE_ADMIN_TOKENS", "lt-admin,another")
+        .env("FLASHSALE_STORE_TOKENS", "lt-store")
+        .output()
+        .expect("the generator runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_writes_a_series_and_a_chart_and_thresholds_set_the_exit_code() {
+    let url = service().await;
+    let dir = std::env::temp_dir().join(format!("lt-cli-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let json = dir.join("report.json");
+    let chart = dir.join("chart.svg");
+    let (url2, json2, chart2) = (url.clone(), json.clone(), chart.clone());
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        loadtest(
+            &url2,
+            &[
+                "--json",
+                json2.to_str().expect("utf-8"),
+                "--chart",
+                chart2.to_str().expect("utf-8"),
+                "--max-error-ratio",
+                "0",
+                "sale",
+                "--campaign",
+                "ramp",
+                "--stock",
+                "100000",
+                "--limit",
+                "100",
+                "--users",
+                "1000",
+                "--stages",
+                "1:100,2:300",
+                "--concurrency",
+                "32",
+                "--no-verify",
+            ],
+        )
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report")).expect("json");
+    let series = report["report"]["series"].as_array().expect("a series");
+    assert!(series.len() >= 3, "{series:?}");
+    let sent: u64 = series.iter().filter_map(|s| s["attempts"].as_u64()).sum();
+    assert_eq!(sent, 100 + 600, "the stages add up");
+    // The ramp: the second stage sends three times the first's rate.
+    let first = series[0]["attempts"].as_u64().expect("n");
+    let second = series[1]["attempts"].as_u64().expect("n");
+    assert!(second > 2 * first, "{first} then {second}");
+    let svg = std::fs::read_to_string(&chart).expect("the chart");
+    assert!(svg.starts_with("<svg") && svg.contains("p99") && svg.contains("attempts/s"));
+
+    // An impossible threshold fails the run with exit code 2.
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        loadtest(
+            &url,
+            &["--min-rate", "100000000", "healthz", "--attempts", "200"],
+        )
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("THRESHOLD FAILED"), "{out}");
+}
