@@ -34,6 +34,9 @@ pub struct Service {
     base: String,
     admin_token: String,
     store_token: String,
+    /// With it, attempts act as their user (an HS256 JWT with `sub` = the user) instead of
+    /// with the store token.
+    jwt_secret: Option<String>,
 }
 
 /// One answer: status and body.
@@ -77,7 +80,73 @@ impl Service {
             base: base.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
             store_token: store_token.to_owned(),
+            jwt_secret: None,
         }
+    }
+
+    /// Attempts act as their users (user JWTs signed with `secret`), not as the store.
+    pub fn as_users(mut self, secret: &str) -> Self {
+        self.jwt_secret = Some(secret.to_owned());
+        self
+    }
+
+    /// The token an attempt of `user` carries: the store's, or the user's own JWT.
+    fn attempt_token(&self, user: &str, cache: &mut HashMap<String, String>) -> String {
+        let Some(secret) = &self.jwt_secret else {
+            return self.store_token.clone();
+        };
+        cache
+            .entry(user.to_owned())
+            .or_insert_with(|| {
+                #[derive(Serialize)]
+                struct Claims<'a> {
+                    sub: &'a str,
+                    exp: u64,
+                }
+                jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &Claims {
+                        sub: user,
+                        exp: jsonwebtoken::get_current_timestamp() + 3600,
+                    },
+                    &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+                )
+                .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    /// A reservation attempt as `token`.
+    pub async fn reserve_as(
+        &self,
+        campaign: &str,
+        user: &str,
+        key: &str,
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
+        self.call(
+            Method::POST,
+            &format!("/v1/campaigns/{campaign}/reservations"),
+            Some(token),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Opens a group (`path` = `/v1/campaigns/<id>/groups`) or joins one
+    /// (`/v1/groups/<id>/members`) as `token`.
+    pub async fn group_as(
+        &self,
+        path: &str,
+        user: &str,
+        key: &str,
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
+        self.call(Method::POST, path, Some(token), Some(key), Some(body))
+            .await
     }
 
     /// Sends one request and reads the whole answer.
@@ -219,7 +288,15 @@ pub enum Target {
     Reserve,
     /// `GET /healthz`: the HTTP floor.
     Healthz,
+    /// Group buy: a user opens a group, the next `size - 1` join it, and so on.
+    Group { size: u64 },
+    /// Every other attempt a flash-sale reservation, the others group-buy opens and joins
+    /// (on the campaign `<campaign>-group`).
+    Mixed { size: u64 },
 }
+
+/// Groups opened during a burst that still have free slots: (group id, slots left).
+type OpenGroups = Arc<Mutex<std::collections::VecDeque<(String, u64)>>>;
 
 /// The burst to play.
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +422,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let winners: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let open_groups: OpenGroups = Arc::default();
     let progress = {
         let done = Arc::clone(&done);
         let total = burst.attempts;
@@ -388,6 +466,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
             Arc::clone(&outcomes),
             Arc::clone(&winners),
         );
+        let open_groups = Arc::clone(&open_groups);
         tasks.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
@@ -395,6 +474,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
             let mut local: HashMap<String, u64> = HashMap::new();
             let mut won = Vec::new();
             let mut seconds = Seconds::default();
+            let mut tokens: HashMap<String, String> = HashMap::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= burst.attempts {
@@ -417,13 +497,71 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                     None => Instant::now(),
                 };
                 let user = format!("user-{}", i % burst.users.max(1));
-                let answer = match burst.target {
-                    Target::Reserve => {
+                let key = format!("{}-{i}", burst.run_id);
+                let group = match burst.target {
+                    Target::Group { size } => Some((burst.campaign.clone(), size)),
+                    Target::Mixed { size } if i % 2 == 1 => {
+                        Some((format!("{}-group", burst.campaign), size))
+                    }
+                    _ => None,
+                };
+                let grouped = group.is_some();
+                let answer = match (burst.target, group) {
+                    (_, Some((campaign, size))) => {
+                        let token = service.attempt_token(&user, &mut tokens);
+                        let slot = {
+                            let mut open = open_groups.lock().unwrap_or_else(|p| p.into_inner());
+                            match open.pop_front() {
+                                Some((id, left)) => {
+                                    if left > 1 {
+                                        open.push_back((id.clone(), left - 1));
+                                    }
+                                    Some(id)
+                                }
+                                None => None,
+                            }
+                        };
+                        match slot {
+                            Some(id) => {
+                                service
+                                    .group_as(
+                                        &format!("/v1/groups/{id}/members"),
+                                        &user,
+                                        &key,
+                                        &token,
+                                    )
+                                    .await
+                            }
+                            None => {
+                                let answer = service
+                                    .group_as(
+                                        &format!("/v1/campaigns/{campaign}/groups"),
+                                        &user,
+                                        &key,
+                                        &token,
+                                    )
+                                    .await;
+                                if let Ok(a) = &answer {
+                                    if a.status == StatusCode::CREATED {
+                                        if let Some(id) = a.field("id") {
+                                            open_groups
+                                                .lock()
+                                                .unwrap_or_else(|p| p.into_inner())
+                                                .push_back((id, size.saturating_sub(1)));
+                                        }
+                                    }
+                                }
+                                answer
+                            }
+                        }
+                    }
+                    (Target::Reserve | Target::Mixed { .. } | Target::Group { .. }, None) => {
+                        let token = service.attempt_token(&user, &mut tokens);
                         service
-                            .reserve(&burst.campaign, &user, &format!("{}-{i}", burst.run_id))
+                            .reserve_as(&burst.campaign, &user, &key, &token)
                             .await
                     }
-                    Target::Healthz => {
+                    (Target::Healthz, None) => {
                         service
                             .call(Method::GET, "/healthz", None, None, None)
                             .await
@@ -443,6 +581,8 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                 // the service answers, and the generator shares its cores.
                 let code;
                 let outcome = match &answer {
+                    // A group opened or joined: a slot held in a group (its id is the group's).
+                    Ok(a) if a.status == StatusCode::CREATED && grouped => "grouped",
                     Ok(a) if a.status == StatusCode::CREATED => {
                         if let Some(id) = a.field("id") {
                             won.push((user, id));
@@ -706,6 +846,48 @@ pub async fn create_campaign(
         );
     }
     Ok(answer.json())
+}
+
+/// Creates a group-buy campaign: groups of `size`, open for a minute.
+pub async fn create_group_campaign(
+    service: &Service,
+    id: &str,
+    stock: u64,
+    limit: u64,
+    size: u64,
+    hold_seconds: u64,
+) -> anyhow::Result<Value> {
+    let answer = service
+        .admin_post("/v1/campaigns", json!({"id": id, "kind": "group_buy", "sku": "loadtest", "stock": stock,
+            "per_user_limit": limit, "hold_seconds": hold_seconds, "group": {"size": size, "window_seconds": 60}}))
+        .await?;
+    if answer.status != StatusCode::CREATED {
+        bail!(
+            "creating {id} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(answer.json())
+}
+
+/// A campaign's units add up: available + held + confirmed = stock. (`name`, ok, what was seen)
+pub async fn units_add_up(
+    service: &Service,
+    campaign: &str,
+) -> anyhow::Result<(String, bool, String)> {
+    let view = service
+        .store_get(&format!("/v1/campaigns/{campaign}"))
+        .await?
+        .json();
+    let n = |f: &str| view[f].as_u64().unwrap_or(u64::MAX);
+    let (stock, available, held, confirmed) =
+        (n("stock"), n("available"), n("held"), n("confirmed"));
+    Ok((
+        format!("{campaign}: available + held + confirmed = stock"),
+        available.saturating_add(held).saturating_add(confirmed) == stock,
+        format!("{available} + {held} + {confirmed} vs {stock}"),
+    ))
 }
 
 /// Waits until the feed's last event is at least as new as everything acknowledged: the

@@ -130,6 +130,24 @@ struct SaleArgs {
     /// Skip settling and verification (pure throughput runs).
     #[arg(long)]
     no_verify: bool,
+    /// `flash` (reservations), `group` (group buy: open a group, the next join it) or
+    /// `mixed` (both at once, the group buy on `<campaign>-group`).
+    #[arg(long, value_enum, default_value_t = Scenario::Flash)]
+    scenario: Scenario,
+    /// Group buys: members per group.
+    #[arg(long, default_value_t = 3)]
+    group_size: u64,
+    /// Act as the users themselves: each attempt carries its user's HS256 JWT signed with
+    /// this secret (the service's FLASHSALE_JWT_SECRET) instead of the store token.
+    #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum Scenario {
+    Flash,
+    Group,
+    Mixed,
 }
 
 fn drive(args: &DriveArgs) -> Drive {
@@ -247,22 +265,57 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Sale(args) => {
+            let service = match &args.jwt_secret {
+                Some(secret) => service.clone().as_users(secret),
+                None => service.clone(),
+            };
             if !args.existing {
-                create_campaign(
-                    &service,
-                    &args.campaign,
-                    args.stock,
-                    args.limit,
-                    args.hold_seconds,
-                )
-                .await?;
+                if args.scenario == Scenario::Group {
+                    loadtest::create_group_campaign(
+                        &service,
+                        &args.campaign,
+                        args.stock,
+                        args.limit,
+                        args.group_size,
+                        args.hold_seconds,
+                    )
+                    .await?;
+                } else {
+                    create_campaign(
+                        &service,
+                        &args.campaign,
+                        args.stock,
+                        args.limit,
+                        args.hold_seconds,
+                    )
+                    .await?;
+                }
+                if args.scenario == Scenario::Mixed {
+                    loadtest::create_group_campaign(
+                        &service,
+                        &format!("{}-group", args.campaign),
+                        args.stock,
+                        args.limit,
+                        args.group_size,
+                        args.hold_seconds,
+                    )
+                    .await?;
+                }
             }
             let burst = Burst {
                 campaign: args.campaign.clone(),
                 attempts: attempts(&args.drive),
                 users: args.users,
                 drive: drive(&args.drive),
-                target: Target::Reserve,
+                target: match args.scenario {
+                    Scenario::Flash => Target::Reserve,
+                    Scenario::Group => Target::Group {
+                        size: args.group_size,
+                    },
+                    Scenario::Mixed => Target::Mixed {
+                        size: args.group_size,
+                    },
+                },
                 run_id,
             };
             let report = play(&service, &burst).await?;
@@ -273,7 +326,26 @@ async fn main() -> anyhow::Result<()> {
             print_table(&report);
             let mut output = serde_json::json!({ "report": report });
             let mut passed = true;
-            if !args.no_verify {
+            if !args.no_verify && args.scenario != Scenario::Flash {
+                // Group buys: conservation on every campaign of the run, and no server error.
+                let mut campaigns = vec![args.campaign.clone()];
+                if args.scenario == Scenario::Mixed {
+                    campaigns.push(format!("{}-group", args.campaign));
+                }
+                println!("verification");
+                for campaign in &campaigns {
+                    let (name, ok, saw) = loadtest::units_add_up(&service, campaign).await?;
+                    println!("  {} {name}: {saw}", if ok { "ok  " } else { "FAIL" });
+                    passed &= ok;
+                }
+                let errors = report.error_ratio == 0.0;
+                println!(
+                    "  {} no 5xx and no transport error: {:.4}",
+                    if errors { "ok  " } else { "FAIL" },
+                    report.error_ratio
+                );
+                passed &= errors;
+            } else if !args.no_verify {
                 let settled = settle(
                     &service,
                     &report.winners,

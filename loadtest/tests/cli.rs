@@ -17,6 +17,7 @@ async fn service() -> String {
     config.admin_tokens = vec!["lt-admin".into()];
     config.store_tokens = vec!["lt-store".into()];
     config.user_rate_per_second = 0;
+    config.jwt_secret = Some("lt-jwt-secret".into());
     let application = Application::build(config)
         .await
         .expect("the service builds");
@@ -102,4 +103,89 @@ async fn a_ramp_writes_a_series_and_a_chart_and_thresholds_set_the_exit_code() {
     .expect("ran");
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("THRESHOLD FAILED"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_sale_as_the_users_themselves_reserves_and_groups_and_verifies() {
+    let url = service().await;
+    let dir = std::env::temp_dir().join(format!("lt-mixed-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let json = dir.join("report.json");
+    let json2 = json.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        loadtest(
+            &url,
+            &[
+                "--json",
+                json2.to_str().expect("utf-8"),
+                "sale",
+                "--scenario",
+                "mixed",
+                "--jwt-secret",
+                "lt-jwt-secret",
+                "--campaign",
+                "mixed",
+                "--stock",
+                "900",
+                "--limit",
+                "100",
+                "--users",
+                "60",
+                "--group-size",
+                "3",
+                "--attempts",
+                "300",
+                "--concurrency",
+                "8",
+            ],
+        )
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report")).expect("json");
+    let outcomes = &report["report"]["outcomes"];
+    assert_eq!(outcomes["reserved"].as_u64(), Some(150), "{outcomes}");
+    assert_eq!(outcomes["grouped"].as_u64(), Some(150), "{outcomes}");
+    assert!(
+        out.contains("ok   mixed-group: available + held + confirmed = stock"),
+        "{out}"
+    );
+
+    // The attempts really carry the users' own tokens: signed with another secret, the
+    // service refuses every one.
+    let url = service().await;
+    let json3 = dir.join("refused.json");
+    let json4 = json3.clone();
+    let (_, out) = tokio::task::spawn_blocking(move || {
+        loadtest(
+            &url,
+            &[
+                "--json",
+                json4.to_str().expect("utf-8"),
+                "sale",
+                "--scenario",
+                "flash",
+                "--jwt-secret",
+                "not-the-secret",
+                "--campaign",
+                "forged",
+                "--attempts",
+                "40",
+                "--concurrency",
+                "4",
+                "--no-verify",
+            ],
+        )
+    })
+    .await
+    .expect("ran");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json3).expect("the report")).expect("json");
+    assert_eq!(
+        report["report"]["outcomes"]["unauthenticated"].as_u64(),
+        Some(40),
+        "{out}"
+    );
 }
