@@ -113,6 +113,15 @@ pub struct Config {
     )]
     pub ended_retention_seconds: u64,
 
+    /// Days after a campaign's end before its user ids are replaced in the database by a
+    /// keyed hash (the campaign has left the stock engine long before).
+    #[arg(long, env = "FLASHSALE_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u64,
+
+    /// The key of that hash (HMAC-SHA256); unset: one made once and kept in the database.
+    #[arg(long, env = "FLASHSALE_PSEUDONYM_KEY", hide_env_values = true)]
+    pub pseudonym_key: Option<String>,
+
     /// How often the reaper looks for expired holds, in milliseconds.
     #[arg(long, env = "FLASHSALE_REAPER_INTERVAL_MS", default_value_t = 250)]
     pub reaper_interval_ms: u64,

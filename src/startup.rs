@@ -36,6 +36,7 @@ pub struct Application {
     /// How long ended reservations and campaigns stay in the engine.
     retention: Duration,
     webhooks: crate::webhooks::deliver::DeliverySettings,
+    personal: recovery::PersonalData,
 }
 
 /// The credentials the service accepts, with the generated ones marked so they can be shown.
@@ -184,6 +185,10 @@ impl Application {
             events: backends.events,
             credentials,
             retention: Duration::from_secs(config.ended_retention_seconds),
+            personal: recovery::PersonalData {
+                retention: Duration::from_secs(config.retention_days.saturating_mul(86_400)),
+                key: config.pseudonym_key.clone(),
+            },
             serve: http::serve::ServeSettings {
                 header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             },
@@ -306,6 +311,7 @@ impl Application {
             self.state.engine.watch(),
             self.reconcile_interval,
             self.retention,
+            self.personal.clone(),
             shutdown.clone(),
         )));
         workers.push(tokio::spawn(crate::webhooks::deliver::run(

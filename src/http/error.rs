@@ -67,6 +67,9 @@ pub enum ApiError {
     /// 409: an extension past `created_at + hold_seconds + max_extend_seconds`.
     #[error("the hold may be extended until {0} at most")]
     ExtensionExceeded(String),
+    /// 409: the user holds a unit or is in an open group; erasure waits until it ends.
+    #[error("the user holds a unit or is in an open group; erase after it ends")]
+    UserHasLiveReservations,
     /// 404: no such webhook.
     #[error("no webhook {0}")]
     WebhookNotFound(String),
@@ -199,6 +202,11 @@ impl ApiError {
             ApiError::ExtensionExceeded(_) => {
                 (S::CONFLICT, "extension_exceeded", "Extension exceeded")
             }
+            ApiError::UserHasLiveReservations => (
+                S::CONFLICT,
+                "user_has_live_reservations",
+                "User has live reservations",
+            ),
             ApiError::WebhookNotFound(_) => {
                 (S::NOT_FOUND, "webhook_not_found", "Webhook not found")
             }

@@ -14,6 +14,7 @@ mod json;
 mod openapi;
 mod reservations;
 pub mod serve;
+mod users;
 mod webhooks;
 
 use crate::metrics as m;
@@ -114,6 +115,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(events::router())
         .merge(groups::router())
         .merge(webhooks::router())
+        .merge(users::router())
         .merge(health::router())
         .merge(openapi::router());
     if state.metrics_on_main_listener {

@@ -47,6 +47,7 @@ use utoipa::OpenApi;
         super::webhooks::delete_webhook,
         super::webhooks::deliveries,
         super::webhooks::replay,
+        super::users::erase_user,
     )
 )]
 pub struct ApiDoc;
@@ -79,6 +80,7 @@ fn operation(method: &str, path: &str) -> (Who, bool, bool, bool) {
         ("post", "/v1/reservations/{id}/cancel") => (StoreOrUser, false, false, false),
         ("post", "/v1/reservations/{id}/extend") => (Store, true, false, false),
         (_, p) if p.starts_with("/v1/webhooks") => (Admin, method == "post", false, false),
+        ("delete", "/v1/users/{id}") => (Admin, false, false, false),
         _ => (Store, false, false, false),
     }
 }
@@ -121,6 +123,7 @@ const CODES: &[&str] = &[
     "unsupported_media_type",
     "webhook_not_found",
     "wrong_campaign_kind",
+    "user_has_live_reservations",
 ];
 
 const RESERVATION_STATUSES: &[&str] = &["held", "confirmed", "cancelled", "expired", "released"];

@@ -15,6 +15,7 @@ mod helpers;
 mod input;
 mod observability;
 mod outages;
+mod personal;
 mod reservations;
 mod service;
 mod webhooks;

@@ -255,13 +255,49 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
     Ok(drifts)
 }
 
-/// Every `interval`: rebuild what the engine lost, reconcile, archive ended campaigns.
+/// How long user ids stay, and the key of the hash that replaces them.
+#[derive(Debug, Clone)]
+pub struct PersonalData {
+    pub retention: Duration,
+    pub key: Option<String>,
+}
+
+/// Replaces the user ids of every archived campaign that ended more than the retention ago
+/// by their keyed hash (one campaign per transaction). Returns the campaigns done.
+pub async fn pseudonymise_past_retention(
+    store: &Store,
+    personal: &PersonalData,
+    now: Millis,
+) -> Result<Vec<String>, RecoveryError> {
+    let retention_ms = i64::try_from(personal.retention.as_millis()).unwrap_or(i64::MAX);
+    let due = store
+        .campaigns_past_retention(Millis(now.0.saturating_sub(retention_ms)))
+        .await?;
+    if due.is_empty() {
+        return Ok(due);
+    }
+    let key = store.pseudonym_key(personal.key.as_deref()).await?;
+    for campaign in &due {
+        let done = store.pseudonymise_campaign(campaign, &key, now).await?;
+        tracing::info!(
+            %campaign,
+            reservations = done.reservations,
+            events = done.events,
+            "user ids past the retention replaced by pseudonyms"
+        );
+    }
+    Ok(due)
+}
+
+/// Every `interval`: rebuild what the engine lost, reconcile, archive ended campaigns,
+/// pseudonymise the ones past the retention.
 pub async fn run(
     engine: std::sync::Arc<dyn Engine>,
     store: Store,
     watch: Arc<LossWatch>,
     interval: Duration,
     retention: Duration,
+    personal: PersonalData,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -279,6 +315,9 @@ pub async fn run(
         }
         if let Err(error) = archive_ended(&*engine, &store, retention, Millis::now()).await {
             tracing::warn!(%error, "archive pass failed");
+        }
+        if let Err(error) = pseudonymise_past_retention(&store, &personal, Millis::now()).await {
+            tracing::warn!(%error, "retention pass failed");
         }
     }
 }
