@@ -253,9 +253,14 @@ pub async fn list_campaigns(
             )))
         }
     };
+    // A campaign id (or nothing): anything else names no place in the list.
+    let mut after = query.after.clone().filter(|a| !a.is_empty());
+    if let Some(after) = &after {
+        CampaignId::parse(after)
+            .map_err(|e| ApiError::InvalidRequest(format!("after: {}", e.0)))?;
+    }
     let now = Millis::now();
     let mut views = Vec::new();
-    let mut after = query.after.clone();
     // Pages of the database's campaigns until one more than asked for matches (that one
     // only says `has_more`).
     'pages: loop {

@@ -295,18 +295,17 @@ pub async fn list_reservations(
             UserId::parse(raw).map_err(|e| ApiError::InvalidRequest(format!("user_id: {}", e.0)))
         })
         .transpose()?;
+    let after = query.after.as_deref().filter(|a| !a.is_empty());
+    if let Some(after) = after {
+        ReservationId::parse(after)
+            .map_err(|e| ApiError::InvalidRequest(format!("after: {}", e.0)))?;
+    }
     if state.engine.campaign(&campaign).await?.is_none() {
         return Err(ApiError::refused(Refusal::CampaignNotFound));
     }
     let mut page = state
         .store
-        .campaign_reservations(
-            &campaign,
-            status,
-            user.as_ref(),
-            query.after.as_deref(),
-            limit + 1,
-        )
+        .campaign_reservations(&campaign, status, user.as_ref(), after, limit + 1)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let has_more = page.len() as i64 > limit;

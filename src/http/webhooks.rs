@@ -123,7 +123,21 @@ pub async fn list_webhooks(
     ))
 }
 
+/// Webhook ids are `wh_` and a ULID; anything else is no webhook (and never reaches the
+/// database: a NUL byte in a path would make Postgres refuse the query).
+fn webhook_id(id: &str) -> Result<&str, ApiError> {
+    let valid = id
+        .strip_prefix("wh_")
+        .is_some_and(|rest| rest.parse::<ulid::Ulid>().is_ok());
+    if valid {
+        Ok(id)
+    } else {
+        Err(ApiError::WebhookNotFound(id.to_owned()))
+    }
+}
+
 async fn found(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
+    let id = webhook_id(id)?;
     state
         .store
         .webhook(id)
@@ -154,6 +168,7 @@ pub async fn delete_webhook(
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
+    webhook_id(&id)?;
     if state.store.delete_webhook(&id, Millis::now()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -252,6 +267,7 @@ pub async fn replay(
             "after must be a cursor (>= 0)".into(),
         ));
     }
+    webhook_id(&id)?;
     if !state.store.rewind_webhook(&id, body.after).await? {
         return Err(ApiError::WebhookNotFound(id));
     }
