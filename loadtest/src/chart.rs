@@ -1,8 +1,12 @@
 //! An SVG picture of a burst: throughput and latency percentiles per second (plotters).
 
 use crate::Second;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
+
+/// A line of a chart: its legend, colour and value per second.
+type Line = (&'static str, RGBColor, fn(&Second) -> f64);
 
 /// Draws `series` into an SVG file at `path`: attempts, reservations and errors per second
 /// above, p50 and p99 latency (ms) below.
@@ -13,76 +17,57 @@ pub fn render(series: &[Second], title: &str, path: &Path) -> anyhow::Result<()>
         .titled(title, ("sans-serif", 20))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (top, bottom) = root.split_vertically(300);
-    let seconds = series.len().max(1) as u64;
-    let most = series.iter().map(|s| s.attempts).max().unwrap_or(1).max(1);
-    let mut rates = ChartBuilder::on(&top)
-        .caption("per second", ("sans-serif", 14))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..seconds, 0u64..most + most / 10)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    rates
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (label, color, pick) in [
-        (
-            "attempts/s",
-            BLUE,
-            (|s: &Second| s.attempts) as fn(&Second) -> u64,
-        ),
-        ("reserved/s", GREEN, |s: &Second| s.reserved),
-        ("errors/s", RED, |s: &Second| s.errors),
-    ] {
-        rates
-            .draw_series(LineSeries::new(
-                series.iter().map(|s| (s.second, pick(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-    }
-    rates
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let slowest = series.iter().map(|s| s.p99_ms).fold(1.0_f64, f64::max);
-    let mut latency = ChartBuilder::on(&bottom)
-        .caption("latency (ms)", ("sans-serif", 14))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..seconds, 0f64..slowest * 1.1)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    latency
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (label, color, pick) in [
-        ("p50", BLUE, (|s: &Second| s.p50_ms) as fn(&Second) -> f64),
-        ("p99", MAGENTA, |s: &Second| s.p99_ms),
-    ] {
-        latency
-            .draw_series(LineSeries::new(
-                series.iter().map(|s| (s.second, pick(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-    }
-    latency
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rates: [Line; 3] = [
+        ("attempts/s", BLUE, |s| s.attempts as f64),
+        ("reserved/s", GREEN, |s| s.reserved as f64),
+        ("errors/s", RED, |s| s.errors as f64),
+    ];
+    panel(&top, "per second", series, &rates)?;
+    let latency: [Line; 2] = [("p50", BLUE, |s| s.p50_ms), ("p99", MAGENTA, |s| s.p99_ms)];
+    panel(&bottom, "latency (ms)", series, &latency)?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// One chart of `lines` over the seconds of `series`, with a legend.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    caption: &str,
+    series: &[Second],
+    lines: &[Line],
+) -> anyhow::Result<()> {
+    let seconds = series.len().max(1) as u64;
+    let top = series
+        .iter()
+        .flat_map(|s| lines.iter().map(move |(_, _, pick)| pick(s)))
+        .fold(1.0_f64, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u64..seconds, 0f64..top * 1.1)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for &(label, color, pick) in lines {
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().map(|s| (s.second, pick(s))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
