@@ -267,8 +267,7 @@ pub async fn list_campaigns(
         let page = state
             .store
             .campaigns_page(after.as_deref(), limit.max(50))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .await?;
         let exhausted = (page.len() as i64) < limit.max(50);
         for campaign in page {
             after = Some(campaign.id.to_string());

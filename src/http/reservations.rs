@@ -306,8 +306,7 @@ pub async fn list_reservations(
     let mut page = state
         .store
         .campaign_reservations(&campaign, status, user.as_ref(), after, limit + 1)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .await?;
     let has_more = page.len() as i64 > limit;
     page.truncate(limit as usize);
     Ok(Json(ReservationPage {
