@@ -74,11 +74,8 @@ impl AllowedHosts {
         if !matches!(parsed.scheme(), "http" | "https") || !parsed.username().is_empty() {
             return Err(TargetError::BadUrl(url.to_owned()));
         }
-        let host = parsed
-            .host_str()
+        let host = host_of(&parsed)
             .ok_or_else(|| TargetError::BadUrl(url.to_owned()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
             .to_owned();
         let port = parsed.port_or_known_default().unwrap_or(80);
         for address in self.resolve(&host, port).await? {
@@ -96,12 +93,7 @@ impl AllowedHosts {
     /// resolver cannot); names pass here and are checked when resolved.
     pub fn check_literal(&self, url: &str) -> Result<(), TargetError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| TargetError::BadUrl(e.to_string()))?;
-        let literal = parsed
-            .host_str()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>();
+        let literal = host_of(&parsed).unwrap_or_default().parse::<IpAddr>();
         let Ok(address) = literal else {
             return Ok(());
         };
@@ -126,6 +118,12 @@ impl AllowedHosts {
         }
         Ok(found)
     }
+}
+
+/// A URL's host as a name or a bare address (an IPv6 literal without its brackets).
+fn host_of(url: &reqwest::Url) -> Option<&str> {
+    url.host_str()
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// Whether an address is on the public internet: not loopback, private, link-local,
