@@ -122,6 +122,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_PSEUDONYM_KEY", hide_env_values = true)]
     pub pseudonym_key: Option<String>,
 
+    /// The key waiting-room passes are signed with (HMAC-SHA256); every instance must share
+    /// it. Unset: one made once and kept in the database.
+    #[arg(long, env = "FLASHSALE_QUEUE_PASS_KEY", hide_env_values = true)]
+    pub queue_pass_key: Option<String>,
+
     /// How often the reaper looks for expired holds, in milliseconds.
     #[arg(long, env = "FLASHSALE_REAPER_INTERVAL_MS", default_value_t = 250)]
     pub reaper_interval_ms: u64,

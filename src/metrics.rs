@@ -20,6 +20,15 @@ pub const HTTP_IN_FLIGHT: &str = "flashsale_http_requests_in_flight";
 pub const RESERVATION_ATTEMPTS: &str = "flashsale_reservation_attempts_total";
 /// Group opens and joins by `operation` and `outcome`.
 pub const GROUP_ATTEMPTS: &str = "flashsale_group_attempts_total";
+/// Waiting-room joins by `outcome` (joined, existing).
+pub const QUEUE_JOINS: &str = "flashsale_queue_joins_total";
+/// Reservations, group opens and joins of a queued campaign refused for their pass, by
+/// `reason` (missing, malformed, other_campaign, expired, bad_signature).
+pub const QUEUE_PASS_REFUSALS: &str = "flashsale_queue_pass_refusals_total";
+/// Tickets admitted by this instance's admission worker, by `campaign`.
+pub const QUEUE_ADMITTED: &str = "flashsale_queue_admitted_total";
+/// Tickets waiting, by `campaign` (as the last admission round saw them).
+pub const QUEUE_WAITING: &str = "flashsale_queue_waiting";
 /// Refusals answered by the in-process sold-out gate, without asking the engine.
 pub const SOLD_OUT_SHORT_CIRCUITS: &str = "flashsale_sold_out_short_circuits_total";
 /// Held reservations the reaper expired.
@@ -170,6 +179,22 @@ fn describe() {
         "HTTP request latency by route and method."
     );
     metrics::describe_gauge!(HTTP_IN_FLIGHT, "Requests being served right now.");
+    metrics::describe_counter!(
+        QUEUE_JOINS,
+        "Waiting-room joins by outcome (joined, existing)."
+    );
+    metrics::describe_counter!(
+        QUEUE_PASS_REFUSALS,
+        "Attempts on a queued campaign refused for their pass, by reason."
+    );
+    metrics::describe_counter!(
+        QUEUE_ADMITTED,
+        "Waiting-room tickets this instance admitted, by campaign."
+    );
+    metrics::describe_gauge!(
+        QUEUE_WAITING,
+        "Waiting-room tickets still waiting, by campaign."
+    );
     metrics::describe_counter!(RESERVATION_ATTEMPTS, "Reservation attempts by campaign and outcome (reserved, replayed, sold_out, limit_exceeded, not_started, ended, rate_limited, ...).");
     metrics::describe_counter!(
         GROUP_ATTEMPTS,

@@ -141,6 +141,10 @@ impl Application {
             // the events that arrive during one commit make the next batch (group commit).
             settings.delay = Duration::ZERO;
         }
+        let pass_key = store
+            .secret("queue_pass_key", config.queue_pass_key.as_deref())
+            .await
+            .context("reading the waiting-room pass key from the database")?;
         let state = AppState::new(Shared {
             engine: recovering,
             store,
@@ -153,6 +157,7 @@ impl Application {
             metrics: handle,
             metrics_on_main_listener: metrics_listener.is_none(),
             webhook_hosts: Arc::clone(&webhook_hosts),
+            pass_key: crate::domain::PassKey::new(pass_key.as_bytes()),
         });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,
@@ -288,6 +293,7 @@ impl Application {
                 engine.clone(),
                 shutdown.clone(),
             )),
+            tokio::spawn(workers::run_admission(engine.clone(), shutdown.clone())),
         ];
         if let Some(settings) = &self.persister {
             workers.push(tokio::spawn(persister::run(

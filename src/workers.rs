@@ -3,7 +3,7 @@
 //! every instance at once: each step is one atomic engine decision.
 
 use crate::domain::Millis;
-use crate::engine::{Backend, Engine, EventLog, Gated, PERSISTER};
+use crate::engine::{Backend, Engine, EventLog, Gated, WaitingRoom, PERSISTER};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use std::time::Duration;
@@ -43,6 +43,46 @@ pub async fn reap_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine
     }
     if total > 0 {
         metrics::counter!(m::REAPER_EXPIRED).increment(total);
+    }
+    Ok(total)
+}
+
+/// How often the admission worker lets waiting tickets through: a tenth of a second's budget
+/// at most per round (see `WaitingRoom::admit`), so twenty rounds a second keep the rate.
+pub const ADMIT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Admits waiting tickets of every campaign with a waiting room, every [`ADMIT_INTERVAL`],
+/// until shutdown. Safe on every instance: the engine counts the rate across all of them.
+pub async fn run_admission(engine: Gated, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(ADMIT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = admit_once(&engine, Millis::now()).await {
+            tracing::warn!(%error, "admission round failed; retrying next tick");
+        }
+    }
+}
+
+/// One admission round over every campaign with a waiting room; how many were admitted.
+pub async fn admit_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine::EngineError> {
+    let mut total = 0;
+    for campaign in engine.campaign_ids().await? {
+        let queued = engine
+            .config(&campaign)
+            .await?
+            .is_some_and(|c| c.queue.is_some());
+        if !queued {
+            continue;
+        }
+        let round = engine.admit(&campaign, now).await?;
+        let label = campaign.to_string();
+        metrics::counter!(m::QUEUE_ADMITTED, "campaign" => label.clone()).increment(round.admitted);
+        metrics::gauge!(m::QUEUE_WAITING, "campaign" => label).set(round.waiting as f64);
+        total += round.admitted;
     }
     Ok(total)
 }

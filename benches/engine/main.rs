@@ -40,6 +40,7 @@ fn campaign(stock: u64) -> Campaign {
         hold_seconds: Some(3600),
         max_extend_seconds: None,
         group: None,
+        queue: None,
     };
     Campaign::parse(draft, Millis::now()).expect("valid campaign")
 }

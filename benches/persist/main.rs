@@ -101,6 +101,7 @@ fn bench_persist(c: &mut Criterion) {
             hold_seconds: None,
             max_extend_seconds: None,
             group: None,
+            queue: None,
         };
         let campaign = Campaign::parse(draft, Millis::now()).expect("valid");
         store

@@ -41,6 +41,21 @@ pub struct GroupRule {
     pub window_seconds: u32,
 }
 
+/// The waiting room of a campaign that has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueRule {
+    /// Waiting users let through per second (while units are left for them).
+    pub admit_per_second: u32,
+    /// How long a pass stays valid after its ticket is admitted.
+    pub pass_seconds: u32,
+}
+
+impl QueueRule {
+    pub const DEFAULT_PASS_SECONDS: u32 = 120;
+    /// A million admissions a second is past any sale; the bound keeps the arithmetic small.
+    pub const MAX_ADMIT_PER_SECOND: u64 = 1_000_000;
+}
+
 /// A campaign's configuration. Immutable once created, except `stock`, which operators tune.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Campaign {
@@ -62,6 +77,9 @@ pub struct Campaign {
     pub max_extend_seconds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRule>,
+    /// The waiting room, when the campaign has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueRule>,
     pub created_at: Millis,
 }
 
@@ -78,6 +96,8 @@ pub struct CampaignDraft {
     pub hold_seconds: Option<u64>,
     pub max_extend_seconds: Option<u64>,
     pub group: Option<(u64, u64)>,
+    /// `(admit_per_second, pass_seconds)`.
+    pub queue: Option<(u64, Option<u64>)>,
 }
 
 impl Campaign {
@@ -171,6 +191,21 @@ impl Campaign {
             }
             (CampaignKind::FlashSale, None) => None,
         };
+        let queue = match draft.queue {
+            None => None,
+            Some((rate, pass)) => Some(QueueRule {
+                admit_per_second: bounded(
+                    "queue.admit_per_second",
+                    rate,
+                    QueueRule::MAX_ADMIT_PER_SECOND,
+                )?,
+                pass_seconds: bounded(
+                    "queue.pass_seconds",
+                    pass.unwrap_or(u64::from(QueueRule::DEFAULT_PASS_SECONDS)),
+                    Self::MAX_HOLD_SECONDS,
+                )?,
+            }),
+        };
         Ok(Campaign {
             id,
             kind,
@@ -182,6 +217,7 @@ impl Campaign {
             hold_seconds,
             max_extend_seconds,
             group,
+            queue,
             created_at: now,
         })
     }

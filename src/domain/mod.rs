@@ -4,14 +4,16 @@
 mod campaign;
 mod event;
 mod group;
+mod queue;
 mod reservation;
 
 pub use campaign::{
     Campaign, CampaignDraft, CampaignKind, CampaignState, CampaignStatus, GroupCounts, GroupRule,
-    Window,
+    QueueRule, Window,
 };
 pub use event::{Change, Event, StoredReservation, StreamPosition};
 pub use group::{Group, GroupId, GroupMember, GroupStatus};
+pub use queue::{PassKey, PassRefusal, Ticket, TicketId, TicketStatus};
 pub use reservation::{Reservation, ReservationId, ReservationStatus};
 
 use serde::Serialize;
@@ -329,11 +331,13 @@ pub enum Refusal {
     GroupClosed,
     /// The user already holds or confirmed a slot in this group.
     AlreadyMember,
+    /// A ticket was asked of a campaign without a waiting room.
+    NoWaitingRoom,
 }
 
 impl Refusal {
     /// Every refusal, in declaration order (`refusal as usize` indexes it).
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::CampaignNotFound,
         Refusal::WrongCampaignKind,
         Refusal::NotStarted,
@@ -344,6 +348,7 @@ impl Refusal {
         Refusal::GroupFull,
         Refusal::GroupClosed,
         Refusal::AlreadyMember,
+        Refusal::NoWaitingRoom,
     ];
 
     /// The contract's stable `code`.
@@ -359,6 +364,7 @@ impl Refusal {
             Refusal::GroupFull => "group_full",
             Refusal::GroupClosed => "group_closed",
             Refusal::AlreadyMember => "already_member",
+            Refusal::NoWaitingRoom => "no_waiting_room",
         }
     }
 
@@ -373,6 +379,7 @@ impl Refusal {
             "limit_exceeded" => Refusal::LimitExceeded,
             "group_not_found" => Refusal::GroupNotFound,
             "group_full" => Refusal::GroupFull,
+            "no_waiting_room" => Refusal::NoWaitingRoom,
             "group_closed" => Refusal::GroupClosed,
             "already_member" => Refusal::AlreadyMember,
             _ => return None,

@@ -76,9 +76,9 @@ pub trait GateReads: Send + Sync + 'static {
 }
 
 /// An engine the gate can stand in front of.
-pub trait GatedEngine: Engine + GateReads {}
+pub trait GatedEngine: Engine + GateReads + super::WaitingRoom {}
 
-impl<T: Engine + GateReads> GatedEngine for T {}
+impl<T: Engine + GateReads + super::WaitingRoom> GatedEngine for T {}
 
 /// An engine behind the sold-out gate and the campaign config cache.
 #[derive(Clone)]
@@ -174,6 +174,12 @@ impl Gated {
             groups: Default::default(),
         };
         Ok(Some((state.status(now), available)))
+    }
+
+    /// A campaign's config: from this node's cache when it has it (only `stock` changes after
+    /// creation, so a cached config is current except for `stock`).
+    pub async fn config(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
+        self.cached(id).await
     }
 
     async fn cached(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
@@ -479,5 +485,35 @@ impl Engine for Gated {
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
         self.inner.group(id).await
+    }
+}
+
+#[async_trait]
+impl super::WaitingRoom for Gated {
+    async fn join_queue(
+        &self,
+        request: &super::JoinRequest,
+    ) -> Result<super::JoinOutcome, EngineError> {
+        self.inner.join_queue(request).await
+    }
+
+    async fn ticket(
+        &self,
+        id: &crate::domain::TicketId,
+        now: Millis,
+    ) -> Result<Option<crate::domain::Ticket>, EngineError> {
+        self.inner.ticket(id, now).await
+    }
+
+    async fn admit(
+        &self,
+        campaign: &CampaignId,
+        now: Millis,
+    ) -> Result<super::Admission, EngineError> {
+        self.inner.admit(campaign, now).await
+    }
+
+    async fn pass_used(&self, ticket: &crate::domain::TicketId) -> Result<(), EngineError> {
+        self.inner.pass_used(ticket).await
     }
 }

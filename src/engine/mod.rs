@@ -35,7 +35,7 @@ pub use memory::MemoryEngine;
 
 use crate::domain::{
     Campaign, CampaignId, CampaignState, Event, Group, GroupId, Millis, Quantity, Refusal,
-    Reservation, ReservationId, ScopedKey, StockDelta, StoredReservation, UserId,
+    Reservation, ReservationId, ScopedKey, StockDelta, StoredReservation, Ticket, TicketId, UserId,
 };
 use async_trait::async_trait;
 use thiserror::Error;
@@ -432,4 +432,83 @@ pub trait EventLog: Send + Sync + 'static {
     /// `group` — for the persister: committed to the database. A caller that waits for this
     /// after a decision answers only what the database holds.
     async fn acknowledged(&self, group: &str, campaign: &CampaignId) -> Result<(), EngineError>;
+}
+
+/// Taking a ticket in a campaign's waiting room.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub campaign_id: CampaignId,
+    pub user_id: UserId,
+    /// The id the ticket gets if the user has none yet.
+    pub ticket_id: TicketId,
+    /// The caller's idempotency key: one key stands for one user's ticket.
+    pub idempotency_key: ScopedKey,
+    /// The ticket's secret lot for the draw at `starts_at` (uniform below [`JoinRequest::DRAW_RANGE`]),
+    /// used only when it joins before the start.
+    pub draw: u64,
+    pub now: Millis,
+}
+
+impl JoinRequest {
+    /// Lots are below 2^52, so they are exact in a Redis score, and every ticket taken after the
+    /// start (scored 2^52 + its arrival number) comes after every drawn one.
+    pub const DRAW_RANGE: u64 = 1 << 52;
+
+    /// A join with a fresh ticket id and a fresh lot from the thread's CSPRNG.
+    pub fn new(campaign_id: CampaignId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
+        JoinRequest {
+            ticket_id: TicketId::generate(&campaign_id),
+            draw: rand::random::<u64>() % Self::DRAW_RANGE,
+            campaign_id,
+            user_id,
+            idempotency_key: key,
+            now,
+        }
+    }
+}
+
+/// What taking a ticket came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined(Ticket),
+    /// The user already had a ticket for the campaign: that one, as it stands now.
+    Existing(Ticket),
+    /// The idempotency key was used for another user's ticket.
+    KeyReused,
+    /// `campaign_not_found`, `ended` or `no_waiting_room`.
+    Refused(Refusal),
+}
+
+/// What one admission round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Tickets admitted by this round.
+    pub admitted: u64,
+    /// Tickets still waiting after it.
+    pub waiting: u64,
+}
+
+/// The waiting room of campaigns that have one (`Campaign::queue`). Every step is atomic
+/// with the campaign's units (one script on the campaign's slot, or under its lock).
+///
+/// Tickets taken before `starts_at` carry a secret uniform lot and are ordered by it from the
+/// start on (the draw); later ones follow in arrival order. A waiting ticket reads `sold_out`
+/// while the campaign has no unit available: one read of the campaign, nothing written per
+/// ticket.
+#[async_trait]
+pub trait WaitingRoom: Send + Sync + 'static {
+    /// One ticket per user per campaign: a second join answers the first ticket.
+    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError>;
+
+    /// A ticket as it stands at `now`; `None` if unknown.
+    async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError>;
+
+    /// Admits the next waiting tickets of the campaign: at most `admit_per_second` per second
+    /// (with at most a tenth of a second's worth at once), counted across every caller, and
+    /// never more than leaves every admitted, unused, unexpired pass a unit to take. Nothing
+    /// before `starts_at` or after `ends_at`. Safe to run from every instance at once.
+    async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError>;
+
+    /// The ticket's pass was used for a reservation: it no longer needs a unit kept for it.
+    async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError>;
 }

@@ -51,6 +51,25 @@ pub struct NewCampaign {
     max_extend_seconds: Option<u64>,
     /// Required for, and only for, `group_buy`.
     group: Option<NewGroupRule>,
+    /// A waiting room: reservations (and group opens/joins) then need a pass from an
+    /// admitted ticket (`POST /v1/campaigns/{id}/queue`).
+    queue: Option<NewQueueRule>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewQueueRule {
+    /// Waiting users admitted per second, at least 1.
+    admit_per_second: u64,
+    /// How long a pass stays valid once admitted; default 120.
+    pass_seconds: Option<u64>,
+}
+
+/// A campaign's waiting room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueRuleView {
+    admit_per_second: u32,
+    pass_seconds: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,6 +95,8 @@ pub struct CampaignView {
     max_extend_seconds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<GroupRuleView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueRuleView>,
     created_at: String,
     /// `scheduled | active | sold_out | ended`
     #[schema(value_type = String)]
@@ -118,6 +139,10 @@ impl CampaignView {
             group: c.group.map(|g| GroupRuleView {
                 size: g.size,
                 window_seconds: g.window_seconds,
+            }),
+            queue: c.queue.map(|q| QueueRuleView {
+                admit_per_second: q.admit_per_second,
+                pass_seconds: q.pass_seconds,
             }),
             created_at: c.created_at.to_rfc3339(),
             status,
@@ -179,6 +204,7 @@ pub async fn create_campaign(
         hold_seconds: body.hold_seconds,
         max_extend_seconds: body.max_extend_seconds,
         group: body.group.map(|g| (g.size, g.window_seconds)),
+        queue: body.queue.map(|q| (q.admit_per_second, q.pass_seconds)),
     };
     let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;
     if !state.engine.create_campaign(&campaign).await? {

@@ -55,6 +55,12 @@ pub enum ApiError {
     /// 404: no such reservation.
     #[error("no reservation {0}")]
     ReservationNotFound(String),
+    /// 404: no such waiting-room ticket.
+    #[error("no ticket {0}")]
+    TicketNotFound(String),
+    /// 403: the campaign has a waiting room and the request brought no valid pass.
+    #[error("{0}")]
+    QueuePassRequired(&'static str),
     /// 409: a campaign with this id exists.
     #[error("a campaign with id {0} already exists")]
     CampaignExists(String),
@@ -129,6 +135,7 @@ impl ApiError {
             Refusal::GroupFull => "the group has all its members",
             Refusal::GroupClosed => "the group is no longer open",
             Refusal::AlreadyMember => "the user is already a member of this group",
+            Refusal::NoWaitingRoom => "the campaign has no waiting room",
         };
         ApiError::Refused {
             refusal,
@@ -186,7 +193,14 @@ impl ApiError {
                 Refusal::GroupFull => (S::CONFLICT, refusal.code(), "Group full"),
                 Refusal::GroupClosed => (S::CONFLICT, refusal.code(), "Group closed"),
                 Refusal::AlreadyMember => (S::CONFLICT, refusal.code(), "Already a member"),
+                Refusal::NoWaitingRoom => (S::CONFLICT, refusal.code(), "No waiting room"),
             },
+            ApiError::TicketNotFound(_) => (S::NOT_FOUND, "ticket_not_found", "Ticket not found"),
+            ApiError::QueuePassRequired(_) => (
+                S::FORBIDDEN,
+                "queue_pass_required",
+                "Waiting-room pass required",
+            ),
             ApiError::ReservationNotFound(_) => (
                 S::NOT_FOUND,
                 "reservation_not_found",

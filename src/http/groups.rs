@@ -115,6 +115,7 @@ fn answer(outcome: GroupOutcome, operation: &'static str) -> Result<Response, Ap
     params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]")),
     responses((status = 201, body = GroupView),
         (status = 409, description = "`sold_out`, `limit_exceeded`, `not_started`, `ended`, `wrong_campaign_kind`", body = super::error::Problem),
+        (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
 pub async fn open_group(
     State(state): State<AppState>,
@@ -126,9 +127,15 @@ pub async fn open_group(
     let campaign_id =
         CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
     let (key, user) = member_request(&state, &caller, &headers, body)?;
+    let now = Millis::now();
+    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, now).await?;
     let key = ScopedKey::new(&caller.idempotency_scope(), "open", &key);
-    let request = GroupRequest::open(campaign_id, user, key, Millis::now());
-    answer(state.engine.open_group(&request).await?, "open")
+    let request = GroupRequest::open(campaign_id, user, key, now);
+    let outcome = state.engine.open_group(&request).await?;
+    if matches!(outcome, GroupOutcome::Done(_)) {
+        super::queue::used(&state, pass).await;
+    }
+    answer(outcome, "open")
 }
 
 /// Join an open group: one of its slots becomes the joiner's held reservation.
@@ -137,6 +144,7 @@ pub async fn open_group(
     params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]")),
     responses((status = 201, body = GroupView),
         (status = 409, description = "`group_full`, `group_closed`, `already_member`, `limit_exceeded`", body = super::error::Problem),
+        (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
         (status = 404, description = "`group_not_found`", body = super::error::Problem)))]
 pub async fn join_group(
     State(state): State<AppState>,
@@ -152,8 +160,15 @@ pub async fn join_group(
         &format!("join:{group_id}"),
         &key,
     );
-    let request = GroupRequest::join(group_id, user, key, Millis::now());
-    answer(state.engine.join_group(&request).await?, "join")
+    let now = Millis::now();
+    let campaign_id = group_id.campaign_id();
+    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, now).await?;
+    let request = GroupRequest::join(group_id, user, key, now);
+    let outcome = state.engine.join_group(&request).await?;
+    if matches!(outcome, GroupOutcome::Done(_)) {
+        super::queue::used(&state, pass).await;
+    }
+    answer(outcome, "join")
 }
 
 /// One group with its members: the store, or one of its members.

@@ -12,6 +12,7 @@ mod groups;
 mod health;
 mod json;
 mod openapi;
+pub mod queue;
 mod reservations;
 pub mod serve;
 mod users;
@@ -72,6 +73,8 @@ pub struct Shared {
     pub metrics_on_main_listener: bool,
     /// Which webhook targets may be registered.
     pub webhook_hosts: Arc<crate::webhooks::AllowedHosts>,
+    /// Signs and checks waiting-room passes; every instance sharing a database shares it.
+    pub pass_key: crate::domain::PassKey,
 }
 
 /// Settings of the HTTP layer itself.
@@ -116,6 +119,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(groups::router())
         .merge(webhooks::router())
         .merge(users::router())
+        .merge(queue::router())
         .merge(health::router())
         .merge(openapi::router());
     if state.metrics_on_main_listener {

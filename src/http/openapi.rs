@@ -124,6 +124,9 @@ const CODES: &[&str] = &[
     "webhook_not_found",
     "wrong_campaign_kind",
     "user_has_live_reservations",
+    "no_waiting_room",
+    "queue_pass_required",
+    "ticket_not_found",
 ];
 
 const RESERVATION_STATUSES: &[&str] = &["held", "confirmed", "cancelled", "expired", "released"];

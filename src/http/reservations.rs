@@ -95,6 +95,7 @@ fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
     params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]")),
     responses((status = 201, body = ReservationView),
         (status = 409, description = "`sold_out`, `limit_exceeded`, `not_started`, `ended`, `wrong_campaign_kind`", body = super::error::Problem),
+        (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
         (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem),
         (status = 429, description = "`rate_limited`", body = super::error::Problem)))]
@@ -115,16 +116,19 @@ pub async fn reserve(
         let known = state.engine.gated().knows(&campaign_id);
         count_attempt(known.then_some(&campaign_id), "rate_limited")
     })?;
+    let now = Millis::now();
+    let pass = super::queue::admitted(&state, &campaign_id, &user_id, &headers, now).await?;
     let request = ReserveRequest::new(
         campaign_id,
         user_id,
         quantity,
         ScopedKey::new(&caller.idempotency_scope(), "reserve", &key),
-        Millis::now(),
+        now,
     );
     match state.engine.reserve(&request).await? {
         ReserveOutcome::Reserved { reservation, .. } => {
             count_attempt(Some(&request.campaign_id), "reserved");
+            super::queue::used(&state, pass).await;
             Ok(created(reservation, false))
         }
         ReserveOutcome::Replayed(reservation) => {

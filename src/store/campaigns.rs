@@ -1,7 +1,7 @@
 //! The campaigns table, and the units the database counts per campaign.
 
 use super::{corrupt, on_pool, unsigned, Store, StoreError};
-use crate::domain::{Campaign, CampaignId, CampaignKind, GroupRule, Millis};
+use crate::domain::{Campaign, CampaignId, CampaignKind, GroupRule, Millis, QueueRule};
 
 /// Units of a campaign, counted the way the engine counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub(super) struct CampaignRow {
     max_extend_seconds: i64,
     group_size: Option<i64>,
     group_window_seconds: Option<i64>,
+    queue_admit_per_second: Option<i64>,
+    queue_pass_seconds: Option<i64>,
     created_at_ms: i64,
 }
 
@@ -34,6 +36,13 @@ impl CampaignRow {
             (Some(size), Some(window)) => Some(GroupRule {
                 size: unsigned("group size", size)?,
                 window_seconds: unsigned("group window", window)?,
+            }),
+            _ => None,
+        };
+        let queue = match (self.queue_admit_per_second, self.queue_pass_seconds) {
+            (Some(rate), Some(pass)) => Some(QueueRule {
+                admit_per_second: unsigned("queue admit_per_second", rate)?,
+                pass_seconds: unsigned("queue pass_seconds", pass)?,
             }),
             _ => None,
         };
@@ -48,6 +57,7 @@ impl CampaignRow {
             hold_seconds: unsigned("hold_seconds", self.hold_seconds)?,
             max_extend_seconds: unsigned("max_extend_seconds", self.max_extend_seconds)?,
             group,
+            queue,
             created_at: Millis(self.created_at_ms),
         })
     }
@@ -65,8 +75,8 @@ struct CountsRow {
 
 pub(super) const SELECT_CAMPAIGNS: &str =
     "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
-    ends_at_ms, hold_seconds, max_extend_seconds, group_size, group_window_seconds, created_at_ms \
-    FROM campaigns";
+    ends_at_ms, hold_seconds, max_extend_seconds, group_size, group_window_seconds, \
+    queue_admit_per_second, queue_pass_seconds, created_at_ms FROM campaigns";
 
 impl Store {
     /// Records a new campaign, to be loaded into engine dataset `epoch`; `false` if one
@@ -75,8 +85,9 @@ impl Store {
         const SQL: &str =
             "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
             ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
-            engine_epoch, max_extend_seconds) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING";
+            engine_epoch, max_extend_seconds, queue_admit_per_second, queue_pass_seconds) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+            ON CONFLICT (id) DO NOTHING";
         let group = c.group;
         let affected = on_pool!(self, pool => sqlx::query(SQL)
             .bind(c.id.as_str())
@@ -92,6 +103,8 @@ impl Store {
             .bind(c.created_at.0)
             .bind(epoch)
             .bind(i64::from(c.max_extend_seconds))
+            .bind(c.queue.map(|q| i64::from(q.admit_per_second)))
+            .bind(c.queue.map(|q| i64::from(q.pass_seconds)))
             .execute(pool)
             .await?
             .rows_affected());

@@ -63,16 +63,22 @@ fn rewrite_json(value: &mut serde_json::Value, replace: &dyn Fn(&str) -> Option<
 impl Store {
     /// The pseudonym key: `configured`, or the one this database made once.
     pub async fn pseudonym_key(&self, configured: Option<&str>) -> Result<String, StoreError> {
+        self.secret("pseudonym_key", configured).await
+    }
+
+    /// A secret every instance sharing this database must agree on: `configured`, or a
+    /// random one made by the first instance that asked and kept in `settings` as `name`.
+    pub async fn secret(&self, name: &str, configured: Option<&str>) -> Result<String, StoreError> {
         if let Some(key) = configured.filter(|k| !k.is_empty()) {
             return Ok(key.to_owned());
         }
         let fresh = hex::encode(rand::random::<[u8; 32]>());
         const INSERT: &str =
-            "INSERT INTO settings (name, value) VALUES ('pseudonym_key', $1) ON CONFLICT (name) DO NOTHING";
-        const SELECT: &str = "SELECT value FROM settings WHERE name = 'pseudonym_key'";
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+        const SELECT: &str = "SELECT value FROM settings WHERE name = $1";
         Ok(on_pool!(self, pool => {
-            sqlx::query(INSERT).bind(&fresh).execute(pool).await?;
-            sqlx::query_scalar::<_, String>(SELECT).fetch_one(pool).await?
+            sqlx::query(INSERT).bind(name).bind(&fresh).execute(pool).await?;
+            sqlx::query_scalar::<_, String>(SELECT).bind(name).fetch_one(pool).await?
         }))
     }
 

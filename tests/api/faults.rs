@@ -443,6 +443,7 @@ async fn re_arming_the_sold_out_gate_never_blocks_redis() {
             hold_seconds: Some(900),
             max_extend_seconds: None,
             group: None,
+            queue: None,
         },
         Millis::now(),
     )
@@ -694,6 +695,7 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
             hold_seconds: Some(900),
             max_extend_seconds: None,
             group: None,
+            queue: None,
         },
         Millis::now(),
     )

@@ -73,6 +73,7 @@ pub fn campaign(
         hold_seconds: Some(60),
         max_extend_seconds: None,
         group: None,
+        queue: None,
     };
     tune(&mut draft);
     Campaign::parse(draft, Millis::now()).expect("test campaigns are valid")

@@ -11,5 +11,6 @@ mod extend;
 mod group_model;
 mod groups;
 mod model;
+mod queue;
 mod rules;
 mod scripts;

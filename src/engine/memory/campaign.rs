@@ -42,6 +42,8 @@ pub struct Slot {
     /// Idempotency key of an open or join → (group id, fingerprint).
     pub group_idempotency: HashMap<String, (GroupId, String)>,
     pub group_counts: GroupCounts,
+    /// The waiting room (empty unless the campaign has one).
+    pub queue: super::queue::Queue,
 }
 
 /// Takes units off a user's count, forgetting users at zero.
@@ -84,6 +86,7 @@ impl Slot {
             group_expiries: BTreeSet::new(),
             group_idempotency: HashMap::new(),
             group_counts: GroupCounts::default(),
+            queue: Default::default(),
         }
     }
 

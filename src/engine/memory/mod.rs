@@ -12,15 +12,18 @@
 mod campaign;
 mod groups;
 mod outbox;
+mod queue;
 mod sharded;
 
 use super::{
-    Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError, EventBatch,
-    EventLog, Extension, GateReads, GroupOutcome, GroupRequest, Probe, RecordsSince,
-    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
+    Admission, Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError,
+    EventBatch, EventLog, Extension, GateReads, GroupOutcome, GroupRequest, JoinOutcome,
+    JoinRequest, Probe, RecordsSince, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest,
+    Transition, WaitingRoom,
 };
 use crate::domain::{
     CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
+    Ticket, TicketId,
 };
 use async_trait::async_trait;
 use campaign::Slot;
@@ -337,5 +340,29 @@ impl EventLog for MemoryEngine {
             backlog.oldest = backlog.oldest.into_iter().chain(oldest).min();
         }
         Ok(backlog)
+    }
+}
+
+#[async_trait]
+impl WaitingRoom for MemoryEngine {
+    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
+        Ok(self.with_slot(
+            &request.campaign_id,
+            JoinOutcome::Refused(Refusal::CampaignNotFound),
+            |slot| slot.join_queue(request),
+        ))
+    }
+
+    async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError> {
+        Ok(self.with_slot(&id.campaign_id(), None, |slot| slot.ticket(id, now)))
+    }
+
+    async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
+        Ok(self.with_slot(campaign, Admission::default(), |slot| slot.admit(now)))
+    }
+
+    async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
+        self.with_slot(&ticket.campaign_id(), (), |slot| slot.pass_used(ticket));
+        Ok(())
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, Change, Event, Group, GroupCounts, GroupId,
-    GroupRule, GroupStatus, Millis, Quantity, Reservation, ReservationId, ReservationStatus,
-    ScopedKey, StreamPosition, UserId,
+    GroupRule, GroupStatus, Millis, Quantity, QueueRule, Reservation, ReservationId,
+    ReservationStatus, ScopedKey, StreamPosition, UserId,
 };
 use crate::engine::EngineError;
 use std::collections::HashMap;
@@ -132,7 +132,7 @@ pub fn reservation_from<S: AsRef<str> + std::fmt::Debug>(
 /// Encodes a campaign's config as the hash fields of `lua/README.md`.
 pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
     let optional = |at: Option<Millis>| at.map(|m| m.0.to_string()).unwrap_or_default();
-    let group = campaign.group;
+    let (group, queue) = (campaign.group, campaign.queue);
     vec![
         ("kind", campaign.kind.as_str().to_owned()),
         ("sku", campaign.sku.clone()),
@@ -153,11 +153,23 @@ pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("created", campaign.created_at.0.to_string()),
+        (
+            "qrate",
+            queue
+                .map(|q| q.admit_per_second.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "qpass",
+            queue
+                .map(|q| q.pass_seconds.to_string())
+                .unwrap_or_default(),
+        ),
     ]
 }
 
 /// The campaign hash's config and counter fields (what [`campaign_state`] reads).
-pub const CAMPAIGN_FIELDS: [&str; 17] = [
+pub const CAMPAIGN_FIELDS: [&str; 19] = [
     "kind",
     "sku",
     "stock",
@@ -175,6 +187,8 @@ pub const CAMPAIGN_FIELDS: [&str; 17] = [
     "gopen",
     "gformed",
     "gfailed",
+    "qrate",
+    "qpass",
 ];
 
 /// Decodes a campaign hash back into its state.
@@ -208,6 +222,20 @@ pub fn campaign_state(
         }),
         _ => None,
     };
+    // Campaigns loaded before waiting rooms existed have no fields: no waiting room.
+    let queue_field = |field: &str| -> Result<Option<u32>, EngineError> {
+        match hash.get(field).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(raw) => raw.parse().map(Some).map_err(|_| corrupt(field)),
+        }
+    };
+    let queue = match (queue_field("qrate")?, queue_field("qpass")?) {
+        (Some(admit_per_second), Some(pass_seconds)) => Some(QueueRule {
+            admit_per_second,
+            pass_seconds,
+        }),
+        _ => None,
+    };
     Ok(CampaignState {
         campaign: Campaign {
             id: id.clone(),
@@ -224,6 +252,7 @@ pub fn campaign_state(
                 None => Campaign::DEFAULT_MAX_EXTEND_SECONDS,
             },
             group,
+            queue,
             created_at: Millis(optional("created")?.unwrap_or_default()),
         },
         available: number("available")?,

@@ -15,6 +15,7 @@ pub mod codec;
 mod decisions;
 mod events;
 pub mod keys;
+mod queue;
 pub mod scripts;
 
 pub use keys::DEFAULT_NAMESPACE;

@@ -40,6 +40,7 @@ pub struct Scripts {
     pub open_group: Script,
     pub join_group: Script,
     pub read_group: Script,
+    pub queue: Script,
 }
 
 impl Scripts {
@@ -58,10 +59,11 @@ impl Scripts {
             open_group: lib(include_str!("../../../lua/open_group.lua"))?,
             join_group: lib(include_str!("../../../lua/join_group.lua"))?,
             read_group: Script::new(include_str!("../../../lua/read_group.lua")),
+            queue: Script::new(include_str!("../../../lua/queue.lua")),
         })
     }
 
-    pub fn all(&self) -> [&Script; 12] {
+    pub fn all(&self) -> [&Script; 13] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -75,6 +77,7 @@ impl Scripts {
             &self.open_group,
             &self.join_group,
             &self.read_group,
+            &self.queue,
         ]
     }
 }

@@ -7,7 +7,8 @@ use crate::domain::{
     Campaign, CampaignId, CampaignState, CampaignStatus, Group, GroupId, Millis, Refusal,
     Reservation, ReservationId,
 };
-use crate::engine::Extension;
+use crate::domain::{Ticket, TicketId};
+use crate::engine::{Admission, Extension, JoinOutcome, JoinRequest, WaitingRoom};
 use crate::engine::{
     Backend, CampaignSnapshot, CancelScope, Engine, EngineError, EventLog, Gated, GroupOutcome,
     GroupRequest, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
@@ -78,6 +79,15 @@ impl Recovering {
             Some(log) if changed => log.acknowledged(PERSISTER, campaign).await,
             _ => Ok(()),
         }
+    }
+
+    /// A campaign's config (`stock` may be stale): the cache first, else the engine, rebuilding
+    /// the campaign if the engine lost it, else the archive.
+    pub async fn config(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
+        if let Some(campaign) = self.engine.config(id).await? {
+            return Ok(Some(campaign));
+        }
+        Ok(self.campaign(id).await?.map(|state| state.campaign))
     }
 
     /// The gate and engine behind the recovery (workers and tests reach it directly).
@@ -551,4 +561,34 @@ fn changes(outcome: &Transition) -> bool {
 /// Whether an open or join answer reports a group the database must hold first.
 fn joined(outcome: &GroupOutcome) -> bool {
     matches!(outcome, GroupOutcome::Done(_) | GroupOutcome::Replayed(_))
+}
+
+#[async_trait]
+impl WaitingRoom for Recovering {
+    /// A campaign the engine lost is rebuilt first (its tickets are not: they live in the
+    /// engine only); an archived one answers `ended`.
+    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
+        let missing = |o: &JoinOutcome| *o == JoinOutcome::Refused(Refusal::CampaignNotFound);
+        let answer = self
+            .retrying(&request.campaign_id, missing, || {
+                self.engine.join_queue(request)
+            })
+            .await?;
+        if missing(&answer) && self.archived(&request.campaign_id).is_some() {
+            return Ok(JoinOutcome::Refused(Refusal::Ended));
+        }
+        Ok(answer)
+    }
+
+    async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError> {
+        self.engine.ticket(id, now).await
+    }
+
+    async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
+        self.engine.admit(campaign, now).await
+    }
+
+    async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
+        self.engine.pass_used(ticket).await
+    }
 }

@@ -1,0 +1,110 @@
+-- The waiting room of a campaign (twin: src/engine/memory/queue.rs). One script, three
+-- operations, so they share the one reading of a ticket's status.
+-- KEYS[1]  campaign hash; the room's keys are `KEYS[1] .. ':q…'` (same hash tag):
+--          :qt hash ticket -> user   :qu hash user -> ticket   :qk hash scoped key -> user
+--          :qw sorted set of waiting tickets, scored by lot (taken before the start, below
+--              2^52) or 2^52 + arrival number (after)
+--          :qa hash admitted ticket -> pass expiry (ms)
+--          :qo sorted set of admitted passes not used yet, scored by expiry
+--          :q  hash `seq` (arrivals after the start), `clock` (admission budget spent up to
+--              this ms), `admitted` (in all)
+-- ARGV[1]  operation, ARGV[2] now (ms), then:
+--   ticket  ARGV[3] ticket id                      -> status (below) or {}
+--   join    ARGV[3] user  ARGV[4] scoped key  ARGV[5] new ticket id  ARGV[6] lot
+--           -> {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
+--              {'campaign_not_found'} | {'ended'} | {'no_waiting_room'}
+--   admit   -> {admitted now, still waiting}
+-- status: {'admitted', user, pass expiry} | {'expired', user} | {'sold_out', user} |
+--         {'waiting', user, position or '' before the draw}
+local c = KEYS[1]
+local op, now = ARGV[1], tonumber(ARGV[2])
+
+local function status(ticket)
+  local user = redis.call('HGET', c .. ':qt', ticket)
+  if not user then return {} end
+  local until_ms = redis.call('HGET', c .. ':qa', ticket)
+  if until_ms then
+    if tonumber(until_ms) > now then return {'admitted', user, until_ms} end
+    return {'expired', user}
+  end
+  local f = redis.call('HMGET', c, 'starts', 'ends', 'available')
+  if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return {'expired', user} end
+  if tonumber(f[3] or '0') == 0 then return {'sold_out', user} end
+  if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return {'waiting', user, ''} end
+  local rank = redis.call('ZRANK', c .. ':qw', ticket)
+  if not rank then return {'expired', user} end
+  return {'waiting', user, tostring(rank + 1)}
+end
+
+local function with_ticket(outcome, ticket)
+  local answer = {outcome, ticket}
+  for _, v in ipairs(status(ticket)) do answer[#answer + 1] = v end
+  return answer
+end
+
+if op == 'ticket' then
+  return status(ARGV[3])
+end
+
+local f = redis.call('HMGET', c, 'starts', 'ends', 'qrate', 'qpass', 'available')
+if not f[5] then
+  if op == 'join' then return {'campaign_not_found'} end
+  return {0, 0}
+end
+local starts = tonumber(f[1] ~= '' and f[1] or nil)
+local ends = tonumber(f[2] ~= '' and f[2] or nil)
+local rate = tonumber(f[3] ~= '' and f[3] or nil)
+
+if op == 'join' then
+  if not rate then return {'no_waiting_room'} end
+  if ends and now >= ends then return {'ended'} end
+  local user, key, fresh = ARGV[3], ARGV[4], ARGV[5]
+  local known = redis.call('HGET', c .. ':qk', key)
+  if known and known ~= user then return {'key_reused'} end
+  if not known then redis.call('HSET', c .. ':qk', key, user) end
+  local existing = redis.call('HGET', c .. ':qu', user)
+  if existing then return with_ticket('existing', existing) end
+  local score
+  if starts and now < starts then
+    score = ARGV[6]
+  else
+    score = 4503599627370496 + redis.call('HINCRBY', c .. ':q', 'seq', 1)
+  end
+  redis.call('HSET', c .. ':qt', fresh, user)
+  redis.call('HSET', c .. ':qu', user, fresh)
+  redis.call('ZADD', c .. ':qw', score, fresh)
+  return with_ticket('joined', fresh)
+end
+
+-- admit
+local waiting = redis.call('ZCARD', c .. ':qw')
+if not rate or (starts and now < starts) or (ends and now >= ends) then
+  return {0, waiting}
+end
+redis.call('ZREMRANGEBYSCORE', c .. ':qo', '-inf', now)
+local room = tonumber(f[5]) - redis.call('ZCARD', c .. ':qo')
+local burst = math.max(1, math.floor(rate / 10))
+local clock = tonumber(redis.call('HGET', c .. ':q', 'clock') or '0')
+clock = math.max(clock, now - burst * 1000 / rate)
+local budget = math.floor((now - clock) * rate / 1000)
+local n = math.min(budget, room, waiting)
+if n <= 0 then return {0, waiting} end
+local expires = string.format('%.0f', now + tonumber(f[4]) * 1000)
+-- In pages, so `unpack` stays far below Lua's stack limit however high the rate.
+local left = n
+while left > 0 do
+  local popped = redis.call('ZPOPMIN', c .. ':qw', math.min(left, 1000))
+  local passes, lapses = {}, {}
+  for i = 1, #popped, 2 do
+    passes[#passes + 1] = popped[i]
+    passes[#passes + 1] = expires
+    lapses[#lapses + 1] = expires
+    lapses[#lapses + 1] = popped[i]
+  end
+  redis.call('HSET', c .. ':qa', unpack(passes))
+  redis.call('ZADD', c .. ':qo', unpack(lapses))
+  left = left - #popped / 2
+end
+redis.call('HSET', c .. ':q', 'clock', string.format('%.3f', clock + n * 1000 / rate))
+redis.call('HINCRBY', c .. ':q', 'admitted', n)
+return {n, waiting - n}

@@ -1,0 +1,218 @@
+//! The waiting room: tickets, their status, and the signed passes admitted tickets get.
+//!
+//! A pass is `<ticket id>.<expires ms>.<hex HMAC-SHA256>` over the ticket, the user and the
+//! expiry: any instance holding the key checks it without asking the engine, and it is good
+//! only for its user on its campaign until it expires.
+
+use super::{CampaignId, Millis, ParseError, QueueRule, UserId};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use std::fmt;
+
+/// A ticket id: `tkt_<ULID>_<campaign id>`; it names its campaign like a reservation id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TicketId(String);
+
+const PREFIX: &str = "tkt_";
+
+impl TicketId {
+    pub fn generate(campaign: &CampaignId) -> Self {
+        TicketId(super::scoped_id::generate(PREFIX, campaign))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        super::scoped_id::check(raw, PREFIX, "ticket")?;
+        Ok(TicketId(raw.to_owned()))
+    }
+
+    pub fn campaign_id(&self) -> CampaignId {
+        super::scoped_id::campaign(&self.0, PREFIX)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TicketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a ticket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketStatus {
+    /// In line. `position` is 1 for the next to be admitted; `None` before the draw at
+    /// `starts_at` (the order is not known yet).
+    Waiting { position: Option<u64> },
+    /// Let through: its pass is valid until `until`.
+    Admitted { until: Millis },
+    /// Still in line, but no unit is left (it may come back if holds end unpaid).
+    SoldOut,
+    /// Its pass lapsed, or the campaign ended before its turn.
+    Expired,
+}
+
+impl TicketStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Waiting { .. } => "waiting",
+            TicketStatus::Admitted { .. } => "admitted",
+            TicketStatus::SoldOut => "sold_out",
+            TicketStatus::Expired => "expired",
+        }
+    }
+}
+
+/// One ticket as the engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: TicketId,
+    pub user_id: UserId,
+    pub status: TicketStatus,
+}
+
+impl Ticket {
+    /// Seconds until the ticket's turn, as best known: the time to the draw, then the
+    /// people ahead at the admission rate. Zero once admitted or done.
+    pub fn eta_seconds(&self, rule: &QueueRule, starts_at: Option<Millis>, now: Millis) -> u64 {
+        let until_start = starts_at
+            .map_or(0, |s| (s.0 - now.0).max(0) as u64)
+            .div_ceil(1000);
+        match self.status {
+            TicketStatus::Waiting { position: None } => until_start,
+            TicketStatus::Waiting {
+                position: Some(ahead),
+            } => until_start + ahead.div_ceil(u64::from(rule.admit_per_second)),
+            _ => 0,
+        }
+    }
+}
+
+/// Signs and checks passes with one key.
+#[derive(Clone)]
+pub struct PassKey(Hmac<Sha256>);
+
+impl fmt::Debug for PassKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PassKey(..)")
+    }
+}
+
+/// Why a pass was not accepted (the caller sees one answer, 403 `queue_pass_required`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassRefusal {
+    Malformed,
+    OtherCampaign,
+    Expired,
+    /// Not signed with the key, or signed for another user.
+    BadSignature,
+}
+
+impl PassKey {
+    pub fn new(key: &[u8]) -> Self {
+        PassKey(Hmac::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    fn mac(&self, ticket: &TicketId, user: &UserId, expires: Millis) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        mac.update(ticket.as_str().as_bytes());
+        mac.update(b"\n");
+        mac.update(user.as_str().as_bytes());
+        mac.update(b"\n");
+        mac.update(expires.0.to_string().as_bytes());
+        mac
+    }
+
+    /// The pass of an admitted ticket.
+    pub fn sign(&self, ticket: &TicketId, user: &UserId, expires: Millis) -> String {
+        let tag = self.mac(ticket, user, expires).finalize().into_bytes();
+        format!("{ticket}.{}.{}", expires.0, hex::encode(tag))
+    }
+
+    /// The ticket of a pass that is good for `user` on `campaign` at `now`.
+    pub fn check(
+        &self,
+        pass: &str,
+        campaign: &CampaignId,
+        user: &UserId,
+        now: Millis,
+    ) -> Result<TicketId, PassRefusal> {
+        let mut parts = pass.rsplitn(3, '.');
+        let (Some(tag), Some(expires), Some(ticket)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(PassRefusal::Malformed);
+        };
+        let ticket = TicketId::parse(ticket).map_err(|_| PassRefusal::Malformed)?;
+        let expires = Millis(expires.parse().map_err(|_| PassRefusal::Malformed)?);
+        let tag = hex::decode(tag).map_err(|_| PassRefusal::Malformed)?;
+        if ticket.campaign_id() != *campaign {
+            return Err(PassRefusal::OtherCampaign);
+        }
+        self.mac(&ticket, user, expires)
+            .verify_slice(&tag)
+            .map_err(|_| PassRefusal::BadSignature)?;
+        if expires <= now {
+            return Err(PassRefusal::Expired);
+        }
+        Ok(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> (PassKey, TicketId, UserId, CampaignId) {
+        let campaign = CampaignId::parse("c1").expect("valid");
+        (
+            PassKey::new(b"k"),
+            TicketId::generate(&campaign),
+            UserId::parse("u1").expect("valid"),
+            campaign,
+        )
+    }
+
+    #[test]
+    fn a_pass_is_good_only_for_its_user_campaign_and_time() {
+        let (key, ticket, user, campaign) = parts();
+        let pass = key.sign(&ticket, &user, Millis(2_000));
+        assert_eq!(
+            key.check(&pass, &campaign, &user, Millis(1_999)),
+            Ok(ticket.clone())
+        );
+        assert_eq!(
+            key.check(&pass, &campaign, &user, Millis(2_000)),
+            Err(PassRefusal::Expired)
+        );
+        let other = UserId::parse("u2").expect("valid");
+        assert_eq!(
+            key.check(&pass, &campaign, &other, Millis(1)),
+            Err(PassRefusal::BadSignature)
+        );
+        let elsewhere = CampaignId::parse("c2").expect("valid");
+        assert_eq!(
+            key.check(&pass, &elsewhere, &user, Millis(1)),
+            Err(PassRefusal::OtherCampaign)
+        );
+        assert_eq!(
+            PassKey::new(b"other").check(&pass, &campaign, &user, Millis(1)),
+            Err(PassRefusal::BadSignature)
+        );
+        // A later expiry with the old signature is not the same pass.
+        let stretched = pass.replace(".2000.", ".9000.");
+        assert_eq!(
+            key.check(&stretched, &campaign, &user, Millis(1)),
+            Err(PassRefusal::BadSignature)
+        );
+        for junk in ["", "x", "a.b.c", &format!("{ticket}.1.zz")] {
+            assert_eq!(
+                key.check(junk, &campaign, &user, Millis(1)),
+                Err(PassRefusal::Malformed)
+            );
+        }
+    }
+}

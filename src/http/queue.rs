@@ -1,0 +1,201 @@
+//! The waiting room: take a ticket, read it (with the pass once admitted), and the pass check
+//! that reservations and group opens/joins of a queued campaign go through.
+
+use super::auth::Caller;
+use super::creating;
+use super::error::ApiError;
+use super::json::{JsonBody, PathId};
+use super::AppState;
+use crate::domain::{
+    Campaign, CampaignId, Millis, PassRefusal, Refusal, ScopedKey, Ticket, TicketId, TicketStatus,
+    UserId,
+};
+use crate::engine::{JoinOutcome, JoinRequest, WaitingRoom};
+use crate::metrics as m;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The header a reservation (or group open/join) of a queued campaign carries its pass in.
+pub const PASS_HEADER: HeaderName = HeaderName::from_static("flashsale-pass");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/campaigns/{id}/queue", post(join))
+        .route("/v1/queue/{ticket}", get(read))
+}
+
+/// Who takes a ticket.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTicket {
+    /// Required with a store token; taken from `sub` with a user token.
+    user_id: Option<String>,
+}
+
+/// A ticket and where it stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TicketView {
+    ticket: String,
+    /// `waiting | admitted | sold_out | expired`
+    status: &'static str,
+    /// 1 for the next to be admitted; null before the draw at `starts_at` and once not
+    /// waiting.
+    position: Option<u64>,
+    /// Seconds until the ticket's turn, as best known (0 once admitted or done).
+    eta_seconds: u64,
+    /// With `admitted`: send it as the `Flashsale-Pass` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass_expires_at: Option<String>,
+}
+
+fn view(state: &AppState, ticket: &Ticket, campaign: &Campaign, now: Millis) -> TicketView {
+    let eta_seconds = campaign
+        .queue
+        .map_or(0, |rule| ticket.eta_seconds(&rule, campaign.starts_at, now));
+    let (position, pass, pass_expires_at) = match ticket.status {
+        TicketStatus::Waiting { position } => (position, None, None),
+        TicketStatus::Admitted { until } => (
+            None,
+            Some(state.pass_key.sign(&ticket.id, &ticket.user_id, until)),
+            Some(until.to_rfc3339()),
+        ),
+        TicketStatus::SoldOut | TicketStatus::Expired => (None, None, None),
+    };
+    TicketView {
+        ticket: ticket.id.to_string(),
+        status: ticket.status.as_str(),
+        position,
+        eta_seconds,
+        pass,
+        pass_expires_at,
+    }
+}
+
+/// Join the waiting room of a campaign: one ticket per user (a second join answers the first
+/// ticket, marked `Idempotent-Replayed`).
+#[utoipa::path(post, path = "/v1/campaigns/{id}/queue", tag = "queue",
+    request_body = NewTicket, security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]")),
+    responses((status = 201, body = TicketView),
+        (status = 409, description = "`ended`, `no_waiting_room`", body = super::error::Problem),
+        (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem)))]
+pub async fn join(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<NewTicket>,
+) -> Result<Response, ApiError> {
+    let campaign_id =
+        CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
+    let key = creating::idempotency_key(&headers)?;
+    let user = creating::acting_user(&caller, body.user_id)?;
+    let key = ScopedKey::new(&caller.idempotency_scope(), "queue", &key);
+    let now = Millis::now();
+    let request = JoinRequest::new(campaign_id, user, key, now);
+    let (ticket, replayed) = match state.engine.join_queue(&request).await? {
+        JoinOutcome::Joined(ticket) => (ticket, false),
+        JoinOutcome::Existing(ticket) => (ticket, true),
+        JoinOutcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        JoinOutcome::Refused(refusal) => return Err(ApiError::refused(refusal)),
+    };
+    metrics::counter!(m::QUEUE_JOINS, "outcome" => if replayed { "existing" } else { "joined" })
+        .increment(1);
+    let campaign = state
+        .engine
+        .config(&request.campaign_id)
+        .await?
+        .ok_or(ApiError::refused(Refusal::CampaignNotFound))?;
+    let location = format!("/v1/queue/{}", ticket.id);
+    Ok(creating::created(
+        location,
+        view(&state, &ticket, &campaign, now),
+        replayed,
+    ))
+}
+
+/// Where a ticket stands; once admitted, its pass. The store, or the ticket's user.
+#[utoipa::path(get, path = "/v1/queue/{ticket}", tag = "queue", security(("bearer" = [])),
+    responses((status = 200, body = TicketView),
+        (status = 404, description = "`ticket_not_found`", body = super::error::Problem)))]
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(raw): PathId,
+) -> Result<Json<TicketView>, ApiError> {
+    let not_found = || ApiError::TicketNotFound(raw.clone());
+    let id = TicketId::parse(&raw).map_err(|_| not_found())?;
+    let now = Millis::now();
+    let ticket = state.engine.ticket(&id, now).await?.ok_or_else(not_found)?;
+    caller.may_act_for(&ticket.user_id)?;
+    let campaign = state
+        .engine
+        .config(&id.campaign_id())
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(view(&state, &ticket, &campaign, now)))
+}
+
+/// For a campaign with a waiting room, the ticket of the request's valid pass for `user`
+/// (403 `queue_pass_required` without one); `None` for a campaign without.
+pub async fn admitted(
+    state: &AppState,
+    campaign: &CampaignId,
+    user: &UserId,
+    headers: &HeaderMap,
+    now: Millis,
+) -> Result<Option<TicketId>, ApiError> {
+    let queued = state
+        .engine
+        .config(campaign)
+        .await?
+        .is_some_and(|c| c.queue.is_some());
+    if !queued {
+        return Ok(None);
+    }
+    let refused = |reason: &'static str| {
+        metrics::counter!(m::QUEUE_PASS_REFUSALS, "reason" => reason).increment(1);
+        ApiError::QueuePassRequired(match reason {
+            "missing" => {
+                "the campaign has a waiting room: send the Flashsale-Pass of an admitted ticket"
+            }
+            "expired" => "the pass has expired",
+            _ => "the pass is not valid for this user and campaign",
+        })
+    };
+    let pass = headers
+        .get(PASS_HEADER)
+        .ok_or_else(|| refused("missing"))?
+        .to_str()
+        .map_err(|_| refused("malformed"))?;
+    state
+        .pass_key
+        .check(pass, campaign, user, now)
+        .map(Some)
+        .map_err(|refusal| {
+            refused(match refusal {
+                PassRefusal::Malformed => "malformed",
+                PassRefusal::OtherCampaign => "other_campaign",
+                PassRefusal::Expired => "expired",
+                PassRefusal::BadSignature => "bad_signature",
+            })
+        })
+}
+
+/// A pass was used: its ticket no longer needs a unit kept for it. Best effort — if this
+/// fails, the pass still lapses at its expiry, and until then admission is only more careful.
+pub async fn used(state: &AppState, ticket: Option<TicketId>) {
+    if let Some(ticket) = ticket {
+        if let Err(error) = state.engine.pass_used(&ticket).await {
+            tracing::warn!(%error, "could not mark a waiting-room pass used");
+        }
+    }
+}
