@@ -16,6 +16,7 @@ mod input;
 mod observability;
 mod outages;
 mod personal;
+mod queue;
 mod reservations;
 mod service;
 mod webhooks;

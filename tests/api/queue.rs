@@ -1,0 +1,415 @@
+//! The waiting room over HTTP (contract v1.1): tickets, polling, passes — required, bound to
+//! their user and campaign, unforgeable, expiring — and admission by the service's own
+//! worker; with two instances on one Redis, admission still keeps the campaign's rate.
+
+use crate::helpers::{
+    assert_problem, fresh_key, redis_url, spawn_app_with, unique_id, Backend, TestApp,
+};
+use crate::on_both_backends;
+use flashsale::domain::{Millis, TicketId, TicketStatus};
+use flashsale::engine::WaitingRoom;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+on_both_backends!(
+    a_queued_campaign_takes_reservations_only_with_a_valid_pass,
+    one_ticket_per_user_and_only_its_user_reads_it,
+    group_buys_with_a_waiting_room_need_a_pass_too,
+);
+
+async fn join(app: &TestApp, campaign: &str, token: &str, body: Value) -> Response {
+    app.client
+        .post(app.url(&format!("/v1/campaigns/{campaign}/queue")))
+        .bearer_auth(token)
+        .header("Idempotency-Key", fresh_key())
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn poll(app: &TestApp, ticket: &str, token: &str) -> Response {
+    app.client
+        .get(app.url(&format!("/v1/queue/{ticket}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// Polls until the ticket is admitted; its pass.
+async fn pass_of(app: &TestApp, ticket: &str, token: &str) -> (String, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = poll(app, ticket, token).await.json().await.expect("json");
+        if body["status"] == "admitted" {
+            return (body["pass"].as_str().expect("a pass").to_owned(), body);
+        }
+        assert!(Instant::now() < deadline, "never admitted: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn reserve_with_pass(
+    app: &TestApp,
+    campaign: &str,
+    token: &str,
+    pass: Option<&str>,
+) -> Response {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{campaign}/reservations")))
+        .bearer_auth(token)
+        .header("Idempotency-Key", fresh_key())
+        .json(&json!({}));
+    if let Some(pass) = pass {
+        request = request.header("Flashsale-Pass", pass);
+    }
+    request.send().await.expect("request sent")
+}
+
+async fn a_queued_campaign_takes_reservations_only_with_a_valid_pass(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let queue = json!({"queue": {"admit_per_second": 20, "pass_seconds": 2}});
+    let campaign = app.campaign(10, 2, queue.clone()).await;
+    let other_campaign = app.campaign(10, 2, queue).await;
+    assert_eq!(
+        app.campaign_json(&campaign).await["queue"],
+        json!({"admit_per_second": 20, "pass_seconds": 2})
+    );
+    let ann = app.user_token("ann");
+    let bob = app.user_token("bob");
+
+    // No pass: refused, whatever the token.
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &ann, None).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    assert_problem(
+        app.reserve(&campaign, "ann", 1).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+
+    let joined = join(&app, &campaign, &ann, json!({})).await;
+    assert_eq!(joined.status(), StatusCode::CREATED);
+    let ticket: Value = joined.json().await.expect("json");
+    let id = ticket["ticket"].as_str().expect("ticket id").to_owned();
+    assert!(["waiting", "admitted"].contains(&ticket["status"].as_str().unwrap_or_default()));
+    let (pass, admitted) = pass_of(&app, &id, &ann).await;
+    assert!(admitted["pass_expires_at"].is_string(), "{admitted}");
+    assert_eq!(admitted["eta_seconds"], 0);
+
+    // Someone else's pass, a pass of another campaign, a forged one: refused.
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &bob, Some(&pass)).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    assert_problem(
+        reserve_with_pass(&app, &other_campaign, &ann, Some(&pass)).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    let mut forged = pass.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &ann, Some(&forged)).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    let (ticket_part, rest) = pass.split_once('.').expect("ticket.expiry.tag");
+    let (_, tag) = rest.split_once('.').expect("expiry.tag");
+    let stretched = format!("{ticket_part}.{}.{tag}", Millis::now().0 + 3_600_000);
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &ann, Some(&stretched)).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &ann, Some("not a pass")).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+
+    // The right user with the pass: a hold.
+    let held = reserve_with_pass(&app, &campaign, &ann, Some(&pass)).await;
+    assert_eq!(
+        held.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        held.text().await
+    );
+
+    // Once the pass lapsed (2 s), it is refused, and the ticket reads expired.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_problem(
+        reserve_with_pass(&app, &campaign, &ann, Some(&pass)).await,
+        403,
+        "queue_pass_required",
+    )
+    .await;
+    let late: Value = poll(&app, &id, &ann).await.json().await.expect("json");
+    assert_eq!(late["status"], "expired", "{late}");
+    assert!(late.get("pass").is_none(), "{late}");
+}
+
+async fn one_ticket_per_user_and_only_its_user_reads_it(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    // Starts in an hour: everyone waits for the draw.
+    let starts = Millis(Millis::now().0 / 1000 * 1000 + 3_600_000).to_rfc3339();
+    let campaign = app
+        .campaign(
+            10,
+            1,
+            json!({"starts_at": starts, "queue": {"admit_per_second": 5}}),
+        )
+        .await;
+    let ann = app.user_token("ann");
+    let first: Value = join(&app, &campaign, &ann, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["status"], "waiting");
+    assert_eq!(first["position"], Value::Null, "no place before the draw");
+    let eta = first["eta_seconds"].as_u64().expect("eta");
+    assert!((3_590..=3_600).contains(&eta), "eta until the draw: {eta}");
+
+    // A second join (another key, the store acting for ann): the first ticket, as a replay.
+    let second = join(&app, &campaign, &app.store_token, json!({"user_id": "ann"})).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(
+        second
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let second: Value = second.json().await.expect("json");
+    assert_eq!(second["ticket"], first["ticket"]);
+
+    // The same key for another user is a reused key.
+    let key = fresh_key();
+    let send = |user: &'static str| {
+        app.client
+            .post(app.url(&format!("/v1/campaigns/{campaign}/queue")))
+            .bearer_auth(&app.store_token)
+            .header("Idempotency-Key", key.clone())
+            .json(&json!({"user_id": user}))
+            .send()
+    };
+    assert_eq!(
+        send("cat").await.expect("sent").status(),
+        StatusCode::CREATED
+    );
+    assert_problem(
+        send("dan").await.expect("sent"),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    // Only the store and the ticket's user read it.
+    let ticket = first["ticket"].as_str().expect("id");
+    assert_eq!(
+        poll(&app, ticket, &app.store_token).await.status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        poll(&app, ticket, &app.user_token("bob")).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(poll(&app, "tkt_nope", &ann).await, 404, "ticket_not_found").await;
+    let unknown = TicketId::generate(&flashsale::domain::CampaignId::parse(&campaign).expect("id"));
+    assert_problem(
+        poll(&app, unknown.as_str(), &ann).await,
+        404,
+        "ticket_not_found",
+    )
+    .await;
+
+    // A campaign without a waiting room, an unknown one, a join without a key.
+    let plain = app.campaign(10, 1, json!({})).await;
+    assert_problem(
+        join(&app, &plain, &ann, json!({})).await,
+        409,
+        "no_waiting_room",
+    )
+    .await;
+    assert_problem(
+        join(&app, "no-such-campaign", &ann, json!({})).await,
+        404,
+        "campaign_not_found",
+    )
+    .await;
+    let keyless = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{campaign}/queue")))
+        .bearer_auth(&ann)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(keyless, 400, "idempotency_key_required").await;
+    // Another user's id with a user token.
+    assert_problem(
+        join(&app, &campaign, &ann, json!({"user_id": "bob"})).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // Bad rules are refused at creation.
+    for queue in [
+        json!({"admit_per_second": 0}),
+        json!({"admit_per_second": 1, "pass_seconds": 0}),
+        json!({"rate": 1}),
+    ] {
+        let response = app
+            .create_campaign(
+                &json!({"id": unique_id("c"), "kind": "flash_sale", "sku": "s",
+                "stock": 1, "queue": queue}),
+            )
+            .await;
+        assert!(response.status().is_client_error(), "{queue}");
+    }
+}
+
+async fn group_buys_with_a_waiting_room_need_a_pass_too(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let campaign = unique_id("g");
+    let created = app
+        .create_campaign(
+            &json!({"id": campaign, "kind": "group_buy", "sku": "s", "stock": 10,
+            "group": {"size": 2, "window_seconds": 60}, "queue": {"admit_per_second": 50}}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let ann = app.user_token("ann");
+    let open = |pass: Option<String>| {
+        let mut request = app
+            .client
+            .post(app.url(&format!("/v1/campaigns/{campaign}/groups")))
+            .bearer_auth(&ann)
+            .header("Idempotency-Key", fresh_key())
+            .json(&json!({}));
+        if let Some(pass) = pass {
+            request = request.header("Flashsale-Pass", pass);
+        }
+        request.send()
+    };
+    assert_problem(open(None).await.expect("sent"), 403, "queue_pass_required").await;
+    let ticket: Value = join(&app, &campaign, &ann, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let (pass, _) = pass_of(&app, ticket["ticket"].as_str().expect("id"), &ann).await;
+    let opened = open(Some(pass)).await.expect("sent");
+    assert_eq!(opened.status(), StatusCode::CREATED);
+    let group: Value = opened.json().await.expect("json");
+    let bob = app.user_token("bob");
+    let joined = app
+        .client
+        .post(app.url(&format!(
+            "/v1/groups/{}/members",
+            group["id"].as_str().expect("id")
+        )))
+        .bearer_auth(&bob)
+        .header("Idempotency-Key", fresh_key())
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(joined, 403, "queue_pass_required").await;
+}
+
+/// Two instances on one Redis and one database, both running the admission worker: what
+/// they admit together never passes the campaign's rate (each alone would admit at the
+/// whole rate, so a per-instance budget would show twice as many).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_admit_at_the_campaign_rate_together() {
+    const RATE: f64 = 100.0;
+    const USERS: usize = 600;
+    let namespace = unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let shared = |c: &mut flashsale::config::Config| {
+        c.redis_url = Some(redis_url());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    let a = spawn_app_with(Backend::Redis, shared).await;
+    let b = spawn_app_with(Backend::Redis, shared).await;
+    let start = Millis(Millis::now().0 / 1000 * 1000 + 4_000);
+    let campaign = a
+        .campaign(
+            10_000,
+            1,
+            json!({"starts_at": start.to_rfc3339(), "queue": {"admit_per_second": RATE as u64}}),
+        )
+        .await;
+    let mut tickets = Vec::with_capacity(USERS);
+    for i in 0..USERS {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let body: Value = join(
+            app,
+            &campaign,
+            &app.store_token,
+            json!({"user_id": format!("u{i}")}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        tickets.push(TicketId::parse(body["ticket"].as_str().expect("id")).expect("ticket id"));
+    }
+    assert!(
+        Millis::now() < start,
+        "joining took too long for this test's schedule"
+    );
+    let mut last = 0;
+    let mut samples = Vec::new();
+    while Millis::now().0 < start.0 + 3_000 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut admitted = 0;
+        for ticket in &tickets {
+            let t = a
+                .engine
+                .ticket(ticket, Millis::now())
+                .await
+                .expect("answers");
+            if matches!(t.map(|t| t.status), Some(TicketStatus::Admitted { .. })) {
+                admitted += 1;
+            }
+        }
+        // Every admission counted happened before this instant.
+        let at = Millis::now();
+        let allowed = RATE * (at.0 - start.0).max(0) as f64 / 1000.0 + RATE / 10.0;
+        assert!(
+            admitted as f64 <= allowed,
+            "{admitted} admitted {} ms after the start at {RATE}/s",
+            at.0 - start.0
+        );
+        assert!(admitted >= last, "admissions are never taken back");
+        last = admitted;
+        samples.push((at.0 - start.0, admitted));
+    }
+    // And the two workers did keep it up (half the rate at least, on a busy machine).
+    assert!(
+        last as f64 >= RATE * 2.5 * 0.5,
+        "admission stalled: {samples:?}"
+    );
+}
