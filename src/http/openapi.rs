@@ -48,6 +48,8 @@ use utoipa::OpenApi;
         super::webhooks::deliveries,
         super::webhooks::replay,
         super::users::erase_user,
+        super::queue::join,
+        super::queue::read,
     )
 )]
 pub struct ApiDoc;
@@ -79,6 +81,8 @@ fn operation(method: &str, path: &str) -> (Who, bool, bool, bool) {
         ("get", "/v1/reservations/{id}" | "/v1/groups/{id}") => (StoreOrUser, false, false, false),
         ("post", "/v1/reservations/{id}/cancel") => (StoreOrUser, false, false, false),
         ("post", "/v1/reservations/{id}/extend") => (Store, true, false, false),
+        ("post", "/v1/campaigns/{id}/queue") => (StoreOrUser, true, true, false),
+        ("get", "/v1/queue/{ticket}") => (StoreOrUser, false, false, false),
         (_, p) if p.starts_with("/v1/webhooks") => (Admin, method == "post", false, false),
         ("delete", "/v1/users/{id}") => (Admin, false, false, false),
         _ => (Store, false, false, false),
@@ -152,9 +156,8 @@ fn example(method: &str, path: &str) -> Option<Value> {
         }
         ("post", "/v1/campaigns/{id}/stock") => json!({"delta": -20}),
         ("post", "/v1/campaigns/{id}/reservations") => json!({"user_id": "u42", "quantity": 1}),
-        ("post", "/v1/campaigns/{id}/groups" | "/v1/groups/{id}/members") => {
-            json!({"user_id": "u42"})
-        }
+        ("post", "/v1/campaigns/{id}/groups" | "/v1/groups/{id}/members")
+        | ("post", "/v1/campaigns/{id}/queue") => json!({"user_id": "u42"}),
         ("post", "/v1/reservations/{id}/extend") => json!({"seconds": 300}),
         ("post", "/v1/webhooks") => json!({"url": "https://store.example/flashsale-hook",
             "event_types": ["reservation.expired", "reservation.released"]}),
@@ -192,6 +195,11 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
         ("ReservationView", "status", json!(RESERVATION_STATUSES)),
         ("MemberView", "status", json!(RESERVATION_STATUSES)),
         ("GroupView", "status", json!(["open", "formed", "failed"])),
+        (
+            "TicketView",
+            "status",
+            json!(["waiting", "admitted", "sold_out", "expired"]),
+        ),
     ] {
         if schemas[name]["properties"][field].is_object() {
             schemas[name]["properties"][field]["enum"] = values;
@@ -260,6 +268,16 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
             json!({"minimum": -1_000_000_000, "maximum": 1_000_000_000}),
         ),
         ("Replay", "after", json!({"minimum": 0})),
+        (
+            "NewQueueRule",
+            "admit_per_second",
+            json!({"minimum": 1, "maximum": 1_000_000}),
+        ),
+        (
+            "NewQueueRule",
+            "pass_seconds",
+            json!({"minimum": 1, "maximum": 2_592_000}),
+        ),
     ] {
         let property = &mut schemas[name]["properties"][field];
         if let (Some(property), Some(bounds)) = (property.as_object_mut(), bounds.as_object()) {
@@ -297,12 +315,24 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
             // Path parameters the handlers take through an extractor.
             let parameters = op["parameters"].as_array().cloned().unwrap_or_default();
             let mut parameters: Vec<Value> = parameters;
-            if path.contains("{id}") && !parameters.iter().any(|p| p["name"] == "id") {
-                parameters.insert(
-                    0,
-                    json!({"name": "id", "in": "path", "required": true,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 128}}),
-                );
+            for name in ["id", "ticket"] {
+                let template = format!("{{{name}}}");
+                if path.contains(&template) && !parameters.iter().any(|p| p["name"] == name) {
+                    parameters.insert(
+                        0,
+                        json!({"name": name, "in": "path", "required": true,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 128}}),
+                    );
+                }
+            }
+            let takes_pass = method == "post"
+                && (path.ends_with("/reservations") && path.starts_with("/v1/campaigns/")
+                    || path.ends_with("/groups")
+                    || path.ends_with("/members"));
+            if takes_pass {
+                parameters.push(json!({"name": "Flashsale-Pass", "in": "header", "required": false,
+                    "description": "On a campaign with a waiting room: the pass of the user's admitted ticket (GET /v1/queue/{ticket}); without a valid one, 403 queue_pass_required. Ignored on other campaigns.",
+                    "schema": {"type": "string"}}));
             }
             for parameter in parameters.iter_mut() {
                 if parameter["in"] == "query" && parameter["name"] == "limit" {
