@@ -9,9 +9,9 @@
 --          :q  hash `seq` (arrivals after the start), `clock` (admission budget spent up to
 --              this ms), `admitted` (in all)
 -- ARGV[1]  operation, ARGV[2] now (ms), then:
---   ticket  ARGV[3] ticket id                      -> status (below) or {}
---   join    ARGV[3] user  ARGV[4] scoped key  ARGV[5] new ticket id  ARGV[6] lot
---           -> {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
+--   tickets ARGV[3..] ticket ids                   -> {status (below) or {}, ...}
+--   joins   ARGV[3..] 5 per join, in arrival order: now, user, scoped key, new ticket id, lot
+--           -> per join {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
 --              {'campaign_not_found'} | {'ended'} | {'no_waiting_room'}
 --   admit   -> {admitted now, still waiting}
 -- status: {'admitted', user, pass expiry} | {'expired', user} | {'sold_out', user} |
@@ -19,6 +19,8 @@
 local c = KEYS[1]
 local op, now = ARGV[1], tonumber(ARGV[2])
 
+-- The campaign's window and units, read once per call however many tickets it reads.
+local window
 local function status(ticket)
   local user = redis.call('HGET', c .. ':qt', ticket)
   if not user then return {} end
@@ -27,7 +29,8 @@ local function status(ticket)
     if tonumber(until_ms) > now then return {'admitted', user, until_ms} end
     return {'expired', user}
   end
-  local f = redis.call('HMGET', c, 'starts', 'ends', 'available')
+  window = window or redis.call('HMGET', c, 'starts', 'ends', 'available')
+  local f = window
   if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return {'expired', user} end
   if tonumber(f[3] or '0') == 0 then return {'sold_out', user} end
   if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return {'waiting', user, ''} end
@@ -42,23 +45,26 @@ local function with_ticket(outcome, ticket)
   return answer
 end
 
-if op == 'ticket' then
-  return status(ARGV[3])
+if op == 'tickets' then
+  local answers = {}
+  for i = 3, #ARGV do answers[#answers + 1] = status(ARGV[i]) end
+  return answers
 end
 
 local f = redis.call('HMGET', c, 'starts', 'ends', 'qrate', 'qpass', 'available')
 if not f[5] then
-  if op == 'join' then return {'campaign_not_found'} end
-  return {0, 0}
+  if op == 'admit' then return {0, 0} end
+  local answers = {}
+  for _ = 3, #ARGV, 5 do answers[#answers + 1] = {'campaign_not_found'} end
+  return answers
 end
 local starts = tonumber(f[1] ~= '' and f[1] or nil)
 local ends = tonumber(f[2] ~= '' and f[2] or nil)
 local rate = tonumber(f[3] ~= '' and f[3] or nil)
 
-if op == 'join' then
+local function join(user, key, fresh, lot)
   if not rate then return {'no_waiting_room'} end
   if ends and now >= ends then return {'ended'} end
-  local user, key, fresh = ARGV[3], ARGV[4], ARGV[5]
   local known = redis.call('HGET', c .. ':qk', key)
   if known and known ~= user then return {'key_reused'} end
   if not known then redis.call('HSET', c .. ':qk', key, user) end
@@ -66,7 +72,7 @@ if op == 'join' then
   if existing then return with_ticket('existing', existing) end
   local score
   if starts and now < starts then
-    score = ARGV[6]
+    score = lot
   else
     score = 4503599627370496 + redis.call('HINCRBY', c .. ':q', 'seq', 1)
   end
@@ -74,6 +80,15 @@ if op == 'join' then
   redis.call('HSET', c .. ':qu', user, fresh)
   redis.call('ZADD', c .. ':qw', score, fresh)
   return with_ticket('joined', fresh)
+end
+
+if op == 'joins' then
+  local answers = {}
+  for i = 3, #ARGV, 5 do
+    now = tonumber(ARGV[i])
+    answers[#answers + 1] = join(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  end
+  return answers
 end
 
 -- admit

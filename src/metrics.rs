@@ -58,6 +58,10 @@ pub const PERSISTED_EVENTS: &str = "flashsale_persister_events_total";
 pub const PERSIST_BATCH_SIZE: &str = "flashsale_persister_batch_size";
 /// Reservation attempts decided by one call of `lua/reserve.lua` (group commit).
 pub const RESERVE_BATCH_SIZE: &str = "flashsale_reserve_batch_size";
+/// Waiting-room tickets read by one call of the queue script (Redis engine).
+pub const TICKET_BATCH_SIZE: &str = "flashsale_ticket_read_batch_size";
+/// Waiting-room joins decided by one call of the queue script (Redis engine).
+pub const JOIN_BATCH_SIZE: &str = "flashsale_queue_join_batch_size";
 /// Time to write and acknowledge one batch.
 pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_seconds";
 /// Age of the oldest event not yet persisted (0 when none waits).
@@ -95,6 +99,8 @@ pub const SCRIPT_NAMES: &[&str] = &[
     "open_group",
     "join_group",
     "read_group",
+    "queue_join",
+    "queue_tickets",
 ];
 
 /// Keeps the counters that alerts and panels read present at zero, so a quiet service shows
@@ -154,6 +160,18 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(RESERVE_BATCH_SIZE.into()),
+                        RESERVE_BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TICKET_BATCH_SIZE.into()),
+                        RESERVE_BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(JOIN_BATCH_SIZE.into()),
                         RESERVE_BATCH_BUCKETS,
                     )
                 })
@@ -248,6 +266,14 @@ fn describe() {
     metrics::describe_histogram!(
         RESERVE_BATCH_SIZE,
         "Reservation attempts decided by one call of the reserve script (group commit)."
+    );
+    metrics::describe_histogram!(
+        TICKET_BATCH_SIZE,
+        "Waiting-room tickets read by one call of the queue script."
+    );
+    metrics::describe_histogram!(
+        JOIN_BATCH_SIZE,
+        "Waiting-room joins decided by one call of the queue script."
     );
     metrics::describe_histogram!(
         PERSIST_BATCH_DURATION,

@@ -10,6 +10,7 @@
 //!   silently slowing the generator down (coordinated omission).
 
 pub mod chart;
+pub mod queue;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -91,7 +92,7 @@ impl Service {
     }
 
     /// The token an attempt of `user` carries: the store's, or the user's own JWT.
-    fn attempt_token(&self, user: &str, cache: &mut HashMap<String, String>) -> String {
+    pub fn attempt_token(&self, user: &str, cache: &mut HashMap<String, String>) -> String {
         let Some(secret) = &self.jwt_secret else {
             return self.store_token.clone();
         };
@@ -149,6 +150,25 @@ impl Service {
             .await
     }
 
+    /// Takes a waiting-room ticket for `user` as `token`.
+    pub async fn join_as(
+        &self,
+        campaign: &str,
+        user: &str,
+        key: &str,
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
+        self.call(
+            Method::POST,
+            &format!("/v1/campaigns/{campaign}/queue"),
+            Some(token),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+
     /// Sends one request and reads the whole answer.
     pub async fn call(
         &self,
@@ -158,9 +178,25 @@ impl Service {
         key: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Answer> {
+        self.call_with(method, path, token, key, body, None).await
+    }
+
+    /// [`Service::call`] with one more header.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+        header: Option<(&str, &str)>,
+    ) -> anyhow::Result<Answer> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -281,7 +317,7 @@ pub struct Second {
 }
 
 /// What to send.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Reservation attempts against a campaign.
@@ -293,6 +329,10 @@ pub enum Target {
     /// Every other attempt a flash-sale reservation, the others group-buy opens and joins
     /// (on the campaign `<campaign>-group`).
     Mixed { size: u64 },
+    /// Waiting-room joins (`POST /v1/campaigns/<id>/queue`), one per user.
+    Join,
+    /// Ticket polls (`GET /v1/queue/<ticket>`), round robin over the burst's `tickets`.
+    Poll,
 }
 
 /// Groups opened during a burst that still have free slots: (group id, slots left).
@@ -308,6 +348,9 @@ pub struct Burst {
     pub target: Target,
     /// Makes idempotency keys unique to this run.
     pub run_id: String,
+    /// The tickets a [`Target::Poll`] burst reads.
+    #[serde(skip)]
+    pub tickets: Arc<Vec<String>>,
 }
 
 /// Latency percentiles in microseconds.
@@ -338,7 +381,7 @@ pub struct Report {
     pub series: Vec<Second>,
     /// Answers with a 5xx status and requests without an answer, over all attempts.
     pub error_ratio: f64,
-    /// The 201 answers: (user, reservation id).
+    /// The 201 answers: (user, reservation id) — or (user, ticket id) for joins.
     #[serde(skip)]
     pub winners: Vec<(String, String)>,
 }
@@ -566,6 +609,22 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                             .call(Method::GET, "/healthz", None, None, None)
                             .await
                     }
+                    (Target::Join, None) => {
+                        let token = service.attempt_token(&user, &mut tokens);
+                        service.join_as(&burst.campaign, &user, &key, &token).await
+                    }
+                    (Target::Poll, None) => {
+                        let ticket = &burst.tickets[i as usize % burst.tickets.len().max(1)];
+                        service
+                            .call(
+                                Method::GET,
+                                &format!("/v1/queue/{ticket}"),
+                                Some(&service.store_token),
+                                None,
+                                None,
+                            )
+                            .await
+                    }
                 };
                 let micros = scheduled.elapsed().as_micros() as u64;
                 let _ = histogram.record(micros.max(1));
@@ -583,6 +642,12 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                 let outcome = match &answer {
                     // A group opened or joined: a slot held in a group (its id is the group's).
                     Ok(a) if a.status == StatusCode::CREATED && grouped => "grouped",
+                    Ok(a) if a.status == StatusCode::CREATED && burst.target == Target::Join => {
+                        if let Some(ticket) = a.field("ticket") {
+                            won.push((user, ticket));
+                        }
+                        "joined"
+                    }
                     Ok(a) if a.status == StatusCode::CREATED => {
                         if let Some(id) = a.field("id") {
                             won.push((user, id));
@@ -838,6 +903,34 @@ pub async fn create_campaign(
     let answer = service
         .admin_post("/v1/campaigns", json!({"id": id, "kind": "flash_sale", "sku": "loadtest", "stock": stock, "per_user_limit": limit, "hold_seconds": hold_seconds}))
         .await?;
+    if answer.status != StatusCode::CREATED {
+        bail!(
+            "creating {id} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(answer.json())
+}
+
+/// Creates a flash-sale campaign with a waiting room admitting `admit_per_second`, starting
+/// at `starts_at` (RFC 3339) or now.
+pub async fn create_queued_campaign(
+    service: &Service,
+    id: &str,
+    stock: u64,
+    limit: u64,
+    hold_seconds: u64,
+    admit_per_second: u64,
+    starts_at: Option<String>,
+) -> anyhow::Result<Value> {
+    let mut body = json!({"id": id, "kind": "flash_sale", "sku": "loadtest", "stock": stock,
+        "per_user_limit": limit, "hold_seconds": hold_seconds,
+        "queue": {"admit_per_second": admit_per_second}});
+    if let Some(starts_at) = starts_at {
+        body["starts_at"] = json!(starts_at);
+    }
+    let answer = service.admin_post("/v1/campaigns", body).await?;
     if answer.status != StatusCode::CREATED {
         bail!(
             "creating {id} answered {}: {}",

@@ -62,6 +62,21 @@ enum Command {
     Sale(SaleArgs),
     /// The HTTP floor: the same load against `GET /healthz`.
     Healthz(DriveArgs),
+    /// Waiting-room polls: `--users` join a queued campaign that admits one a second, then
+    /// the load reads their tickets (`GET /v1/queue/<ticket>`), round robin — to compare
+    /// with `healthz` under the same load.
+    QueuePoll(QueuePollArgs),
+}
+
+#[derive(Args)]
+struct QueuePollArgs {
+    #[command(flatten)]
+    drive: DriveArgs,
+    #[arg(long, default_value = "loadtest-poll")]
+    campaign: String,
+    /// Tickets taken before the polls start (the polls go round robin over them).
+    #[arg(long, default_value_t = 1_000)]
+    users: u64,
 }
 
 #[derive(Args, Clone)]
@@ -130,13 +145,24 @@ struct SaleArgs {
     /// Skip settling and verification (pure throughput runs).
     #[arg(long)]
     no_verify: bool,
-    /// `flash` (reservations), `group` (group buy: open a group, the next join it) or
-    /// `mixed` (both at once, the group buy on `<campaign>-group`).
+    /// `flash` (reservations), `group` (group buy: open a group, the next join it),
+    /// `mixed` (both at once, the group buy on `<campaign>-group`) or `queue` (a waiting
+    /// room: join, poll with backoff, reserve with the pass).
     #[arg(long, value_enum, default_value_t = Scenario::Flash)]
     scenario: Scenario,
     /// Group buys: members per group.
     #[arg(long, default_value_t = 3)]
     group_size: u64,
+    /// Waiting room (`--scenario queue`): users admitted per second.
+    #[arg(long, default_value_t = 1_000)]
+    admit_per_second: u64,
+    /// Waiting room: the sale starts this many seconds after the campaign is made (joins
+    /// before it are ordered by the draw); 0 starts it at once.
+    #[arg(long, default_value_t = 0)]
+    starts_in: u64,
+    /// Waiting room: a user still waiting this long after the joins gives up.
+    #[arg(long, default_value_t = 300)]
+    give_up_seconds: u64,
     /// Act as the users themselves: each attempt carries its user's HS256 JWT signed with
     /// this secret (the service's FLASHSALE_JWT_SECRET) instead of the store token.
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
@@ -148,6 +174,9 @@ enum Scenario {
     Flash,
     Group,
     Mixed,
+    /// A waiting room: the burst is joins, then every user polls with backoff and
+    /// reserves with its pass once admitted.
+    Queue,
 }
 
 fn drive(args: &DriveArgs) -> Drive {
@@ -233,7 +262,7 @@ fn print_table(report: &Report) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let service = Service::new(&cli.url, &first(&cli.admin_token), &first(&cli.store_token));
-    if matches!(cli.command, Command::Sale(_))
+    if matches!(cli.command, Command::Sale(_) | Command::QueuePoll(_))
         && (first(&cli.store_token).is_empty() || first(&cli.admin_token).is_empty())
     {
         anyhow::bail!("a sale needs --admin-token and --store-token (or FLASHSALE_ADMIN_TOKENS and FLASHSALE_STORE_TOKENS)");
@@ -253,6 +282,7 @@ async fn main() -> anyhow::Result<()> {
                 drive: drive(args),
                 target: Target::Healthz,
                 run_id,
+                tickets: Default::default(),
             };
             let report = play(&service, &burst).await?;
             println!("healthz");
@@ -264,13 +294,67 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         }
+        Command::QueuePoll(args) => {
+            if first(&cli.store_token).is_empty() || first(&cli.admin_token).is_empty() {
+                anyhow::bail!("queue-poll needs --admin-token and --store-token");
+            }
+            loadtest::create_queued_campaign(&service, &args.campaign, 1_000_000, 1, 900, 1, None)
+                .await?;
+            let joins = Burst {
+                campaign: args.campaign.clone(),
+                attempts: args.users,
+                users: args.users,
+                drive: Drive::Closed { concurrency: 32 },
+                target: Target::Join,
+                run_id: run_id.clone(),
+                tickets: Default::default(),
+            };
+            let joined = play(&service, &joins).await?;
+            let tickets: Vec<String> = joined.winners.into_iter().map(|(_, t)| t).collect();
+            if tickets.is_empty() {
+                anyhow::bail!("no ticket was taken: {:?}", joined.outcomes);
+            }
+            let burst = Burst {
+                campaign: args.campaign.clone(),
+                attempts: attempts(&args.drive),
+                users: 1,
+                drive: drive(&args.drive),
+                target: Target::Poll,
+                run_id,
+                tickets: std::sync::Arc::new(tickets),
+            };
+            let report = play(&service, &burst).await?;
+            println!("queue-poll ({} tickets)", burst.tickets.len());
+            print_table(&report);
+            if let Some(path) = &cli.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+            if !judge(&cli, &report, "GET /v1/queue/{ticket}")? {
+                std::process::exit(2);
+            }
+        }
         Command::Sale(args) => {
             let service = match &args.jwt_secret {
                 Some(secret) => service.clone().as_users(secret),
                 None => service.clone(),
             };
             if !args.existing {
-                if args.scenario == Scenario::Group {
+                if args.scenario == Scenario::Queue {
+                    let starts_at = (args.starts_in > 0).then(|| {
+                        let at = std::time::SystemTime::now() + Duration::from_secs(args.starts_in);
+                        rfc3339(at)
+                    });
+                    loadtest::create_queued_campaign(
+                        &service,
+                        &args.campaign,
+                        args.stock,
+                        args.limit,
+                        args.hold_seconds,
+                        args.admit_per_second,
+                        starts_at,
+                    )
+                    .await?;
+                } else if args.scenario == Scenario::Group {
                     loadtest::create_group_campaign(
                         &service,
                         &args.campaign,
@@ -315,8 +399,10 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Mixed => Target::Mixed {
                         size: args.group_size,
                     },
+                    Scenario::Queue => Target::Join,
                 },
-                run_id,
+                run_id: run_id.clone(),
+                tickets: Default::default(),
             };
             let report = play(&service, &burst).await?;
             println!(
@@ -326,7 +412,60 @@ async fn main() -> anyhow::Result<()> {
             print_table(&report);
             let mut output = serde_json::json!({ "report": report });
             let mut passed = true;
-            if !args.no_verify && args.scenario != Scenario::Flash {
+            if args.scenario == Scenario::Queue {
+                let mut tickets: Vec<(String, String)> = report.winners.clone();
+                tickets.sort();
+                tickets.dedup_by(|a, b| a.0 == b.0);
+                println!("through the line ({} users with a ticket)", tickets.len());
+                let flow = loadtest::queue::through_the_line(
+                    &service,
+                    &args.campaign,
+                    tickets.clone(),
+                    &run_id,
+                    args.drive.concurrency,
+                    Duration::from_secs(args.give_up_seconds),
+                )
+                .await?;
+                println!("  seconds           {:>12.2}", flow.seconds);
+                println!("  polls             {:>12}", flow.polls);
+                println!(
+                    "  polls per user    {:>12.1}",
+                    flow.polls as f64 / flow.users.max(1) as f64
+                );
+                for (outcome, n) in &flow.outcomes {
+                    println!("  {outcome:<18}{n:>12}");
+                }
+                println!("  last reserved at  {:>11.2}s", flow.last_reserved_at);
+                println!("  reserved/s        {:?}", flow.reserved_per_second);
+                let reserved = flow.outcomes.get("reserved").copied().unwrap_or(0);
+                let expected = args.stock.min(tickets.len() as u64);
+                let checks = [
+                    (
+                        "every join answered without a 5xx".to_owned(),
+                        report.error_ratio == 0.0,
+                        format!("{:.4}", report.error_ratio),
+                    ),
+                    (
+                        "no 5xx while polling and reserving".to_owned(),
+                        flow.errors == 0,
+                        flow.errors.to_string(),
+                    ),
+                    (
+                        "every unit went to an admitted user with a pass, none beyond".to_owned(),
+                        reserved == expected,
+                        format!("{reserved} reserved, {expected} expected"),
+                    ),
+                    loadtest::units_add_up(&service, &args.campaign).await?,
+                ];
+                if !args.no_verify {
+                    println!("verification");
+                    for (name, ok, saw) in &checks {
+                        println!("  {} {name}: {saw}", if *ok { "ok  " } else { "FAIL" });
+                        passed &= ok;
+                    }
+                }
+                output["line"] = serde_json::to_value(&flow)?;
+            } else if !args.no_verify && args.scenario != Scenario::Flash {
                 // Group buys: conservation on every campaign of the run, and no server error.
                 let mut campaigns = vec![args.campaign.clone()];
                 if args.scenario == Scenario::Mixed {
@@ -390,4 +529,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// RFC 3339 UTC.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

@@ -54,6 +54,8 @@ on_every_queue_engine!(
     sold_out_reaches_every_waiting_ticket_at_once,
     one_ticket_per_user_and_per_key,
     many_admitters_at_once_never_pass_the_rate,
+    concurrent_reads_answer_each_ticket_its_own,
+    concurrent_joins_give_each_user_one_ticket_and_one_place,
 );
 
 /// A whole second, so the RFC 3339 round trip of `starts_at` is exact.
@@ -439,4 +441,80 @@ async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>
     // Nobody admitted twice, nobody lost: what waits is what was not admitted.
     let last = engine.admit(&c.id, Millis::now()).await.expect("answers");
     assert_eq!(last.waiting, 1_000 - total - last.admitted);
+}
+
+/// Reads of many tickets at once (the Redis engine batches them per campaign): each answer
+/// is its own ticket's — its user, its place.
+async fn concurrent_reads_answer_each_ticket_its_own(engine: Arc<dyn QueueEngine>) {
+    let c = queued(&*engine, 1_000, 1, None).await;
+    let t = Millis::now();
+    let mut tickets = Vec::new();
+    for i in 0..300 {
+        tickets.push((
+            format!("r{i}"),
+            join(&*engine, &c, &format!("r{i}"), t).await.id,
+        ));
+    }
+    let reads = tickets.iter().cloned().enumerate().map(|(i, (user, id))| {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let ticket = engine
+                .ticket(&id, t)
+                .await
+                .expect("answers")
+                .expect("exists");
+            assert_eq!(ticket.id, id);
+            assert_eq!(ticket.user_id.as_str(), user);
+            assert_eq!(
+                ticket.status,
+                TicketStatus::Waiting {
+                    position: Some(i as u64 + 1)
+                }
+            );
+        })
+    });
+    for read in reads.collect::<Vec<_>>() {
+        read.await.expect("reader");
+    }
+}
+
+/// 200 users join twice each (other keys), all at once (the Redis engine batches joins per
+/// campaign): one ticket per user, both answers name it, and the places are 1..=200.
+async fn concurrent_joins_give_each_user_one_ticket_and_one_place(engine: Arc<dyn QueueEngine>) {
+    let c = queued(&*engine, 1_000, 1, None).await;
+    let t = Millis::now();
+    let joins = (0..400).map(|i| {
+        let (engine, c) = (Arc::clone(&engine), c.clone());
+        tokio::spawn(async move {
+            let user = format!("j{}", i % 200);
+            let outcome = engine
+                .join_queue(&join_request(&c, &user, &format!("k{i}"), t))
+                .await
+                .expect("answers");
+            (user, outcome)
+        })
+    });
+    let mut by_user: HashMap<String, Vec<(bool, TicketId)>> = HashMap::new();
+    for join in joins.collect::<Vec<_>>() {
+        let (user, outcome) = join.await.expect("joiner");
+        let entry = match outcome {
+            JoinOutcome::Joined(ticket) => (true, ticket.id),
+            JoinOutcome::Existing(ticket) => (false, ticket.id),
+            other => panic!("{other:?}"),
+        };
+        by_user.entry(user).or_default().push(entry);
+    }
+    assert_eq!(by_user.len(), 200);
+    let mut places = HashSet::new();
+    for (user, answers) in &by_user {
+        assert_eq!(answers.len(), 2, "{user}");
+        assert_eq!(answers[0].1, answers[1].1, "{user} got two tickets");
+        assert_eq!(
+            answers.iter().filter(|a| a.0).count(),
+            1,
+            "{user}: one new ticket"
+        );
+        places.insert(position(&*engine, &answers[0].1, t).await.expect("placed"));
+    }
+    assert_eq!(places, (1..=200).collect::<HashSet<u64>>());
 }

@@ -1,56 +1,92 @@
-//! Group commit for reserves. Attempts on one campaign that arrive while a call of
-//! `lua/reserve.lua` for it is in flight wait in the campaign's queue and go together as the
-//! next call, which decides each in arrival order with a lone attempt's rules (one read and
-//! one write of the campaign, one stream entry, per batch). No timer: a lone attempt goes at
-//! once; under load batches grow by themselves, up to [`MAX_BATCH`]. At most one call per
-//! campaign is in flight from an instance; a queue longer than [`MAX_WAITING`] sheds new
-//! attempts (`EngineError::Overloaded`, 503 `overloaded`).
+//! Group commit. Calls on one campaign that arrive while a script call for it is in flight
+//! wait in the campaign's queue and go together as the next call, which answers each as a
+//! lone call would. No timer: a lone call goes at once; under load batches grow by
+//! themselves, up to [`MAX_BATCH`]. At most one call per campaign and kind is in flight from
+//! an instance; a queue longer than [`MAX_WAITING`] sheds new calls
+//! (`EngineError::Overloaded`, 503 `overloaded`).
+//!
+//! Two kinds go through it ([`BatchKind`]): reserves (`lua/reserve.lua` decides a batch in
+//! arrival order with one read and one write of the campaign and one stream entry) and
+//! waiting-room ticket reads (`lua/queue.lua` reads a batch of tickets with one read of the
+//! campaign).
 
 use super::{Connection, RedisEngine};
 use crate::domain::CampaignId;
-use crate::engine::{EngineError, ReserveOutcome, ReserveRequest};
-use crate::metrics as m;
+use crate::engine::EngineError;
 use dashmap::DashMap;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Attempts per script call at most: a batch of 128 keeps one call well under a millisecond
-/// of Redis time, so other campaigns' calls never wait long behind it.
+/// Calls per script call at most: a batch of 128 reserves keeps one call well under a
+/// millisecond of Redis time, so other campaigns' calls never wait long behind it.
 pub const MAX_BATCH: usize = 128;
 
-/// Attempts waiting for one campaign at most (beyond them: 503 `overloaded`).
+/// Calls waiting for one campaign at most (beyond them: 503 `overloaded`).
 pub const MAX_WAITING: usize = 8192;
 
-type Answer = Result<ReserveOutcome, EngineError>;
+/// A kind of call that goes in batches: how a batch is sent, and where its queues are.
+pub(super) trait BatchKind<C: Connection>: Clone + Send + Sync + 'static {
+    type Outcome: Send + 'static;
+    /// What errors call it.
+    const NAME: &'static str;
+    /// The batch-size histogram.
+    const HISTOGRAM: &'static str;
 
-struct Waiting {
-    request: ReserveRequest,
-    answer: oneshot::Sender<Answer>,
+    fn queues(engine: &RedisEngine<C>) -> &Batcher<Self, Self::Outcome>;
+
+    /// One script call for the batch (all of one campaign): an outcome per call, in order.
+    fn send(
+        engine: &RedisEngine<C>,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<Self::Outcome>, EngineError>> + Send;
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Waiting>,
+type Answer<O> = Result<O, EngineError>;
+
+struct Waiting<R, O> {
+    request: R,
+    answer: oneshot::Sender<Answer<O>>,
+}
+
+struct Queue<R, O> {
+    waiting: VecDeque<Waiting<R, O>>,
     /// A driver task is sending this campaign's batches.
     running: bool,
 }
 
-type Shared = Arc<Mutex<Queue>>;
-
-/// The queues of every campaign this instance reserves on.
-#[derive(Default)]
-pub struct Batcher {
-    queues: DashMap<CampaignId, Shared>,
+impl<R, O> Default for Queue<R, O> {
+    fn default() -> Self {
+        Queue {
+            waiting: VecDeque::new(),
+            running: false,
+        }
+    }
 }
 
-impl Batcher {
+type Shared<R, O> = Arc<Mutex<Queue<R, O>>>;
+
+/// The queues of every campaign this instance sends one kind of call for.
+pub struct Batcher<R, O> {
+    queues: DashMap<CampaignId, Shared<R, O>>,
+}
+
+impl<R, O> Default for Batcher<R, O> {
+    fn default() -> Self {
+        Batcher {
+            queues: DashMap::new(),
+        }
+    }
+}
+
+impl<R, O> Batcher<R, O> {
     pub fn forget(&self, campaign: &CampaignId) {
         self.queues.remove(campaign);
     }
 }
 
-fn lock(queue: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+fn lock<R, O>(queue: &Shared<R, O>) -> std::sync::MutexGuard<'_, Queue<R, O>> {
     queue.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -58,9 +94,9 @@ fn lock(queue: &Shared) -> std::sync::MutexGuard<'_, Queue> {
 /// callers get an error), the next attempt starts a new driver. Only on a panic: after a
 /// normal stop another driver may already own the queue (an attempt that arrived after the
 /// queue was found empty started it), and its attempts are not this driver's to drop.
-struct Running(Shared);
+struct Running<R, O>(Shared<R, O>);
 
-impl Drop for Running {
+impl<R, O> Drop for Running<R, O> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let mut queue = lock(&self.0);
@@ -71,12 +107,15 @@ impl Drop for Running {
 }
 
 impl<C: Connection> RedisEngine<C> {
-    /// Queues the attempt behind its campaign's call in flight, or sends it at once.
-    pub(super) async fn reserve_queued(&self, request: &ReserveRequest) -> Answer {
-        let queue = self
-            .batcher
+    /// Queues the call behind its campaign's call in flight, or sends it at once.
+    pub(super) async fn batched<K: BatchKind<C>>(
+        &self,
+        campaign: &CampaignId,
+        request: &K,
+    ) -> Answer<K::Outcome> {
+        let queue = K::queues(self)
             .queues
-            .entry(request.campaign_id.clone())
+            .entry(campaign.clone())
             .or_default()
             .clone();
         let (answer, answered) = oneshot::channel();
@@ -92,18 +131,21 @@ impl<C: Connection> RedisEngine<C> {
             !std::mem::replace(&mut q.running, true)
         };
         if lead {
-            tokio::spawn(self.clone().drive(queue));
+            tokio::spawn(self.clone().drive::<K>(queue));
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(EngineError::Corrupt("a reserve batch was dropped".into())))
+        answered.await.unwrap_or_else(|_| {
+            Err(EngineError::Corrupt(format!(
+                "a {} batch was dropped",
+                K::NAME
+            )))
+        })
     }
 
-    /// Sends the campaign's waiting attempts, a batch at a time, until none waits.
-    async fn drive(self, queue: Shared) {
+    /// Sends the campaign's waiting calls, a batch at a time, until none waits.
+    async fn drive<K: BatchKind<C>>(self, queue: Shared<K, K::Outcome>) {
         let _running = Running(queue.clone());
         loop {
-            let batch: Vec<Waiting> = {
+            let batch: Vec<Waiting<K, K::Outcome>> = {
                 let mut q = lock(&queue);
                 if q.waiting.is_empty() {
                     q.running = false;
@@ -112,10 +154,10 @@ impl<C: Connection> RedisEngine<C> {
                 let n = q.waiting.len().min(MAX_BATCH);
                 q.waiting.drain(..n).collect()
             };
-            metrics::histogram!(m::RESERVE_BATCH_SIZE).record(batch.len() as f64);
+            metrics::histogram!(K::HISTOGRAM).record(batch.len() as f64);
             let (requests, answers): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|w| (w.request, w.answer)).unzip();
-            match self.reserve_batch(&requests).await {
+            match K::send(&self, &requests).await {
                 Ok(outcomes) => {
                     for (answer, outcome) in answers.into_iter().zip(outcomes) {
                         let _ = answer.send(Ok(outcome));
@@ -128,5 +170,22 @@ impl<C: Connection> RedisEngine<C> {
                 }
             }
         }
+    }
+}
+
+impl<C: Connection> BatchKind<C> for crate::engine::ReserveRequest {
+    type Outcome = crate::engine::ReserveOutcome;
+    const NAME: &'static str = "reserve";
+    const HISTOGRAM: &'static str = crate::metrics::RESERVE_BATCH_SIZE;
+
+    fn queues(engine: &RedisEngine<C>) -> &Batcher<Self, Self::Outcome> {
+        &engine.batcher
+    }
+
+    fn send(
+        engine: &RedisEngine<C>,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<Self::Outcome>, EngineError>> + Send {
+        engine.reserve_batch(batch)
     }
 }

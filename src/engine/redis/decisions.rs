@@ -317,7 +317,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        self.reserve_queued(request).await
+        self.batched(&request.campaign_id, request).await
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {

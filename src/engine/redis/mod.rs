@@ -85,7 +85,11 @@ pub struct RedisEngine<C = ConnectionManager> {
     /// When this instance last looked for events a dead consumer left unacknowledged.
     last_reclaim: Arc<Mutex<Option<Instant>>>,
     /// Each campaign's reserve attempts waiting for the call in flight (group commit).
-    batcher: Arc<batcher::Batcher>,
+    batcher: Arc<batcher::Batcher<crate::engine::ReserveRequest, crate::engine::ReserveOutcome>>,
+    /// Waiting-room ticket reads, batched per campaign like reserves.
+    ticket_reads: Arc<batcher::Batcher<queue::TicketRead, Option<crate::domain::Ticket>>>,
+    /// Waiting-room joins, batched per campaign like reserves.
+    joins: Arc<batcher::Batcher<crate::engine::JoinRequest, crate::engine::JoinOutcome>>,
 }
 
 impl RedisEngine {
@@ -143,6 +147,8 @@ impl<C: Connection> RedisEngine<C> {
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
             batcher: Arc::default(),
+            ticket_reads: Arc::default(),
+            joins: Arc::default(),
         };
         let mut connection = engine.connection.clone();
         for script in engine.scripts.all() {
@@ -336,6 +342,8 @@ impl<C: Connection> Backend for RedisEngine<C> {
             .await?;
         *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.batcher.forget(id);
+        self.ticket_reads.forget(id);
+        self.joins.forget(id);
         // Then the rest, a page at a time (SCAN never blocks Redis for long): every other key
         // of the campaign starts with its hash key and a colon.
         let pattern = format!("{}:*", keys.campaign);

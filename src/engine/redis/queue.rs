@@ -1,5 +1,6 @@
 //! [`WaitingRoom`] on Redis: `lua/queue.lua`, one call per operation on the campaign's slot.
 
+use super::batcher::{BatchKind, Batcher};
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Millis, Refusal, Ticket, TicketId, TicketStatus, UserId};
 use crate::engine::{Admission, EngineError, JoinOutcome, JoinRequest, WaitingRoom};
@@ -34,53 +35,158 @@ fn ticket_from(id: &TicketId, reply: &[String]) -> Result<Option<Ticket>, Engine
     }))
 }
 
-#[async_trait]
-impl<C: Connection> WaitingRoom for RedisEngine<C> {
-    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
-        let keys = self.keys(&request.campaign_id);
-        let reply: Vec<String> = self
-            .scripts
-            .queue
-            .key(&keys.campaign)
-            .arg("join")
-            .arg(request.now.0)
-            .arg(request.user_id.as_str())
-            .arg(request.idempotency_key.as_str())
-            .arg(request.ticket_id.as_str())
-            .arg(request.draw)
+/// One ticket read, as the batcher queues it.
+#[derive(Debug, Clone)]
+pub struct TicketRead {
+    id: TicketId,
+    now: Millis,
+}
+
+impl<C: Connection> RedisEngine<C> {
+    /// Reads tickets of one campaign with one call of `queue.lua`, as of the latest `now`.
+    async fn read_tickets(&self, batch: &[TicketRead]) -> Result<Vec<Option<Ticket>>, EngineError> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let campaign = first.id.campaign_id();
+        let now = batch.iter().map(|r| r.now).max().unwrap_or(first.now);
+        let mut invocation = self.scripts.queue.prepare_invoke();
+        invocation
+            .key(self.keys(&campaign).campaign)
+            .arg("tickets")
+            .arg(now.0);
+        for read in batch {
+            if read.id.campaign_id() != campaign {
+                return Err(EngineError::Corrupt(
+                    "a ticket batch spans campaigns".into(),
+                ));
+            }
+            invocation.arg(read.id.as_str());
+        }
+        let replies: Vec<Vec<String>> = invocation
+            .invoke_async(&mut self.timed("queue_tickets"))
+            .await?;
+        if replies.len() != batch.len() {
+            return Err(EngineError::Corrupt(format!(
+                "queue.lua answered {} reads for {}",
+                replies.len(),
+                batch.len()
+            )));
+        }
+        batch
+            .iter()
+            .zip(&replies)
+            .map(|(read, reply)| ticket_from(&read.id, reply))
+            .collect()
+    }
+}
+
+impl<C: Connection> RedisEngine<C> {
+    /// Decides joins of one campaign with one call of `queue.lua`, in arrival order.
+    async fn join_batch(&self, batch: &[JoinRequest]) -> Result<Vec<JoinOutcome>, EngineError> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let mut invocation = self.scripts.queue.prepare_invoke();
+        invocation
+            .key(self.keys(&first.campaign_id).campaign)
+            .arg("joins")
+            .arg(first.now.0);
+        for request in batch {
+            if request.campaign_id != first.campaign_id {
+                return Err(EngineError::Corrupt("a join batch spans campaigns".into()));
+            }
+            invocation
+                .arg(request.now.0)
+                .arg(request.user_id.as_str())
+                .arg(request.idempotency_key.as_str())
+                .arg(request.ticket_id.as_str())
+                .arg(request.draw);
+        }
+        let replies: Vec<Vec<String>> = invocation
             .invoke_async(&mut self.timed("queue_join"))
             .await?;
-        let corrupt = || EngineError::Corrupt(format!("queue join answered {reply:?}"));
-        let ticket = || -> Result<Ticket, EngineError> {
-            let id = reply
-                .get(1)
-                .and_then(|raw| TicketId::parse(raw).ok())
-                .ok_or_else(corrupt)?;
-            ticket_from(&id, &reply[2..])?.ok_or_else(corrupt)
-        };
-        match reply.first().map(String::as_str) {
-            Some("joined") => Ok(JoinOutcome::Joined(ticket()?)),
-            Some("existing") => Ok(JoinOutcome::Existing(ticket()?)),
-            Some("key_reused") => Ok(JoinOutcome::KeyReused),
-            Some(code) => Refusal::from_code(code)
-                .map(JoinOutcome::Refused)
-                .ok_or_else(corrupt),
-            None => Err(corrupt()),
+        if replies.len() != batch.len() {
+            return Err(EngineError::Corrupt(format!(
+                "queue.lua answered {} joins for {}",
+                replies.len(),
+                batch.len()
+            )));
         }
+        replies.iter().map(|reply| join_outcome(reply)).collect()
+    }
+}
+
+/// A join's outcome as `queue.lua` answers it.
+fn join_outcome(reply: &[String]) -> Result<JoinOutcome, EngineError> {
+    let corrupt = || EngineError::Corrupt(format!("queue join answered {reply:?}"));
+    let ticket = || -> Result<Ticket, EngineError> {
+        let id = reply
+            .get(1)
+            .and_then(|raw| TicketId::parse(raw).ok())
+            .ok_or_else(corrupt)?;
+        ticket_from(&id, &reply[2..])?.ok_or_else(corrupt)
+    };
+    match reply.first().map(String::as_str) {
+        Some("joined") => Ok(JoinOutcome::Joined(ticket()?)),
+        Some("existing") => Ok(JoinOutcome::Existing(ticket()?)),
+        Some("key_reused") => Ok(JoinOutcome::KeyReused),
+        Some(code) => Refusal::from_code(code)
+            .map(JoinOutcome::Refused)
+            .ok_or_else(corrupt),
+        None => Err(corrupt()),
+    }
+}
+
+impl<C: Connection> BatchKind<C> for JoinRequest {
+    type Outcome = JoinOutcome;
+    const NAME: &'static str = "join";
+    const HISTOGRAM: &'static str = crate::metrics::JOIN_BATCH_SIZE;
+
+    fn queues(engine: &RedisEngine<C>) -> &Batcher<Self, Self::Outcome> {
+        &engine.joins
     }
 
+    fn send(
+        engine: &RedisEngine<C>,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<Self::Outcome>, EngineError>> + Send {
+        engine.join_batch(batch)
+    }
+}
+
+impl<C: Connection> BatchKind<C> for TicketRead {
+    type Outcome = Option<Ticket>;
+    const NAME: &'static str = "ticket read";
+    const HISTOGRAM: &'static str = crate::metrics::TICKET_BATCH_SIZE;
+
+    fn queues(engine: &RedisEngine<C>) -> &Batcher<Self, Self::Outcome> {
+        &engine.ticket_reads
+    }
+
+    fn send(
+        engine: &RedisEngine<C>,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<Self::Outcome>, EngineError>> + Send {
+        engine.read_tickets(batch)
+    }
+}
+
+#[async_trait]
+impl<C: Connection> WaitingRoom for RedisEngine<C> {
+    /// Batched per campaign like reserves: joins that arrive while a call is in flight go
+    /// together as the next one.
+    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
+        self.batched(&request.campaign_id, request).await
+    }
+
+    /// Batched per campaign: polls that arrive while a read is in flight go as the next one.
     async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError> {
-        let keys = self.keys(&id.campaign_id());
-        let reply: Vec<String> = self
-            .scripts
-            .queue
-            .key(&keys.campaign)
-            .arg("ticket")
-            .arg(now.0)
-            .arg(id.as_str())
-            .invoke_async(&mut self.timed("queue_ticket"))
-            .await?;
-        ticket_from(id, &reply)
+        let read = TicketRead {
+            id: id.clone(),
+            now,
+        };
+        self.batched(&id.campaign_id(), &read).await
     }
 
     async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
