@@ -176,6 +176,12 @@ impl Gated {
         Ok(Some((state.status(now), available)))
     }
 
+    /// Whether a campaign this node has cached has a waiting room (`None`: not cached);
+    /// read in place, for the reserve path.
+    pub fn cached_queue(&self, id: &CampaignId) -> Option<bool> {
+        self.config.get(id).map(|c| c.queue.is_some())
+    }
+
     /// A campaign's config: from this node's cache when it has it (only `stock` changes after
     /// creation, so a cached config is current except for `stock`).
     pub async fn config(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {

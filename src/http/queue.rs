@@ -153,12 +153,7 @@ pub async fn admitted(
     headers: &HeaderMap,
     now: Millis,
 ) -> Result<Option<TicketId>, ApiError> {
-    let queued = state
-        .engine
-        .config(campaign)
-        .await?
-        .is_some_and(|c| c.queue.is_some());
-    if !queued {
+    if !state.engine.queued(campaign).await? {
         return Ok(None);
     }
     let refused = |reason: &'static str| {

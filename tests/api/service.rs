@@ -169,7 +169,8 @@ async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
 
 on_both_backends!(
     the_readme_walkthrough_runs_as_written,
-    the_readme_group_walkthrough_runs_as_written
+    the_readme_group_walkthrough_runs_as_written,
+    the_readme_queue_walkthrough_runs_as_written
 );
 
 /// Runs a walk-through script from `docs/` against the real server; returns its output.
@@ -223,6 +224,37 @@ async fn the_readme_group_walkthrough_runs_as_written(backend: Backend) {
     assert!(feed[4].contains("reservation.released") && feed[4].contains("\"user_id\":\"dan\""));
     assert!(feed[5].contains("reservation.released") && feed[5].contains("\"user_id\":\"eve\""));
     assert!(feed[6].contains("group.failed"));
+}
+
+/// Runs `docs/queue-walkthrough.sh` (the README's waiting-room walk-through): three join,
+/// nobody reserves without a pass, two are admitted and buy the two units, the third reads
+/// sold out.
+async fn the_readme_queue_walkthrough_runs_as_written(backend: Backend) {
+    let output = run_walkthrough(backend, "queue-walkthrough.sh").await;
+    let lines = json_lines(&output);
+    let joined: Vec<&Value> = lines.iter().filter(|l| l["ticket"].is_string()).collect();
+    assert_eq!(joined.len(), 3, "{output}");
+    assert!(joined
+        .iter()
+        .all(|t| t["status"] == "waiting" && t["position"].is_null()));
+    let codes: Vec<&str> = lines.iter().filter_map(|l| l["code"].as_str()).collect();
+    assert_eq!(codes, ["queue_pass_required"], "{output}");
+    let bought = lines.iter().filter(|l| l["status"] == "held").count();
+    assert_eq!(bought, 2, "{output}");
+    let outcomes: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.split_once(": {"))
+        .filter_map(|(_, rest)| rest.split("\"status\":\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let mut sorted = outcomes.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["admitted", "admitted", "sold_out"], "{output}");
+    let last = lines.last().expect("the campaign at the end");
+    assert_eq!(
+        (last["available"].as_u64(), last["held"].as_u64()),
+        (Some(0), Some(2))
+    );
 }
 
 /// Runs `docs/walkthrough.sh` (the README's curl walk-through) against the real server.

@@ -81,6 +81,14 @@ impl Recovering {
         }
     }
 
+    /// Whether the campaign has a waiting room (`false` for an unknown one).
+    pub async fn queued(&self, id: &CampaignId) -> Result<bool, EngineError> {
+        if let Some(queued) = self.engine.cached_queue(id) {
+            return Ok(queued);
+        }
+        Ok(self.config(id).await?.is_some_and(|c| c.queue.is_some()))
+    }
+
     /// A campaign's config (`stock` may be stale): the cache first, else the engine, rebuilding
     /// the campaign if the engine lost it, else the archive.
     pub async fn config(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {
