@@ -7,36 +7,44 @@
 --          :qa hash admitted ticket -> pass expiry (ms)
 --          :qo sorted set of admitted passes not used yet, scored by expiry
 --          :q  hash `seq` (arrivals after the start), `clock` (admission budget spent up to
---              this ms), `admitted` (in all)
+--              this ms), `admitted` (in all), `gen` (the line's generation: the first
+--              ticket id, so a line rebuilt after Redis lost it is told apart)
 -- ARGV[1]  operation, ARGV[2] now (ms), then:
 --   tickets ARGV[3..] ticket ids                   -> {status (below) or {}, ...}
 --   joins   ARGV[3..] 5 per join, in arrival order: now, user, scoped key, new ticket id, lot
 --           -> per join {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
 --              {'campaign_not_found'} | {'ended'} | {'no_waiting_room'}
 --   admit   -> {admitted now, still waiting}
--- status: {'admitted', user, pass expiry} | {'expired', user} | {'sold_out', user} |
---         {'waiting', user, position or '' before the draw}
+--   line    -> {available, admitted, generation} or {} for an unknown campaign
+-- status: {kind, user, detail, admitted, generation} with kind 'admitted' (detail: the pass
+--         expiry), 'expired', 'sold_out' or 'waiting' (detail: the position, '' before the
+--         draw); `admitted` and `generation` are the line's (see LinePoint in Rust)
 local c = KEYS[1]
 local op, now = ARGV[1], tonumber(ARGV[2])
 
--- The campaign's window and units, read once per call however many tickets it reads.
-local window
+-- The campaign's window and units and the line's point, read once per call however many
+-- tickets it reads (joins change neither).
+local window, point
 local function status(ticket)
   local user = redis.call('HGET', c .. ':qt', ticket)
   if not user then return {} end
+  point = point or redis.call('HMGET', c .. ':q', 'admitted', 'gen')
+  local function answer(kind, detail)
+    return {kind, user, detail or '', point[1] or '0', point[2] or ''}
+  end
   local until_ms = redis.call('HGET', c .. ':qa', ticket)
   if until_ms then
-    if tonumber(until_ms) > now then return {'admitted', user, until_ms} end
-    return {'expired', user}
+    if tonumber(until_ms) > now then return answer('admitted', until_ms) end
+    return answer('expired')
   end
   window = window or redis.call('HMGET', c, 'starts', 'ends', 'available')
   local f = window
-  if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return {'expired', user} end
-  if tonumber(f[3] or '0') == 0 then return {'sold_out', user} end
-  if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return {'waiting', user, ''} end
+  if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return answer('expired') end
+  if tonumber(f[3] or '0') == 0 then return answer('sold_out') end
+  if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return answer('waiting') end
   local rank = redis.call('ZRANK', c .. ':qw', ticket)
-  if not rank then return {'expired', user} end
-  return {'waiting', user, tostring(rank + 1)}
+  if not rank then return answer('expired') end
+  return answer('waiting', tostring(rank + 1))
 end
 
 local function with_ticket(outcome, ticket)
@@ -49,6 +57,13 @@ if op == 'tickets' then
   local answers = {}
   for i = 3, #ARGV do answers[#answers + 1] = status(ARGV[i]) end
   return answers
+end
+
+if op == 'line' then
+  local available = redis.call('HGET', c, 'available')
+  if not available then return {} end
+  local q = redis.call('HMGET', c .. ':q', 'admitted', 'gen')
+  return {available, q[1] or '0', q[2] or ''}
 end
 
 local f = redis.call('HMGET', c, 'starts', 'ends', 'qrate', 'qpass', 'available')
@@ -78,6 +93,7 @@ local function join(user, key, fresh, lot)
   end
   redis.call('HSET', c .. ':qt', fresh, user)
   redis.call('HSET', c .. ':qu', user, fresh)
+  if redis.call('HSETNX', c .. ':q', 'gen', fresh) == 1 then point = nil end
   redis.call('ZADD', c .. ':qw', score, fresh)
   return with_ticket('joined', fresh)
 end

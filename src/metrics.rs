@@ -101,6 +101,7 @@ pub const SCRIPT_NAMES: &[&str] = &[
     "read_group",
     "queue_join",
     "queue_tickets",
+    "queue_line",
 ];
 
 /// Keeps the counters that alerts and panels read present at zero, so a quiet service shows

@@ -158,6 +158,7 @@ impl Application {
             metrics_on_main_listener: metrics_listener.is_none(),
             webhook_hosts: Arc::clone(&webhook_hosts),
             pass_key: crate::domain::PassKey::new(pass_key.as_bytes()),
+            line_cache: Default::default(),
         });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,

@@ -13,7 +13,7 @@ pub use campaign::{
 };
 pub use event::{Change, Event, StoredReservation, StreamPosition};
 pub use group::{Group, GroupId, GroupMember, GroupStatus};
-pub use queue::{PassKey, PassRefusal, Ticket, TicketId, TicketStatus};
+pub use queue::{Line, LinePoint, PassKey, PassRefusal, Ticket, TicketId, TicketStatus};
 pub use reservation::{Reservation, ReservationId, ReservationStatus};
 
 use serde::Serialize;

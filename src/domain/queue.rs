@@ -73,6 +73,26 @@ pub struct Ticket {
     pub id: TicketId,
     pub user_id: UserId,
     pub status: TicketStatus,
+    /// The campaign's line as of this read (atomically with `status`).
+    pub line: LinePoint,
+}
+
+/// Where a campaign's line stood at one read: how many tickets it had admitted in all, in
+/// which incarnation of the line. A waiting ticket at `position` p when `admitted` was a is
+/// at p - (a' - a) when it is a' — admission takes from the front, later joins go behind —
+/// as long as that is at least 1 and the generation is the same.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinePoint {
+    pub admitted: u64,
+    /// Changes when the engine lost the line (a Redis that restarted empty).
+    pub generation: String,
+}
+
+/// A campaign's line now: where it stands, and the units available.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Line {
+    pub point: LinePoint,
+    pub available: u64,
 }
 
 impl Ticket {

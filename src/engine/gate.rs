@@ -522,4 +522,11 @@ impl super::WaitingRoom for Gated {
     async fn pass_used(&self, ticket: &crate::domain::TicketId) -> Result<(), EngineError> {
         self.inner.pass_used(ticket).await
     }
+
+    async fn line(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<crate::domain::Line>, EngineError> {
+        self.inner.line(campaign).await
+    }
 }

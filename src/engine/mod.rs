@@ -511,4 +511,9 @@ pub trait WaitingRoom: Send + Sync + 'static {
 
     /// The ticket's pass was used for a reservation: it no longer needs a unit kept for it.
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError>;
+
+    /// Where the campaign's line stands and the units available, in one cheap read (for the
+    /// poll cache); `None` if the campaign is unknown.
+    async fn line(&self, campaign: &CampaignId)
+        -> Result<Option<crate::domain::Line>, EngineError>;
 }

@@ -75,6 +75,8 @@ pub struct Shared {
     pub webhook_hosts: Arc<crate::webhooks::AllowedHosts>,
     /// Signs and checks waiting-room passes; every instance sharing a database shares it.
     pub pass_key: crate::domain::PassKey,
+    /// Answers polls of waiting tickets from the campaign's line (see [`queue::LineCache`]).
+    pub line_cache: queue::LineCache,
 }
 
 /// Settings of the HTTP layer itself.

@@ -10,6 +10,7 @@ use crate::domain::{
     Campaign, CampaignId, Millis, PassRefusal, Refusal, ScopedKey, Ticket, TicketId, TicketStatus,
     UserId,
 };
+use crate::domain::{Line, LinePoint, Window};
 use crate::engine::{JoinOutcome, JoinRequest, WaitingRoom};
 use crate::metrics as m;
 use axum::extract::State;
@@ -17,8 +18,126 @@ use axum::http::{HeaderMap, HeaderName};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 use utoipa::ToSchema;
+
+/// How old a campaign's line may be when a poll is answered from [`LineCache`].
+const LINE_FRESH: Duration = Duration::from_millis(50);
+
+/// Waiting tickets remembered at most; past this the cache starts over.
+const MAX_REMEMBERED: usize = 1_000_000;
+
+/// Answers polls of waiting tickets without a round trip to the engine. A waiting ticket's
+/// place only moves by the admissions since it was read (admission takes from the front;
+/// later joins go behind), so a ticket read once at place p when its campaign had admitted a
+/// is at p - (a' - a) once the campaign has admitted a' — one read of the campaign's line per
+/// [`LINE_FRESH`] per instance serves every ticket's poll. Anything else — the ticket may
+/// have been admitted, no unit is left, the window closed, the line was lost and rebuilt
+/// (another generation) — is read from the engine. So a poll is at most [`LINE_FRESH`]
+/// behind; `admitted` answers (and their passes) always come from the engine.
+#[derive(Default)]
+pub struct LineCache {
+    /// Ticket → (its user, its place, the line when it was read).
+    tickets: DashMap<TicketId, (UserId, u64, LinePoint)>,
+    lines: DashMap<CampaignId, (Instant, Line)>,
+    /// Campaigns whose line is being read (one read at a time per campaign).
+    reading: DashMap<CampaignId, ()>,
+}
+
+impl LineCache {
+    /// The campaign's line, read at most every [`LINE_FRESH`]; `None` when not fresh and
+    /// another task is reading it (the caller asks the engine about its ticket instead).
+    async fn line(
+        &self,
+        state: &AppState,
+        campaign: &CampaignId,
+    ) -> Result<Option<Line>, ApiError> {
+        if let Some(entry) = self.lines.get(campaign) {
+            if entry.0.elapsed() < LINE_FRESH {
+                return Ok(Some(entry.1.clone()));
+            }
+        }
+        if self.reading.insert(campaign.clone(), ()).is_some() {
+            return Ok(None);
+        }
+        // Done reading however this ends, a dropped request included.
+        struct Reading<'a>(&'a DashMap<CampaignId, ()>, &'a CampaignId);
+        impl Drop for Reading<'_> {
+            fn drop(&mut self) {
+                self.0.remove(self.1);
+            }
+        }
+        let reading = Reading(&self.reading, campaign);
+        let read = state.engine.line(campaign).await;
+        drop(reading);
+        match read? {
+            Some(line) => {
+                self.lines
+                    .insert(campaign.clone(), (Instant::now(), line.clone()));
+                Ok(Some(line))
+            }
+            None => {
+                self.lines.remove(campaign);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The ticket, still waiting, from what was read before; `None`: ask the engine.
+    async fn waiting(
+        &self,
+        state: &AppState,
+        id: &TicketId,
+        campaign: &Campaign,
+        now: Millis,
+    ) -> Result<Option<Ticket>, ApiError> {
+        let Some((user, place, then)) = self.tickets.get(id).map(|e| e.value().clone()) else {
+            return Ok(None);
+        };
+        if campaign.window(now) != Window::Open {
+            return Ok(None);
+        }
+        let Some(line) = self.line(state, &campaign.id).await? else {
+            return Ok(None);
+        };
+        let same = line.point.generation == then.generation && line.point.admitted >= then.admitted;
+        let moved = line.point.admitted.saturating_sub(then.admitted);
+        if !same || line.available == 0 || moved >= place {
+            self.tickets.remove(id);
+            return Ok(None);
+        }
+        Ok(Some(Ticket {
+            id: id.clone(),
+            user_id: user,
+            status: TicketStatus::Waiting {
+                position: Some(place - moved),
+            },
+            line: line.point,
+        }))
+    }
+
+    /// Remembers a waiting ticket with a place (and forgets one that is not waiting).
+    fn remember(&self, ticket: &Ticket) {
+        match ticket.status {
+            TicketStatus::Waiting {
+                position: Some(place),
+            } => {
+                if self.tickets.len() >= MAX_REMEMBERED {
+                    self.tickets.clear();
+                }
+                self.tickets.insert(
+                    ticket.id.clone(),
+                    (ticket.user_id.clone(), place, ticket.line.clone()),
+                );
+            }
+            _ => {
+                self.tickets.remove(&ticket.id);
+            }
+        }
+    }
+}
 
 /// The header a reservation (or group open/join) of a queued campaign carries its pass in.
 pub const PASS_HEADER: HeaderName = HeaderName::from_static("flashsale-pass");
@@ -134,13 +253,25 @@ pub async fn read(
     let not_found = || ApiError::TicketNotFound(raw.clone());
     let id = TicketId::parse(&raw).map_err(|_| not_found())?;
     let now = Millis::now();
-    let ticket = state.engine.ticket(&id, now).await?.ok_or_else(not_found)?;
-    caller.may_act_for(&ticket.user_id)?;
     let campaign = state
         .engine
         .config(&id.campaign_id())
         .await?
         .ok_or_else(not_found)?;
+    let cache = &state.line_cache;
+    let ticket = match cache.waiting(&state, &id, &campaign, now).await? {
+        Some(ticket) => ticket,
+        None => {
+            let read = state.engine.ticket(&id, now).await?;
+            let Some(ticket) = read else {
+                cache.tickets.remove(&id);
+                return Err(not_found());
+            };
+            cache.remember(&ticket);
+            ticket
+        }
+    };
+    caller.may_act_for(&ticket.user_id)?;
     Ok(Json(view(&state, &ticket, &campaign, now)))
 }
 

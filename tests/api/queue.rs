@@ -16,6 +16,7 @@ on_both_backends!(
     a_queued_campaign_takes_reservations_only_with_a_valid_pass,
     one_ticket_per_user_and_only_its_user_reads_it,
     group_buys_with_a_waiting_room_need_a_pass_too,
+    polls_follow_the_line_as_it_moves,
 );
 
 async fn join(app: &TestApp, campaign: &str, token: &str, body: Value) -> Response {
@@ -412,4 +413,141 @@ async fn two_instances_admit_at_the_campaign_rate_together() {
         last as f64 >= RATE * 2.5 * 0.5,
         "admission stalled: {samples:?}"
     );
+}
+
+/// Polls are answered from the campaign's line between engine reads: while admission moves
+/// the line, every ticket's place only goes down, never below its exact place, at most one
+/// line-read behind; an admitted ticket never reads waiting again.
+async fn polls_follow_the_line_as_it_moves(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let campaign = app
+        .campaign(1_000, 1, json!({"queue": {"admit_per_second": 10}}))
+        .await;
+    let mut tickets = Vec::new();
+    for i in 0..40 {
+        let body: Value = join(
+            &app,
+            &campaign,
+            &app.store_token,
+            json!({"user_id": format!("p{i}")}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        tickets.push(body["ticket"].as_str().expect("ticket").to_owned());
+    }
+    let mut last: Vec<Option<u64>> = vec![None; tickets.len()];
+    let mut admitted = vec![false; tickets.len()];
+    let until = Instant::now() + Duration::from_millis(2_500);
+    while Instant::now() < until {
+        for (i, ticket) in tickets.iter().enumerate() {
+            let body: Value = poll(&app, ticket, &app.store_token)
+                .await
+                .json()
+                .await
+                .expect("json");
+            let exact = app
+                .engine
+                .ticket(&TicketId::parse(ticket).expect("id"), Millis::now())
+                .await
+                .expect("answers")
+                .expect("exists")
+                .status;
+            match body["status"].as_str() {
+                Some("waiting") => {
+                    assert!(
+                        !admitted[i],
+                        "ticket {i} read waiting after admitted: {body}"
+                    );
+                    let place = body["position"].as_u64().expect("a place");
+                    if let Some(before) = last[i] {
+                        assert!(
+                            place <= before,
+                            "ticket {i} moved back: {before} -> {place}"
+                        );
+                    }
+                    // Never ahead of the truth, and at most a line-read (50 ms at 10/s,
+                    // a round's burst included) behind it.
+                    match exact {
+                        TicketStatus::Waiting { position: Some(p) } => {
+                            assert!(place >= p && place <= p + 3, "ticket {i}: {place} vs {p}")
+                        }
+                        TicketStatus::Admitted { .. } => {}
+                        other => panic!("ticket {i}: {other:?}"),
+                    }
+                    last[i] = Some(place);
+                }
+                Some("admitted") => admitted[i] = true,
+                other => panic!("ticket {i}: {other:?} {body}"),
+            }
+        }
+    }
+    assert!(
+        admitted.iter().filter(|a| **a).count() >= 10,
+        "{admitted:?}"
+    );
+    assert!(admitted.iter().any(|a| !a), "some still wait");
+}
+
+/// Redis lost the line (its keys gone): a ticket polled before is not answered from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_line_is_never_answered_from_memory() {
+    let namespace = unique_id("ns");
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_namespace = namespace.clone()).await;
+    let campaign = app
+        .campaign(1_000, 1, json!({"queue": {"admit_per_second": 1}}))
+        .await;
+    let mut tickets = Vec::new();
+    for user in ["a", "b", "c"] {
+        let body: Value = join(&app, &campaign, &app.store_token, json!({"user_id": user}))
+            .await
+            .json()
+            .await
+            .expect("json");
+        tickets.push(body["ticket"].as_str().expect("ticket").to_owned());
+    }
+    let last = &tickets[2];
+    let before: Value = poll(&app, last, &app.store_token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(before["status"], "waiting", "{before}");
+    // Every key of the namespace goes, as if Redis restarted empty.
+    let client = redis::Client::open(redis_url()).expect("url");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    // The service rebuilds the campaign from the database (not its line: that lives in the
+    // engine only); nobody polls meanwhile, so this instance still remembers the ticket.
+    let id = flashsale::domain::CampaignId::parse(&campaign).expect("id");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.engine.line(&id).await.expect("answers").is_none() {
+        assert!(Instant::now() < deadline, "the campaign was never rebuilt");
+        let _ = app.get_campaign(&campaign).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let answer = poll(&app, last, &app.store_token).await;
+        // Not found (the line is gone) — never the remembered place.
+        assert_eq!(
+            answer.status(),
+            StatusCode::NOT_FOUND,
+            "{:?}",
+            answer.text().await
+        );
+    }
 }

@@ -365,4 +365,11 @@ impl WaitingRoom for MemoryEngine {
         self.with_slot(&ticket.campaign_id(), (), |slot| slot.pass_used(ticket));
         Ok(())
     }
+
+    async fn line(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<crate::domain::Line>, EngineError> {
+        Ok(self.with_slot(campaign, None, |slot| Some(slot.line())))
+    }
 }

@@ -1,7 +1,9 @@
 //! A campaign's waiting room, under the campaign's mutex. Twin of `lua/queue_*.lua`.
 
 use super::campaign::Slot;
-use crate::domain::{Millis, Refusal, Ticket, TicketId, TicketStatus, UserId, Window};
+use crate::domain::{
+    Line, LinePoint, Millis, Refusal, Ticket, TicketId, TicketStatus, UserId, Window,
+};
 use crate::engine::{Admission, JoinOutcome, JoinRequest};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -46,6 +48,15 @@ impl Queue {
         self.line.push_back(ticket);
     }
 
+    /// Everything admitted so far left the front: `head` counts them. The memory engine's
+    /// line lives as long as the process, so one generation.
+    fn point(&self) -> LinePoint {
+        LinePoint {
+            admitted: self.head,
+            generation: String::new(),
+        }
+    }
+
     fn waiting(&self) -> u64 {
         (self.line.len() + self.undrawn.len()) as u64
     }
@@ -70,7 +81,15 @@ impl Slot {
             id: id.clone(),
             user_id: user,
             status,
+            line: self.queue.point(),
         })
+    }
+
+    pub fn line(&self) -> Line {
+        Line {
+            point: self.queue.point(),
+            available: self.available,
+        }
     }
 
     pub fn ticket(&mut self, id: &TicketId, now: Millis) -> Option<Ticket> {

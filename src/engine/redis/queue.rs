@@ -2,7 +2,9 @@
 
 use super::batcher::{BatchKind, Batcher};
 use super::{Connection, RedisEngine};
-use crate::domain::{CampaignId, Millis, Refusal, Ticket, TicketId, TicketStatus, UserId};
+use crate::domain::{
+    CampaignId, Line, LinePoint, Millis, Refusal, Ticket, TicketId, TicketStatus, UserId,
+};
 use crate::engine::{Admission, EngineError, JoinOutcome, JoinRequest, WaitingRoom};
 use async_trait::async_trait;
 
@@ -17,6 +19,10 @@ fn ticket_from(id: &TicketId, reply: &[String]) -> Result<Option<Ticket>, Engine
         .and_then(|raw| UserId::parse(raw).ok())
         .ok_or_else(corrupt)?;
     let number = |i: usize| reply.get(i).and_then(|raw| raw.parse::<i64>().ok());
+    let line = LinePoint {
+        admitted: number(3).ok_or_else(corrupt)? as u64,
+        generation: reply.get(4).cloned().ok_or_else(corrupt)?,
+    };
     let status = match kind.as_str() {
         "admitted" => TicketStatus::Admitted {
             until: Millis(number(2).ok_or_else(corrupt)?),
@@ -32,6 +38,7 @@ fn ticket_from(id: &TicketId, reply: &[String]) -> Result<Option<Ticket>, Engine
         id: id.clone(),
         user_id: user,
         status,
+        line,
     }))
 }
 
@@ -200,6 +207,35 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
             .invoke_async(&mut self.background())
             .await?;
         Ok(Admission { admitted, waiting })
+    }
+
+    async fn line(&self, campaign: &CampaignId) -> Result<Option<Line>, EngineError> {
+        let keys = self.keys(campaign);
+        let reply: Vec<String> = self
+            .scripts
+            .queue
+            .key(&keys.campaign)
+            .arg("line")
+            .arg(0)
+            .invoke_async(&mut self.timed("queue_line"))
+            .await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || EngineError::Corrupt(format!("queue line answered {reply:?}"));
+        let number = |i: usize| {
+            reply
+                .get(i)
+                .and_then(|raw| raw.parse::<u64>().ok())
+                .ok_or_else(corrupt)
+        };
+        Ok(Some(Line {
+            available: number(0)?,
+            point: LinePoint {
+                admitted: number(1)?,
+                generation: reply.get(2).cloned().ok_or_else(corrupt)?,
+            },
+        }))
     }
 
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {

@@ -599,4 +599,11 @@ impl WaitingRoom for Recovering {
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
         self.engine.pass_used(ticket).await
     }
+
+    async fn line(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<crate::domain::Line>, EngineError> {
+        self.engine.line(campaign).await
+    }
 }
