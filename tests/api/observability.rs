@@ -49,6 +49,19 @@ async fn small_sale(app: &TestApp) {
         .send()
         .await
         .expect("sent");
+    // A waiting room: a join, the admission worker, a reservation refused without a pass.
+    let queued = app
+        .campaign(3, 1, json!({"queue": {"admit_per_second": 1}}))
+        .await;
+    app.client
+        .post(app.url(&format!("/v1/campaigns/{queued}/queue")))
+        .bearer_auth(&app.store_token)
+        .header("Idempotency-Key", fresh_key())
+        .json(&json!({"user_id": "waiter"}))
+        .send()
+        .await
+        .expect("sent");
+    app.reserve(&queued, "waiter", 1).await;
     // Let holds expire, the reaper, the persister, reconcile and the sampler run.
     tokio::time::sleep(Duration::from_millis(1_800)).await;
 }
