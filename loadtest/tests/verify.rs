@@ -50,6 +50,7 @@ async fn verification_passes_on_a_real_sale_and_fails_on_a_tampered_database() {
         drive: Drive::Closed { concurrency: 16 },
         target: Target::Reserve,
         run_id: "verify".into(),
+        tickets: Default::default(),
     };
     let report = play(&service, &burst).await.expect("played");
     assert_eq!(report.winners.len(), 20);
