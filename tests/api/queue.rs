@@ -551,3 +551,87 @@ async fn a_lost_line_is_never_answered_from_memory() {
         );
     }
 }
+
+/// Redis killed and restarted empty in the middle of a queued sale: the line is gone (its
+/// tickets answer 404 and a user joins again, at the back of a new line), but passes already
+/// handed out stay good — they are signed, not stored — the campaign comes back from the
+/// database with its holds, and nothing answers 500 meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_keeps_the_passes_it_handed_out() {
+    let mut redis = crate::faults::RedisServer::start(false);
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_url = Some(url.clone())).await;
+    let campaign = app
+        .campaign(
+            10,
+            1,
+            json!({"queue": {"admit_per_second": 100, "pass_seconds": 60}}),
+        )
+        .await;
+    let (ann, bob) = (app.user_token("ann"), app.user_token("bob"));
+    let mut passes = Vec::new();
+    let mut tickets = Vec::new();
+    for token in [&ann, &bob] {
+        let body: Value = join(&app, &campaign, token, json!({}))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let ticket = body["ticket"].as_str().expect("ticket").to_owned();
+        passes.push(pass_of(&app, &ticket, token).await.0);
+        tickets.push(ticket);
+    }
+    let held = reserve_with_pass(&app, &campaign, &ann, Some(&passes[0])).await;
+    assert_eq!(held.status(), StatusCode::CREATED);
+    // Ann's hold reached the database (a Redis without persistence loses what the persister
+    // has not written yet: see the README's Durability).
+    let id = flashsale::domain::CampaignId::parse(&campaign).expect("id");
+    app.events
+        .acknowledged(flashsale::engine::PERSISTER, &id)
+        .await
+        .expect("persisted");
+
+    redis.kill();
+    redis.restart(); // empty: no persistence
+
+    // Bob's pass, handed out before the loss, still buys: retried through the outage.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bought = loop {
+        let answer = reserve_with_pass(&app, &campaign, &bob, Some(&passes[1])).await;
+        let status = answer.status();
+        assert_ne!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{:?}",
+            answer.text().await
+        );
+        if status == StatusCode::CREATED {
+            break answer;
+        }
+        assert!(
+            status.is_server_error(),
+            "{status}: {:?}",
+            answer.text().await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never reserved after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let bought: Value = bought.json().await.expect("json");
+    assert_eq!(bought["user_id"], "bob");
+    // The line is gone: the old ticket is unknown; joining again gives a new one.
+    assert_problem(poll(&app, &tickets[0], &ann).await, 404, "ticket_not_found").await;
+    let again = join(&app, &campaign, &ann, json!({})).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let again: Value = again.json().await.expect("json");
+    assert_ne!(again["ticket"], json!(tickets[0]));
+    // Both holds came through: the rebuilt campaign counts ann's, and bob's was made on it.
+    let view = app.campaign_json(&campaign).await;
+    assert_eq!(
+        (view["held"].as_u64(), view["available"].as_u64()),
+        (Some(2), Some(8)),
+        "{view}"
+    );
+}
