@@ -437,7 +437,8 @@ async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>
         total as f64 <= cap,
         "{total} admitted in {elapsed:.3} s at {RATE}/s"
     );
-    assert!(total as f64 >= RATE as f64 * 1.0, "admission ran: {total}");
+    // Admission ran (loosely: the machine may be busy with other tests).
+    assert!(total as f64 >= RATE as f64 * 0.5, "admission ran: {total}");
     // Nobody admitted twice, nobody lost: what waits is what was not admitted.
     let last = engine.admit(&c.id, Millis::now()).await.expect("answers");
     assert_eq!(last.waiting, 1_000 - total - last.admitted);
