@@ -125,20 +125,13 @@ impl Service {
         key: &str,
         token: &str,
     ) -> anyhow::Result<Answer> {
-        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
-        self.call(
-            Method::POST,
-            &format!("/v1/campaigns/{campaign}/reservations"),
-            Some(token),
-            Some(key),
-            Some(body),
-        )
-        .await
+        let path = format!("/v1/campaigns/{campaign}/reservations");
+        self.post_as(&path, user, key, token).await
     }
 
-    /// Opens a group (`path` = `/v1/campaigns/<id>/groups`) or joins one
-    /// (`/v1/groups/<id>/members`) as `token`.
-    pub async fn group_as(
+    /// A creating POST for `user` (body `{"user_id": user}`) as `token`: opens a group
+    /// (`path` = `/v1/campaigns/<id>/groups`), joins one (`/v1/groups/<id>/members`), …
+    pub async fn post_as(
         &self,
         path: &str,
         user: &str,
@@ -158,15 +151,8 @@ impl Service {
         key: &str,
         token: &str,
     ) -> anyhow::Result<Answer> {
-        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
-        self.call(
-            Method::POST,
-            &format!("/v1/campaigns/{campaign}/queue"),
-            Some(token),
-            Some(key),
-            Some(body),
-        )
-        .await
+        let path = format!("/v1/campaigns/{campaign}/queue");
+        self.post_as(&path, user, key, token).await
     }
 
     /// Sends one request and reads the whole answer.
@@ -238,15 +224,8 @@ impl Service {
     }
 
     pub async fn reserve(&self, campaign: &str, user: &str, key: &str) -> anyhow::Result<Answer> {
-        let body = format!("{{\"user_id\":\"{user}\"}}").into_bytes();
-        self.call(
-            Method::POST,
-            &format!("/v1/campaigns/{campaign}/reservations"),
-            Some(&self.store_token),
-            Some(key),
-            Some(body),
-        )
-        .await
+        self.reserve_as(campaign, user, key, &self.store_token)
+            .await
     }
 }
 
@@ -567,7 +546,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                         match slot {
                             Some(id) => {
                                 service
-                                    .group_as(
+                                    .post_as(
                                         &format!("/v1/groups/{id}/members"),
                                         &user,
                                         &key,
@@ -577,7 +556,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                             }
                             None => {
                                 let answer = service
-                                    .group_as(
+                                    .post_as(
                                         &format!("/v1/campaigns/{campaign}/groups"),
                                         &user,
                                         &key,

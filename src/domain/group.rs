@@ -1,40 +1,13 @@
 //! Group buys (拼团): a group holds `size` units of its campaign; each member holds one.
 
-use super::{CampaignId, Millis, ParseError, ReservationId, ReservationStatus, UserId};
-use serde::Serialize;
-use std::fmt;
+use super::{CampaignId, Millis, ReservationId, ReservationStatus, UserId};
 
-/// A group id: `grp_<ULID>_<campaign id>`; like a reservation id, it names its campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct GroupId(String);
-
-const PREFIX: &str = "grp_";
-
-impl GroupId {
-    pub fn generate(campaign: &CampaignId) -> Self {
-        GroupId(super::scoped_id::generate(PREFIX, campaign))
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        super::scoped_id::check(raw, PREFIX, "group")?;
-        Ok(GroupId(raw.to_owned()))
-    }
-
-    pub fn campaign_id(&self) -> CampaignId {
-        super::scoped_id::campaign(&self.0, PREFIX)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+scoped_id_type!(
+    /// A group id: `grp_<ULID>_<campaign id>`; like a reservation id, it names its campaign.
+    GroupId,
+    "grp_",
+    "group"
+);
 
 /// The contract's group `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

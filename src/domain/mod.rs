@@ -1,6 +1,44 @@
 //! The contract's nouns as parsed types: once a value is one of these, it is valid, and
 //! nothing past the HTTP edge checks it again. No I/O lives here.
 
+/// Declares an id of something that lives inside one campaign (`scoped_id`'s shape,
+/// `<prefix><ULID>_<campaign id>`): generated for a campaign, parsed from a caller, and
+/// naming its campaign, so any instance finds the campaign (and its hash tag) from the id.
+macro_rules! scoped_id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn generate(campaign: &$crate::domain::CampaignId) -> Self {
+                $name($crate::domain::scoped_id::generate($prefix, campaign))
+            }
+
+            pub fn parse(raw: &str) -> Result<Self, $crate::domain::ParseError> {
+                $crate::domain::scoped_id::check(raw, $prefix, $what)?;
+                Ok($name(raw.to_owned()))
+            }
+
+            /// The campaign it belongs to.
+            pub fn campaign_id(&self) -> $crate::domain::CampaignId {
+                $crate::domain::scoped_id::campaign(&self.0, $prefix)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 mod campaign;
 mod event;
 mod group;

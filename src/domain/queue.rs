@@ -4,43 +4,17 @@
 //! expiry: any instance holding the key checks it without asking the engine, and it is good
 //! only for its user on its campaign until it expires.
 
-use super::{CampaignId, Millis, ParseError, QueueRule, UserId};
+use super::{CampaignId, Millis, QueueRule, UserId};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 use std::fmt;
 
-/// A ticket id: `tkt_<ULID>_<campaign id>`; it names its campaign like a reservation id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct TicketId(String);
-
-const PREFIX: &str = "tkt_";
-
-impl TicketId {
-    pub fn generate(campaign: &CampaignId) -> Self {
-        TicketId(super::scoped_id::generate(PREFIX, campaign))
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        super::scoped_id::check(raw, PREFIX, "ticket")?;
-        Ok(TicketId(raw.to_owned()))
-    }
-
-    pub fn campaign_id(&self) -> CampaignId {
-        super::scoped_id::campaign(&self.0, PREFIX)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TicketId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+scoped_id_type!(
+    /// A ticket id: `tkt_<ULID>_<campaign id>`; it names its campaign like a reservation id.
+    TicketId,
+    "tkt_",
+    "ticket"
+);
 
 /// Where a ticket stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

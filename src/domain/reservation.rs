@@ -1,42 +1,15 @@
 //! Reservations: units held for one user until paid, cancelled or expired.
 
-use super::{CampaignId, GroupId, Millis, ParseError, Quantity, UserId};
+use super::{CampaignId, GroupId, Millis, Quantity, UserId};
 use serde::Serialize;
-use std::fmt;
 
-/// A reservation id: `res_<ULID>_<campaign id>` (see `scoped_id`): any instance finds the
-/// reservation's campaign from the id alone, without a global index that would span slots.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct ReservationId(String);
-
-const PREFIX: &str = "res_";
-
-impl ReservationId {
-    pub fn generate(campaign: &CampaignId) -> Self {
-        ReservationId(super::scoped_id::generate(PREFIX, campaign))
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        super::scoped_id::check(raw, PREFIX, "reservation")?;
-        Ok(ReservationId(raw.to_owned()))
-    }
-
-    /// The campaign this reservation belongs to.
-    pub fn campaign_id(&self) -> CampaignId {
-        super::scoped_id::campaign(&self.0, PREFIX)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ReservationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+scoped_id_type!(
+    /// A reservation id: `res_<ULID>_<campaign id>` (see `scoped_id`): any instance finds the
+    /// reservation's campaign from the id alone, without a global index that would span slots.
+    ReservationId,
+    "res_",
+    "reservation"
+);
 
 /// The contract's reservation `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
