@@ -22,6 +22,8 @@ pub async fn campaign(api: ApiTarget, listen: &str, action: CampaignAction) -> a
             ends_at,
             group_size,
             group_window_seconds,
+            queue_admit_per_second,
+            queue_pass_seconds,
         } => {
             let mut body = json!({"kind": kind, "sku": sku, "stock": stock});
             let fields = [
@@ -39,6 +41,12 @@ pub async fn campaign(api: ApiTarget, listen: &str, action: CampaignAction) -> a
             }
             if let (Some(size), Some(window)) = (group_size, group_window_seconds) {
                 body["group"] = json!({"size": size, "window_seconds": window});
+            }
+            if let Some(rate) = queue_admit_per_second {
+                body["queue"] = json!({"admit_per_second": rate});
+                if let Some(pass) = queue_pass_seconds {
+                    body["queue"]["pass_seconds"] = json!(pass);
+                }
             }
             client
                 .send(reqwest::Method::POST, "/v1/campaigns", Some(body), None)

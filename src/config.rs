@@ -245,6 +245,12 @@ pub enum CampaignAction {
         /// Group buys: how long a group may stay open.
         #[arg(long)]
         group_window_seconds: Option<u64>,
+        /// A waiting room letting this many people through per second.
+        #[arg(long)]
+        queue_admit_per_second: Option<u64>,
+        /// With a waiting room: how long a pass stays valid (default 120).
+        #[arg(long, requires = "queue_admit_per_second")]
+        queue_pass_seconds: Option<u64>,
     },
     /// List campaigns (one page; `--after` the printed `next` for the following one).
     List {

@@ -72,12 +72,36 @@ async fn the_cli_creates_lists_tunes_ends_and_settles() {
     .expect("ran");
     assert_eq!(code, 1);
     assert!(err.contains("409 campaign_exists"), "{err}");
+    let (code, out, err) = run(
+        &admin,
+        vec![
+            "campaign",
+            "create",
+            "--id",
+            "cli-queued",
+            "--sku",
+            "s",
+            "--stock",
+            "3",
+            "--queue-admit-per-second",
+            "50",
+            "--queue-pass-seconds",
+            "30",
+        ],
+    )
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["queue"],
+        serde_json::json!({"admit_per_second": 50, "pass_seconds": 30})
+    );
 
     let (code, out, _) = run(&store, vec!["campaign", "list", "--status", "active"])
         .await
         .expect("ran");
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["campaigns"][0]["id"], "cli-sale");
+    assert_eq!(json(&out)["campaigns"][1]["id"], "cli-sale");
     let (code, out, _) = run(&admin, vec!["campaign", "stock", "cli-sale", "-1"])
         .await
         .expect("ran");
