@@ -14,7 +14,7 @@
 --   joins   ARGV[3..] 5 per join, in arrival order: now, user, scoped key, new ticket id, lot
 --           -> per join {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
 --              {'campaign_not_found'} | {'ended'} | {'no_waiting_room'}
---   admit   -> {admitted now, still waiting}
+--   admit   -> {admitted now, still waiting, units left for the waiting (0 outside the window)}
 --   line    -> {available, admitted, generation} or {} for an unknown campaign
 -- status: {kind, user, detail, admitted, generation} with kind 'admitted' (detail: the pass
 --         expiry), 'expired', 'sold_out' or 'waiting' (detail: the position, '' before the
@@ -110,7 +110,7 @@ end
 -- admit
 local waiting = redis.call('ZCARD', c .. ':qw')
 if not rate or (starts and now < starts) or (ends and now >= ends) then
-  return {0, waiting}
+  return {0, waiting, 0}
 end
 redis.call('ZREMRANGEBYSCORE', c .. ':qo', '-inf', now)
 local room = tonumber(f[5]) - redis.call('ZCARD', c .. ':qo')
@@ -119,7 +119,7 @@ local clock = tonumber(redis.call('HGET', c .. ':q', 'clock') or '0')
 clock = math.max(clock, now - burst * 1000 / rate)
 local budget = math.floor((now - clock) * rate / 1000)
 local n = math.min(budget, room, waiting)
-if n <= 0 then return {0, waiting} end
+if n <= 0 then return {0, waiting, math.max(0, room)} end
 local expires = string.format('%.0f', now + tonumber(f[4]) * 1000)
 -- In pages, so `unpack` stays far below Lua's stack limit however high the rate.
 local left = n
@@ -138,4 +138,4 @@ while left > 0 do
 end
 redis.call('HSET', c .. ':q', 'clock', string.format('%.3f', clock + n * 1000 / rate))
 redis.call('HINCRBY', c .. ':q', 'admitted', n)
-return {n, waiting - n}
+return {n, waiting - n, math.max(0, room - n)}

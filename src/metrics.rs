@@ -29,6 +29,8 @@ pub const QUEUE_PASS_REFUSALS: &str = "flashsale_queue_pass_refusals_total";
 pub const QUEUE_ADMITTED: &str = "flashsale_queue_admitted_total";
 /// Tickets waiting, by `campaign` (as the last admission round saw them).
 pub const QUEUE_WAITING: &str = "flashsale_queue_waiting";
+/// Units the waiting could still be admitted for, by `campaign` (0 outside its window).
+pub const QUEUE_ROOM: &str = "flashsale_queue_room";
 /// Refusals answered by the in-process sold-out gate, without asking the engine.
 pub const SOLD_OUT_SHORT_CIRCUITS: &str = "flashsale_sold_out_short_circuits_total";
 /// Held reservations the reaper expired.
@@ -213,6 +215,10 @@ fn describe() {
     metrics::describe_gauge!(
         QUEUE_WAITING,
         "Waiting-room tickets still waiting, by campaign."
+    );
+    metrics::describe_gauge!(
+        QUEUE_ROOM,
+        "Units waiting tickets could still be admitted for (available less unused passes; 0 outside the window), by campaign."
     );
     metrics::describe_counter!(RESERVATION_ATTEMPTS, "Reservation attempts by campaign and outcome (reserved, replayed, sold_out, limit_exceeded, not_started, ended, rate_limited, ...).");
     metrics::describe_counter!(

@@ -84,7 +84,8 @@ pub async fn admit_once(engine: &Gated, now: Millis) -> Result<u64, crate::engin
         let round = engine.admit(&campaign, now).await?;
         let label = campaign.to_string();
         metrics::counter!(m::QUEUE_ADMITTED, "campaign" => label.clone()).increment(round.admitted);
-        metrics::gauge!(m::QUEUE_WAITING, "campaign" => label).set(round.waiting as f64);
+        metrics::gauge!(m::QUEUE_WAITING, "campaign" => label.clone()).set(round.waiting as f64);
+        metrics::gauge!(m::QUEUE_ROOM, "campaign" => label).set(round.room as f64);
         total += round.admitted;
     }
     Ok(total)

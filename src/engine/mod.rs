@@ -486,6 +486,10 @@ pub struct Admission {
     pub admitted: u64,
     /// Tickets still waiting after it.
     pub waiting: u64,
+    /// Units the waiting could still be admitted for: available less the unused passes out
+    /// (0 outside the campaign's window). Waiting tickets with room and no admission for a
+    /// while mean admission is not running.
+    pub room: u64,
 }
 
 /// The waiting room of campaigns that have one (`Campaign::queue`). Every step is atomic

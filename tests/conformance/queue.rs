@@ -135,9 +135,11 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
         assert_eq!(ticket.status, TicketStatus::Waiting { position: None });
         tickets.push(ticket.id);
     }
+    let before = engine.admit(&c.id, early).await.expect("answers");
     assert_eq!(
-        engine.admit(&c.id, early).await.expect("answers").admitted,
-        0
+        (before.admitted, before.room),
+        (0, 0),
+        "nothing admissible before the start"
     );
 
     // The draw: at the start every early ticket has a distinct place in 1..=USERS.
@@ -191,6 +193,10 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
         admitted_so_far >= RATE * 3 - RATE / 10,
         "admission keeps up: {admitted_so_far}"
     );
+    // Room: the units less the passes out (none used, none lapsed yet).
+    let more = engine.admit(&c.id, now).await.expect("answers");
+    assert_eq!(more.room, 10_000 - admitted_so_far - more.admitted);
+    admitted_so_far += more.admitted;
     for p in 1..=USERS as u64 {
         let s = status(&*engine, &by_place[&p], now).await;
         if p <= admitted_so_far {
@@ -218,7 +224,8 @@ async fn admission_never_outruns_the_units_left(engine: Arc<dyn QueueEngine>) {
         tickets.push(join(&*engine, &c, &format!("w{i}"), t).await.id);
     }
     // A round's budget is 100 (a tenth of a second at 1000/s), but 5 units are left.
-    assert_eq!(engine.admit(&c.id, t).await.expect("answers").admitted, 5);
+    let first = engine.admit(&c.id, t).await.expect("answers");
+    assert_eq!((first.admitted, first.room), (5, 0));
     let t1 = Millis(t.0 + 1_000);
     assert_eq!(engine.admit(&c.id, t1).await.expect("answers").admitted, 0);
 

@@ -147,6 +147,7 @@ impl Slot {
             return Admission {
                 admitted: 0,
                 waiting,
+                room: 0,
             };
         }
         while let Some(first) = queue.outstanding.first() {
@@ -167,6 +168,7 @@ impl Slot {
             return Admission {
                 admitted: 0,
                 waiting,
+                room,
             };
         }
         let until = now.plus_seconds(rule.pass_seconds);
@@ -185,6 +187,7 @@ impl Slot {
         Admission {
             admitted,
             waiting: waiting - admitted,
+            room: room - admitted,
         }
     }
 

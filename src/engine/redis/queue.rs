@@ -198,7 +198,7 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
 
     async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
         let keys = self.keys(campaign);
-        let (admitted, waiting): (u64, u64) = self
+        let (admitted, waiting, room): (u64, u64, u64) = self
             .scripts
             .queue
             .key(&keys.campaign)
@@ -206,7 +206,11 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
             .arg(now.0)
             .invoke_async(&mut self.background())
             .await?;
-        Ok(Admission { admitted, waiting })
+        Ok(Admission {
+            admitted,
+            waiting,
+            room,
+        })
     }
 
     async fn line(&self, campaign: &CampaignId) -> Result<Option<Line>, EngineError> {
