@@ -32,10 +32,10 @@ const MAX_REMEMBERED: usize = 1_000_000;
 /// Answers polls of waiting tickets without a round trip to the engine. A waiting ticket's
 /// place only moves by the admissions since it was read (admission takes from the front;
 /// later joins go behind), so a ticket read once at place p when its campaign had admitted a
-/// is at p - (a' - a) once the campaign has admitted a' — one read of the campaign's line per
-/// [`LINE_FRESH`] per instance serves every ticket's poll. Anything else — the ticket may
-/// have been admitted, no unit is left, the window closed, the line was lost and rebuilt
-/// (another generation) — is read from the engine. So a poll is at most [`LINE_FRESH`]
+/// is at p - (a' - a) once the campaign has admitted a' (and reads `sold_out` while no unit is
+/// available) — one read of the campaign's line per [`LINE_FRESH`] per instance serves every
+/// ticket's poll. Anything else — the ticket may have been admitted, the window closed, the
+/// line was lost and rebuilt (another generation) — is read from the engine. So a poll is at most [`LINE_FRESH`]
 /// behind; `admitted` answers (and their passes) always come from the engine.
 #[derive(Default)]
 pub struct LineCache {
@@ -104,16 +104,23 @@ impl LineCache {
         };
         let same = line.point.generation == then.generation && line.point.admitted >= then.admitted;
         let moved = line.point.admitted.saturating_sub(then.admitted);
-        if !same || line.available == 0 || moved >= place {
+        if !same || moved >= place {
             self.tickets.remove(id);
             return Ok(None);
         }
+        // Not admitted (everyone admitted since was ahead of it): waiting, or sold out while
+        // no unit is available — kept, since the line comes back if holds end unpaid.
+        let status = if line.available == 0 {
+            TicketStatus::SoldOut
+        } else {
+            TicketStatus::Waiting {
+                position: Some(place - moved),
+            }
+        };
         Ok(Some(Ticket {
             id: id.clone(),
             user_id: user,
-            status: TicketStatus::Waiting {
-                position: Some(place - moved),
-            },
+            status,
             line: line.point,
         }))
     }

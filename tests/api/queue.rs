@@ -17,6 +17,7 @@ on_both_backends!(
     one_ticket_per_user_and_only_its_user_reads_it,
     group_buys_with_a_waiting_room_need_a_pass_too,
     polls_follow_the_line_as_it_moves,
+    a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_it_returns,
 );
 
 async fn join(app: &TestApp, campaign: &str, token: &str, body: Value) -> Response {
@@ -645,4 +646,53 @@ async fn a_redis_restarted_empty_keeps_the_passes_it_handed_out() {
         (Some(2), Some(8)),
         "{view}"
     );
+}
+
+/// A ticket polled while waiting (so this instance remembers its place) reads `sold_out` as
+/// soon as the last unit is taken, and `waiting` again when the hold is cancelled.
+async fn a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_it_returns(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let campaign = app
+        .campaign(
+            1,
+            1,
+            json!({"queue": {"admit_per_second": 1, "pass_seconds": 60}}),
+        )
+        .await;
+    let (ann, bob) = (app.user_token("ann"), app.user_token("bob"));
+    let first: Value = join(&app, &campaign, &ann, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let (pass, _) = pass_of(&app, first["ticket"].as_str().expect("id"), &ann).await;
+    let second: Value = join(&app, &campaign, &bob, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let ticket = second["ticket"].as_str().expect("id").to_owned();
+    let read = |token: String| {
+        let (app, ticket) = (&app, ticket.clone());
+        async move {
+            let body: Value = poll(app, &ticket, &token).await.json().await.expect("json");
+            body["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    assert_eq!(read(bob.clone()).await, "waiting");
+    let held: Value = reserve_with_pass(&app, &campaign, &ann, Some(&pass))
+        .await
+        .json()
+        .await
+        .expect("json");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(read(bob.clone()).await, "sold_out");
+    app.cancel(held["id"].as_str().expect("id"), &app.store_token)
+        .await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // The unit is back; bob is next (and may be admitted already, the room being free).
+    let after = read(bob.clone()).await;
+    assert!(["waiting", "admitted"].contains(&after.as_str()), "{after}");
 }
