@@ -21,36 +21,46 @@
 --         draw); `admitted` and `generation` are the line's (see LinePoint in Rust)
 local c = KEYS[1]
 local op, now = ARGV[1], tonumber(ARGV[2])
+-- The room's key names, made once per call (a concatenation per command costs more than
+-- the command in a batch of joins).
+local QT, QU, QK, QW, QA, QO, Q =
+  c .. ':qt', c .. ':qu', c .. ':qk', c .. ':qw', c .. ':qa', c .. ':qo', c .. ':q'
 
 -- The campaign's window and units and the line's point, read once per call however many
 -- tickets it reads (joins change neither).
 local window, point
-local function status(ticket)
-  local user = redis.call('HGET', c .. ':qt', ticket)
-  if not user then return {} end
-  point = point or redis.call('HMGET', c .. ':q', 'admitted', 'gen')
-  local function answer(kind, detail)
-    return {kind, user, detail or '', point[1] or '0', point[2] or ''}
-  end
-  local until_ms = redis.call('HGET', c .. ':qa', ticket)
-  if until_ms then
-    if tonumber(until_ms) > now then return answer('admitted', until_ms) end
-    return answer('expired')
-  end
+local function answer(kind, user, detail)
+  point = point or redis.call('HMGET', Q, 'admitted', 'gen')
+  return {kind, user, detail or '', point[1] or '0', point[2] or ''}
+end
+
+-- The status of a ticket known not to be admitted.
+local function unadmitted(ticket, user)
   window = window or redis.call('HMGET', c, 'starts', 'ends', 'available')
   local f = window
-  if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return answer('expired') end
-  if tonumber(f[3] or '0') == 0 then return answer('sold_out') end
-  if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return answer('waiting') end
-  local rank = redis.call('ZRANK', c .. ':qw', ticket)
-  if not rank then return answer('expired') end
-  return answer('waiting', tostring(rank + 1))
+  if f[2] and f[2] ~= '' and now >= tonumber(f[2]) then return answer('expired', user) end
+  if tonumber(f[3] or '0') == 0 then return answer('sold_out', user) end
+  if f[1] and f[1] ~= '' and now < tonumber(f[1]) then return answer('waiting', user) end
+  local rank = redis.call('ZRANK', QW, ticket)
+  if not rank then return answer('expired', user) end
+  return answer('waiting', user, tostring(rank + 1))
+end
+
+local function status(ticket)
+  local user = redis.call('HGET', QT, ticket)
+  if not user then return {} end
+  local until_ms = redis.call('HGET', QA, ticket)
+  if until_ms then
+    if tonumber(until_ms) > now then return answer('admitted', user, until_ms) end
+    return answer('expired', user)
+  end
+  return unadmitted(ticket, user)
 end
 
 local function with_ticket(outcome, ticket)
-  local answer = {outcome, ticket}
-  for _, v in ipairs(status(ticket)) do answer[#answer + 1] = v end
-  return answer
+  local answered = {outcome, ticket}
+  for _, v in ipairs(status(ticket)) do answered[#answered + 1] = v end
+  return answered
 end
 
 if op == 'tickets' then
@@ -62,7 +72,7 @@ end
 if op == 'line' then
   local available = redis.call('HGET', c, 'available')
   if not available then return {} end
-  local q = redis.call('HMGET', c .. ':q', 'admitted', 'gen')
+  local q = redis.call('HMGET', Q, 'admitted', 'gen')
   return {available, q[1] or '0', q[2] or ''}
 end
 
@@ -77,25 +87,32 @@ local starts = tonumber(f[1] ~= '' and f[1] or nil)
 local ends = tonumber(f[2] ~= '' and f[2] or nil)
 local rate = tonumber(f[3] ~= '' and f[3] or nil)
 
+-- A join makes at most six calls: the key and the user each claimed with one HSETNX (read
+-- back only when taken), the ticket, its score, the line's generation (first join of a
+-- call), its place.
+local generation_checked = false
 local function join(user, key, fresh, lot)
   if not rate then return {'no_waiting_room'} end
   if ends and now >= ends then return {'ended'} end
-  local known = redis.call('HGET', c .. ':qk', key)
-  if known and known ~= user then return {'key_reused'} end
-  if not known then redis.call('HSET', c .. ':qk', key, user) end
-  local existing = redis.call('HGET', c .. ':qu', user)
-  if existing then return with_ticket('existing', existing) end
-  local score
-  if starts and now < starts then
-    score = lot
-  else
-    score = 4503599627370496 + redis.call('HINCRBY', c .. ':q', 'seq', 1)
+  if redis.call('HSETNX', QK, key, user) == 0 and redis.call('HGET', QK, key) ~= user then
+    return {'key_reused'}
   end
-  redis.call('HSET', c .. ':qt', fresh, user)
-  redis.call('HSET', c .. ':qu', user, fresh)
-  if redis.call('HSETNX', c .. ':q', 'gen', fresh) == 1 then point = nil end
-  redis.call('ZADD', c .. ':qw', score, fresh)
-  return with_ticket('joined', fresh)
+  if redis.call('HSETNX', QU, user, fresh) == 0 then
+    return with_ticket('existing', redis.call('HGET', QU, user))
+  end
+  redis.call('HSET', QT, fresh, user)
+  if not generation_checked then
+    generation_checked = true
+    if redis.call('HSETNX', Q, 'gen', fresh) == 1 then point = nil end
+  end
+  local score = lot
+  if not (starts and now < starts) then
+    score = 4503599627370496 + redis.call('HINCRBY', Q, 'seq', 1)
+  end
+  redis.call('ZADD', QW, score, fresh)
+  local answered = {'joined', fresh}
+  for _, v in ipairs(unadmitted(fresh, user)) do answered[#answered + 1] = v end
+  return answered
 end
 
 if op == 'joins' then
@@ -108,14 +125,14 @@ if op == 'joins' then
 end
 
 -- admit
-local waiting = redis.call('ZCARD', c .. ':qw')
+local waiting = redis.call('ZCARD', QW)
 if not rate or (starts and now < starts) or (ends and now >= ends) then
   return {0, waiting, 0}
 end
-redis.call('ZREMRANGEBYSCORE', c .. ':qo', '-inf', now)
-local room = tonumber(f[5]) - redis.call('ZCARD', c .. ':qo')
+redis.call('ZREMRANGEBYSCORE', QO, '-inf', now)
+local room = tonumber(f[5]) - redis.call('ZCARD', QO)
 local burst = math.max(1, math.floor(rate / 10))
-local clock = tonumber(redis.call('HGET', c .. ':q', 'clock') or '0')
+local clock = tonumber(redis.call('HGET', Q, 'clock') or '0')
 clock = math.max(clock, now - burst * 1000 / rate)
 local budget = math.floor((now - clock) * rate / 1000)
 local n = math.min(budget, room, waiting)
@@ -124,7 +141,7 @@ local expires = string.format('%.0f', now + tonumber(f[4]) * 1000)
 -- In pages, so `unpack` stays far below Lua's stack limit however high the rate.
 local left = n
 while left > 0 do
-  local popped = redis.call('ZPOPMIN', c .. ':qw', math.min(left, 1000))
+  local popped = redis.call('ZPOPMIN', QW, math.min(left, 1000))
   local passes, lapses = {}, {}
   for i = 1, #popped, 2 do
     passes[#passes + 1] = popped[i]
@@ -132,10 +149,10 @@ while left > 0 do
     lapses[#lapses + 1] = expires
     lapses[#lapses + 1] = popped[i]
   end
-  redis.call('HSET', c .. ':qa', unpack(passes))
-  redis.call('ZADD', c .. ':qo', unpack(lapses))
+  redis.call('HSET', QA, unpack(passes))
+  redis.call('ZADD', QO, unpack(lapses))
   left = left - #popped / 2
 end
-redis.call('HSET', c .. ':q', 'clock', string.format('%.3f', clock + n * 1000 / rate))
-redis.call('HINCRBY', c .. ':q', 'admitted', n)
+redis.call('HSET', Q, 'clock', string.format('%.3f', clock + n * 1000 / rate))
+redis.call('HINCRBY', Q, 'admitted', n)
 return {n, waiting - n, math.max(0, room - n)}
