@@ -696,3 +696,96 @@ async fn a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_i
     let after = read(bob.clone()).await;
     assert!(["waiting", "admitted"].contains(&after.as_str()), "{after}");
 }
+
+/// A sale through the line on two instances sharing Redis and the database: users join on
+/// one, poll on the other and buy on either (the pass key is shared through the database),
+/// and the line sells exactly the stock, one unit per admitted user, to nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_through_the_line_on_two_instances_sells_exactly_the_stock() {
+    const USERS: usize = 150;
+    const STOCK: u64 = 40;
+    let namespace = unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let shared = |c: &mut flashsale::config::Config| {
+        c.redis_url = Some(redis_url());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    let apps = std::sync::Arc::new([
+        spawn_app_with(Backend::Redis, shared).await,
+        spawn_app_with(Backend::Redis, shared).await,
+    ]);
+    let campaign = apps[0]
+        .campaign(
+            STOCK,
+            1,
+            json!({"queue": {"admit_per_second": 100, "pass_seconds": 30}}),
+        )
+        .await;
+    let users = (0..USERS).map(|i| {
+        let (apps, campaign) = (std::sync::Arc::clone(&apps), campaign.clone());
+        tokio::spawn(async move {
+            let user = format!("line-{i}");
+            let token = apps[0].user_token(&user);
+            let (here, there) = (&apps[i % 2], &apps[(i + 1) % 2]);
+            let joined: Value = join(here, &campaign, &token, json!({}))
+                .await
+                .json()
+                .await
+                .expect("json");
+            let ticket = joined["ticket"].as_str().expect("ticket").to_owned();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let body: Value = poll(there, &ticket, &token)
+                    .await
+                    .json()
+                    .await
+                    .expect("json");
+                match body["status"].as_str() {
+                    Some("admitted") => {
+                        let pass = body["pass"].as_str().expect("pass");
+                        let bought = reserve_with_pass(here, &campaign, &token, Some(pass)).await;
+                        let status = bought.status();
+                        let body: Value = bought.json().await.expect("json");
+                        return (user, status.as_u16(), body);
+                    }
+                    Some("waiting") => {}
+                    Some(done) => return (user, 0, json!({"status": done})),
+                    None => panic!("{body}"),
+                }
+                assert!(Instant::now() < deadline, "{user} waited too long");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let mut bought = Vec::new();
+    let mut sold_out = 0;
+    for user in users.collect::<Vec<_>>() {
+        let (user, status, body) = user.await.expect("user");
+        match status {
+            201 => {
+                assert_eq!(body["user_id"], json!(user));
+                bought.push(user);
+            }
+            0 => {
+                assert_eq!(body["status"], "sold_out", "{user}: {body}");
+                sold_out += 1;
+            }
+            other => panic!("{user}: {other} {body}"),
+        }
+    }
+    bought.sort();
+    bought.dedup();
+    assert_eq!(
+        bought.len() as u64,
+        STOCK,
+        "exactly the stock, one unit each"
+    );
+    assert_eq!(sold_out, USERS - STOCK as usize);
+    let view = apps[1].campaign_json(&campaign).await;
+    assert_eq!(
+        (view["available"].as_u64(), view["held"].as_u64()),
+        (Some(0), Some(STOCK)),
+        "{view}"
+    );
+}
