@@ -20,6 +20,21 @@ on_both_backends!(
     a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_it_returns,
 );
 
+/// Two instances on one Redis namespace and one database, as in production.
+async fn two_instances() -> [TestApp; 2] {
+    let namespace = unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let shared = |c: &mut flashsale::config::Config| {
+        c.redis_url = Some(redis_url());
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    [
+        spawn_app_with(Backend::Redis, shared).await,
+        spawn_app_with(Backend::Redis, shared).await,
+    ]
+}
+
 async fn join(app: &TestApp, campaign: &str, token: &str, body: Value) -> Response {
     app.client
         .post(app.url(&format!("/v1/campaigns/{campaign}/queue")))
@@ -346,15 +361,7 @@ async fn group_buys_with_a_waiting_room_need_a_pass_too(backend: Backend) {
 async fn two_instances_admit_at_the_campaign_rate_together() {
     const RATE: f64 = 100.0;
     const USERS: usize = 600;
-    let namespace = unique_id("ns");
-    let database = crate::helpers::fresh_postgres_schema().await;
-    let shared = |c: &mut flashsale::config::Config| {
-        c.redis_url = Some(redis_url());
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-    };
-    let a = spawn_app_with(Backend::Redis, shared).await;
-    let b = spawn_app_with(Backend::Redis, shared).await;
+    let [a, b] = two_instances().await;
     let start = Millis(Millis::now().0 / 1000 * 1000 + 8_000);
     let campaign = a
         .campaign(
@@ -704,17 +711,7 @@ async fn a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_i
 async fn a_sale_through_the_line_on_two_instances_sells_exactly_the_stock() {
     const USERS: usize = 150;
     const STOCK: u64 = 40;
-    let namespace = unique_id("ns");
-    let database = crate::helpers::fresh_postgres_schema().await;
-    let shared = |c: &mut flashsale::config::Config| {
-        c.redis_url = Some(redis_url());
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-    };
-    let apps = std::sync::Arc::new([
-        spawn_app_with(Backend::Redis, shared).await,
-        spawn_app_with(Backend::Redis, shared).await,
-    ]);
+    let apps = std::sync::Arc::new(two_instances().await);
     let campaign = apps[0]
         .campaign(
             STOCK,
