@@ -270,27 +270,36 @@ async fn a_hanging_endpoint_hits_the_timeout_and_is_retried(backend: Backend) {
     let got = until_received(&received, 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1, "delivered after two timed-out attempts");
     let id = hook["id"].as_str().expect("id");
-    let page: Value = app
-        .client
-        .get(app.url(&format!("/v1/webhooks/{id}/deliveries")))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    let outcomes: Vec<(String, String)> = page["deliveries"]
-        .as_array()
-        .expect("deliveries")
-        .iter()
-        .map(|d| {
-            (
-                d["outcome"].as_str().unwrap_or_default().to_owned(),
-                d["error"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    // The receiver sees the request before the worker records its answer: wait for the
+    // record of the third attempt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcomes = loop {
+        let page: Value = app
+            .client
+            .get(app.url(&format!("/v1/webhooks/{id}/deliveries")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let outcomes: Vec<(String, String)> = page["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .map(|d| {
+                (
+                    d["outcome"].as_str().unwrap_or_default().to_owned(),
+                    d["error"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        if outcomes.len() >= 3 || std::time::Instant::now() > deadline {
+            break outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         outcomes,
         vec![
