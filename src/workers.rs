@@ -71,14 +71,7 @@ pub async fn run_admission(engine: Gated, mut shutdown: Shutdown) {
 pub async fn admit_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine::EngineError> {
     let mut total = 0;
     for campaign in engine.campaign_ids().await? {
-        let queued = match engine.cached_queue(&campaign) {
-            Some(queued) => queued,
-            None => engine
-                .config(&campaign)
-                .await?
-                .is_some_and(|c| c.queue.is_some()),
-        };
-        if !queued {
+        if !engine.queued(&campaign).await? {
             continue;
         }
         let round = engine.admit(&campaign, now).await?;

@@ -182,6 +182,15 @@ impl Gated {
         self.config.get(id).map(|c| c.queue.is_some())
     }
 
+    /// Whether the campaign has a waiting room (`false` for an unknown one): the cache in
+    /// place, else the engine.
+    pub async fn queued(&self, id: &CampaignId) -> Result<bool, EngineError> {
+        if let Some(queued) = self.cached_queue(id) {
+            return Ok(queued);
+        }
+        Ok(self.config(id).await?.is_some_and(|c| c.queue.is_some()))
+    }
+
     /// A campaign's config: from this node's cache when it has it (only `stock` changes after
     /// creation, so a cached config is current except for `stock`).
     pub async fn config(&self, id: &CampaignId) -> Result<Option<Campaign>, EngineError> {

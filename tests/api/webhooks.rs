@@ -92,6 +92,19 @@ async fn app(backend: Backend) -> TestApp {
     .await
 }
 
+/// A webhook's deliveries page (`query`: e.g. `?limit=1000`).
+async fn deliveries(app: &TestApp, id: &str, query: &str) -> Value {
+    app.client
+        .get(app.url(&format!("/v1/webhooks/{id}/deliveries{query}")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn subscribe(app: &TestApp, body: Value) -> Value {
     let response = app
         .client
@@ -241,16 +254,7 @@ async fn a_failing_endpoint_catches_up_in_order_and_does_not_delay_the_others(ba
     assert_eq!(got, feed, "after recovering: everything, in order");
 
     let id = broken["id"].as_str().expect("id");
-    let page: Value = app
-        .client
-        .get(app.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000")))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let page = deliveries(&app, id, "?limit=1000").await;
     let attempts = page["deliveries"].as_array().expect("deliveries");
     let first = &attempts[0];
     assert_eq!(first["event_cursor"].as_i64(), feed.first().copied());
@@ -272,18 +276,9 @@ async fn a_hanging_endpoint_hits_the_timeout_and_is_retried(backend: Backend) {
     let id = hook["id"].as_str().expect("id");
     // The receiver sees the request before the worker records its answer: wait for the
     // record of the third attempt.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let outcomes = loop {
-        let page: Value = app
-            .client
-            .get(app.url(&format!("/v1/webhooks/{id}/deliveries")))
-            .bearer_auth(&app.admin_token)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+        let page = deliveries(&app, id, "").await;
         let outcomes: Vec<(String, String)> = page["deliveries"]
             .as_array()
             .expect("deliveries")
@@ -295,7 +290,7 @@ async fn a_hanging_endpoint_hits_the_timeout_and_is_retried(backend: Backend) {
                 )
             })
             .collect();
-        if outcomes.len() >= 3 || std::time::Instant::now() > deadline {
+        if outcomes.len() >= 3 || Instant::now() > deadline {
             break outcomes;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
