@@ -16,6 +16,16 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// A Redis Cluster for the stock engine instead of one Redis: seed nodes
+    /// (`redis://host:port`), comma-separated; the client learns the rest of the cluster.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
     pub redis_namespace: String,

@@ -57,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
 /// Says where the service is and, when it made its own credentials, what they are.
 fn print_banner(application: &Application, config: &Config) {
     let address = application.address();
-    let engine = if config.redis_url.is_some() {
+    let engine = if !config.redis_cluster_nodes.is_empty() {
+        "redis cluster"
+    } else if config.redis_url.is_some() {
         "redis"
     } else {
         "in-memory"

@@ -109,8 +109,8 @@ impl Application {
             recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
         }
         // Whatever the database knows and the engine lacks (a fresh in-memory engine, or a
-        // Redis that restarted empty) is rebuilt before the first request.
-        let restored = recovery::restore_all(&engine, &store, &recovering.watch())
+        // Redis that restarted empty) is rebuilt before the first request, at once.
+        let restored = recovery::restore_all(&engine, &store, &recovery::LossWatch::immediate())
             .await
             .context("rebuilding campaigns from the database")?;
         if !restored.is_empty() {
@@ -360,6 +360,23 @@ impl Backends {
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
 pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
+    if !config.redis_cluster_nodes.is_empty() {
+        let nodes = config.redis_cluster_nodes.join(",");
+        if config.durability == Durability::Strict {
+            anyhow::bail!(
+                "FLASHSALE_DURABILITY=strict is not supported on a Redis Cluster yet (it checks \
+                 one server's AOF settings and replicas); run every node with appendonly yes \
+                 and appendfsync always, and the default durability"
+            );
+        }
+        let engine =
+            RedisEngine::connect_cluster(&config.redis_cluster_nodes, &config.redis_namespace)
+                .await
+                .with_context(|| format!("connecting to the Redis Cluster at {nodes}"))?
+                .with_retention(retention)
+                .with_user_rate(config.user_rate_per_second);
+        return Ok(Backends::of(engine));
+    }
     Ok(match &config.redis_url {
         Some(url) => {
             let mut engine = RedisEngine::connect_in(url, &config.redis_namespace)

@@ -146,7 +146,7 @@ pub const ENDED_GRACE: Duration = Duration::from_secs(300);
 /// One sampling pass.
 pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::store::Store) {
     let now = Millis::now();
-    m::touch_counters(engine.name() == "redis");
+    m::touch_counters(engine.name().starts_with("redis"));
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => engine.name()).set(1.0);
     let engine_up = engine.ping().await.is_ok();
     metrics::gauge!(m::ENGINE_UP).set(if engine_up { 1.0 } else { 0.0 });

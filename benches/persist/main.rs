@@ -111,6 +111,7 @@ fn bench_persist(c: &mut Criterion) {
         (store, copy, campaign)
     });
     let next = AtomicI64::new(1);
+    let epochs = flashsale::engine::Epochs::one(&campaign.id, "bench");
     let mut group = c.benchmark_group("persist_batch_1000");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
@@ -120,7 +121,7 @@ fn bench_persist(c: &mut Criterion) {
             || batch(&campaign, &next),
             |events| {
                 runtime
-                    .block_on(store.persist("bench", &events))
+                    .block_on(store.persist(&epochs, &events))
                     .expect("persisted")
             },
             BatchSize::PerIteration,

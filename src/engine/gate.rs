@@ -326,8 +326,8 @@ impl Backend for Gated {
         self.inner.ping().await
     }
 
-    async fn epoch(&self) -> Result<String, EngineError> {
-        self.inner.epoch().await
+    async fn dataset(&self) -> Result<String, EngineError> {
+        self.inner.dataset().await
     }
 
     async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
@@ -342,9 +342,10 @@ impl Backend for Gated {
 #[async_trait]
 impl Engine for Gated {
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        let campaign = snapshot.campaign;
         let loaded = self.inner.load_campaign(snapshot).await?;
         if loaded {
-            self.units_returned(&snapshot.campaign.id);
+            self.units_returned(&campaign.id);
         }
         Ok(loaded)
     }

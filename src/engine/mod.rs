@@ -38,6 +38,7 @@ use crate::domain::{
     Reservation, ReservationId, ScopedKey, StockDelta, StoredReservation, Ticket, TicketId, UserId,
 };
 use async_trait::async_trait;
+use std::collections::HashMap;
 use thiserror::Error;
 
 /// A failure of the engine itself (not a refusal): the caller gets an opaque 500 or a 503.
@@ -260,38 +261,86 @@ pub enum Extension {
 /// A campaign to load into an engine: a new one (no reservations, no groups), or one
 /// rebuilt from the database with its groups (`members` unused) and its live reservations
 /// (held and confirmed, in creation order) with their idempotency records.
-#[derive(Debug, Clone, Copy)]
+///
+/// `epoch` names this load of the campaign: the engine keeps it with the campaign and hands
+/// it out with the campaign's events, and the database records it (`campaigns.engine_epoch`)
+/// so it applies only events of the campaign's current load (see `store::batch`).
+#[derive(Debug, Clone)]
 pub struct CampaignSnapshot<'a> {
     pub campaign: &'a Campaign,
     pub reservations: &'a [StoredReservation],
     pub groups: &'a [Group],
+    pub epoch: String,
 }
 
 impl<'a> CampaignSnapshot<'a> {
-    /// A campaign just created: nothing taken yet.
+    /// A campaign just created: nothing taken yet, under a new epoch.
     pub fn fresh(campaign: &'a Campaign) -> Self {
         CampaignSnapshot {
             campaign,
             reservations: &[],
             groups: &[],
+            epoch: new_epoch(),
         }
+    }
+}
+
+/// A new load epoch: unique, so events of an earlier load never pass for this one's.
+pub fn new_epoch() -> String {
+    format!("load-{}", ulid::Ulid::new())
+}
+
+/// Each campaign's load epoch, as read atomically with its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Epochs(HashMap<CampaignId, String>);
+
+impl Epochs {
+    /// One campaign's.
+    pub fn one(campaign: &CampaignId, epoch: &str) -> Self {
+        let mut epochs = Epochs::default();
+        epochs.set(campaign, epoch);
+        epochs
+    }
+
+    /// The epoch the campaign's events were read under; empty if none was (the campaign was
+    /// gone when they were read).
+    pub fn of(&self, campaign: &CampaignId) -> &str {
+        self.0.get(campaign).map_or("", String::as_str)
+    }
+
+    pub fn set(&mut self, campaign: &CampaignId, epoch: &str) {
+        if self.0.get(campaign).map(String::as_str) != Some(epoch) {
+            self.0.insert(campaign.clone(), epoch.to_owned());
+        }
+    }
+
+    /// Whether some campaign has another epoch in `other`.
+    pub fn conflicts(&self, other: &Epochs) -> bool {
+        other
+            .0
+            .iter()
+            .any(|(campaign, epoch)| self.0.get(campaign).is_some_and(|mine| mine != epoch))
+    }
+
+    /// Adds `other`'s (which must not conflict).
+    pub fn extend(&mut self, other: Epochs) {
+        self.0.extend(other.0);
     }
 }
 
 /// What backs an engine or an event log.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// `memory` or `redis`, for logs and `/readyz`.
+    /// `memory`, `redis` or `redis-cluster`, for logs and `/readyz`.
     fn name(&self) -> &'static str;
 
     /// Whether the backing store answers.
     async fn ping(&self) -> Result<(), EngineError>;
 
-    /// The id of the engine's current dataset: it stays while the data does, and changes
-    /// when the data is lost (a Redis that restarted empty gets a new one, made here if
-    /// missing; the in-memory engine has one per process). The database records which
-    /// dataset each campaign's engine state was loaded under.
-    async fn epoch(&self) -> Result<String, EngineError>;
+    /// The id of the engine's data as a whole (a Redis namespace's, made there if missing;
+    /// the in-memory engine's, one per process). The database records every one it served,
+    /// so a start can refuse an engine that holds another database's campaigns.
+    async fn dataset(&self) -> Result<String, EngineError>;
 
     /// Removes everything the engine holds of a campaign the database archived (ended, no
     /// live holds, every event persisted); requests about it are answered from the database
@@ -401,11 +450,11 @@ pub struct Backlog {
     pub oldest: Option<Millis>,
 }
 
-/// Events read together, with the engine dataset ([`Backend::epoch`]) they were read from,
-/// read atomically with them.
+/// Events read together, with each campaign's load epoch ([`CampaignSnapshot::epoch`]) read
+/// atomically with its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventBatch {
-    pub epoch: String,
+    pub epochs: Epochs,
     pub events: Vec<Event>,
 }
 

@@ -4,10 +4,10 @@
 //! Database failures are retried with backoff while the hot path keeps serving; events wait
 //! in the streams meanwhile.
 //!
-//! A batch holds events of one engine dataset (epoch) only: the database applies a batch's
-//! events only to campaigns loaded under that dataset (see `store::batch`), so what the
-//! persister read from a Redis that has since lost its data is written as soon as possible —
-//! also while Redis is unreachable — before a rebuild fences it out.
+//! A batch holds events of one load (epoch) per campaign only: the database applies a
+//! campaign's events only if they were read under its current load (see `store::batch`), so
+//! what the persister read from a Redis that has since lost the campaign is written as soon
+//! as possible — also while Redis is unreachable — before a rebuild fences it out.
 
 use crate::engine::{Consumer, EventBatch, EventLog};
 use crate::metrics as m;
@@ -61,25 +61,27 @@ pub async fn run(
                         return;
                     }
                     buffer.events.clear();
+                    buffer.epochs = Default::default();
                     first_at = None;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        if !buffer.events.is_empty() && fresh.epoch != buffer.epoch {
-            // Another dataset: the buffered batch goes alone, tagged with its own.
+        if !buffer.events.is_empty() && buffer.epochs.conflicts(&fresh.epochs) {
+            // A campaign loaded again since: the buffered batch goes alone, with its epochs.
             if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
                 return;
             }
             buffer.events.clear();
+            buffer.epochs = Default::default();
             first_at = None;
         }
         let got_any = !fresh.events.is_empty();
         if got_any && first_at.is_none() {
             first_at = Some(Instant::now());
         }
-        buffer.epoch = fresh.epoch;
+        buffer.epochs.extend(fresh.epochs);
         buffer.events.extend(fresh.events);
         let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
         if !buffer.events.is_empty() && (buffer.events.len() >= settings.batch || due) {
@@ -87,6 +89,7 @@ pub async fn run(
                 return;
             }
             buffer.events.clear();
+            buffer.epochs = Default::default();
             first_at = None;
         } else if !got_any {
             // Nothing new: poll again after a short pause while a batch is open (so it still
@@ -173,7 +176,7 @@ async fn write_once(
 ) -> Result<(), &'static str> {
     let started = Instant::now();
     let events = &batch.events;
-    match store.persist(&batch.epoch, events).await {
+    match store.persist(&batch.epochs, events).await {
         Ok(set_aside) => {
             for (reason, count) in set_aside {
                 metrics::counter!(m::DEAD_EVENTS, "reason" => reason).increment(count);

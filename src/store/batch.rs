@@ -3,6 +3,7 @@
 
 use super::{Store, StoreError};
 use crate::domain::{CampaignId, Change, Event, ReservationId};
+use crate::engine::Epochs;
 use sqlx::QueryBuilder;
 use std::collections::HashMap;
 
@@ -11,33 +12,33 @@ use std::collections::HashMap;
 const EVENTS_LOCK: i64 = 0x00f1_a5b5_a1e0;
 
 impl Store {
-    /// Writes a batch of events read from engine dataset `epoch` in one transaction: each
+    /// Writes a batch of events (each campaign's read under its load epoch in `epochs`) in one transaction: each
     /// event once (by campaign and stream position), each reservation's newest state, each
     /// campaign's newest stock. Events are set aside in `dead_events` instead when their
-    /// campaign was loaded under another dataset (`fenced`: decided by a Redis that lost its
-    /// data, rebuilt without them) or is unknown to the database (`unknown_campaign`); a
+    /// campaign was loaded again since (`fenced`: decided by a load the engine lost, and
+    /// rebuilt without them) or is unknown to the database (`unknown_campaign`); a
     /// batch the database refuses is written event by event and the refused ones are set
     /// aside (`refused`), so one bad event never stops the others. Returns how many were set
     /// aside, by reason.
     pub async fn persist(
         &self,
-        epoch: &str,
+        epochs: &Epochs,
         events: &[Event],
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match self.persist_once(epoch, events).await {
+        match self.persist_once(epochs, events).await {
             Err(error) if refusal(&error).is_some() && events.len() > 1 => {
                 tracing::warn!(%error, events = events.len(), "the database refused a batch; writing its events one by one");
                 let mut set_aside = Vec::new();
                 for event in events {
                     let one = std::slice::from_ref(event);
-                    match self.persist_once(epoch, one).await {
+                    match self.persist_once(epochs, one).await {
                         Ok(counts) => set_aside.extend(counts),
                         Err(error) => match refusal(&error) {
                             Some(why) => {
-                                self.set_aside(epoch, one, super::dead::Reason::Refused, &why)
+                                self.set_aside(epochs, one, super::dead::Reason::Refused, &why)
                                     .await?;
                                 set_aside.push((super::dead::Reason::Refused.as_str(), 1));
                             }
@@ -49,7 +50,7 @@ impl Store {
             }
             Err(error) => match refusal(&error) {
                 Some(why) => {
-                    self.set_aside(epoch, events, super::dead::Reason::Refused, &why)
+                    self.set_aside(epochs, events, super::dead::Reason::Refused, &why)
                         .await?;
                     Ok(vec![(super::dead::Reason::Refused.as_str(), 1)])
                 }
@@ -62,7 +63,7 @@ impl Store {
     /// One transaction: the fence, then the rows.
     pub(super) async fn persist_once(
         &self,
-        epoch: &str,
+        epochs: &Epochs,
         events: &[Event],
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
         let campaigns: Vec<String> = {
@@ -86,10 +87,10 @@ impl Store {
                 .bind(&campaigns)
                 .fetch_all(&mut *tx)
                 .await?;
-                let fence = Fence::of(epoch, loaded);
+                let fence = Fence::of(epochs, loaded);
                 let (accepted, dead) = fence.split(events);
                 Batch::of(&accepted).write_postgres(&mut tx).await?;
-                let counts = super::dead::insert_postgres(&mut tx, epoch, &dead).await?;
+                let counts = super::dead::insert_postgres(&mut tx, epochs, &dead).await?;
                 tx.commit().await?;
                 Ok(counts)
             }
@@ -106,10 +107,10 @@ impl Store {
                             .await?;
                     loaded.extend(row);
                 }
-                let fence = Fence::of(epoch, loaded);
+                let fence = Fence::of(epochs, loaded);
                 let (accepted, dead) = fence.split(events);
                 Batch::of(&accepted).write_sqlite(&mut tx).await?;
-                let counts = super::dead::insert_sqlite(&mut tx, epoch, &dead).await?;
+                let counts = super::dead::insert_sqlite(&mut tx, epochs, &dead).await?;
                 tx.commit().await?;
                 Ok(counts)
             }
@@ -130,17 +131,18 @@ pub(super) fn refusal(error: &StoreError) -> Option<String> {
     }
 }
 
-/// Which campaigns of a batch may take its events: those the database knows and loaded
-/// under the batch's dataset (or under none recorded: campaigns from before fencing).
-struct Fence {
-    epoch: String,
+/// Which events of a batch may be applied: those of campaigns the database knows, read
+/// under the load epoch the database recorded for their campaign (or under any, for
+/// campaigns from before fencing recorded none).
+struct Fence<'a> {
+    epochs: &'a Epochs,
     loaded: HashMap<String, Option<String>>,
 }
 
-impl Fence {
-    fn of(epoch: &str, loaded: Vec<(String, Option<String>)>) -> Self {
+impl<'a> Fence<'a> {
+    fn of(epochs: &'a Epochs, loaded: Vec<(String, Option<String>)>) -> Self {
         Fence {
-            epoch: epoch.to_owned(),
+            epochs,
             loaded: loaded.into_iter().collect(),
         }
     }
@@ -160,12 +162,12 @@ impl Fence {
                     super::dead::Reason::UnknownCampaign,
                     "the database has no such campaign".to_owned(),
                 )),
-                Some(Some(loaded)) if *loaded != self.epoch => dead.push((
+                Some(Some(loaded)) if loaded != self.epochs.of(&event.campaign_id) => dead.push((
                     event.clone(),
                     super::dead::Reason::Fenced,
                     format!(
-                        "decided under engine dataset {:?}; the campaign was rebuilt under {loaded:?} without it",
-                        self.epoch
+                        "decided under the campaign's load {:?}; it was rebuilt as {loaded:?} without it",
+                        self.epochs.of(&event.campaign_id)
                     ),
                 )),
                 Some(_) => accepted.push(event),

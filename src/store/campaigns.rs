@@ -79,7 +79,7 @@ pub(super) const SELECT_CAMPAIGNS: &str =
     queue_admit_per_second, queue_pass_seconds, created_at_ms FROM campaigns";
 
 impl Store {
-    /// Records a new campaign, to be loaded into engine dataset `epoch`; `false` if one
+    /// Records a new campaign, to be loaded into the engine under load epoch `epoch`; `false` if one
     /// with the id exists.
     pub async fn insert_campaign(&self, c: &Campaign, epoch: &str) -> Result<bool, StoreError> {
         const SQL: &str =
@@ -150,6 +150,22 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Whether this database knows any of these campaigns (archived ones too); asks about
+    /// the first hundred at most.
+    pub async fn knows_any_campaign(&self, ids: &[CampaignId]) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM campaigns WHERE id = $1";
+        for id in ids.iter().take(100) {
+            let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(SQL)
+                .bind(id.as_str())
+                .fetch_one(pool)
+                .await?);
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Records that an ended campaign left the engine for good.
     pub async fn archive(&self, id: &CampaignId) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE campaigns SET archived_at_ms = $2 WHERE id = $1";
@@ -162,7 +178,19 @@ impl Store {
         Ok(())
     }
 
-    /// The engine dataset the campaign was last loaded under.
+    /// Whether the campaign was loaded into the engine and is still to be there (not
+    /// archived): missing from the engine, it was lost.
+    pub async fn loaded(&self, id: &CampaignId) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM campaigns \
+            WHERE id = $1 AND engine_epoch IS NOT NULL AND archived_at_ms IS NULL";
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(id.as_str())
+            .fetch_one(pool)
+            .await?);
+        Ok(n > 0)
+    }
+
+    /// The load epoch the campaign was last loaded into the engine under.
     pub async fn engine_epoch(&self, id: &CampaignId) -> Result<Option<String>, StoreError> {
         let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT engine_epoch FROM campaigns WHERE id = $1",

@@ -6,6 +6,7 @@ use crate::domain::{
     CampaignId, Change, Event, Group, GroupId, GroupStatus, Millis, Quantity, Reservation,
     ReservationId, ReservationStatus, ScopedKey, StreamPosition, UserId,
 };
+use crate::engine::Epochs;
 use serde::{Deserialize, Serialize};
 
 /// Why an event was set aside.
@@ -195,13 +196,13 @@ fn counts(dead: &[(Event, Reason, String)]) -> Vec<(&'static str, u64)> {
 }
 
 macro_rules! insert_all {
-    ($tx:expr, $epoch:expr, $dead:expr) => {{
+    ($tx:expr, $epochs:expr, $dead:expr) => {{
         let now = Millis::now().0;
         for (event, reason, error) in $dead {
             sqlx::query(INSERT)
                 .bind(event.campaign_id.as_str())
                 .bind(event.position.to_string())
-                .bind($epoch)
+                .bind($epochs.of(&event.campaign_id))
                 .bind(event.kind())
                 .bind(encode(event))
                 .bind(reason.as_str())
@@ -216,18 +217,18 @@ macro_rules! insert_all {
 
 pub(super) async fn insert_postgres(
     tx: &mut sqlx::PgConnection,
-    epoch: &str,
+    epochs: &Epochs,
     dead: &[(Event, Reason, String)],
 ) -> Result<Vec<(&'static str, u64)>, StoreError> {
-    insert_all!(tx, epoch, dead)
+    insert_all!(tx, epochs, dead)
 }
 
 pub(super) async fn insert_sqlite(
     tx: &mut sqlx::SqliteConnection,
-    epoch: &str,
+    epochs: &Epochs,
     dead: &[(Event, Reason, String)],
 ) -> Result<Vec<(&'static str, u64)>, StoreError> {
-    insert_all!(tx, epoch, dead)
+    insert_all!(tx, epochs, dead)
 }
 
 /// One `dead_events` row, as operators list it.
@@ -249,7 +250,7 @@ impl Store {
     /// Sets `events` aside in a transaction of their own.
     pub(super) async fn set_aside(
         &self,
-        epoch: &str,
+        epochs: &Epochs,
         events: &[Event],
         reason: Reason,
         error: &str,
@@ -261,12 +262,12 @@ impl Store {
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                insert_postgres(&mut tx, epoch, &dead).await?;
+                insert_postgres(&mut tx, epochs, &dead).await?;
                 tx.commit().await?;
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                insert_sqlite(&mut tx, epoch, &dead).await?;
+                insert_sqlite(&mut tx, epochs, &dead).await?;
                 tx.commit().await?;
             }
         }
@@ -290,8 +291,9 @@ impl Store {
                 continue;
             }
             let event = decode(&dead.campaign_id, &dead.stream_id, &dead.event)?;
+            let epochs = Epochs::one(&event.campaign_id, &dead.epoch);
             match self
-                .persist_once(&dead.epoch, std::slice::from_ref(&event))
+                .persist_once(&epochs, std::slice::from_ref(&event))
                 .await
             {
                 Ok(_) => {

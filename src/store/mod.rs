@@ -22,7 +22,7 @@ mod webhooks;
 
 pub use campaigns::StoredCounts;
 pub use feed::{FeedEvent, FeedFilter};
-pub use reservations::Rebuild;
+pub use reservations::{Rebuild, Rebuilding};
 pub use webhooks::{Delivery, Webhook};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

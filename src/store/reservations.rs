@@ -73,7 +73,7 @@ impl GroupRow {
 }
 
 /// What an engine needs to rebuild a campaign, read in the transaction that records the
-/// dataset it is rebuilt under.
+/// load epoch it is rebuilt under.
 #[derive(Debug, Clone)]
 pub struct Rebuild {
     pub campaign: crate::domain::Campaign,
@@ -81,6 +81,8 @@ pub struct Rebuild {
     /// ended ones keep answering replays and reads after the rebuild.
     pub reservations: Vec<StoredReservation>,
     pub groups: Vec<Group>,
+    /// The load epoch the rebuild records.
+    pub epoch: String,
 }
 
 const SELECT_RESERVATIONS: &str =
@@ -126,34 +128,67 @@ macro_rules! rebuild_in {
     }};
 }
 
+/// A rebuild under way: the campaign's row is locked, and its new load epoch recorded but
+/// not committed, until [`Rebuilding::commit`] or [`Rebuilding::abandon`]. Meanwhile another
+/// rebuild of the campaign, and every persister batch with its events, waits: so a rebuild
+/// that finds the campaign loaded by one before it leaves the epoch that one recorded.
+pub struct Rebuilding {
+    tx: RebuildTx,
+    pub rebuild: Rebuild,
+}
+
+enum RebuildTx {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl Rebuilding {
+    /// The engine loaded the campaign under the new epoch (or may have: its answer was
+    /// lost): from the commit on, events of any earlier load are set aside, not applied.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.tx {
+            RebuildTx::Postgres(tx) => tx.commit().await?,
+            RebuildTx::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// The engine had the campaign already: its epoch stays.
+    pub async fn abandon(self) -> Result<(), StoreError> {
+        match self.tx {
+            RebuildTx::Postgres(tx) => tx.rollback().await?,
+            RebuildTx::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
 impl Store {
-    /// Records that campaign `id`'s engine state is being rebuilt under dataset `epoch` and
-    /// reads what the rebuild needs, in one transaction; `None` if the database has no such
-    /// campaign or archived it (it left the engine for good). From its commit on, events of any other dataset for the campaign are set
-    /// aside, not applied.
+    /// Starts rebuilding campaign `id`'s engine state under load epoch `epoch`: records the
+    /// epoch and reads what the rebuild needs, in a transaction left open (see
+    /// [`Rebuilding`]); `None` if the database has no such campaign or archived it (it left
+    /// the engine for good).
     pub async fn rebuild(
         &self,
         id: &CampaignId,
         epoch: &str,
-    ) -> Result<Option<Rebuild>, StoreError> {
-        let read = match self {
+    ) -> Result<Option<Rebuilding>, StoreError> {
+        let (tx, read) = match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let read = rebuild_in!(tx, id, epoch);
-                tx.commit().await?;
-                read
+                (RebuildTx::Postgres(tx), read)
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let read = rebuild_in!(tx, id, epoch);
-                tx.commit().await?;
-                read
+                (RebuildTx::Sqlite(tx), read)
             }
         };
         let Some((campaign, reservations, groups)) = read else {
             return Ok(None);
         };
-        Ok(Some(Rebuild {
+        let rebuild = Rebuild {
             campaign: campaign.into_campaign()?,
             reservations: reservations
                 .into_iter()
@@ -163,7 +198,9 @@ impl Store {
                 .into_iter()
                 .map(|g| g.into_group(id))
                 .collect::<Result<_, _>>()?,
-        }))
+            epoch: epoch.to_owned(),
+        };
+        Ok(Some(Rebuilding { tx, rebuild }))
     }
 
     /// One reservation, whatever its status (engines forget ended ones after a while).

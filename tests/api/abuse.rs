@@ -193,7 +193,7 @@ async fn a_user_token_used_before_its_nbf_is_refused() {
     assert_problem(answer, 401, "unauthenticated").await;
 }
 
-crate::on_both_backends!(a_retried_stock_change_with_the_same_key_adds_once);
+crate::on_every_backend!(a_retried_stock_change_with_the_same_key_adds_once);
 
 async fn a_retried_stock_change_with_the_same_key_adds_once(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;

@@ -1,10 +1,10 @@
 //! Service tokens, scopes and user JWTs.
 
 use crate::helpers::{assert_problem, created_reservation, fresh_key, spawn_app, Backend};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::json;
 
-on_both_backends!(
+on_every_backend!(
     requests_without_a_valid_token_are_unauthenticated,
     a_store_token_cannot_administer_campaigns,
     a_user_token_reserves_for_itself_only,

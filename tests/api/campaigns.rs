@@ -1,10 +1,10 @@
 //! Creating, reading and tuning campaigns; availability.
 
 use crate::helpers::{assert_problem, created_reservation, spawn_app, unique_id, Backend};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::{json, Value};
 
-on_both_backends!(
+on_every_backend!(
     creating_a_campaign_returns_it_with_live_counts,
     a_campaign_without_an_id_gets_one,
     creating_an_existing_campaign_conflicts,

@@ -1,11 +1,11 @@
 //! Concurrency through HTTP: the invariants hold with many clients at once.
 
 use crate::helpers::{spawn_app, Backend};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 
-on_both_backends!(
+on_every_backend!(
     two_thousand_attempts_over_http_sell_exactly_the_stock,
     fifty_requests_with_one_key_over_http_make_one_reservation,
 );

@@ -1,8 +1,8 @@
 //! The durable pipeline against the real servers: every acknowledged reservation and every
 //! state change reaches the database exactly once, whatever crashes.
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
-use crate::on_both_backends;
+use crate::helpers::{assert_problem, redis_keys, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::on_every_backend;
 use flashsale::domain::{CampaignId, Millis};
 use flashsale::engine::{Consumer, Engine, PERSISTER};
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     after_a_burst_the_database_holds_exactly_the_acknowledged_reservations,
     the_feed_pages_through_10000_events_without_gap_or_duplicate,
     a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing,
@@ -221,7 +221,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         .expect("reads");
     assert_eq!(committed.events.len(), 25);
     app.store
-        .persist(&committed.epoch, &committed.events)
+        .persist(&committed.epochs, &committed.events)
         .await
         .expect("commits");
     // ... and one that died before its commit.
@@ -256,7 +256,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
     assert_each_once(&events);
 }
 
-on_both_backends!(ended_reservations_leave_the_engine_and_still_answer_from_the_database);
+on_every_backend!(ended_reservations_leave_the_engine_and_still_answer_from_the_database);
 
 async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.ended_retention_seconds = 1).await;
@@ -313,21 +313,12 @@ async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(
     let again = app.cancel(&rid, &store).await;
     assert_eq!(again.status(), 200, "cancel stays idempotent");
     assert_problem(app.confirm(&rid, &store).await, 409, "reservation_not_held").await;
-    if let Backend::Redis = backend {
+    if backend.is_redis() {
         // Nothing of the ended holds is left in Redis but their idempotency records.
-        let mut redis = redis::Client::open(crate::helpers::redis_url())
-            .expect("valid URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connects");
         // Every hold ended; within the retention and a reaper pass, all of them are gone.
         let started = Instant::now();
         loop {
-            let left: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("*:v3:{{c:{id}}}:r:*"))
-                .query_async(&mut redis)
-                .await
-                .expect("lists");
+            let left = redis_keys(backend, &format!("*:v3:{{c:{id}}}:r:*")).await;
             if left.is_empty() {
                 break;
             }
@@ -341,7 +332,7 @@ async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(
     }
 }
 
-on_both_backends!(an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database);
+on_every_backend!(an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database);
 
 async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.ended_retention_seconds = 1).await;
@@ -380,17 +371,8 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Backend::Redis = backend {
-        let mut redis = redis::Client::open(crate::helpers::redis_url())
-            .expect("valid URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connects");
-        let left: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("*:v3:{{c:{id}}}*"))
-            .query_async(&mut redis)
-            .await
-            .expect("lists");
+    if backend.is_redis() {
+        let left = redis_keys(backend, &format!("*:v3:{{c:{id}}}*")).await;
         assert!(left.is_empty(), "keys left in Redis: {left:?}");
     }
     // The database answers for it, and nothing rebuilds it into the engine.

@@ -27,6 +27,8 @@ pub struct RedisServer {
     appendonly: bool,
     /// The port of the master this server replicates, if it is a replica.
     replica_of: Option<u16>,
+    /// A Redis Cluster node (its cluster config kept in its directory across restarts).
+    cluster: bool,
     child: Option<Child>,
 }
 
@@ -40,6 +42,7 @@ impl RedisServer {
             dir,
             appendonly,
             replica_of: None,
+            cluster: false,
             child: None,
         };
         server.restart();
@@ -55,6 +58,7 @@ impl RedisServer {
             dir,
             appendonly: false,
             replica_of: Some(master.port),
+            cluster: false,
             child: None,
         };
         server.restart();
@@ -80,6 +84,15 @@ impl RedisServer {
         if let Some(master) = self.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+            command.args(["--cluster-node-timeout", "2000"]);
+        }
         let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--dir"])
@@ -96,6 +109,100 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A private 3-master Redis Cluster on loopback ports, its slots spread by
+/// `redis-cli --cluster create`. A node restarted without persistence comes back empty but
+/// with its cluster config, serving the same slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("cluster"));
+                std::fs::create_dir_all(&dir).expect("redis dir");
+                let mut node = RedisServer {
+                    port: free_port(),
+                    dir,
+                    appendonly: false,
+                    replica_of: None,
+                    cluster: true,
+                    child: None,
+                };
+                node.restart();
+                node
+            })
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    fn query(&self, node: usize, command: &redis::Cmd) -> redis::Value {
+        let mut connection = redis::Client::open(self.nodes[node].url())
+            .expect("valid URL")
+            .get_connection()
+            .expect("connects");
+        command.query(&mut connection).expect("answers")
+    }
+
+    /// Every node says `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in 0..self.nodes.len() {
+            loop {
+                let info: String =
+                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("INFO")))
+                        .expect("text");
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The index of the node serving `key`'s slot.
+    pub fn owner(&self, key: &str) -> usize {
+        let slot: i64 =
+            redis::from_redis_value(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
+                .expect("a slot");
+        (0..self.nodes.len())
+            .find(|&node| {
+                let nodes: String =
+                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
+                        .expect("text");
+                // `<id> <address> myself,master - 0 0 <epoch> connected <slot ranges>...`
+                nodes
+                    .lines()
+                    .find(|line| line.contains("myself"))
+                    .is_some_and(|line| {
+                        line.split_whitespace().skip(8).any(|range| {
+                            let (from, to) = range.split_once('-').unwrap_or((range, range));
+                            let (from, to) = (from.parse::<i64>(), to.parse::<i64>());
+                            matches!((from, to), (Ok(f), Ok(t)) if f <= slot && slot <= t)
+                        })
+                    })
+            })
+            .expect("some node serves every slot")
     }
 }
 
@@ -599,9 +706,49 @@ async fn invariant_breaches(
     breaches
 }
 
+/// 16 workers making reservations on `campaigns` (in turn) through both instances for 3 s,
+/// a new user each time; a caller retries a 5xx with the same key, on either instance.
+fn retrying_burst(
+    instances: &Arc<[crate::helpers::TestApp; 2]>,
+    campaigns: &[String],
+    round: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    (0..16)
+        .map(|worker| {
+            let instances = Arc::clone(instances);
+            let campaigns = campaigns.to_vec();
+            tokio::spawn(async move {
+                let mut n = worker;
+                while Instant::now() < deadline {
+                    let user = format!("u{round}-{n}");
+                    let key = format!("k-{user}");
+                    let campaign = &campaigns[n % campaigns.len()];
+                    n += 16;
+                    for attempt in 0..40 {
+                        let app = &instances[(worker + attempt) % 2];
+                        let answer = app
+                            .reserve_with(
+                                campaign,
+                                &app.store_token,
+                                &key,
+                                &json!({"user_id": user}),
+                            )
+                            .await;
+                        if !answer.status().is_server_error() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_mid_burst_never_oversells_and_every_hold_ends() {
-    use crate::helpers::{fresh_postgres_schema, TestApp};
+    use crate::helpers::fresh_postgres_schema;
     let mut redis = RedisServer::start(false);
     let url = redis.url();
     let database = fresh_postgres_schema().await;
@@ -622,39 +769,8 @@ async fn redis_restarted_empty_mid_burst_never_oversells_and_every_hold_ends() {
     let campaign = instances[0]
         .campaign(stock, 1, json!({"hold_seconds": hold_seconds}))
         .await;
-    let users = 1_000_000;
     for round in 0..3 {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let workers: Vec<_> = (0..16)
-            .map(|worker| {
-                let instances = Arc::clone(&instances);
-                let campaign = campaign.clone();
-                tokio::spawn(async move {
-                    let mut n = worker;
-                    while Instant::now() < deadline {
-                        let user = format!("u{round}-{}", n % users);
-                        let key = format!("k-{user}");
-                        n += 16;
-                        // A caller retries a 5xx with the same key, on either instance.
-                        for attempt in 0..40 {
-                            let app: &TestApp = &instances[(worker + attempt) % 2];
-                            let answer = app
-                                .reserve_with(
-                                    &campaign,
-                                    &app.store_token,
-                                    &key,
-                                    &json!({"user_id": user}),
-                                )
-                                .await;
-                            if !answer.status().is_server_error() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                })
-            })
-            .collect();
+        let workers = retrying_burst(&instances, std::slice::from_ref(&campaign), round);
         tokio::time::sleep(Duration::from_millis(800)).await;
         redis.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -671,6 +787,167 @@ async fn redis_restarted_empty_mid_burst_never_oversells_and_every_hold_ends() {
         "after three Redis losses: {breaches:?}"
     );
     let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
+        .await
+        .expect("reconciles");
+    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+}
+
+/// A cluster node killed and restarted empty mid-burst loses its campaigns only: they are
+/// rebuilt from the database under a new load epoch (events decided before the loss and
+/// written after the rebuild are set aside, not applied), while a campaign on another node —
+/// and the namespace's dataset id, kept on a third — never notice. Three times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_restarted_empty_mid_burst_loses_only_its_campaigns_and_never_oversells() {
+    use crate::helpers::fresh_postgres_schema;
+    let mut cluster = RedisCluster::start();
+    let nodes = cluster.urls();
+    let database = fresh_postgres_schema().await;
+    let namespace = unique_id("ns");
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_url = None;
+        c.redis_cluster_nodes = nodes.clone();
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    let instances = Arc::new([
+        spawn_app_with(Backend::Cluster, tune).await,
+        spawn_app_with(Backend::Cluster, tune).await,
+    ]);
+    let stock = 1_000_000;
+    let hold_seconds = 3;
+    // The campaign to lose on a node that does not hold the dataset id (a loss there goes
+    // unnoticed by any dataset-wide check), the one to keep on a third node.
+    let dataset_node = cluster.owner(&format!("{namespace}:epoch"));
+    let (mut lost, mut kept) = (None, None);
+    while lost.is_none() || kept.is_none() {
+        let id = instances[0]
+            .campaign(stock, 1, json!({"hold_seconds": hold_seconds}))
+            .await;
+        let node = cluster.owner(&format!("{{c:{id}}}"));
+        if node == dataset_node {
+            continue;
+        }
+        match lost {
+            None => lost = Some((id, node)),
+            Some((_, lost_node)) if kept.is_none() && node != lost_node => kept = Some(id),
+            _ => {}
+        }
+    }
+    let ((lost, lost_node), kept) = (lost.expect("chosen"), kept.expect("chosen"));
+    let epoch = |id: String| {
+        let store = instances[0].store.clone();
+        async move {
+            let id = flashsale::domain::CampaignId::parse(&id).expect("an id");
+            store
+                .engine_epoch(&id)
+                .await
+                .expect("reads")
+                .expect("loaded")
+        }
+    };
+    let (lost_epoch, kept_epoch) = (epoch(lost.clone()).await, epoch(kept.clone()).await);
+    for round in 0..3 {
+        let workers = retrying_burst(&instances, &[lost.clone(), kept.clone()], round);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        cluster.nodes[lost_node].kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.nodes[lost_node].restart(); // empty: no persistence
+        for worker in workers {
+            worker.await.expect("no panic");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(hold_seconds + 4)).await;
+    for campaign in [&lost, &kept] {
+        let breaches = invariant_breaches(&instances[0], campaign, stock as i64).await;
+        assert!(
+            breaches.is_empty(),
+            "{campaign} after three node losses: {breaches:?}"
+        );
+    }
+    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
+        .await
+        .expect("reconciles");
+    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+    assert_ne!(
+        epoch(lost.clone()).await,
+        lost_epoch,
+        "the lost campaign was rebuilt"
+    );
+    assert_eq!(
+        epoch(kept.clone()).await,
+        kept_epoch,
+        "the other node's campaign was not"
+    );
+}
+
+/// The fence, deterministically: events read under a campaign's load, then the campaign's
+/// node restarted empty and the campaign rebuilt, then the events written — they are set
+/// aside, not applied (the rebuild did not count them, so applying them would make units
+/// the engine does not know of). The namespace's dataset id lives on another node and never
+/// changes: only an epoch per campaign load tells the two loads apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_campaign_load_a_cluster_node_lost_are_fenced_out() {
+    use crate::helpers::fresh_postgres_schema;
+    use flashsale::engine::{Consumer, PERSISTER};
+    let mut cluster = RedisCluster::start();
+    let nodes = cluster.urls();
+    let namespace = unique_id("ns");
+    let database = fresh_postgres_schema().await;
+    let app = spawn_app_with(Backend::Cluster, |c| {
+        c.redis_cluster_nodes = nodes.clone();
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+        c.persister = false;
+    })
+    .await;
+    let dataset_node = cluster.owner(&format!("{namespace}:epoch"));
+    let (campaign, node) = loop {
+        let id = app.campaign(10, 1, json!({})).await;
+        let node = cluster.owner(&format!("{{c:{id}}}"));
+        if node != dataset_node {
+            break (id, node);
+        }
+    };
+    for user in ["a", "b", "c"] {
+        assert_eq!(app.reserve(&campaign, user, 1).await.status(), 201);
+    }
+    let consumer = Consumer {
+        group: PERSISTER.to_owned(),
+        name: "straggler".to_owned(),
+    };
+    let read = app
+        .events
+        .read(&consumer, 100, Duration::from_secs(60))
+        .await
+        .expect("reads");
+    // The campaign's creation event and three holds.
+    assert!(read.events.len() >= 3, "{read:?}");
+    cluster.nodes[node].kill();
+    cluster.nodes[node].restart();
+    cluster.wait_until_ok();
+    let restored = flashsale::pipeline::recovery::restore_all(
+        &app.engine,
+        &app.store,
+        &flashsale::pipeline::recovery::LossWatch::immediate(),
+    )
+    .await
+    .expect("rebuilds");
+    assert_eq!(
+        restored.len(),
+        1,
+        "the lost campaign is rebuilt, and only it"
+    );
+    let set_aside = app
+        .store
+        .persist(&read.epochs, &read.events)
+        .await
+        .expect("writes");
+    assert_eq!(
+        set_aside,
+        vec![("fenced", read.events.len() as u64)],
+        "every event of the lost load is set aside"
+    );
+    let drift = flashsale::pipeline::recovery::reconcile(&app.engine, &app.store)
         .await
         .expect("reconciles");
     assert!(drift.is_empty(), "engine and database disagree: {drift:?}");

@@ -2,11 +2,11 @@
 
 use crate::durability::whole_feed;
 use crate::helpers::{assert_problem, fresh_key, spawn_app, Backend, TestApp};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     a_group_buy_from_opening_to_formed,
     every_group_refusal_has_its_code,
     a_group_whose_window_passes_fails_and_the_feed_tells_whom_to_refund,

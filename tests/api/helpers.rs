@@ -7,10 +7,55 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::oneshot;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
     Redis,
+    /// A 3-master Redis Cluster (`scripts/ensure-services` starts one).
+    Cluster,
+}
+
+impl Backend {
+    /// Redis, one server or a cluster.
+    pub fn is_redis(self) -> bool {
+        self != Backend::Memory
+    }
+}
+
+/// The test cluster's seed nodes.
+pub fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var("FLASHSALE_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| {
+            "redis://127.0.0.1:17001,redis://127.0.0.1:17002,redis://127.0.0.1:17003".into()
+        })
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every key matching `pattern` in the backend's Redis (every master of a cluster).
+pub async fn redis_keys(backend: Backend, pattern: &str) -> Vec<String> {
+    let mut keys = redis::cmd("KEYS");
+    keys.arg(pattern);
+    match backend {
+        Backend::Memory => Vec::new(),
+        Backend::Redis => {
+            let mut redis = redis::Client::open(redis_url())
+                .expect("valid URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connects");
+            keys.query_async(&mut redis).await.expect("lists")
+        }
+        Backend::Cluster => {
+            let mut redis = redis::cluster::ClusterClient::new(redis_cluster_nodes())
+                .expect("valid URLs")
+                .get_async_connection()
+                .await
+                .expect("connects");
+            keys.query_async(&mut redis).await.expect("lists")
+        }
+    }
 }
 
 pub fn database_url() -> String {
@@ -67,7 +112,7 @@ pub struct TestApp {
 
 /// Runs `async fn $name(backend: Backend)` once per backend.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             use $crate::helpers::Backend;
@@ -75,6 +120,8 @@ macro_rules! on_both_backends {
             async fn memory() { super::$name(Backend::Memory).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() { super::$name(Backend::Redis).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() { super::$name(Backend::Cluster).await }
         }
     )*};
 }
@@ -95,6 +142,12 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
         }
         Backend::Redis => {
             config.redis_url = Some(redis_url());
+            config.redis_namespace = unique_id("ns");
+            config.database_url = Some(fresh_postgres_schema().await);
+        }
+        Backend::Cluster => {
+            config.redis_url = None;
+            config.redis_cluster_nodes = redis_cluster_nodes();
             config.redis_namespace = unique_id("ns");
             config.database_url = Some(fresh_postgres_schema().await);
         }

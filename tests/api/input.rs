@@ -1,10 +1,10 @@
 //! Bad input of every kind gets a clear problem+json answer and changes nothing.
 
 use crate::helpers::{assert_problem, fresh_key, spawn_app, spawn_app_with, Backend};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::json;
 
-on_both_backends!(
+on_every_backend!(
     malformed_json_is_a_bad_request,
     unknown_fields_wrong_types_and_out_of_range_values_are_invalid,
     campaign_rules_are_checked,

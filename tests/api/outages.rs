@@ -336,3 +336,53 @@ async fn a_campaign_missing_from_the_index_is_listed_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Instances that find the same campaign lost rebuild it at once; whichever load the engine
+/// takes, the database records that load's epoch (a rebuild holds the campaign's row until
+/// its load is done), so the campaign's events are never fenced out by a stray epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_racing_on_one_lost_campaign_leave_engine_and_database_on_one_load() {
+    use flashsale::pipeline::recovery::{restore_all, LossWatch};
+    let namespace = unique_id("ns");
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_namespace = namespace.clone()).await;
+    let mut redis = redis::Client::open(redis_url())
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test needs Redis");
+    for round in 0..5 {
+        let id = app.campaign(5, 1, json!({})).await;
+        assert_eq!(
+            app.reserve(&id, &format!("u{round}"), 1).await.status(),
+            201
+        );
+        let hash = format!("{namespace}:v3:{{c:{id}}}");
+        // Lost, as a Redis node that restarted empty loses it.
+        let _: i64 = redis::cmd("DEL")
+            .arg(&hash)
+            .query_async(&mut redis)
+            .await
+            .expect("answers");
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (engine, store) = (app.engine.clone(), app.store.clone());
+                tokio::spawn(
+                    async move { restore_all(&engine, &store, &LossWatch::immediate()).await },
+                )
+            })
+            .collect();
+        for racer in racers {
+            racer.await.expect("no panic").expect("rebuilds");
+        }
+        let engine_epoch: Option<String> = redis::cmd("HGET")
+            .arg(&hash)
+            .arg("epoch")
+            .query_async(&mut redis)
+            .await
+            .expect("answers");
+        let id = flashsale::domain::CampaignId::parse(&id).expect("an id");
+        let database_epoch = app.store.engine_epoch(&id).await.expect("reads");
+        assert!(engine_epoch.is_some(), "rebuilt");
+        assert_eq!(engine_epoch, database_epoch, "round {round}");
+    }
+}

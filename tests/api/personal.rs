@@ -2,11 +2,11 @@
 //! user id or token in info-level logs.
 
 use crate::helpers::{assert_problem, created_reservation, spawn_app_with, Backend, TestApp};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     erasure_refuses_while_a_hold_is_live_and_succeeds_afterwards,
     the_retention_job_pseudonymises_ended_campaigns_and_nothing_else,
 );

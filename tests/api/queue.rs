@@ -5,14 +5,14 @@
 use crate::helpers::{
     assert_problem, fresh_key, redis_url, spawn_app_with, unique_id, Backend, TestApp,
 };
-use crate::on_both_backends;
+use crate::on_every_backend;
 use flashsale::domain::{Millis, TicketId, TicketStatus};
 use flashsale::engine::WaitingRoom;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     a_queued_campaign_takes_reservations_only_with_a_valid_pass,
     one_ticket_per_user_and_only_its_user_reads_it,
     group_buys_with_a_waiting_room_need_a_pass_too,

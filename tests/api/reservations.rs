@@ -3,11 +3,11 @@
 use crate::helpers::{
     assert_problem, created_reservation, fresh_key, spawn_app, spawn_app_with, Backend,
 };
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     a_flash_sale_from_first_reservation_to_sold_out,
     reserving_past_the_limit_is_refused,
     reserving_outside_the_window_is_refused,

@@ -1,10 +1,10 @@
 //! Health, readiness, metrics, the OpenAPI document, unknown routes, request ids, shutdown.
 
 use crate::helpers::{assert_problem, spawn_app, Backend};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use serde_json::Value;
 
-on_both_backends!(
+on_every_backend!(
     health_and_readiness_answer,
     the_openapi_document_lists_every_endpoint,
     metrics_are_exported_in_prometheus_format,
@@ -167,7 +167,7 @@ async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
     }
 }
 
-on_both_backends!(
+on_every_backend!(
     the_readme_walkthrough_runs_as_written,
     the_readme_group_walkthrough_runs_as_written,
     the_readme_queue_walkthrough_runs_as_written

@@ -4,7 +4,7 @@
 //! are not allowed are refused; replay delivers again.
 
 use crate::helpers::{assert_problem, created_reservation, spawn_app_with, Backend, TestApp};
-use crate::on_both_backends;
+use crate::on_every_backend;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
@@ -13,7 +13,7 @@ use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-on_both_backends!(
+on_every_backend!(
     every_event_of_a_burst_reaches_the_webhook_in_order_and_signed,
     a_failing_endpoint_catches_up_in_order_and_does_not_delay_the_others,
     a_hanging_endpoint_hits_the_timeout_and_is_retried,

@@ -20,21 +20,42 @@ pub async fn redis() -> RedisEngine {
         .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)")
 }
 
+/// The test cluster's seed nodes (`scripts/ensure-services` starts a 3-master cluster).
+pub fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var("FLASHSALE_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| {
+            "redis://127.0.0.1:17001,redis://127.0.0.1:17002,redis://127.0.0.1:17003".into()
+        })
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+pub async fn cluster() -> RedisEngine<redis::cluster_async::ClusterConnection> {
+    RedisEngine::connect_cluster(&redis_cluster_nodes(), "t-conformance")
+        .await
+        .expect("the conformance suite needs a real Redis Cluster (FLASHSALE_TEST_REDIS_CLUSTER)")
+}
+
 /// The engines every specification runs against.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Memory,
     Redis,
+    Cluster,
     GatedMemory,
     GatedRedis,
+    GatedCluster,
 }
 
 pub async fn make(kind: Kind) -> Arc<dyn Engine> {
     match kind {
         Kind::Memory => Arc::new(MemoryEngine::new()),
         Kind::Redis => Arc::new(redis().await),
+        Kind::Cluster => Arc::new(cluster().await),
         Kind::GatedMemory => Arc::new(Gated::new(Arc::new(MemoryEngine::new()))),
         Kind::GatedRedis => Arc::new(Gated::new(Arc::new(redis().await))),
+        Kind::GatedCluster => Arc::new(Gated::new(Arc::new(cluster().await))),
     }
 }
 
@@ -52,6 +73,10 @@ macro_rules! on_every_engine {
             async fn gated_memory() { super::$name(make(Kind::GatedMemory).await).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn gated_redis() { super::$name(make(Kind::GatedRedis).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() { super::$name(make(Kind::Cluster).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gated_cluster() { super::$name(make(Kind::GatedCluster).await).await }
         }
     )*};
 }

@@ -2,7 +2,7 @@
 //! user id holds (the Redis engine packs each event into one stream field). These tests read
 //! and acknowledge events, so each engine gets a namespace of its own.
 
-use crate::engines::{attempt, campaign, created, redis_url, stock};
+use crate::engines::{attempt, campaign, created, redis_cluster_nodes, redis_url, stock};
 use flashsale::domain::{
     Change, GroupId, GroupStatus, Millis, ReservationId, ReservationStatus, ScopedKey, UserId,
 };
@@ -23,6 +23,15 @@ async fn redis() {
     let engine = RedisEngine::connect_in(&redis_url(), &namespace)
         .await
         .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)");
+    every_event_says_what_happened(&engine).await;
+}
+
+#[tokio::test]
+async fn cluster() {
+    let namespace = format!("events-{}", ulid::Ulid::new());
+    let engine = RedisEngine::connect_cluster(&redis_cluster_nodes(), &namespace)
+        .await
+        .expect("the conformance suite needs a real Redis Cluster (FLASHSALE_TEST_REDIS_CLUSTER)");
     every_event_says_what_happened(&engine).await;
 }
 

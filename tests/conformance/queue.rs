@@ -3,7 +3,7 @@
 //! units left, sold out reaching every waiting ticket, passes lapsing — and many admitters at
 //! once never passing the rate.
 
-use crate::engines::{attempt, campaign, redis};
+use crate::engines::{attempt, campaign, cluster, redis};
 use flashsale::domain::{
     Campaign, CampaignId, IdempotencyKey, Millis, Refusal, ScopedKey, Ticket, TicketId,
     TicketStatus, UserId,
@@ -24,6 +24,7 @@ enum Kind {
     Memory,
     Redis,
     GatedRedis,
+    Cluster,
 }
 
 async fn make(kind: Kind) -> Arc<dyn QueueEngine> {
@@ -31,6 +32,7 @@ async fn make(kind: Kind) -> Arc<dyn QueueEngine> {
         Kind::Memory => Arc::new(MemoryEngine::new()),
         Kind::Redis => Arc::new(redis().await),
         Kind::GatedRedis => Arc::new(Gated::new(Arc::new(redis().await))),
+        Kind::Cluster => Arc::new(cluster().await),
     }
 }
 
@@ -44,6 +46,8 @@ macro_rules! on_every_queue_engine {
             async fn redis() { super::$name(make(Kind::Redis).await).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn gated_redis() { super::$name(make(Kind::GatedRedis).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() { super::$name(make(Kind::Cluster).await).await }
         }
     )*};
 }
@@ -409,6 +413,7 @@ async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>
     }
     let second_engine: Arc<dyn QueueEngine> = match engine.name() {
         "redis" => Arc::new(redis().await),
+        "redis-cluster" => Arc::new(cluster().await),
         _ => Arc::clone(&engine),
     };
     let started = Millis::now();

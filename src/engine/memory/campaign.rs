@@ -44,6 +44,8 @@ pub struct Slot {
     pub group_counts: GroupCounts,
     /// The waiting room (empty unless the campaign has one).
     pub queue: super::queue::Queue,
+    /// This load's epoch (see `CampaignSnapshot::epoch`), handed out with the events.
+    pub epoch: String,
 }
 
 /// Takes units off a user's count, forgetting users at zero.
@@ -68,8 +70,9 @@ pub fn take_from_user(users: &mut Sharded<UserId, u64>, user: &UserId, quantity:
 }
 
 impl Slot {
-    pub fn new(campaign: Campaign) -> Self {
+    pub fn new(campaign: Campaign, epoch: String) -> Self {
         Slot {
+            epoch,
             available: campaign.stock,
             campaign,
             held: 0,
@@ -96,8 +99,9 @@ impl Slot {
             campaign,
             reservations,
             groups,
+            epoch,
         } = snapshot;
-        let mut slot = Slot::new(campaign.clone());
+        let mut slot = Slot::new(campaign.clone(), epoch);
         for g in groups {
             let size = u64::from(g.size);
             match g.status {

@@ -42,7 +42,7 @@ pub struct MemoryEngine {
     /// Signalled after every acknowledgement, for callers waiting for their events' commit.
     acknowledged: Arc<Notify>,
     /// This process's dataset: everything here dies with the process.
-    epoch: Arc<str>,
+    dataset: Arc<str>,
     /// How long an ended reservation stays here (see `Engine::expire_due`).
     retention: Duration,
 }
@@ -62,7 +62,7 @@ impl MemoryEngine {
             campaigns: Arc::default(),
             appended: Arc::default(),
             acknowledged: Arc::default(),
-            epoch: Arc::from(format!("memory-{}", ulid::Ulid::new())),
+            dataset: Arc::from(format!("memory-{}", ulid::Ulid::new())),
             retention: super::DEFAULT_RETENTION,
         }
     }
@@ -112,8 +112,8 @@ impl Backend for MemoryEngine {
         Ok(())
     }
 
-    async fn epoch(&self) -> Result<String, EngineError> {
-        Ok(self.epoch.to_string())
+    async fn dataset(&self) -> Result<String, EngineError> {
+        Ok(self.dataset.to_string())
     }
 
     async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
@@ -283,12 +283,18 @@ impl EventLog for MemoryEngine {
         reclaim_after: Duration,
     ) -> Result<EventBatch, EngineError> {
         let mut events = Vec::new();
+        let mut epochs = crate::engine::Epochs::default();
         for waited in [false, true] {
             for slot in self.slots() {
                 if events.len() >= max {
                     break;
                 }
-                lock(&slot).outbox.hand_out(&mut events, max, reclaim_after);
+                let before = events.len();
+                let mut slot = lock(&slot);
+                slot.outbox.hand_out(&mut events, max, reclaim_after);
+                if events.len() > before {
+                    epochs.set(&slot.campaign.id, &slot.epoch);
+                }
             }
             if !events.is_empty() || waited {
                 break;
@@ -297,10 +303,7 @@ impl EventLog for MemoryEngine {
             // for its commit is not held up by the persister's idle pause.
             let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
         }
-        Ok(EventBatch {
-            epoch: self.epoch.to_string(),
-            events,
-        })
+        Ok(EventBatch { epochs, events })
     }
 
     async fn ack(&self, _group: &str, events: &[Event]) -> Result<(), EngineError> {

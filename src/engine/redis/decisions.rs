@@ -180,9 +180,11 @@ impl<C: Connection> Engine for RedisEngine<C> {
             campaign,
             reservations,
             groups,
+            epoch,
         } = snapshot;
         let keys = self.keys(&campaign.id);
-        let config = campaign_fields(campaign);
+        let mut config = campaign_fields(campaign);
+        config.push(("epoch", epoch));
         let mut invocation = self.scripts.load_campaign.prepare_invoke();
         invocation
             .key(&keys.campaign)

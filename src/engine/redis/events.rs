@@ -2,7 +2,7 @@
 //! by consumer groups with `XREADGROUP`, reclaimed with `XAUTOCLAIM`, acknowledged with `XACK`.
 
 use super::codec::events_from;
-use super::keys;
+use super::scripts::Timed;
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Event, Millis, StreamPosition};
 use crate::engine::{Backlog, Consumer, EngineError, EventBatch, EventLog};
@@ -64,78 +64,65 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             due
         };
         let per_stream = max.div_ceil(campaigns.len()).max(1);
-        // One MULTI: the epoch is read atomically with the events, so a batch is always
-        // tagged with the dataset it came from, even if Redis restarts right after.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("GET").arg(keys::epoch(&self.namespace));
-        if reclaim {
-            for campaign in &campaigns {
-                pipe.cmd("XAUTOCLAIM")
-                    .arg(self.keys(campaign).events())
+        let reclaim_ms = if reclaim {
+            (reclaim_after.as_millis() as u64).max(1)
+        } else {
+            0
+        };
+        // One script per campaign, all at once: each reads the campaign's epoch atomically
+        // with its events (one slot each, so a cluster routes each to its node).
+        let reads = campaigns.iter().map(|campaign| {
+            let keys = self.keys(campaign);
+            let mut connection = Timed {
+                connection: self.background(),
+                script: "read_events",
+            };
+            async move {
+                let reply: redis::Value = self
+                    .scripts
+                    .read_events
+                    .key(&keys.campaign)
+                    .key(keys.events())
                     .arg(&consumer.group)
                     .arg(&consumer.name)
-                    .arg(reclaim_after.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(per_stream);
+                    .arg(per_stream)
+                    .arg(reclaim_ms)
+                    .invoke_async(&mut connection)
+                    .await?;
+                Ok::<_, EngineError>((campaign, reply))
+            }
+        });
+        let mut batch = EventBatch::default();
+        for (campaign, reply) in futures::future::try_join_all(reads).await? {
+            let redis::Value::Array(parts) = &reply else {
+                return Err(EngineError::Corrupt(format!(
+                    "read_events of {campaign} answered {reply:?}"
+                )));
+            };
+            let [epoch, claimed, read] = parts.as_slice() else {
+                return Err(EngineError::Corrupt(format!(
+                    "read_events of {campaign} answered {reply:?}"
+                )));
+            };
+            let before = batch.events.len();
+            batch.events.extend(entries(campaign, claimed)?);
+            batch.events.extend(entries(campaign, read)?);
+            if batch.events.len() > before {
+                let epoch: Option<String> = redis::from_redis_value(epoch)?;
+                batch
+                    .epochs
+                    .set(campaign, epoch.as_deref().unwrap_or_default());
             }
         }
-        for campaign in &campaigns {
-            pipe.cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&consumer.group)
-                .arg(&consumer.name)
-                .arg("COUNT")
-                .arg(per_stream)
-                .arg("STREAMS")
-                .arg(self.keys(campaign).events())
-                .arg(">");
-        }
-        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
-        let mut events = Vec::new();
-        let epoch = match replies.first() {
-            Some(redis::Value::Nil) | None => String::new(),
-            Some(value) => redis::from_redis_value(value)?,
-        };
-        let rest = replies.split_off(1.min(replies.len()));
-        let (claimed, read) = rest.split_at(if reclaim { campaigns.len() } else { 0 });
-        for (campaign, reply) in campaigns.iter().zip(claimed) {
-            // [next id, [entries], [deleted ids]]
-            if let redis::Value::Array(parts) = reply {
-                if let Some(list) = parts.get(1) {
-                    events.extend(entries(campaign, list)?);
-                }
-            }
-        }
-        for (campaign, reply) in campaigns.iter().zip(read) {
-            // Nil, or [[stream key, [entries]]] (RESP2) / {stream key: [entries]} (RESP3)
-            match reply {
-                redis::Value::Array(streams) => {
-                    for stream in streams {
-                        if let redis::Value::Array(pair) = stream {
-                            if let Some(list) = pair.get(1) {
-                                events.extend(entries(campaign, list)?);
-                            }
-                        }
-                    }
-                }
-                redis::Value::Map(streams) => {
-                    for (_, list) in streams {
-                        events.extend(entries(campaign, list)?);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(EventBatch { epoch, events })
+        Ok(batch)
     }
 
     async fn backlog(&self, group: &str) -> Result<Backlog, EngineError> {
         let campaigns = self.listed_campaigns().await?;
-        let mut pipe = redis::pipe();
-        for campaign in &campaigns {
+        // A pipeline per campaign (one slot each), all at once.
+        let samples = campaigns.iter().map(|campaign| {
             let stream = self.keys(campaign).events();
+            let mut pipe = redis::pipe();
             pipe.cmd("XLEN").arg(&stream);
             pipe.cmd("XPENDING").arg(&stream).arg(group);
             pipe.cmd("XRANGE")
@@ -144,11 +131,13 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .arg("+")
                 .arg("COUNT")
                 .arg(1);
-        }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.background()).await?;
+            let mut connection = self.background();
+            async move { pipe.query_async::<Vec<redis::Value>>(&mut connection).await }
+        });
+        let replies = futures::future::try_join_all(samples).await?;
         let mut backlog = Backlog::default();
-        for triple in replies.chunks(3) {
-            if let [length, pending, first] = triple {
+        for triple in &replies {
+            if let [length, pending, first] = triple.as_slice() {
                 backlog.events += redis::from_redis_value::<u64>(length).unwrap_or(0);
                 // XPENDING summary: [count, smallest id, greatest id, consumers]
                 if let redis::Value::Array(summary) = pending {
@@ -184,9 +173,10 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .or_default()
                 .push(event.position.entry());
         }
-        let mut pipe = redis::pipe();
-        for (campaign, ids) in &by_campaign {
+        // A pipeline per campaign (one slot each), all at once.
+        let acks = by_campaign.iter().map(|(campaign, ids)| {
             let stream = self.keys(campaign).events();
+            let mut pipe = redis::pipe();
             pipe.cmd("XACK").arg(&stream).arg(group).arg(ids).ignore();
             // Acknowledged entries are trimmed so streams stay bounded: at once while one
             // consumer group reads the streams (today's case). With more groups an entry
@@ -194,8 +184,10 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             if self.consumer_groups.len() == 1 {
                 pipe.cmd("XDEL").arg(&stream).arg(ids).ignore();
             }
-        }
-        let () = pipe.query_async(&mut self.background()).await?;
+            let mut connection = self.background();
+            async move { pipe.query_async::<()>(&mut connection).await }
+        });
+        futures::future::try_join_all(acks).await?;
         Ok(())
     }
 

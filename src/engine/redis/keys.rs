@@ -52,8 +52,9 @@ pub fn campaign_index(namespace: &str) -> String {
     format!("{namespace}:campaigns")
 }
 
-/// The id of the dataset Redis holds (see `Backend::epoch`): made when missing, so a Redis
-/// that restarted empty gets a new one.
-pub fn epoch(namespace: &str) -> String {
+/// The id of the namespace's data (see `Backend::dataset`): made when missing, so a Redis
+/// that restarted empty gets a new one. Until load epochs were kept per campaign, it was also
+/// every campaign's epoch (see `RedisEngine::adopt_legacy_epochs`).
+pub fn dataset(namespace: &str) -> String {
     format!("{namespace}:epoch")
 }

@@ -7,8 +7,10 @@
 //! - `events`: [`EventLog`](super::EventLog) — stream reads, acks and backlog per consumer group.
 //!
 //! The engine is generic over its connection ([`Connection`]): one Redis server through a
-//! reconnecting [`ConnectionManager`] today; any connection that routes each command by its
-//! first key's slot (a cluster connection) slots in, since every script touches one slot.
+//! reconnecting [`ConnectionManager`], or a Redis Cluster through redis-rs's cluster
+//! connection, which routes each command by its first key's slot: every script touches one
+//! slot, and every operation across campaigns is one command (or pipeline, or script) per
+//! campaign, never a cross-slot one.
 
 mod batcher;
 pub mod codec;
@@ -79,6 +81,8 @@ pub struct RedisEngine<C = ConnectionManager> {
     user_rate_per_second: u32,
     /// Strict durability with replicas: every change waits until a replica has it.
     wait_for_replica: bool,
+    /// On a Redis Cluster (named `redis-cluster`).
+    cluster: bool,
     /// The campaign index, cached for [`CAMPAIGN_IDS_TTL`]: the persister, reaper and sampler
     /// all walk it, and a campaign created on this instance is added at once.
     campaign_ids: Arc<Mutex<Option<CachedIds>>>,
@@ -126,6 +130,34 @@ impl RedisEngine {
     }
 }
 
+impl RedisEngine<redis::cluster_async::ClusterConnection> {
+    /// Connects to a Redis Cluster through `nodes` (seed nodes; the client learns the rest
+    /// and follows slot moves) and loads every script on every node. Each script touches
+    /// one campaign's hash tag, so it runs on the node serving that slot; every operation
+    /// across campaigns is one command or script per campaign, never a cross-slot one.
+    ///
+    /// Sized like [`RedisEngine::connect_in`]: a command waits at most [`RESPONSE_TIMEOUT`],
+    /// a connection attempt [`CONNECT_TIMEOUT`]; a redirect or an unreachable node is retried
+    /// twice, [`RECONNECT_DELAY_MS`] apart at most.
+    pub async fn connect_cluster(nodes: &[String], namespace: &str) -> Result<Self, EngineError> {
+        let builder = |response_timeout| {
+            redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(response_timeout)
+                .retries(2)
+                .min_retry_wait(1)
+                .max_retry_wait(RECONNECT_DELAY_MS)
+                .retry_wait_formula(10, 2)
+                .build()
+        };
+        let connection = builder(RESPONSE_TIMEOUT)?.get_async_connection().await?;
+        let background = builder(BACKGROUND_TIMEOUT)?.get_async_connection().await?;
+        let mut engine = RedisEngine::with_connections(connection, background, namespace).await?;
+        engine.cluster = true;
+        Ok(engine)
+    }
+}
+
 impl<C: Connection> RedisEngine<C> {
     /// An engine on connections the caller made (one for requests, one for background
     /// work); loads every script.
@@ -144,6 +176,7 @@ impl<C: Connection> RedisEngine<C> {
             retention: super::DEFAULT_RETENTION,
             user_rate_per_second: 0,
             wait_for_replica: false,
+            cluster: false,
             campaign_ids: Arc::default(),
             last_reclaim: Arc::default(),
             batcher: Arc::default(),
@@ -154,7 +187,34 @@ impl<C: Connection> RedisEngine<C> {
         for script in engine.scripts.all() {
             script.prepare_invoke().load_async(&mut connection).await?;
         }
+        engine.adopt_legacy_epochs().await?;
         Ok(engine)
+    }
+
+    /// Campaigns loaded before load epochs were kept per campaign have none: they were loaded
+    /// under the namespace's dataset id, which the database recorded as their epoch, so they
+    /// take that one (a no-op for every campaign that has its own).
+    async fn adopt_legacy_epochs(&self) -> Result<(), EngineError> {
+        let dataset: Option<String> = redis::cmd("GET")
+            .arg(keys::dataset(&self.namespace))
+            .query_async(&mut self.background())
+            .await?;
+        let Some(dataset) = dataset else {
+            return Ok(());
+        };
+        let adopt = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then \
+             return redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) end return 0",
+        );
+        let campaigns = self.listed_campaigns().await?;
+        let adoptions = campaigns.iter().map(|id| {
+            let mut invocation = adopt.key(self.keys(id).campaign);
+            invocation.arg(&dataset);
+            let mut connection = self.background();
+            async move { invocation.invoke_async::<i64>(&mut connection).await }
+        });
+        futures::future::try_join_all(adoptions).await?;
+        Ok(())
     }
 
     /// Limits each user to `per_second` reservation attempts per campaign per second, counted
@@ -291,7 +351,11 @@ impl<C: Connection> RedisEngine<C> {
 #[async_trait]
 impl<C: Connection> Backend for RedisEngine<C> {
     fn name(&self) -> &'static str {
-        "redis"
+        if self.cluster {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -301,8 +365,8 @@ impl<C: Connection> Backend for RedisEngine<C> {
         Ok(())
     }
 
-    async fn epoch(&self) -> Result<String, EngineError> {
-        let key = keys::epoch(&self.namespace);
+    async fn dataset(&self) -> Result<String, EngineError> {
+        let key = keys::dataset(&self.namespace);
         let mut connection = self.connection();
         let current: Option<String> = redis::cmd("GET")
             .arg(&key)
@@ -344,26 +408,19 @@ impl<C: Connection> Backend for RedisEngine<C> {
         self.batcher.forget(id);
         self.ticket_reads.forget(id);
         self.joins.forget(id);
-        // Then the rest, a page at a time (SCAN never blocks Redis for long): every other key
-        // of the campaign starts with its hash key and a colon.
-        let pattern = format!("{}:*", keys.campaign);
-        let mut cursor: u64 = 0;
+        // Then the rest, a page at a time (SCAN never blocks Redis for long), by a script on
+        // the node that serves the campaign's slot.
+        let mut cursor = "0".to_owned();
         loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
+            let next: String = self
+                .scripts
+                .forget_page
+                .key(&keys.campaign)
+                .arg(&cursor)
                 .arg(1000)
-                .query_async(&mut connection)
+                .invoke_async(&mut connection)
                 .await?;
-            if !found.is_empty() {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(&found)
-                    .query_async(&mut connection)
-                    .await?;
-            }
-            if next == 0 {
+            if next == "0" {
                 return Ok(());
             }
             cursor = next;

@@ -41,6 +41,8 @@ pub struct Scripts {
     pub join_group: Script,
     pub read_group: Script,
     pub queue: Script,
+    pub read_events: Script,
+    pub forget_page: Script,
 }
 
 impl Scripts {
@@ -60,10 +62,12 @@ impl Scripts {
             join_group: lib(include_str!("../../../lua/join_group.lua"))?,
             read_group: Script::new(include_str!("../../../lua/read_group.lua")),
             queue: Script::new(include_str!("../../../lua/queue.lua")),
+            read_events: Script::new(include_str!("../../../lua/read_events.lua")),
+            forget_page: Script::new(include_str!("../../../lua/forget_page.lua")),
         })
     }
 
-    pub fn all(&self) -> [&Script; 13] {
+    pub fn all(&self) -> [&Script; 15] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -78,6 +82,8 @@ impl Scripts {
             &self.join_group,
             &self.read_group,
             &self.queue,
+            &self.read_events,
+            &self.forget_page,
         ]
     }
 }

@@ -11,10 +11,11 @@ mod recovering;
 pub use recovering::Recovering;
 
 use crate::domain::{CampaignId, Millis};
-use crate::engine::{CampaignSnapshot, Engine, EngineError};
+use crate::engine::{new_epoch, CampaignSnapshot, Engine, EngineError};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoredCounts};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,65 +44,71 @@ pub enum RecoveryError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// How long after noticing that the engine lost its data (a new dataset epoch) no campaign
-/// is rebuilt: the persisters (in every instance) write what they had already read from the
-/// lost dataset first, so the rebuild counts it. Stragglers later than this are fenced out by
-/// the database (set aside, never applied), so they can cost a 201, never a unit.
+/// How long after noticing that the engine lost a campaign it had loaded no rebuild of it
+/// starts: the persisters (in every instance) write what they had already read of the lost
+/// load first, so the rebuild counts it. Stragglers later than this are fenced out by the
+/// database (set aside, never applied), so they can cost a 201, never a unit.
 pub const LOSS_GRACE: Duration = Duration::from_secs(2);
 
-/// Watches the engine's dataset epoch, on this instance: after a loss, rebuilds wait out
-/// [`LOSS_GRACE`].
-#[derive(Default)]
+/// Watches, on this instance, for campaigns the engine lost (a Redis, or in a cluster one
+/// node, that restarted empty): their rebuilds wait out [`LOSS_GRACE`].
 pub struct LossWatch {
-    state: std::sync::Mutex<WatchState>,
+    /// When this instance first found each lost campaign missing.
+    missing: std::sync::Mutex<HashMap<CampaignId, Instant>>,
+    grace: Duration,
 }
 
-#[derive(Default)]
-struct WatchState {
-    /// The dataset this instance last saw.
-    known: Option<String>,
-    /// When it saw the dataset change.
-    lost_at: Option<Instant>,
+impl Default for LossWatch {
+    fn default() -> Self {
+        LossWatch {
+            missing: Default::default(),
+            grace: LOSS_GRACE,
+        }
+    }
 }
 
 impl LossWatch {
-    /// The engine's current dataset, once rebuilding under it is safe; `Recovering` while a
-    /// loss is younger than [`LOSS_GRACE`]. A new dataset is recorded in the database.
-    pub async fn settled_epoch(
-        &self,
-        engine: &dyn Engine,
-        store: &Store,
-    ) -> Result<String, RecoveryError> {
-        let current = engine.epoch().await?;
-        let changed = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = state.known.as_deref() != Some(current.as_str());
-            if changed {
-                if let Some(previous) = state.known.replace(current.clone()) {
-                    state.lost_at = Some(Instant::now());
-                    tracing::error!(previous, current, "the stock engine lost its data; rebuilding campaigns from the database after the persisters flush");
-                    metrics::counter!(m::ENGINE_DATA_LOSSES).increment(1);
-                }
-            }
-            changed
-        };
-        if changed {
-            store.register_epoch(&current).await?;
+    /// A watch that rebuilds at once: at start, where what the engine lacks was lost before
+    /// this instance ran (the embedded engine: with the process that held it, whose
+    /// persister wrote what it had before it stopped).
+    pub fn immediate() -> Self {
+        LossWatch {
+            missing: Default::default(),
+            grace: Duration::ZERO,
         }
-        let waiting = {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state
-                .lost_at
-                .map(|at| at.elapsed())
-                .filter(|e| *e < LOSS_GRACE)
-        };
-        if let Some(elapsed) = waiting {
+    }
+
+    /// `Recovering` while the engine's loss of the campaign is younger than [`LOSS_GRACE`]
+    /// (it is a loss if the database recorded a load of it).
+    async fn settled(&self, store: &Store, id: &CampaignId) -> Result<(), RecoveryError> {
+        if self.grace.is_zero() || !store.loaded(id).await? {
+            return Ok(());
+        }
+        let noticed = *self
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| {
+                tracing::error!(campaign = %id, "the stock engine lost a campaign; rebuilding it from the database after the persisters flush");
+                metrics::counter!(m::ENGINE_DATA_LOSSES).increment(1);
+                Instant::now()
+            });
+        let elapsed = noticed.elapsed();
+        if elapsed < self.grace {
             return Err(RecoveryError::Engine(EngineError::Recovering(format!(
-                "the engine lost its data {} ms ago; rebuilding after the persisters flush",
+                "the engine lost the campaign {} ms ago; rebuilding after the persisters flush",
                 elapsed.as_millis()
             ))));
         }
-        Ok(current)
+        Ok(())
+    }
+
+    fn found(&self, id: &CampaignId) {
+        self.missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 
@@ -117,14 +124,7 @@ pub async fn restore(
     if engine.campaign(id).await?.is_some() {
         return Ok(true);
     }
-    let epoch = watch.settled_epoch(engine, store).await?;
-    match store.rebuild(id, &epoch).await? {
-        Some(rebuild) => {
-            load(engine, &rebuild).await?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    Ok(rebuild(engine, store, watch, id, true).await?.is_some())
 }
 
 /// Rebuilds every campaign the engine lacks; returns the rebuilt ids. A campaign the engine
@@ -140,53 +140,85 @@ pub async fn restore_all(
         engine.campaign_ids().await?.into_iter().collect();
     let mut restored = Vec::new();
     for campaign in store.campaigns().await? {
-        let missing =
-            !listed.contains(&campaign.id) || engine.campaign(&campaign.id).await?.is_none();
-        if !missing {
+        let absent = engine.campaign(&campaign.id).await?.is_none();
+        if listed.contains(&campaign.id) && !absent {
             continue;
         }
-        let epoch = watch.settled_epoch(engine, store).await?;
-        if let Some(rebuild) = store.rebuild(&campaign.id, &epoch).await? {
-            if load(engine, &rebuild).await? {
-                restored.push(campaign.id);
-            }
+        if rebuild(engine, store, watch, &campaign.id, absent).await? == Some(true) {
+            restored.push(campaign.id);
         }
     }
     Ok(restored)
 }
 
-/// Loads what the database holds of a campaign (a no-op if the engine has it by now).
-async fn load(engine: &dyn Engine, rebuild: &crate::store::Rebuild) -> Result<bool, RecoveryError> {
-    let restored = engine
+/// Loads what the database holds of a campaign under a new load epoch, after the loss grace
+/// if the engine lost it (`absent`). The database keeps the new epoch only if this load is
+/// the one the engine took (see [`Rebuilding`](crate::store::Rebuilding)): two instances
+/// rebuilding at once never leave the engine under one epoch and the database under another.
+/// `Some(true)` if this call loaded it, `Some(false)` if the engine had it (the load was a
+/// no-op that listed it), `None` if the database has no such campaign (or archived it).
+async fn rebuild(
+    engine: &dyn Engine,
+    store: &Store,
+    watch: &LossWatch,
+    id: &CampaignId,
+    absent: bool,
+) -> Result<Option<bool>, RecoveryError> {
+    if absent {
+        watch.settled(store, id).await?;
+    }
+    let Some(rebuilding) = store.rebuild(id, &new_epoch()).await? else {
+        return Ok(None);
+    };
+    let rebuild = &rebuilding.rebuild;
+    let loaded = engine
         .load_campaign(CampaignSnapshot {
             campaign: &rebuild.campaign,
             reservations: &rebuild.reservations,
             groups: &rebuild.groups,
+            epoch: rebuild.epoch.clone(),
         })
-        .await?;
-    if restored {
-        metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-        tracing::debug!(campaign = %rebuild.campaign.id, reservations = rebuild.reservations.len(), "loaded a campaign into the engine from the database");
+        .await;
+    match loaded {
+        Ok(true) => {
+            let reservations = rebuild.reservations.len();
+            rebuilding.commit().await?;
+            watch.found(id);
+            metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
+            tracing::debug!(campaign = %id, reservations, "loaded a campaign into the engine from the database");
+            Ok(Some(true))
+        }
+        Ok(false) => {
+            rebuilding.abandon().await?;
+            watch.found(id);
+            Ok(Some(false))
+        }
+        Err(error) => {
+            // The load may have happened (its answer lost): keep its epoch. If it did not, the
+            // campaign is still missing and the next rebuild starts from there.
+            rebuilding.commit().await?;
+            Err(error.into())
+        }
     }
-    Ok(restored)
 }
 
-/// Refuses an engine whose data belongs to another database: it holds campaigns under a
-/// dataset this database never served (and this database has served some). Otherwise
-/// records the dataset as this database's.
+/// Refuses an engine that holds another database's campaigns: its dataset is unknown to
+/// this database, which served others, and it lists campaigns none of which this database
+/// knows. (A dataset alone would refuse a cluster where the node holding its id restarted
+/// empty; campaign ids alone, a new engine.) Records the dataset as this database's.
 pub async fn check_dataset(engine: &dyn Engine, store: &Store) -> Result<(), anyhow::Error> {
-    let epoch = engine.epoch().await?;
-    if !store.knows_epoch(&epoch).await?
-        && !engine.campaign_ids().await?.is_empty()
-        && store.has_epochs().await?
-    {
-        anyhow::bail!(
-            "the stock engine holds campaigns of another database (its dataset {epoch} is unknown \
-             to this database): refusing to mix them; point FLASHSALE_REDIS_URL/NAMESPACE and \
-             FLASHSALE_DATABASE_URL at a matching pair"
-        );
+    let dataset = engine.dataset().await?;
+    if !store.knows_epoch(&dataset).await? && store.has_epochs().await? {
+        let listed = engine.campaign_ids().await?;
+        if !listed.is_empty() && !store.knows_any_campaign(&listed).await? {
+            anyhow::bail!(
+                "the stock engine holds campaigns of another database (its dataset {dataset} \
+                 and its campaigns are unknown to this database): refusing to mix them; point \
+                 FLASHSALE_REDIS_URL/NAMESPACE and FLASHSALE_DATABASE_URL at a matching pair"
+            );
+        }
     }
-    store.register_epoch(&epoch).await?;
+    store.register_epoch(&dataset).await?;
     Ok(())
 }
 

@@ -108,14 +108,16 @@ impl Recovering {
     /// recovery loaded it from the database already, which is the same campaign. `false` if
     /// the id was taken.
     pub async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, RecoveryError> {
-        let epoch = self.watch.settled_epoch(&self.engine, &self.store).await?;
-        if !self.store.insert_campaign(campaign, &epoch).await? {
+        let snapshot = CampaignSnapshot::fresh(campaign);
+        if !self
+            .store
+            .insert_campaign(campaign, &snapshot.epoch)
+            .await?
+        {
             return Ok(false);
         }
         self.unknown.remove(&campaign.id);
-        self.engine
-            .load_campaign(CampaignSnapshot::fresh(campaign))
-            .await?;
+        self.engine.load_campaign(snapshot).await?;
         Ok(true)
     }
 
@@ -293,7 +295,10 @@ impl Recovering {
             },
         };
         self.store
-            .persist(&epoch, std::slice::from_ref(&event))
+            .persist(
+                &crate::engine::Epochs::one(&event.campaign_id, &epoch),
+                std::slice::from_ref(&event),
+            )
             .await
             .map_err(unavailable)?;
         Ok(Transition::Done(cancelled))
@@ -329,8 +334,8 @@ impl Backend for Recovering {
         self.engine.ping().await
     }
 
-    async fn epoch(&self) -> Result<String, EngineError> {
-        self.engine.epoch().await
+    async fn dataset(&self) -> Result<String, EngineError> {
+        self.engine.dataset().await
     }
 
     async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
