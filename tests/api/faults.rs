@@ -180,11 +180,35 @@ impl RedisCluster {
         }
     }
 
+    /// `key`'s slot.
+    pub fn slot(&self, key: &str) -> i64 {
+        redis::from_redis_value(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
+            .expect("a slot")
+    }
+
+    /// A node's cluster id.
+    pub fn id(&self, node: usize) -> String {
+        redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("MYID")))
+            .expect("an id")
+    }
+
+    /// The first slot a node serves.
+    pub fn first_slot(&self, node: usize) -> i64 {
+        let nodes: String =
+            redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
+                .expect("text");
+        nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .and_then(|line| line.split_whitespace().nth(8))
+            .and_then(|range| range.split('-').next())
+            .and_then(|first| first.parse().ok())
+            .expect("the node serves slots")
+    }
+
     /// The index of the node serving `key`'s slot.
     pub fn owner(&self, key: &str) -> usize {
-        let slot: i64 =
-            redis::from_redis_value(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
-                .expect("a slot");
+        let slot = self.slot(key);
         (0..self.nodes.len())
             .find(|&node| {
                 let nodes: String =
@@ -877,6 +901,101 @@ async fn a_cluster_node_restarted_empty_mid_burst_loses_only_its_campaigns_and_n
         epoch(kept.clone()).await,
         kept_epoch,
         "the other node's campaign was not"
+    );
+}
+
+/// A slot moved to another node (`redis-cli --cluster reshard`) while a sale runs on it —
+/// holds being made, confirmed and expiring — loses nothing: every unit is sold once or
+/// still available, every hold ends, engine and database agree, and the campaign is served
+/// by its new node afterwards. Scripts meet the move half done (MOVED, ASK, TRYAGAIN, keys
+/// on either side); a caller retries a 5xx with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_node_mid_burst_loses_nothing() {
+    use crate::helpers::fresh_postgres_schema;
+    let cluster = RedisCluster::start();
+    let nodes = cluster.urls();
+    let database = fresh_postgres_schema().await;
+    let namespace = unique_id("ns");
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_url = None;
+        c.redis_cluster_nodes = nodes.clone();
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+    };
+    let instances = Arc::new([
+        spawn_app_with(Backend::Cluster, tune).await,
+        spawn_app_with(Backend::Cluster, tune).await,
+    ]);
+    let stock = 1_000_000;
+    // A campaign near the start of its node's slots, so the reshard moves few slots.
+    let (campaign, from, slots) = loop {
+        let id = instances[0]
+            .campaign(stock, 1, json!({"hold_seconds": 1}))
+            .await;
+        let key = format!("{{c:{id}}}");
+        let node = cluster.owner(&key);
+        let offset = cluster.slot(&key) - cluster.first_slot(node);
+        if offset < 300 {
+            break (id, node, offset + 1);
+        }
+    };
+    let to = (from + 1) % 3;
+    let (from_id, to_id) = (cluster.id(from), cluster.id(to));
+    let seed = format!("127.0.0.1:{}", cluster.nodes[to].port);
+    let workers = retrying_burst(&instances, std::slice::from_ref(&campaign), 0);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let reshard = tokio::task::spawn_blocking(move || {
+        Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs")
+    });
+    for worker in workers {
+        worker.await.expect("no panic");
+    }
+    assert!(
+        reshard.await.expect("no panic").success(),
+        "the reshard failed"
+    );
+    assert_eq!(
+        cluster.owner(&format!("{{c:{campaign}}}")),
+        to,
+        "the slot moved"
+    );
+    // Confirm a few holds made after the move, cancel one: the campaign answers there.
+    for user in ["after-1", "after-2"] {
+        let made: Value = instances[1]
+            .reserve(&campaign, user, 1)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let id = made["id"].as_str().expect("a hold");
+        let confirmed = instances[0].confirm(id, &instances[0].store_token).await;
+        assert_eq!(confirmed.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let breaches = invariant_breaches(&instances[0], &campaign, stock as i64).await;
+    assert!(breaches.is_empty(), "after the reshard: {breaches:?}");
+    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
+        .await
+        .expect("reconciles");
+    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+    let state: Value = instances[0]
+        .get_campaign(&campaign)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(state["held"], 0, "every hold ended: {state}");
+    assert_eq!(
+        state["available"].as_u64().expect("a number")
+            + state["confirmed"].as_u64().expect("a number"),
+        stock as u64,
+        "every unit is sold once or still available: {state}"
     );
 }
 
