@@ -994,7 +994,7 @@ async fn a_slot_moved_to_another_node_mid_burst_loses_nothing() {
     assert_eq!(
         state["available"].as_u64().expect("a number")
             + state["confirmed"].as_u64().expect("a number"),
-        stock as u64,
+        stock,
         "every unit is sold once or still available: {state}"
     );
 }
