@@ -75,7 +75,8 @@ pub const PERSIST_FAILURES: &str = "flashsale_persister_failures_total";
 pub const DEAD_EVENTS: &str = "flashsale_persister_dead_events_total";
 /// Units by which engine and database disagree, per `campaign`.
 pub const RECONCILE_DRIFT: &str = "flashsale_reconcile_drift_units";
-/// Times this instance saw the engine's dataset change (its data lost).
+/// Campaigns this instance found lost by the engine (a Redis, or a cluster node, restarted
+/// empty), each counted once per loss.
 pub const ENGINE_DATA_LOSSES: &str = "flashsale_engine_data_losses_total";
 /// Campaigns rebuilt in the engine from the database.
 pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
@@ -236,7 +237,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         ENGINE_DATA_LOSSES,
-        "Times this instance saw the stock engine's dataset change (Redis lost its data)."
+        "Campaigns this instance found lost by the stock engine (a Redis or cluster node restarted empty)."
     );
     metrics::describe_counter!(REAPER_ERRORS, "Reaper passes that failed.");
     metrics::describe_gauge!(
