@@ -1,6 +1,6 @@
 //! Concurrency claims, checked with many tasks against the real engines.
 
-use crate::engines::{attempt, campaign, created, redis};
+use crate::engines::{attempt, campaign, cluster, created, redis};
 use crate::on_every_engine;
 use flashsale::domain::{Millis, Refusal};
 use flashsale::engine::{CancelScope, Engine, Gated, ReserveOutcome};
@@ -135,6 +135,28 @@ async fn two_instances_on_one_redis_never_oversell() {
     let outcomes = burst(&[Arc::clone(&a), Arc::clone(&b)], &c, 2_000, 500).await;
 
     assert_sold_exactly(&*b, &c, &outcomes, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_cluster_never_oversell() {
+    let a: Arc<dyn Engine> = Arc::new(Gated::new(Arc::new(cluster().await)));
+    let b: Arc<dyn Engine> = Arc::new(Gated::new(Arc::new(cluster().await)));
+    // Campaigns on every node at once: each burst decides on its own node.
+    let campaigns: Vec<_> = (0..6).map(|_| campaign(100, 2, |_| {})).collect();
+    for c in &campaigns {
+        created(&*a, c).await;
+    }
+    let bursts: Vec<_> = campaigns
+        .iter()
+        .map(|c| {
+            let (a, b, c) = (Arc::clone(&a), Arc::clone(&b), c.clone());
+            tokio::spawn(async move { (burst(&[a, b], &c, 1_000, 250).await, c) })
+        })
+        .collect();
+    for done in bursts {
+        let (outcomes, c) = done.await.expect("no panic");
+        assert_sold_exactly(&*b, &c, &outcomes, 2).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
