@@ -362,19 +362,18 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
     if !config.redis_cluster_nodes.is_empty() {
         let nodes = config.redis_cluster_nodes.join(",");
-        if config.durability == Durability::Strict {
-            anyhow::bail!(
-                "FLASHSALE_DURABILITY=strict is not supported on a Redis Cluster yet (it checks \
-                 one server's AOF settings and replicas); run every node with appendonly yes \
-                 and appendfsync always, and the default durability"
-            );
-        }
-        let engine =
+        let mut engine =
             RedisEngine::connect_cluster(&config.redis_cluster_nodes, &config.redis_namespace)
                 .await
                 .with_context(|| format!("connecting to the Redis Cluster at {nodes}"))?
                 .with_retention(retention)
                 .with_user_rate(config.user_rate_per_second);
+        if config.durability == Durability::Strict {
+            engine = engine
+                .require_durability_everywhere()
+                .await
+                .map_err(|found| anyhow::anyhow!("Redis Cluster at {nodes}: {found}"))?;
+        }
         return Ok(Backends::of(engine));
     }
     Ok(match &config.redis_url {

@@ -121,6 +121,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// `appendonly`: every node with an AOF and `appendfsync always`.
+    pub fn start_with(appendonly: bool) -> Self {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("cluster"));
@@ -128,7 +133,7 @@ impl RedisCluster {
                 let mut node = RedisServer {
                     port: free_port(),
                     dir,
-                    appendonly: false,
+                    appendonly,
                     replica_of: None,
                     cluster: true,
                     child: None,
@@ -1261,6 +1266,41 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
                 && !l.ends_with(" 0")),
         "the set-aside events are counted"
     );
+}
+
+/// The same on a cluster: every master is asked, and the refusal names the ones without an
+/// fsynced AOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_on_a_cluster_asks_every_master() {
+    let volatile = RedisCluster::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .env("FLASHSALE_REDIS_CLUSTER_NODES", volatile.urls()[0].clone())
+        .env("FLASHSALE_DURABILITY", "strict")
+        .env("FLASHSALE_LISTEN", "127.0.0.1:0")
+        .env(
+            "FLASHSALE_SQLITE_PATH",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.db", unique_id("strict"))),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for node in &volatile.nodes {
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{} has appendonly no", node.port)),
+            "{stderr}"
+        );
+    }
+    let durable = RedisCluster::start_with(true);
+    let nodes = durable.urls();
+    let app = spawn_app_with(Backend::Cluster, |c| {
+        c.redis_cluster_nodes = nodes;
+        c.durability = flashsale::config::Durability::Strict;
+    })
+    .await;
+    let id = app.campaign(5, 1, json!({})).await;
+    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,6 +156,68 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         engine.cluster = true;
         Ok(engine)
     }
+
+    /// [`RedisEngine::require_durability`] on every master of the cluster: each must append
+    /// and fsync every write (`Err` names the ones that do not). With a replica on every
+    /// master, every change then waits (`WAIT`, sent to every master; the fewest
+    /// acknowledgements count) until a replica has it.
+    pub async fn require_durability_everywhere(mut self) -> Result<Self, String> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let per_master = |command: redis::Cmd| {
+            let mut connection = self.connection();
+            let routing = every_master.clone();
+            async move {
+                let answers = connection
+                    .route_command(&command, routing)
+                    .await
+                    .map_err(|e| format!("cannot ask every master: {e}"))?;
+                let redis::Value::Map(answers) = answers else {
+                    return Err(format!("every master answered {answers:?}"));
+                };
+                answers
+                    .into_iter()
+                    .map(|(node, answer)| {
+                        let node: String = redis::from_redis_value(&node).unwrap_or_default();
+                        Ok((node, answer))
+                    })
+                    .collect::<Result<Vec<(String, redis::Value)>, String>>()
+            }
+        };
+        let mut wrong = Vec::new();
+        for (name, wanted) in [("appendonly", "yes"), ("appendfsync", "always")] {
+            let mut command = redis::cmd("CONFIG");
+            command.arg("GET").arg(name);
+            for (node, answer) in per_master(command).await? {
+                let pair: Vec<String> = redis::from_redis_value(&answer).unwrap_or_default();
+                let value = pair.get(1).cloned().unwrap_or_default();
+                if value != wanted {
+                    wrong.push(format!("{node} has {name} {value}"));
+                }
+            }
+        }
+        if !wrong.is_empty() {
+            return Err(format!(
+                "FLASHSALE_DURABILITY=strict needs every master with appendonly yes and \
+                 appendfsync always (a 201 must be on disk): {}",
+                wrong.join(", ")
+            ));
+        }
+        let mut info = redis::cmd("INFO");
+        info.arg("replication");
+        let replicated = per_master(info).await?.iter().all(|(_, answer)| {
+            redis::from_redis_value::<String>(answer)
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+                        .and_then(|n| n.parse::<u32>().ok())
+                })
+                .is_some_and(|n| n > 0)
+        });
+        self.wait_for_replica = replicated;
+        Ok(self)
+    }
 }
 
 impl<C: Connection> RedisEngine<C> {
