@@ -235,6 +235,26 @@ impl RedisCluster {
     }
 }
 
+/// Two service instances on the cluster, sharing key namespace `namespace` and a new
+/// database.
+async fn two_instances_on(
+    cluster: &RedisCluster,
+    namespace: &str,
+) -> Arc<[crate::helpers::TestApp; 2]> {
+    let nodes = cluster.urls();
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_url = None;
+        c.redis_cluster_nodes = nodes.clone();
+        c.redis_namespace = namespace.to_owned();
+        c.database_url = Some(database.clone());
+    };
+    Arc::new([
+        spawn_app_with(Backend::Cluster, tune).await,
+        spawn_app_with(Backend::Cluster, tune).await,
+    ])
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -736,7 +756,8 @@ async fn invariant_breaches(
 }
 
 /// 16 workers making reservations on `campaigns` (in turn) through both instances for 3 s,
-/// a new user each time; a caller retries a 5xx with the same key, on either instance.
+/// a new user each time; a caller retries a 5xx or a transport error with the same key, on
+/// either instance.
 fn retrying_burst(
     instances: &Arc<[crate::helpers::TestApp; 2]>,
     campaigns: &[String],
@@ -757,14 +778,14 @@ fn retrying_burst(
                     for attempt in 0..40 {
                         let app = &instances[(worker + attempt) % 2];
                         let answer = app
-                            .reserve_with(
+                            .try_reserve_with(
                                 campaign,
                                 &app.store_token,
                                 &key,
                                 &json!({"user_id": user}),
                             )
                             .await;
-                        if !answer.status().is_server_error() {
+                        if answer.is_ok_and(|a| !a.status().is_server_error()) {
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -827,21 +848,9 @@ async fn redis_restarted_empty_mid_burst_never_oversells_and_every_hold_ends() {
 /// and the namespace's dataset id, kept on a third — never notice. Three times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_restarted_empty_mid_burst_loses_only_its_campaigns_and_never_oversells() {
-    use crate::helpers::fresh_postgres_schema;
     let mut cluster = RedisCluster::start();
-    let nodes = cluster.urls();
-    let database = fresh_postgres_schema().await;
     let namespace = unique_id("ns");
-    let tune = |c: &mut flashsale::config::Config| {
-        c.redis_url = None;
-        c.redis_cluster_nodes = nodes.clone();
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-    };
-    let instances = Arc::new([
-        spawn_app_with(Backend::Cluster, tune).await,
-        spawn_app_with(Backend::Cluster, tune).await,
-    ]);
+    let instances = two_instances_on(&cluster, &namespace).await;
     let stock = 1_000_000;
     let hold_seconds = 3;
     // The campaign to lose on a node that does not hold the dataset id (a loss there goes
@@ -955,21 +964,9 @@ fn move_slot_to(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_buy_slot_moved_mid_burst_loses_nothing() {
     use crate::groups::{join, open};
-    use crate::helpers::fresh_postgres_schema;
     let cluster = RedisCluster::start();
-    let nodes = cluster.urls();
-    let database = fresh_postgres_schema().await;
     let namespace = unique_id("ns");
-    let tune = |c: &mut flashsale::config::Config| {
-        c.redis_url = None;
-        c.redis_cluster_nodes = nodes.clone();
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-    };
-    let instances = Arc::new([
-        spawn_app_with(Backend::Cluster, tune).await,
-        spawn_app_with(Backend::Cluster, tune).await,
-    ]);
+    let instances = two_instances_on(&cluster, &namespace).await;
     let stock = 1_000_000;
     let fields = json!({"kind": "group_buy", "group": {"size": 3, "window_seconds": 1}});
     let (campaign, to) =
@@ -1037,21 +1034,9 @@ async fn a_group_buy_slot_moved_mid_burst_loses_nothing() {
 /// on either side); a caller retries a 5xx with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_to_another_node_mid_burst_loses_nothing() {
-    use crate::helpers::fresh_postgres_schema;
     let cluster = RedisCluster::start();
-    let nodes = cluster.urls();
-    let database = fresh_postgres_schema().await;
     let namespace = unique_id("ns");
-    let tune = |c: &mut flashsale::config::Config| {
-        c.redis_url = None;
-        c.redis_cluster_nodes = nodes.clone();
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-    };
-    let instances = Arc::new([
-        spawn_app_with(Backend::Cluster, tune).await,
-        spawn_app_with(Backend::Cluster, tune).await,
-    ]);
+    let instances = two_instances_on(&cluster, &namespace).await;
     let stock = 1_000_000;
     let (campaign, to) = campaign_near_a_nodes_first_slot(
         &cluster,

@@ -178,7 +178,12 @@ pub async fn spawn_app_with(backend: Backend, tune: impl FnOnce(&mut Config)) ->
         admin_token: config.admin_tokens.first().cloned().unwrap_or_default(),
         store_token: config.store_tokens.first().cloned().unwrap_or_default(),
         jwt_secret: secret,
-        client: reqwest::Client::new(),
+        // Idle connections leave the pool before the service closes them (its header-read
+        // timeout, 5 s): a request never goes out on a connection the service is closing.
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
+            .build()
+            .expect("a client"),
         store,
         engine,
         events,
@@ -302,6 +307,20 @@ impl TestApp {
         key: &str,
         body: &Value,
     ) -> Response {
+        self.try_reserve_with(campaign, token, key, body)
+            .await
+            .expect("request sent")
+    }
+
+    /// [`TestApp::reserve_with`], a transport error returned (a caller retries it with the
+    /// same key, like a 5xx).
+    pub async fn try_reserve_with(
+        &self,
+        campaign: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Result<Response> {
         self.client
             .post(self.url(&format!("/v1/campaigns/{campaign}/reservations")))
             .bearer_auth(token)
@@ -309,7 +328,6 @@ impl TestApp {
             .json(body)
             .send()
             .await
-            .expect("request sent")
     }
 
     pub async fn get_reservation(&self, id: &str, token: &str) -> Response {
