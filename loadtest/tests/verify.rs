@@ -13,6 +13,16 @@ const DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_passes_on_a_real_sale_and_fails_on_a_tampered_database() {
+    a_real_sale_verifies_and_a_tampered_database_does_not(false).await;
+}
+
+/// The same sale with the service on a Redis Cluster (`scripts/ensure-services` starts one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_passes_on_a_real_sale_and_fails_on_a_tampered_database_on_a_redis_cluster() {
+    a_real_sale_verifies_and_a_tampered_database_does_not(true).await;
+}
+
+async fn a_real_sale_verifies_and_a_tampered_database_does_not(cluster: bool) {
     let schema = format!("lt_{}", ulid::Ulid::new().to_string().to_lowercase());
     let mut admin = sqlx::PgConnection::connect(DATABASE)
         .await
@@ -23,10 +33,20 @@ async fn verification_passes_on_a_real_sale_and_fails_on_a_tampered_database() {
         .expect("schema");
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().expect("address");
-    config.redis_url = Some(
-        std::env::var("FLASHSALE_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-    );
+    if cluster {
+        config.redis_cluster_nodes = std::env::var("FLASHSALE_TEST_REDIS_CLUSTER")
+            .unwrap_or_else(|_| {
+                "redis://127.0.0.1:17001,redis://127.0.0.1:17002,redis://127.0.0.1:17003".into()
+            })
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+    } else {
+        config.redis_url = Some(
+            std::env::var("FLASHSALE_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        );
+    }
     config.redis_namespace = schema.clone();
     config.database_url = Some(format!("{DATABASE}?options=-csearch_path%3D{schema}"));
     config.admin_tokens = vec!["adm".into()];
