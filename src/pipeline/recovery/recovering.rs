@@ -39,8 +39,12 @@ pub struct Recovering {
     store: Store,
     /// Campaign ids the database did not know, and when it said so.
     unknown: Arc<DashMap<CampaignId, Instant>>,
-    /// The engine's dataset as this instance saw it, shared with the recovery worker.
+    /// The campaigns this instance lost track of, shared with the recovery worker.
     watch: Arc<LossWatch>,
+    /// One rebuild per campaign at a time on this instance: the requests that find a lost
+    /// campaign together wait for the first one's rebuild instead of each reading it from
+    /// the database (and holding a database connection while the engine loads it).
+    rebuilding: Arc<DashMap<CampaignId, Arc<tokio::sync::Mutex<()>>>>,
     /// Archived campaigns (they left the engine for good) this instance has looked up.
     archived: Arc<DashMap<CampaignId, Campaign>>,
     /// When set, a change is answered only once the persister committed its events to the
@@ -55,6 +59,7 @@ impl Recovering {
             store,
             unknown: Arc::default(),
             watch: Arc::default(),
+            rebuilding: Arc::default(),
             archived: Arc::default(),
             commit: None,
         }
@@ -153,7 +158,15 @@ impl Recovering {
             tracing::warn!(%error, campaign = %id, "could not read a missing campaign from the database");
             EngineError::Recovering(error.to_string())
         };
-        match restore(&self.engine, &self.store, &self.watch, id).await {
+        let turn = Arc::clone(self.rebuilding.entry(id.clone()).or_default().value());
+        let restored = {
+            let _one_at_a_time = turn.lock().await;
+            restore(&self.engine, &self.store, &self.watch, id).await
+        };
+        drop(turn);
+        self.rebuilding
+            .remove_if(id, |_, turn| Arc::strong_count(turn) == 1);
+        match restored {
             Ok(true) => Ok(true),
             Ok(false) => {
                 // Not rebuildable: archived (answered from the database from now on) or
