@@ -309,9 +309,7 @@ impl Epochs {
     }
 
     pub fn set(&mut self, campaign: &CampaignId, epoch: &str) {
-        if self.0.get(campaign).map(String::as_str) != Some(epoch) {
-            self.0.insert(campaign.clone(), epoch.to_owned());
-        }
+        self.0.insert(campaign.clone(), epoch.to_owned());
     }
 
     /// Whether some campaign has another epoch in `other`.

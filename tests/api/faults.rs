@@ -1253,13 +1253,11 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
     );
 }
 
-/// The same on a cluster: every master is asked, and the refusal names the ones without an
-/// fsynced AOF.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strict_durability_on_a_cluster_asks_every_master() {
-    let volatile = RedisCluster::start();
+/// The binary started with strict durability on the Redis `variable` names: it must refuse
+/// to start; its stderr.
+fn refused_strict_start(variable: &str, redis: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .env("FLASHSALE_REDIS_CLUSTER_NODES", volatile.urls()[0].clone())
+        .env(variable, redis)
         .env("FLASHSALE_DURABILITY", "strict")
         .env("FLASHSALE_LISTEN", "127.0.0.1:0")
         .env(
@@ -1270,7 +1268,15 @@ async fn strict_durability_on_a_cluster_asks_every_master() {
         .output()
         .expect("the binary runs");
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The same on a cluster: every master is asked, and the refusal names the ones without an
+/// fsynced AOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_on_a_cluster_asks_every_master() {
+    let volatile = RedisCluster::start();
+    let stderr = refused_strict_start("FLASHSALE_REDIS_CLUSTER_NODES", &volatile.urls()[0]);
     for node in &volatile.nodes {
         assert!(
             stderr.contains(&format!("127.0.0.1:{} has appendonly no", node.port)),
@@ -1292,19 +1298,7 @@ async fn strict_durability_on_a_cluster_asks_every_master() {
 async fn strict_durability_refuses_a_redis_that_could_lose_an_acknowledged_change() {
     // Without an fsynced AOF: the service refuses to start, saying what it found.
     let volatile = RedisServer::start(false);
-    let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .env("FLASHSALE_REDIS_URL", volatile.url())
-        .env("FLASHSALE_DURABILITY", "strict")
-        .env("FLASHSALE_LISTEN", "127.0.0.1:0")
-        .env(
-            "FLASHSALE_SQLITE_PATH",
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.db", unique_id("strict"))),
-        )
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_strict_start("FLASHSALE_REDIS_URL", &volatile.url());
     assert!(stderr.contains("appendonly no"), "{stderr}");
     // With one, it serves.
     let durable = RedisServer::start(true);

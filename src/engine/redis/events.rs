@@ -94,12 +94,11 @@ impl<C: Connection> EventLog for RedisEngine<C> {
         });
         let mut batch = EventBatch::default();
         for (campaign, reply) in futures::future::try_join_all(reads).await? {
-            let redis::Value::Array(parts) = &reply else {
-                return Err(EngineError::Corrupt(format!(
-                    "read_events of {campaign} answered {reply:?}"
-                )));
+            let parts = match &reply {
+                redis::Value::Array(parts) => parts.as_slice(),
+                _ => &[],
             };
-            let [epoch, claimed, read] = parts.as_slice() else {
+            let [epoch, claimed, read] = parts else {
                 return Err(EngineError::Corrupt(format!(
                     "read_events of {campaign} answered {reply:?}"
                 )));

@@ -37,6 +37,15 @@ pub trait Connection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static
 
 impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Connection for T {}
 
+/// The replicas connected to a Redis, from its `INFO replication` text.
+fn connected_replicas(replication: &str) -> u32 {
+    replication
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The longest a command waits for Redis's answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -207,13 +216,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         info.arg("replication");
         let replicated = per_master(info).await?.iter().all(|(_, answer)| {
             redis::from_redis_value::<String>(answer)
-                .ok()
-                .and_then(|text| {
-                    text.lines()
-                        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
-                        .and_then(|n| n.parse::<u32>().ok())
-                })
-                .is_some_and(|n| n > 0)
+                .is_ok_and(|replication| connected_replicas(&replication) > 0)
         });
         self.wait_for_replica = replicated;
         Ok(self)
@@ -324,12 +327,7 @@ impl<C: Connection> RedisEngine<C> {
             .query_async(&mut self.connection())
             .await
             .map_err(|e| format!("cannot read Redis's replication (INFO): {e}"))?;
-        let replicas = replication
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0);
-        if replicas > 0 {
+        if connected_replicas(&replication) > 0 {
             self.wait_for_replica = true;
         }
         Ok(self)
