@@ -33,6 +33,10 @@ pub const QUEUE_WAITING: &str = "flashsale_queue_waiting";
 pub const QUEUE_ROOM: &str = "flashsale_queue_room";
 /// Refusals answered by the in-process sold-out gate, without asking the engine.
 pub const SOLD_OUT_SHORT_CIRCUITS: &str = "flashsale_sold_out_short_circuits_total";
+/// Moves of units between the shards of a sharded campaign (a shard ran dry).
+pub const SHARD_TRANSFERS: &str = "flashsale_shard_transfers_total";
+/// Units moved between the shards of sharded campaigns.
+pub const SHARD_TRANSFERRED_UNITS: &str = "flashsale_shard_transferred_units_total";
 /// Held reservations the reaper expired.
 pub const REAPER_EXPIRED: &str = "flashsale_reaper_expired_total";
 /// Reaper passes that failed.
@@ -105,6 +109,11 @@ pub const SCRIPT_NAMES: &[&str] = &[
     "queue_join",
     "queue_tickets",
     "queue_line",
+    "shard_state",
+    "transfer_take",
+    "transfer_give",
+    "transfer_done",
+    "claim_key",
 ];
 
 /// Keeps the counters that alerts and panels read present at zero, so a quiet service shows
@@ -130,6 +139,8 @@ pub fn touch_counters(redis: bool) {
         REAPER_ERRORS,
         RECOVERED_CAMPAIGNS,
         ENGINE_DATA_LOSSES,
+        SHARD_TRANSFERS,
+        SHARD_TRANSFERRED_UNITS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -196,6 +207,14 @@ pub fn install() -> PrometheusHandle {
 /// Gives every metric its HELP text (Prometheus tooling expects one).
 fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
+    metrics::describe_counter!(
+        SHARD_TRANSFERS,
+        "Moves of units between the shards of a sharded campaign (a shard ran dry)."
+    );
+    metrics::describe_counter!(
+        SHARD_TRANSFERRED_UNITS,
+        "Units moved between the shards of sharded campaigns."
+    );
     metrics::describe_histogram!(
         HTTP_REQUEST_DURATION,
         "HTTP request latency by route and method."

@@ -1,7 +1,10 @@
 //! The application: build the state from the config, start the workers, serve, shut down.
 
 use crate::config::{Config, Durability};
-use crate::engine::{Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, PERSISTER};
+use crate::engine::{
+    Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ShardableEngine, Sharded,
+    PERSISTER,
+};
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
@@ -347,11 +350,12 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Both roles of one engine.
-    pub fn of<E: GatedEngine + EventLog + Clone>(engine: E) -> Self {
+    /// Both roles of one engine (deciding through [`Sharded`], which makes sharded
+    /// campaigns one campaign).
+    pub fn of<E: ShardableEngine + EventLog + Clone>(engine: E) -> Self {
         Backends {
             answer_after_commit: engine.name() == "memory",
-            engine: Arc::new(engine.clone()),
+            engine: Arc::new(Sharded::new(Arc::new(engine.clone()))),
             events: Arc::new(engine),
         }
     }

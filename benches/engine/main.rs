@@ -41,6 +41,7 @@ fn campaign(stock: u64) -> Campaign {
         max_extend_seconds: None,
         group: None,
         queue: None,
+        shards: None,
     };
     Campaign::parse(draft, Millis::now()).expect("valid campaign")
 }

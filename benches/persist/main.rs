@@ -102,6 +102,7 @@ fn bench_persist(c: &mut Criterion) {
             max_extend_seconds: None,
             group: None,
             queue: None,
+            shards: None,
         };
         let campaign = Campaign::parse(draft, Millis::now()).expect("valid");
         store

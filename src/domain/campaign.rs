@@ -80,6 +80,10 @@ pub struct Campaign {
     /// The waiting room, when the campaign has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueRule>,
+    /// Shards the stock is spread over (1: one, the campaign itself); each decides on its
+    /// own, a user's attempts go to the shard their id hashes to, and units move between
+    /// shards when one runs dry (`engine::sharded`).
+    pub shards: u8,
     pub created_at: Millis,
 }
 
@@ -98,6 +102,7 @@ pub struct CampaignDraft {
     pub group: Option<(u64, u64)>,
     /// `(admit_per_second, pass_seconds)`.
     pub queue: Option<(u64, Option<u64>)>,
+    pub shards: Option<u64>,
 }
 
 impl Campaign {
@@ -107,6 +112,7 @@ impl Campaign {
     pub const DEFAULT_MAX_EXTEND_SECONDS: u32 = 300;
     /// Thirty days: a hold longer than that is not a hold.
     pub const MAX_HOLD_SECONDS: u64 = 30 * 24 * 3600;
+    pub const MAX_SHARDS: u64 = 64;
 
     /// Checks every field and the rules between them.
     pub fn parse(draft: CampaignDraft, now: Millis) -> Result<Self, ParseError> {
@@ -206,6 +212,26 @@ impl Campaign {
                 )?,
             }),
         };
+        let shards = match draft.shards {
+            None | Some(1) => 1,
+            Some(n) if !(1..=Self::MAX_SHARDS).contains(&n) => {
+                return Err(ParseError(format!(
+                    "shards must be between 1 and {}, got {n}",
+                    Self::MAX_SHARDS
+                )))
+            }
+            Some(_) if kind == CampaignKind::GroupBuy => {
+                return Err(ParseError(
+                    "shards above 1 are only allowed for a flash_sale campaign".into(),
+                ))
+            }
+            Some(_) if queue.is_some() => {
+                return Err(ParseError(
+                    "shards above 1 are not allowed with a waiting room".into(),
+                ))
+            }
+            Some(n) => n as u8,
+        };
         Ok(Campaign {
             id,
             kind,
@@ -218,6 +244,7 @@ impl Campaign {
             max_extend_seconds,
             group,
             queue,
+            shards,
             created_at: now,
         })
     }

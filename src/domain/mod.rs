@@ -23,6 +23,17 @@ macro_rules! scoped_id_type {
 
             /// The campaign it belongs to.
             pub fn campaign_id(&self) -> $crate::domain::CampaignId {
+                $crate::domain::scoped_id::campaign(&self.0, $prefix).parent()
+            }
+
+            /// The same id in another campaign or shard (the ULID kept).
+            pub fn in_campaign(&self, campaign: &$crate::domain::CampaignId) -> Self {
+                $name($crate::domain::scoped_id::in_campaign(&self.0, $prefix, campaign))
+            }
+
+            /// Where an engine keeps it: the campaign, or the campaign's shard it was made in
+            /// (see [`CampaignId::shard`](crate::domain::CampaignId::shard)).
+            pub fn shard_campaign(&self) -> $crate::domain::CampaignId {
                 $crate::domain::scoped_id::campaign(&self.0, $prefix)
             }
 
@@ -79,8 +90,13 @@ mod scoped_id {
         let (ulid, campaign) = rest.split_at(ULID_LEN);
         ulid::Ulid::from_string(ulid).map_err(|_| invalid())?;
         let campaign = campaign.strip_prefix('_').ok_or_else(invalid)?;
-        CampaignId::parse(campaign).map_err(|_| invalid())?;
+        CampaignId::parse_shard(campaign).map_err(|_| invalid())?;
         Ok(())
+    }
+
+    /// An id that passed [`check`], moved to `campaign`.
+    pub fn in_campaign(raw: &str, prefix: &str, campaign: &CampaignId) -> String {
+        format!("{}_{campaign}", &raw[..prefix.len() + ULID_LEN])
     }
 
     /// The campaign of an id that passed [`check`].
@@ -167,6 +183,47 @@ impl CampaignId {
                 "campaign id must be 1 to 64 characters of [a-z0-9_-], got {raw:?}"
             )))
         }
+    }
+
+    /// Shard `k` of this campaign, as engines name it: the campaign itself for shard 0,
+    /// `<id>.<k>` for the others (a `.` no campaign id has, so no shard id is ever a
+    /// campaign's, and each has its own Redis hash tag).
+    pub fn shard(&self, k: u8) -> CampaignId {
+        match k {
+            0 => self.clone(),
+            k => CampaignId(format!("{}.{k}", self.0)),
+        }
+    }
+
+    /// The campaign a shard id belongs to (itself for a campaign id).
+    pub fn parent(&self) -> CampaignId {
+        match self.0.split_once('.') {
+            Some((parent, _)) => CampaignId(parent.to_owned()),
+            None => self.clone(),
+        }
+    }
+
+    /// Which shard of its campaign this id names (0 for a campaign id).
+    pub fn shard_index(&self) -> u8 {
+        self.0
+            .split_once('.')
+            .and_then(|(_, k)| k.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A campaign id or a shard id (`<id>.<k>`, k in 1..[`Campaign::MAX_SHARDS`]), as
+    /// ids of things inside a shard carry it.
+    pub fn parse_shard(raw: &str) -> Result<Self, ParseError> {
+        let Some((parent, k)) = raw.split_once('.') else {
+            return Self::parse(raw);
+        };
+        let shard_ok = !k.starts_with('0')
+            && k.parse::<u8>()
+                .is_ok_and(|k| k >= 1 && u64::from(k) < Campaign::MAX_SHARDS);
+        if !shard_ok {
+            return Err(ParseError(format!("{raw:?} is not a campaign shard")));
+        }
+        Ok(Self::parse(parent)?.shard(k.parse().unwrap_or(0)))
     }
 
     /// A fresh id for a campaign created without one.
@@ -332,6 +389,14 @@ impl ScopedKey {
         raw.push('/');
         raw.push_str(key);
         ScopedKey(raw)
+    }
+
+    /// Whether a store token sent it (scope `s/…`): the same key may then come for several
+    /// users.
+    pub fn is_store(&self) -> bool {
+        self.0
+            .split_once(':')
+            .is_some_and(|(_, rest)| rest.starts_with("s/"))
     }
 
     /// A key as an engine or the database stored it.

@@ -350,6 +350,15 @@ impl Engine for Gated {
         Ok(loaded)
     }
 
+    async fn load_shards(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
+        let campaign = snapshot.campaign;
+        let loaded = self.inner.load_shards(snapshot).await?;
+        if loaded != 0 {
+            self.units_returned(&campaign.id);
+        }
+        Ok(loaded)
+    }
+
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
         let state = self.inner.campaign(id).await?;
         if let Some(state) = &state {

@@ -28,10 +28,12 @@
 mod gate;
 pub mod memory;
 pub mod redis;
+pub mod sharded;
 
 pub use self::redis::RedisEngine;
 pub use gate::{GateReads, Gated, GatedEngine, Probe, RecordsSince};
 pub use memory::MemoryEngine;
+pub use sharded::{ShardOps, ShardableEngine, Sharded};
 
 use crate::domain::{
     Campaign, CampaignId, CampaignState, Event, Group, GroupId, Millis, Quantity, Refusal,
@@ -88,7 +90,8 @@ pub struct ReserveRequest {
     pub idempotency_key: ScopedKey,
     /// What the request asked for, so a reused key with another body can be told apart.
     pub fingerprint: String,
-    /// The id the reservation gets if one is created.
+    /// The id the reservation gets if one is created (for a sharded campaign, the same id
+    /// made in the user's shard: see `sharded`).
     pub reservation_id: ReservationId,
     pub now: Millis,
 }
@@ -271,6 +274,9 @@ pub struct CampaignSnapshot<'a> {
     pub reservations: &'a [StoredReservation],
     pub groups: &'a [Group],
     pub epoch: String,
+    /// Shard 0 of a sharded campaign (see `sharded`): the whole campaign's stock, which it
+    /// keeps besides its own.
+    pub total: Option<u64>,
 }
 
 impl<'a> CampaignSnapshot<'a> {
@@ -281,6 +287,7 @@ impl<'a> CampaignSnapshot<'a> {
             reservations: &[],
             groups: &[],
             epoch: new_epoch(),
+            total: None,
         }
     }
 }
@@ -353,6 +360,15 @@ pub trait Engine: Backend {
     /// Loads a campaign — new, or rebuilt from the database — with the counters its
     /// reservations and groups imply. Does nothing (`false`) if the campaign exists.
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError>;
+
+    /// [`Engine::load_campaign`] for a campaign that may be sharded: loads whichever of its
+    /// shards are missing, and answers a bit per shard this call loaded (bit 0 alone for an
+    /// unsharded campaign), so the database records the new epoch for those only. For a
+    /// sharded campaign an error means no shard was loaded (one that may have been is
+    /// reported as loaded).
+    async fn load_shards(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
+        Ok(u64::from(self.load_campaign(snapshot).await?))
+    }
 
     async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError>;
 

@@ -54,6 +54,11 @@ pub struct NewCampaign {
     /// A waiting room: reservations (and group opens/joins) then need a pass from an
     /// admitted ticket (`POST /v1/campaigns/{id}/queue`).
     queue: Option<NewQueueRule>,
+    /// 1 to 64 (default 1): the stock is spread over this many shards that decide on their
+    /// own (a hot SKU past one Redis core or node); callers see one campaign. Only for
+    /// `flash_sale` campaigns without a waiting room.
+    #[schema(minimum = 1, maximum = 64)]
+    shards: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,6 +102,7 @@ pub struct CampaignView {
     group: Option<GroupRuleView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<QueueRuleView>,
+    shards: u8,
     created_at: String,
     /// `scheduled | active | sold_out | ended`
     #[schema(value_type = String)]
@@ -144,6 +150,7 @@ impl CampaignView {
                 admit_per_second: q.admit_per_second,
                 pass_seconds: q.pass_seconds,
             }),
+            shards: c.shards,
             created_at: c.created_at.to_rfc3339(),
             status,
             available: state.available,
@@ -205,6 +212,7 @@ pub async fn create_campaign(
         max_extend_seconds: body.max_extend_seconds,
         group: body.group.map(|g| (g.size, g.window_seconds)),
         queue: body.queue.map(|q| (q.admit_per_second, q.pass_seconds)),
+        shards: body.shards,
     };
     let campaign = Campaign::parse(draft, now).map_err(|e| ApiError::InvalidRequest(e.0))?;
     if !state.engine.create_campaign(&campaign).await? {

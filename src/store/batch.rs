@@ -66,11 +66,20 @@ impl Store {
         epochs: &Epochs,
         events: &[Event],
     ) -> Result<Vec<(&'static str, u64)>, StoreError> {
-        let campaigns: Vec<String> = {
+        // Campaigns (locked: a rebuild holds its campaign's row), and the shards past the
+        // first of sharded ones, which keep their own epochs.
+        let (campaigns, shards): (Vec<String>, Vec<String>) = {
             let mut ids: Vec<String> = events.iter().map(|e| e.campaign_id.to_string()).collect();
             ids.sort();
             ids.dedup();
-            ids
+            let shards = ids.iter().filter(|id| id.contains('.')).cloned().collect();
+            let mut campaigns: Vec<String> = events
+                .iter()
+                .map(|e| e.campaign_id.parent().to_string())
+                .collect();
+            campaigns.sort();
+            campaigns.dedup();
+            (campaigns, shards)
         };
         match self {
             Store::Postgres(pool) => {
@@ -81,12 +90,21 @@ impl Store {
                     .await?;
                 // FOR SHARE: a rebuild (which updates the row) waits for this batch to commit
                 // and then reads it; a batch after the rebuild sees the new dataset.
-                let loaded: Vec<(String, Option<String>)> = sqlx::query_as(
+                let mut loaded: Vec<(String, Option<String>)> = sqlx::query_as(
                     "SELECT id, engine_epoch FROM campaigns WHERE id = ANY($1) FOR SHARE",
                 )
                 .bind(&campaigns)
                 .fetch_all(&mut *tx)
                 .await?;
+                if !shards.is_empty() {
+                    let of_shards: Vec<(String, Option<String>)> = sqlx::query_as(
+                        "SELECT id, engine_epoch FROM campaign_shards WHERE id = ANY($1)",
+                    )
+                    .bind(&shards)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    loaded.extend(of_shards);
+                }
                 let fence = Fence::of(epochs, loaded);
                 let (accepted, dead) = fence.split(events);
                 Batch::of(&accepted).write_postgres(&mut tx).await?;
@@ -105,6 +123,15 @@ impl Store {
                             .bind(id)
                             .fetch_optional(&mut *tx)
                             .await?;
+                    loaded.extend(row);
+                }
+                for id in &shards {
+                    let row: Option<(String, Option<String>)> = sqlx::query_as(
+                        "SELECT id, engine_epoch FROM campaign_shards WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                     loaded.extend(row);
                 }
                 let fence = Fence::of(epochs, loaded);
@@ -194,11 +221,17 @@ struct EventRow {
 }
 
 impl EventRow {
-    /// The feed row of an event: its payload JSON comes from the domain type.
+    /// The feed row of an event: its payload JSON comes from the domain type. An event of a
+    /// shard past the first is its campaign's, at a position that names the shard (each
+    /// shard has its own stream, whose positions may coincide).
     fn of(event: &Event) -> Self {
+        let stream_id = match event.campaign_id.shard_index() {
+            0 => event.position.to_string(),
+            k => format!("{}@{k}", event.position),
+        };
         EventRow {
-            campaign_id: event.campaign_id.to_string(),
-            stream_id: event.position.to_string(),
+            campaign_id: event.campaign_id.parent().to_string(),
+            stream_id,
             kind: event.kind().to_owned(),
             at_ms: event.at.0,
             payload: event.feed_payload(),
@@ -257,7 +290,7 @@ impl Batch {
                     rows.push(EventRow::of(event));
                     let row = ReservationRow {
                         id: reservation.id.to_string(),
-                        campaign_id: event.campaign_id.to_string(),
+                        campaign_id: event.campaign_id.parent().to_string(),
                         user_id: reservation.user_id.to_string(),
                         quantity: i64::from(reservation.quantity.get()),
                         status: reservation.status.as_str().to_owned(),
@@ -307,6 +340,8 @@ impl Batch {
                         groups.insert(row.id.clone(), row);
                     }
                 }
+                // Only shard 0 changes a sharded campaign's stock, and it reports the total.
+                Change::Stock { .. } if event.campaign_id.shard_index() != 0 => {}
                 Change::Stock { stock } => {
                     let entry = stocks.entry(&event.campaign_id).or_insert((0, 0, 0));
                     if (position.ms, position.seq) > (entry.1, entry.2) {

@@ -27,6 +27,7 @@ pub(super) struct CampaignRow {
     group_window_seconds: Option<i64>,
     queue_admit_per_second: Option<i64>,
     queue_pass_seconds: Option<i64>,
+    shards: i64,
     created_at_ms: i64,
 }
 
@@ -58,6 +59,7 @@ impl CampaignRow {
             max_extend_seconds: unsigned("max_extend_seconds", self.max_extend_seconds)?,
             group,
             queue,
+            shards: u8::try_from(self.shards).map_err(|e| corrupt("shards", e))?,
             created_at: Millis(self.created_at_ms),
         })
     }
@@ -76,20 +78,20 @@ struct CountsRow {
 pub(super) const SELECT_CAMPAIGNS: &str =
     "SELECT id, kind, sku, stock, per_user_limit, starts_at_ms, \
     ends_at_ms, hold_seconds, max_extend_seconds, group_size, group_window_seconds, \
-    queue_admit_per_second, queue_pass_seconds, created_at_ms FROM campaigns";
+    queue_admit_per_second, queue_pass_seconds, shards, created_at_ms FROM campaigns";
 
-impl Store {
-    /// Records a new campaign, to be loaded into the engine under load epoch `epoch`; `false` if one
-    /// with the id exists.
-    pub async fn insert_campaign(&self, c: &Campaign, epoch: &str) -> Result<bool, StoreError> {
+/// The `campaigns` row of a new campaign; `false` if the id is taken.
+macro_rules! insert_campaign_row {
+    ($executor:expr, $c:expr, $epoch:expr) => {{
+        let c: &Campaign = $c;
         const SQL: &str =
             "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
-            ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
-            engine_epoch, max_extend_seconds, queue_admit_per_second, queue_pass_seconds) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-            ON CONFLICT (id) DO NOTHING";
+        ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
+        engine_epoch, max_extend_seconds, queue_admit_per_second, queue_pass_seconds, shards) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+        ON CONFLICT (id) DO NOTHING";
         let group = c.group;
-        let affected = on_pool!(self, pool => sqlx::query(SQL)
+        let affected = sqlx::query(SQL)
             .bind(c.id.as_str())
             .bind(c.kind.as_str())
             .bind(&c.sku)
@@ -101,14 +103,57 @@ impl Store {
             .bind(group.map(|g| i64::from(g.size)))
             .bind(group.map(|g| i64::from(g.window_seconds)))
             .bind(c.created_at.0)
-            .bind(epoch)
+            .bind($epoch)
             .bind(i64::from(c.max_extend_seconds))
             .bind(c.queue.map(|q| i64::from(q.admit_per_second)))
             .bind(c.queue.map(|q| i64::from(q.pass_seconds)))
-            .execute(pool)
+            .bind(i64::from(c.shards))
+            .execute($executor)
             .await?
-            .rows_affected());
-        Ok(affected == 1)
+            .rows_affected();
+        affected == 1
+    }};
+}
+
+impl Store {
+    /// Records a new campaign (and its shards past the first), to be loaded into the engine
+    /// under load epoch `epoch`; `false` if one with the id exists.
+    pub async fn insert_campaign(&self, c: &Campaign, epoch: &str) -> Result<bool, StoreError> {
+        macro_rules! insert_in {
+            ($tx:expr) => {{
+                let inserted = insert_campaign_row!(&mut *$tx, c, epoch);
+                if inserted {
+                    for k in 1..c.shards {
+                        sqlx::query(
+                            "INSERT INTO campaign_shards (id, campaign_id, shard, engine_epoch) \
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(c.id.shard(k).as_str())
+                        .bind(c.id.as_str())
+                        .bind(i64::from(k))
+                        .bind(epoch)
+                        .execute(&mut *$tx)
+                        .await?;
+                    }
+                }
+                inserted
+            }};
+        }
+        let inserted = match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let inserted = insert_in!(tx);
+                tx.commit().await?;
+                inserted
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let inserted = insert_in!(tx);
+                tx.commit().await?;
+                inserted
+            }
+        };
+        Ok(inserted)
     }
 
     /// Every campaign still in the engine (not archived).

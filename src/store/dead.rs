@@ -115,7 +115,7 @@ fn encode(event: &Event) -> String {
 fn decode(campaign: &str, stream_id: &str, raw: &str) -> Result<Event, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("dead event {stream_id}: {what}"));
     let stored: StoredEvent = serde_json::from_str(raw).map_err(|e| corrupt(&e.to_string()))?;
-    let campaign_id = CampaignId::parse(campaign).map_err(|e| corrupt(&e.0))?;
+    let campaign_id = CampaignId::parse_shard(campaign).map_err(|e| corrupt(&e.0))?;
     let change = match stored.change {
         StoredChange::Reservation {
             id,

@@ -90,18 +90,21 @@ const SELECT_RESERVATIONS: &str =
     idempotency_key, fingerprint FROM reservations WHERE campaign_id = $1 ORDER BY id";
 const SELECT_GROUPS: &str = "SELECT id, leader_user_id, size, status, created_at_ms, \
     expires_at_ms FROM groups WHERE campaign_id = $1 ORDER BY id";
-const MARK_REBUILT: &str =
-    "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1 AND archived_at_ms IS NULL";
+/// Takes the campaign row's lock; the new epoch is written at commit, for the shards the
+/// engine took it for.
+const LOCK_CAMPAIGN: &str =
+    "UPDATE campaigns SET engine_epoch = engine_epoch WHERE id = $1 AND archived_at_ms IS NULL";
+const MARK_REBUILT: &str = "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1";
+const MARK_SHARD_REBUILT: &str = "UPDATE campaign_shards SET engine_epoch = $2 WHERE id = $1";
 
 /// The body of [`Store::rebuild`] for one kind of transaction.
 macro_rules! rebuild_in {
-    ($tx:expr, $id:expr, $epoch:expr) => {{
+    ($tx:expr, $id:expr) => {{
         // The update first: it takes the campaign row's lock (Postgres) or the write lock
         // (SQLite), so a persister batch for the campaign commits before this reads, and one
         // after it meets the new dataset (the fence in `batch`).
-        let marked = sqlx::query(MARK_REBUILT)
+        let marked = sqlx::query(LOCK_CAMPAIGN)
             .bind($id.as_str())
-            .bind($epoch)
             .execute(&mut *$tx)
             .await?
             .rows_affected();
@@ -142,13 +145,43 @@ enum RebuildTx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
+/// Records the rebuild's epoch for the shards in `loaded` (bit k: shard k), in the
+/// rebuild's transaction.
+macro_rules! mark_in {
+    ($tx:expr, $rebuild:expr, $loaded:expr) => {{
+        let campaign = &$rebuild.campaign;
+        for k in 0..campaign.shards.max(1) {
+            if $loaded & (1 << k) == 0 {
+                continue;
+            }
+            let sql = if k == 0 {
+                MARK_REBUILT
+            } else {
+                MARK_SHARD_REBUILT
+            };
+            sqlx::query(sql)
+                .bind(campaign.id.shard(k).as_str())
+                .bind(&$rebuild.epoch)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 impl Rebuilding {
-    /// The engine loaded the campaign under the new epoch (or may have: its answer was
-    /// lost): from the commit on, events of any earlier load are set aside, not applied.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// The engine loaded the campaign's shards in `loaded` (bit k: shard k; bit 0 alone for
+    /// an unsharded campaign) under the new epoch (or may have: its answer was lost): from
+    /// the commit on, events of any earlier load of those are set aside, not applied.
+    pub async fn commit(self, loaded: u64) -> Result<(), StoreError> {
         match self.tx {
-            RebuildTx::Postgres(tx) => tx.commit().await?,
-            RebuildTx::Sqlite(tx) => tx.commit().await?,
+            RebuildTx::Postgres(mut tx) => {
+                mark_in!(tx, self.rebuild, loaded);
+                tx.commit().await?
+            }
+            RebuildTx::Sqlite(mut tx) => {
+                mark_in!(tx, self.rebuild, loaded);
+                tx.commit().await?
+            }
         }
         Ok(())
     }
@@ -176,12 +209,12 @@ impl Store {
         let (tx, read) = match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let read = rebuild_in!(tx, id, epoch);
+                let read = rebuild_in!(tx, id);
                 (RebuildTx::Postgres(tx), read)
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let read = rebuild_in!(tx, id, epoch);
+                let read = rebuild_in!(tx, id);
                 (RebuildTx::Sqlite(tx), read)
             }
         };

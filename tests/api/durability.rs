@@ -168,10 +168,15 @@ async fn the_feed_pages_through_10000_events_without_gap_or_duplicate(backend: B
                         flashsale::domain::ScopedKey::new("s/test", "reserve", &key),
                         Millis::now(),
                     );
-                    engine.reserve(&request).await.expect("answers");
+                    // The id the engine made (a sharded campaign's names its shard).
+                    let made = engine.reserve(&request).await.expect("answers");
+                    let flashsale::engine::ReserveOutcome::Reserved { reservation, .. } = made
+                    else {
+                        panic!("reserved: {made:?}");
+                    };
                     engine
                         .cancel(
-                            &request.reservation_id,
+                            &reservation.id,
                             flashsale::engine::CancelScope::HeldOrConfirmed,
                             Millis::now(),
                         )
@@ -219,7 +224,9 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         )
         .await
         .expect("reads");
-    assert_eq!(committed.events.len(), 25);
+    // Up to 25 (a sharded campaign's shards each give their share).
+    let first = committed.events.len();
+    assert!((1..=25).contains(&first), "{first} events read");
     app.store
         .persist(&committed.epochs, &committed.events)
         .await
@@ -233,7 +240,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         )
         .await
         .expect("reads");
-    assert_eq!(lost.events.len(), 15);
+    assert_eq!(lost.events.len(), 40 - first);
 
     let (trigger, shutdown) = flashsale::shutdown::channel();
     let settings = flashsale::pipeline::persister::PersisterSettings {
@@ -372,8 +379,20 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if backend.is_redis() {
-        let left = redis_keys(backend, &format!("*:v3:{{c:{id}}}*")).await;
-        assert!(left.is_empty(), "keys left in Redis: {left:?}");
+        // The hash goes first, the rest a SCAN page at a time after it (many pages when the
+        // database holds many other keys).
+        let started = Instant::now();
+        loop {
+            let left = redis_keys(backend, &format!("*:v3:{{c:{id}*}}*")).await;
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "keys left in Redis: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     // The database answers for it, and nothing rebuilds it into the engine.
     let state = app.campaign_json(&id).await;

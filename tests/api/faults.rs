@@ -237,7 +237,7 @@ impl RedisCluster {
 
 /// Two service instances on the cluster, sharing key namespace `namespace` and a new
 /// database.
-async fn two_instances_on(
+pub async fn two_instances_on(
     cluster: &RedisCluster,
     namespace: &str,
 ) -> Arc<[crate::helpers::TestApp; 2]> {
@@ -372,25 +372,35 @@ async fn a_redis_url_pointing_at_nothing_fails_start_up_within_seconds_naming_th
 }
 
 /// The `flashsale` binary on the embedded engine and a SQLite file, as a process.
-struct Service {
+pub struct Service {
     child: Child,
-    address: String,
+    pub address: String,
 }
 
-const ADMIN: &str = "fault-admin";
-const STORE: &str = "fault-store";
+pub const ADMIN: &str = "fault-admin";
+pub const STORE: &str = "fault-store";
 
 impl Service {
+    /// The binary on the embedded engine and a SQLite file.
     fn start(sqlite: &str, port: u16) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        Self::start_with(port, &[("FLASHSALE_SQLITE_PATH", sqlite)])
+    }
+
+    /// The binary with `env` besides the tokens (no Redis nor Postgres unless named there).
+    pub fn start_with(port: u16, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        command
             .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASHSALE_SQLITE_PATH", sqlite)
             .env("FLASHSALE_ADMIN_TOKENS", ADMIN)
             .env("FLASHSALE_STORE_TOKENS", STORE)
             .env("FLASHSALE_JWT_SECRET", "fault-secret")
             .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
             .env_remove("FLASHSALE_REDIS_URL")
-            .env_remove("FLASHSALE_DATABASE_URL")
+            .env_remove("FLASHSALE_DATABASE_URL");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -410,6 +420,12 @@ impl Service {
             child,
             address: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) {
@@ -600,6 +616,7 @@ async fn re_arming_the_sold_out_gate_never_blocks_redis() {
             max_extend_seconds: None,
             group: None,
             queue: None,
+            shards: None,
         },
         Millis::now(),
     )
@@ -698,7 +715,7 @@ async fn re_arming_the_sold_out_gate_never_blocks_redis() {
 }
 
 /// What the database says about one campaign, to hold the invariants against.
-async fn invariant_breaches(
+pub async fn invariant_breaches(
     app: &crate::helpers::TestApp,
     campaign: &str,
     stock: i64,
@@ -758,7 +775,7 @@ async fn invariant_breaches(
 /// 16 workers making reservations on `campaigns` (in turn) through both instances for 3 s,
 /// a new user each time; a caller retries a 5xx or a transport error with the same key, on
 /// either instance.
-fn retrying_burst(
+pub fn retrying_burst(
     instances: &Arc<[crate::helpers::TestApp; 2]>,
     campaigns: &[String],
     round: usize,
@@ -1187,6 +1204,7 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
             max_extend_seconds: None,
             group: None,
             queue: None,
+            shards: None,
         },
         Millis::now(),
     )

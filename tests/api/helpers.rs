@@ -122,8 +122,22 @@ macro_rules! on_every_backend {
             async fn redis() { super::$name(Backend::Redis).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cluster() { super::$name(Backend::Cluster).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded_redis() {
+                $crate::helpers::SHARDS.scope(4, super::$name(Backend::Redis)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded_cluster() {
+                $crate::helpers::SHARDS.scope(6, super::$name(Backend::Cluster)).await
+            }
         }
     )*};
+}
+
+tokio::task_local! {
+    /// Shards of the flash sales (without a waiting room) that [`TestApp::create_campaign`]
+    /// creates in a test run with shards (`on_every_backend`'s `sharded_*` variants).
+    pub static SHARDS: u8;
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -228,10 +242,17 @@ impl TestApp {
     }
 
     pub async fn create_campaign(&self, body: &Value) -> Response {
+        let mut body = body.clone();
+        if let (Ok(shards), Some(fields)) = (SHARDS.try_with(|n| *n), body.as_object_mut()) {
+            let flash_sale = fields.get("kind") == Some(&json!("flash_sale"));
+            if flash_sale && !fields.contains_key("queue") && !fields.contains_key("shards") {
+                fields.insert("shards".into(), json!(shards));
+            }
+        }
         self.client
             .post(self.url("/v1/campaigns"))
             .bearer_auth(&self.admin_token)
-            .json(body)
+            .json(&body)
             .send()
             .await
             .expect("request sent")

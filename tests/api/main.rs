@@ -19,4 +19,5 @@ mod personal;
 mod queue;
 mod reservations;
 mod service;
+mod shards;
 mod webhooks;

@@ -46,6 +46,21 @@ pub enum Kind {
     GatedMemory,
     GatedRedis,
     GatedCluster,
+    /// The production stack (gate, shards) with flash sales made with [`SHARDS`] shards.
+    ShardedMemory,
+    ShardedRedis,
+    ShardedCluster,
+}
+
+tokio::task_local! {
+    /// Shards of the flash sales [`campaign`] makes (those without a waiting room).
+    pub static SHARDS: u8;
+}
+
+fn sharded(engine: impl flashsale::engine::ShardableEngine) -> Arc<dyn Engine> {
+    Arc::new(Gated::new(Arc::new(flashsale::engine::Sharded::new(
+        Arc::new(engine),
+    ))))
 }
 
 pub async fn make(kind: Kind) -> Arc<dyn Engine> {
@@ -56,6 +71,9 @@ pub async fn make(kind: Kind) -> Arc<dyn Engine> {
         Kind::GatedMemory => Arc::new(Gated::new(Arc::new(MemoryEngine::new()))),
         Kind::GatedRedis => Arc::new(Gated::new(Arc::new(redis().await))),
         Kind::GatedCluster => Arc::new(Gated::new(Arc::new(cluster().await))),
+        Kind::ShardedMemory => sharded(MemoryEngine::new()),
+        Kind::ShardedRedis => sharded(redis().await),
+        Kind::ShardedCluster => sharded(cluster().await),
     }
 }
 
@@ -77,6 +95,18 @@ macro_rules! on_every_engine {
             async fn cluster() { super::$name(make(Kind::Cluster).await).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn gated_cluster() { super::$name(make(Kind::GatedCluster).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded_memory() {
+                $crate::engines::SHARDS.scope(4, super::$name(make(Kind::ShardedMemory).await)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded_redis() {
+                $crate::engines::SHARDS.scope(4, super::$name(make(Kind::ShardedRedis).await)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded_cluster() {
+                $crate::engines::SHARDS.scope(6, super::$name(make(Kind::ShardedCluster).await)).await
+            }
         }
     )*};
 }
@@ -99,8 +129,12 @@ pub fn campaign(
         max_extend_seconds: None,
         group: None,
         queue: None,
+        shards: None,
     };
     tune(&mut draft);
+    if draft.kind == "flash_sale" && draft.queue.is_none() && draft.shards.is_none() {
+        draft.shards = SHARDS.try_with(|n| u64::from(*n)).ok();
+    }
     Campaign::parse(draft, Millis::now()).expect("test campaigns are valid")
 }
 

@@ -8,11 +8,12 @@ use crate::domain::{
     Campaign, CampaignKind, Change, GroupCounts, GroupId, GroupStatus, Millis, Quantity, Refusal,
     Reservation, ReservationId, ReservationStatus, ScopedKey, UserId, Window,
 };
+use crate::engine::sharded::{Given, OpenTransfer, Transfer};
 use crate::engine::{
     CampaignSnapshot, CancelScope, EngineError, Extension, RecordsSince, ReserveOutcome,
     ReserveRequest, StockOutcome, StockRequest, Transition,
 };
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Everything one campaign owns, changed only under its mutex.
 pub struct Slot {
@@ -46,6 +47,18 @@ pub struct Slot {
     pub queue: super::queue::Queue,
     /// This load's epoch (see `CampaignSnapshot::epoch`), handed out with the events.
     pub epoch: String,
+    /// Shard 0 of a sharded campaign: the whole campaign's stock (see `engine::sharded`).
+    pub total: Option<u64>,
+    /// Transfers this shard opened and has not closed, by id.
+    pub transfers: HashMap<String, OpenTransfer>,
+    /// Units in `transfers`.
+    pub outgoing: u64,
+    /// Transfer ids this shard was given.
+    pub received: HashSet<String>,
+    /// Bumped by every change of `stock` or `outgoing`.
+    pub version: u64,
+    /// Store idempotency keys claimed in this shard → the body's fingerprint.
+    pub claims: HashMap<String, String>,
 }
 
 /// Takes units off a user's count, forgetting users at zero.
@@ -90,6 +103,53 @@ impl Slot {
             group_idempotency: HashMap::new(),
             group_counts: GroupCounts::default(),
             queue: Default::default(),
+            total: None,
+            transfers: HashMap::new(),
+            outgoing: 0,
+            received: HashSet::new(),
+            version: 0,
+            claims: HashMap::new(),
+        }
+    }
+
+    /// Takes units for a transfer to another shard (see `ShardOps::take_units`).
+    pub fn take_units(&mut self, transfer: &Transfer) -> u64 {
+        if self.available < transfer.least || self.available == 0 {
+            return 0;
+        }
+        let take = transfer.want.min(self.available);
+        self.available -= take;
+        self.campaign.stock -= take;
+        self.outgoing += take;
+        self.version += 1;
+        self.transfers.insert(
+            transfer.id.clone(),
+            OpenTransfer {
+                id: transfer.id.clone(),
+                to: transfer.to,
+                units: take,
+                at: transfer.now,
+            },
+        );
+        take
+    }
+
+    /// Gives a transfer's units, once per transfer id.
+    pub fn give_units(&mut self, transfer: &str, units: u64) -> Given {
+        if !self.received.insert(transfer.to_owned()) {
+            return Given::Before;
+        }
+        self.available += units;
+        self.campaign.stock += units;
+        self.version += 1;
+        Given::Now
+    }
+
+    /// Closes a transfer this shard opened.
+    pub fn transfer_done(&mut self, transfer: &str) {
+        if let Some(open) = self.transfers.remove(transfer) {
+            self.outgoing -= open.units;
+            self.version += 1;
         }
     }
 
@@ -100,8 +160,10 @@ impl Slot {
             reservations,
             groups,
             epoch,
+            total,
         } = snapshot;
         let mut slot = Slot::new(campaign.clone(), epoch);
+        slot.total = total;
         for g in groups {
             let size = u64::from(g.size);
             match g.status {
@@ -233,7 +295,7 @@ impl Slot {
     pub fn hold(&mut self, new: NewHold<'_>) -> Reservation {
         let reservation = Reservation {
             id: new.id.clone(),
-            campaign_id: self.campaign.id.clone(),
+            campaign_id: self.campaign.id.parent(),
             user_id: new.user.clone(),
             quantity: new.quantity,
             status: ReservationStatus::Held,
@@ -342,7 +404,12 @@ impl Slot {
             self.available += magnitude;
             self.campaign.stock += magnitude;
         }
-        let stock = self.campaign.stock;
+        let mut stock = self.campaign.stock;
+        if let Some(total) = &mut self.total {
+            *total = total.saturating_add_signed(delta);
+            stock = *total;
+            self.version += 1;
+        }
         self.stock_changes.insert(
             request.idempotency_key.to_string(),
             (delta, stock, self.available),

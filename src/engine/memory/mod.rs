@@ -15,6 +15,7 @@ mod outbox;
 mod queue;
 mod sharded;
 
+use super::sharded::{Claim, Given, OpenTransfer, ShardOps, ShardState, Transfer};
 use super::{
     Admission, Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError,
     EventBatch, EventLog, Extension, GateReads, GroupOutcome, GroupRequest, JoinOutcome,
@@ -186,14 +187,14 @@ impl Engine for MemoryEngine {
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        Ok(self.with_slot(&id.campaign_id(), None, |slot| {
+        Ok(self.with_slot(&id.shard_campaign(), None, |slot| {
             slot.reservations.get(id).cloned()
         }))
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
         Ok(
-            self.decide(&id.campaign_id(), Transition::NotFound, |slot| {
+            self.decide(&id.shard_campaign(), Transition::NotFound, |slot| {
                 slot.confirm(id, now)
             }),
         )
@@ -205,9 +206,11 @@ impl Engine for MemoryEngine {
         seconds: u32,
         now: Millis,
     ) -> Result<Extension, EngineError> {
-        Ok(self.decide(&id.campaign_id(), Extension::NotFound, |slot| {
-            slot.extend(id, seconds, now)
-        }))
+        Ok(
+            self.decide(&id.shard_campaign(), Extension::NotFound, |slot| {
+                slot.extend(id, seconds, now)
+            }),
+        )
     }
 
     async fn cancel(
@@ -216,7 +219,7 @@ impl Engine for MemoryEngine {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError> {
-        self.decide(&id.campaign_id(), Ok(Transition::NotFound), |slot| {
+        self.decide(&id.shard_campaign(), Ok(Transition::NotFound), |slot| {
             slot.cancel(id, scope, now)
         })
     }
@@ -374,5 +377,75 @@ impl WaitingRoom for MemoryEngine {
         campaign: &CampaignId,
     ) -> Result<Option<crate::domain::Line>, EngineError> {
         Ok(self.with_slot(campaign, None, |slot| Some(slot.line())))
+    }
+}
+
+#[async_trait]
+impl ShardOps for MemoryEngine {
+    async fn shard_state(&self, shard: &CampaignId) -> Result<Option<ShardState>, EngineError> {
+        Ok(self.with_slot(shard, None, |slot| {
+            Some(ShardState {
+                stock: slot.campaign.stock,
+                available: slot.available,
+                outgoing: slot.outgoing,
+                version: slot.version,
+                total: slot.total,
+            })
+        }))
+    }
+
+    async fn take_units(
+        &self,
+        shard: &CampaignId,
+        transfer: &Transfer,
+    ) -> Result<u64, EngineError> {
+        Ok(self.with_slot(shard, 0, |slot| slot.take_units(transfer)))
+    }
+
+    async fn give_units(
+        &self,
+        shard: &CampaignId,
+        transfer: &str,
+        units: u64,
+    ) -> Result<Given, EngineError> {
+        let given = self.with_slot(shard, Given::Missing, |slot| {
+            slot.give_units(transfer, units)
+        });
+        Ok(given)
+    }
+
+    async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError> {
+        self.with_slot(shard, (), |slot| slot.transfer_done(transfer));
+        Ok(())
+    }
+
+    /// Every campaign in memory is listed.
+    async fn relist(&self, _shard: &CampaignId) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn claim_key(
+        &self,
+        shard: &CampaignId,
+        key: &crate::domain::ScopedKey,
+        fingerprint: &str,
+    ) -> Result<Claim, EngineError> {
+        Ok(self.with_slot(shard, Claim::Missing, |slot| {
+            let first = slot
+                .claims
+                .entry(key.to_string())
+                .or_insert_with(|| fingerprint.to_owned());
+            if first == fingerprint {
+                Claim::Mine
+            } else {
+                Claim::Other
+            }
+        }))
+    }
+
+    async fn open_transfers(&self, shard: &CampaignId) -> Result<Vec<OpenTransfer>, EngineError> {
+        Ok(self.with_slot(shard, Vec::new(), |slot| {
+            slot.transfers.values().cloned().collect()
+        }))
     }
 }

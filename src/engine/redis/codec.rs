@@ -111,7 +111,7 @@ pub fn reservation_from<S: AsRef<str> + std::fmt::Debug>(
     let group = group.as_ref();
     Ok(Reservation {
         id: id.clone(),
-        campaign_id: campaign.clone(),
+        campaign_id: campaign.parent(),
         user_id: UserId::parse(user.as_ref()).map_err(|_| corrupt())?,
         quantity: quantity
             .as_ref()
@@ -153,6 +153,7 @@ pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("created", campaign.created_at.0.to_string()),
+        ("shards", campaign.shards.to_string()),
         (
             "qrate",
             queue
@@ -169,7 +170,8 @@ pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
 }
 
 /// The campaign hash's config and counter fields (what [`campaign_state`] reads).
-pub const CAMPAIGN_FIELDS: [&str; 19] = [
+pub const CAMPAIGN_FIELDS: [&str; 20] = [
+    "shards",
     "kind",
     "sku",
     "stock",
@@ -253,6 +255,11 @@ pub fn campaign_state(
             },
             group,
             queue,
+            // Campaigns loaded before shards existed have no field: one.
+            shards: match hash.get("shards") {
+                Some(raw) => raw.parse().map_err(|_| corrupt("shards"))?,
+                None => 1,
+            },
             created_at: Millis(optional("created")?.unwrap_or_default()),
         },
         available: number("available")?,

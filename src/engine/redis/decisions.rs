@@ -139,7 +139,7 @@ impl<C: Connection> RedisEngine<C> {
         now: Millis,
         scope: Option<CancelScope>,
     ) -> Result<Transition, EngineError> {
-        let campaign = id.campaign_id();
+        let campaign = id.shard_campaign();
         let keys = self.keys(&campaign);
         let mut invocation = script.prepare_invoke();
         invocation
@@ -181,10 +181,14 @@ impl<C: Connection> Engine for RedisEngine<C> {
             reservations,
             groups,
             epoch,
+            total,
         } = snapshot;
         let keys = self.keys(&campaign.id);
         let mut config = campaign_fields(campaign);
         config.push(("epoch", epoch));
+        if let Some(total) = total {
+            config.push(("total", total.to_string()));
+        }
         let mut invocation = self.scripts.load_campaign.prepare_invoke();
         invocation
             .key(&keys.campaign)
@@ -323,7 +327,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        let campaign = id.campaign_id();
+        let campaign = id.shard_campaign();
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys(&campaign).reservation(id))
             .arg(&["user", "qty", "status", "created", "expires", "group"])
@@ -357,7 +361,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         seconds: u32,
         now: Millis,
     ) -> Result<Extension, EngineError> {
-        let campaign = id.campaign_id();
+        let campaign = id.shard_campaign();
         let keys = self.keys(&campaign);
         let reply: Vec<String> = self
             .scripts
@@ -432,7 +436,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
-        let campaign = id.campaign_id();
+        let campaign = id.shard_campaign();
         let reply: Vec<String> = self
             .scripts
             .read_group
@@ -487,7 +491,7 @@ fn reserve_outcome(
         Some("reserved") => Ok(ReserveOutcome::Reserved {
             reservation: Reservation {
                 id: request.reservation_id.clone(),
-                campaign_id: request.campaign_id.clone(),
+                campaign_id: request.campaign_id.parent(),
                 user_id: request.user_id.clone(),
                 quantity: request.quantity,
                 status: ReservationStatus::Held,

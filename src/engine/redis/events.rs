@@ -63,7 +63,8 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             }
             due
         };
-        let per_stream = max.div_ceil(campaigns.len()).max(1);
+        // Never past `max` (unless there are more campaigns than that: one each).
+        let per_stream = (max / campaigns.len()).max(1);
         let reclaim_ms = if reclaim {
             (reclaim_after.as_millis() as u64).max(1)
         } else {

@@ -42,6 +42,21 @@ impl Keys {
         format!("{}:events", self.campaign)
     }
 
+    /// A shard's open outgoing transfers (`engine::sharded`).
+    pub fn transfers(&self) -> String {
+        format!("{}:xout", self.campaign)
+    }
+
+    /// Store idempotency keys claimed in a shard (`engine::sharded`).
+    pub fn claims(&self) -> String {
+        format!("{}:claims", self.campaign)
+    }
+
+    /// The transfer ids a shard received.
+    pub fn received(&self) -> String {
+        format!("{}:xin", self.campaign)
+    }
+
     pub fn reservation(&self, id: &ReservationId) -> String {
         format!("{}:r:{id}", self.campaign)
     }

@@ -400,7 +400,7 @@ impl<C: Connection> RedisEngine<C> {
             .await?;
         let ids: Vec<CampaignId> = raw
             .iter()
-            .filter_map(|id| CampaignId::parse(id).ok())
+            .filter_map(|id| CampaignId::parse_shard(id).ok())
             .collect();
         *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), ids.clone()));
@@ -538,5 +538,160 @@ impl<C: Connection> GateReads for RedisEngine<C> {
             available,
             idempotency_records: records.unwrap_or_default(),
         }))
+    }
+}
+
+#[async_trait]
+impl<C: Connection> super::ShardOps for RedisEngine<C> {
+    async fn shard_state(
+        &self,
+        shard: &CampaignId,
+    ) -> Result<Option<super::sharded::ShardState>, EngineError> {
+        let keys = self.keys(shard);
+        let reply: Vec<String> = self
+            .scripts
+            .shard_state
+            .key(&keys.campaign)
+            .invoke_async(&mut self.timed("shard_state"))
+            .await?;
+        let corrupt = || EngineError::Corrupt(format!("shard state of {shard}: {reply:?}"));
+        let number = |raw: &String| raw.parse::<u64>().map_err(|_| corrupt());
+        match reply.as_slice() {
+            [] => Ok(None),
+            [stock, available, outgoing, version, total] => Ok(Some(super::sharded::ShardState {
+                stock: number(stock)?,
+                available: number(available)?,
+                outgoing: number(outgoing)?,
+                version: number(version)?,
+                total: match total.as_str() {
+                    "" => None,
+                    raw => Some(raw.parse().map_err(|_| corrupt())?),
+                },
+            })),
+            _ => Err(corrupt()),
+        }
+    }
+
+    async fn take_units(
+        &self,
+        shard: &CampaignId,
+        transfer: &super::sharded::Transfer,
+    ) -> Result<u64, EngineError> {
+        let keys = self.keys(shard);
+        let reply: Vec<String> = self
+            .scripts
+            .transfer_take
+            .key(&keys.campaign)
+            .key(keys.transfers())
+            .arg(&transfer.id)
+            .arg(transfer.to)
+            .arg(transfer.want)
+            .arg(transfer.least)
+            .arg(transfer.now.0)
+            .invoke_async(&mut self.timed("transfer_take"))
+            .await?;
+        match reply.as_slice() {
+            [taken, units] if taken == "taken" => units
+                .parse()
+                .map_err(|_| EngineError::Corrupt(format!("transfer_take answered {reply:?}"))),
+            [short, _] if short == "short" => Ok(0),
+            [missing] if missing == "not_found" => Ok(0),
+            _ => Err(EngineError::Corrupt(format!(
+                "transfer_take answered {reply:?}"
+            ))),
+        }
+    }
+
+    async fn give_units(
+        &self,
+        shard: &CampaignId,
+        transfer: &str,
+        units: u64,
+    ) -> Result<super::sharded::Given, EngineError> {
+        use super::sharded::Given;
+        let keys = self.keys(shard);
+        let given: i64 = self
+            .scripts
+            .transfer_give
+            .key(&keys.campaign)
+            .key(keys.received())
+            .arg(transfer)
+            .arg(units)
+            .invoke_async(&mut self.timed("transfer_give"))
+            .await?;
+        Ok(match given {
+            1 => Given::Now,
+            0 => Given::Before,
+            _ => Given::Missing,
+        })
+    }
+
+    async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError> {
+        let keys = self.keys(shard);
+        let _: i64 = self
+            .scripts
+            .transfer_done
+            .key(&keys.campaign)
+            .key(keys.transfers())
+            .arg(transfer)
+            .invoke_async(&mut self.timed("transfer_done"))
+            .await?;
+        Ok(())
+    }
+
+    async fn relist(&self, shard: &CampaignId) -> Result<(), EngineError> {
+        self.index(shard).await
+    }
+
+    async fn claim_key(
+        &self,
+        shard: &CampaignId,
+        key: &crate::domain::ScopedKey,
+        fingerprint: &str,
+    ) -> Result<super::sharded::Claim, EngineError> {
+        use super::sharded::Claim;
+        let keys = self.keys(shard);
+        let claimed: i64 = self
+            .scripts
+            .claim_key
+            .key(&keys.campaign)
+            .key(keys.claims())
+            .arg(key.as_str())
+            .arg(fingerprint)
+            .invoke_async(&mut self.timed("claim_key"))
+            .await?;
+        Ok(match claimed {
+            1 | 0 => Claim::Mine,
+            -1 => Claim::Other,
+            _ => Claim::Missing,
+        })
+    }
+
+    async fn open_transfers(
+        &self,
+        shard: &CampaignId,
+    ) -> Result<Vec<super::sharded::OpenTransfer>, EngineError> {
+        let keys = self.keys(shard);
+        let open: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.transfers())
+            .query_async(&mut self.background())
+            .await?;
+        open.into_iter()
+            .map(|(id, record)| {
+                let corrupt =
+                    || EngineError::Corrupt(format!("transfer {id} of {shard}: {record:?}"));
+                let mut parts = record.split('|');
+                let mut next = || parts.next().ok_or_else(corrupt);
+                let to = next()?.parse().map_err(|_| corrupt())?;
+                let units = next()?.parse().map_err(|_| corrupt())?;
+                let at = next()?.parse().map_err(|_| corrupt())?;
+                Ok(super::sharded::OpenTransfer {
+                    id: id.clone(),
+                    to,
+                    units,
+                    at: crate::domain::Millis(at),
+                })
+            })
+            .collect()
     }
 }

@@ -43,6 +43,11 @@ pub struct Scripts {
     pub queue: Script,
     pub read_events: Script,
     pub forget_page: Script,
+    pub shard_state: Script,
+    pub transfer_take: Script,
+    pub transfer_give: Script,
+    pub transfer_done: Script,
+    pub claim_key: Script,
 }
 
 impl Scripts {
@@ -64,10 +69,15 @@ impl Scripts {
             queue: Script::new(include_str!("../../../lua/queue.lua")),
             read_events: Script::new(include_str!("../../../lua/read_events.lua")),
             forget_page: Script::new(include_str!("../../../lua/forget_page.lua")),
+            shard_state: Script::new(include_str!("../../../lua/shard_state.lua")),
+            transfer_take: Script::new(include_str!("../../../lua/transfer_take.lua")),
+            transfer_give: Script::new(include_str!("../../../lua/transfer_give.lua")),
+            transfer_done: Script::new(include_str!("../../../lua/transfer_done.lua")),
+            claim_key: Script::new(include_str!("../../../lua/claim_key.lua")),
         })
     }
 
-    pub fn all(&self) -> [&Script; 15] {
+    pub fn all(&self) -> [&Script; 20] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -84,6 +94,11 @@ impl Scripts {
             &self.queue,
             &self.read_events,
             &self.forget_page,
+            &self.shard_state,
+            &self.transfer_take,
+            &self.transfer_give,
+            &self.transfer_done,
+            &self.claim_key,
         ]
     }
 }

@@ -172,31 +172,37 @@ async fn rebuild(
     };
     let rebuild = &rebuilding.rebuild;
     let loaded = engine
-        .load_campaign(CampaignSnapshot {
+        .load_shards(CampaignSnapshot {
             campaign: &rebuild.campaign,
             reservations: &rebuild.reservations,
             groups: &rebuild.groups,
             epoch: rebuild.epoch.clone(),
+            total: None,
         })
         .await;
     match loaded {
-        Ok(true) => {
+        Ok(shards) if shards != 0 => {
             let reservations = rebuild.reservations.len();
-            rebuilding.commit().await?;
+            rebuilding.commit(shards).await?;
             watch.found(id);
             metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
             tracing::debug!(campaign = %id, reservations, "loaded a campaign into the engine from the database");
             Ok(Some(true))
         }
-        Ok(false) => {
+        Ok(_) => {
             rebuilding.abandon().await?;
             watch.found(id);
             Ok(Some(false))
         }
         Err(error) => {
             // The load may have happened (its answer lost): keep its epoch. If it did not, the
-            // campaign is still missing and the next rebuild starts from there.
-            rebuilding.commit().await?;
+            // campaign is still missing and the next rebuild starts from there. (A sharded
+            // campaign's error means no shard loaded: see `Engine::load_shards`.)
+            if rebuild.campaign.shards > 1 {
+                rebuilding.abandon().await?;
+            } else {
+                rebuilding.commit(1).await?;
+            }
             Err(error.into())
         }
     }

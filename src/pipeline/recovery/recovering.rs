@@ -362,6 +362,10 @@ impl Engine for Recovering {
         self.engine.load_campaign(snapshot).await
     }
 
+    async fn load_shards(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
+        self.engine.load_shards(snapshot).await
+    }
+
     /// The database first (it is the source a rebuild reads), then the engine.
     async fn end_campaign(
         &self,
@@ -458,12 +462,16 @@ impl Engine for Recovering {
                 .await?;
             outcome = ReserveOutcome::Refused(refusal);
         }
-        // A replay waits too: its original may not be committed yet.
-        let changed = matches!(
-            outcome,
-            ReserveOutcome::Reserved { .. } | ReserveOutcome::Replayed(_)
-        );
-        self.committed(&request.campaign_id, changed).await?;
+        // A replay waits too: its original may not be committed yet. (The events are its
+        // shard's, for a sharded campaign.)
+        match &outcome {
+            ReserveOutcome::Reserved { reservation, .. }
+            | ReserveOutcome::Replayed(reservation) => {
+                self.committed(&reservation.id.shard_campaign(), true)
+                    .await?
+            }
+            _ => {}
+        }
         Ok(outcome)
     }
 
@@ -488,7 +496,8 @@ impl Engine for Recovering {
         let outcome = self
             .or_stored(id, outcome, crate::domain::ReservationStatus::Confirmed)
             .await?;
-        self.committed(&id.campaign_id(), changes(&outcome)).await?;
+        self.committed(&id.shard_campaign(), changes(&outcome))
+            .await?;
         Ok(outcome)
     }
 
@@ -513,7 +522,7 @@ impl Engine for Recovering {
             other => other,
         };
         let changed = matches!(outcome, Extension::Extended(_) | Extension::NotHeld(_));
-        self.committed(&id.campaign_id(), changed).await?;
+        self.committed(&id.shard_campaign(), changed).await?;
         Ok(outcome)
     }
 
@@ -541,7 +550,8 @@ impl Engine for Recovering {
             }
             other => other,
         };
-        self.committed(&id.campaign_id(), changes(&outcome)).await?;
+        self.committed(&id.shard_campaign(), changes(&outcome))
+            .await?;
         Ok(outcome)
     }
 
