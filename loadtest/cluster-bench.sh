@@ -8,6 +8,11 @@
 #   cluster_hot    one campaign on the cluster: one node decides every reservation
 #   cluster_spread three campaigns, one per node, driven at once (a third of the
 #                  connections each): each node decides a third
+#   cluster_shards one campaign with "shards": 3, a shard on each node: each node decides
+#                  the attempts of a third of the users
+#   single_shards  the same campaign on the single Redis (three slots of one server)
+#   sellout        a sharded campaign (3 shards, one per node) of 30,000 units sold out:
+#                  the transfers its shards needed at the end of the sale, and their cost
 #
 # For every run: the rate, and per request the service's CPU, each Redis node's CPU and its
 # command time (INFO commandstats: scripts' inner calls counted once). Everything shares the
@@ -87,10 +92,10 @@ cluster_urls=$(printf 'redis://127.0.0.1:%s,' "${nodes[@]}")
 read -r cport cpid < <(start_flashsale c FLASHSALE_REDIS_CLUSTER_NODES="${cluster_urls%,}")
 read -r sport spid < <(start_flashsale s FLASHSALE_REDIS_URL="redis://127.0.0.1:$single")
 pids+=("$cpid" "$spid")
-campaign() { # service port, id
+campaign() { # service port, id[, shards[, stock]]
   curl -fs -o /dev/null -X POST "http://127.0.0.1:$1/v1/campaigns" -H 'authorization: Bearer adm' \
     -H 'content-type: application/json' -H "idempotency-key: $2" \
-    -d "{\"id\":\"$2\",\"kind\":\"flash_sale\",\"sku\":\"bench\",\"stock\":1000000000,\"per_user_limit\":1000000,\"hold_seconds\":900}"
+    -d "{\"id\":\"$2\",\"kind\":\"flash_sale\",\"sku\":\"bench\",\"stock\":${4:-1000000000},\"per_user_limit\":1000000,\"hold_seconds\":900,\"shards\":${3:-1}}"
 }
 # The node (index) that holds a campaign of the cluster instance.
 owner() {
@@ -109,7 +114,17 @@ while [ -z "${spread[0]}" ] || [ -z "${spread[1]}" ] || [ -z "${spread[2]}" ]; d
   n=$((n + 1)); campaign "$cport" "n$n"
   i=$(owner "n$n"); [ -z "${spread[$i]}" ] && spread[$i]="n$n"
 done
-echo "cluster: nodes ${nodes[*]}; 'hot' on node $hot_node; spread over ${spread[*]}" >&2
+# Sharded campaigns whose three shards sit on three nodes.
+three_nodes() { # id stock
+  local n=0 id
+  while :; do
+    n=$((n + 1)); id="$1$n"; campaign "$cport" "$id" 3 "$2"
+    [ "$(for s in "$id" "$id.1" "$id.2"; do owner "$s"; done | sort -u | wc -l)" = 3 ] && { echo "$id"; return; }
+  done
+}
+sharded=$(three_nodes sh 1000000000)
+campaign "$sport" "$sharded" 3
+echo "cluster: nodes ${nodes[*]}; 'hot' on node $hot_node; spread over ${spread[*]}; '$sharded' a shard per node" >&2
 
 cpu_of_pid() { awk '{ sub(/^[^)]*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
 redis_usec() { redis-cli -p "$1" INFO commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ { u += $5 } END { printf "%d\n", u }'; }
@@ -163,6 +178,8 @@ for round in $(seq "$ROUNDS"); do
   run single_hot "$spid" "http://127.0.0.1:$sport" hot
   run cluster_hot "$cpid" "http://127.0.0.1:$cport" hot
   run cluster_spread "$cpid" "http://127.0.0.1:$cport" "${spread[@]}"
+  run cluster_shards "$cpid" "http://127.0.0.1:$cport" "$sharded"
+  run single_shards "$spid" "http://127.0.0.1:$sport" "$sharded"
 done
 echo "== medians over $ROUNDS rounds (per request; node $hot_node holds 'hot')" >&2
 python3 - "$out/cluster-runs.txt" <<'PY'
@@ -174,4 +191,40 @@ for line in open(sys.argv[1]):
 for name, rs in runs.items():
     keys = rs[0].keys()
     print(name, " ".join(f"{k}={statistics.median(r[k] for r in rs):g}" for k in keys))
+PY
+
+# The end of a sale: 30,000 units over three shards (one per node), the wrk line until well
+# past the sell-out. Transfers start when a shard runs dry while another has units.
+scripts_now() {
+  curl -fs "http://127.0.0.1:$cport/metrics" | tr -d '\r' | awk '
+    /^flashsale_redis_script_duration_seconds_(sum|count)\{/ { print }
+    /^flashsale_shard_trans/ { print }'
+}
+echo "== sellout: 30,000 units, 3 shards (one per node)" >&2
+sellout=$(three_nodes so 30000)
+scripts_now > "$work/before.txt"
+run sellout "$cpid" "http://127.0.0.1:$cport" "$sellout"
+scripts_now > "$work/after.txt"
+curl -fs "http://127.0.0.1:$cport/v1/campaigns/$sellout" -H 'authorization: Bearer adm' > "$work/sellout.json"
+python3 - "$work/before.txt" "$work/after.txt" "$work/sellout.json" <<'PY' | tee -a "$out/cluster-runs.txt" >&2
+import sys, re, json
+def read(path):
+    values = {}
+    for line in open(path):
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+    return values
+before, after = read(sys.argv[1]), read(sys.argv[2])
+delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+def metric(prefix):
+    return sum(v for k, v in delta.items() if k.startswith(prefix))
+def script(name, kind):
+    return metric(f'flashsale_redis_script_duration_seconds_{kind}{{script="{name}"}}')
+campaign = json.load(open(sys.argv[3]))
+line = [f"sellout_transfers={metric('flashsale_shard_transfers_total'):g}",
+        f"units_moved={metric('flashsale_shard_transferred_units_total'):g}",
+        f"sold={campaign['held'] + campaign['confirmed']} of {campaign['stock']} available={campaign['available']}"]
+for name in ["reserve", "claim_key", "shard_state", "transfer_take", "transfer_give", "transfer_done"]:
+    line.append(f"{name}_calls={script(name, 'count'):g} {name}_ms={script(name, 'sum') * 1000:.1f}")
+print(" ".join(line))
 PY

@@ -151,6 +151,9 @@ fn fnv_shard(text: &str, n: u8) -> u8 {
     (hash % u64::from(n.max(1))) as u8
 }
 
+/// Refills an attempt that found its shard dry may ask for before it is answered.
+const REFILL_TRIES: usize = 4;
+
 /// How old an open transfer must be before the reaper completes it: a live one takes a few
 /// milliseconds.
 pub const STALE_TRANSFER: Duration = Duration::from_secs(1);
@@ -587,14 +590,17 @@ impl Engine for Sharded {
             }
         }
         let routed = Self::routed(request, n);
-        let outcome = self.inner.reserve(&routed).await?;
-        if outcome != ReserveOutcome::Refused(Refusal::SoldOut) {
-            return Ok(outcome);
-        }
         let to = routed.campaign_id.shard_index();
         let target = u64::from(request.quantity);
-        if !self.refill(&request.campaign_id, n, to, target).await? {
-            return Ok(outcome);
+        // Dry: refill and ask again, a few times (others may take the units first); sold
+        // out once no shard has units to give.
+        for _ in 0..REFILL_TRIES {
+            let outcome = self.inner.reserve(&routed).await?;
+            if outcome != ReserveOutcome::Refused(Refusal::SoldOut)
+                || !self.refill(&request.campaign_id, n, to, target).await?
+            {
+                return Ok(outcome);
+            }
         }
         self.inner.reserve(&routed).await
     }

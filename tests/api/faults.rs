@@ -1051,17 +1051,23 @@ async fn a_group_buy_slot_moved_mid_burst_loses_nothing() {
 /// on either side); a caller retries a 5xx with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_to_another_node_mid_burst_loses_nothing() {
+    slot_moved_mid_burst(1_000_000, json!({"hold_seconds": 1})).await
+}
+
+/// The same for a sharded campaign whose stock runs out and comes back (one-second holds)
+/// while shard 0's slot — the shard that keeps the campaign's total — moves: units move
+/// between shards on both sides of the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_campaigns_slot_moved_mid_burst_loses_nothing() {
+    slot_moved_mid_burst(300, json!({"hold_seconds": 1, "shards": 3})).await
+}
+
+async fn slot_moved_mid_burst(stock: u64, fields: Value) {
     let cluster = RedisCluster::start();
     let namespace = unique_id("ns");
     let instances = two_instances_on(&cluster, &namespace).await;
-    let stock = 1_000_000;
-    let (campaign, to) = campaign_near_a_nodes_first_slot(
-        &cluster,
-        &instances[0],
-        stock,
-        json!({"hold_seconds": 1}),
-    )
-    .await;
+    let (campaign, to) =
+        campaign_near_a_nodes_first_slot(&cluster, &instances[0], stock, fields).await;
     let workers = retrying_burst(&instances, std::slice::from_ref(&campaign), 0);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let reshard = move_slot_to(&cluster, &campaign, to);
@@ -1077,7 +1083,9 @@ async fn a_slot_moved_to_another_node_mid_burst_loses_nothing() {
         to,
         "the slot moved"
     );
-    // Confirm holds made after the move: the campaign answers from its new node.
+    // Confirm holds made after the move (once the burst's one-second holds ended, so a small
+    // stock has units again): the campaign answers from its new node.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for user in ["after-1", "after-2"] {
         let made: Value = instances[1]
             .reserve(&campaign, user, 1)

@@ -590,6 +590,9 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
             .arg(transfer.now.0)
             .invoke_async(&mut self.timed("transfer_take"))
             .await?;
+        // Strict durability: the take on a replica before the units go anywhere (a failover
+        // that lost it must not find them given).
+        self.replicated().await?;
         match reply.as_slice() {
             [taken, units] if taken == "taken" => units
                 .parse()
@@ -619,6 +622,9 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
             .arg(units)
             .invoke_async(&mut self.timed("transfer_give"))
             .await?;
+        // ... and the give before the transfer closes (until then the reaper may give again:
+        // once per transfer id).
+        self.replicated().await?;
         Ok(match given {
             1 => Given::Now,
             0 => Given::Before,
