@@ -68,6 +68,8 @@ pub const RESERVE_BATCH_SIZE: &str = "flashsale_reserve_batch_size";
 pub const TICKET_BATCH_SIZE: &str = "flashsale_ticket_read_batch_size";
 /// Waiting-room joins decided by one call of the queue script (Redis engine).
 pub const JOIN_BATCH_SIZE: &str = "flashsale_queue_join_batch_size";
+/// Store key claims per `claim_key.lua` call (sharded campaigns).
+pub const CLAIM_BATCH_SIZE: &str = "flashsale_shard_claim_batch_size";
 /// Time to write and acknowledge one batch.
 pub const PERSIST_BATCH_DURATION: &str = "flashsale_persister_batch_duration_seconds";
 /// Age of the oldest event not yet persisted (0 when none waits).
@@ -190,6 +192,12 @@ pub fn install() -> PrometheusHandle {
                         RESERVE_BATCH_BUCKETS,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CLAIM_BATCH_SIZE.into()),
+                        RESERVE_BATCH_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -301,6 +309,10 @@ fn describe() {
     metrics::describe_histogram!(
         JOIN_BATCH_SIZE,
         "Waiting-room joins decided by one call of the queue script."
+    );
+    metrics::describe_histogram!(
+        CLAIM_BATCH_SIZE,
+        "Store idempotency keys claimed by one call of the claim script (sharded campaigns)."
     );
     metrics::describe_histogram!(
         PERSIST_BATCH_DURATION,

@@ -103,6 +103,8 @@ pub struct RedisEngine<C = ConnectionManager> {
     ticket_reads: Arc<batcher::Batcher<queue::TicketRead, Option<crate::domain::Ticket>>>,
     /// Waiting-room joins, batched per campaign like reserves.
     joins: Arc<batcher::Batcher<crate::engine::JoinRequest, crate::engine::JoinOutcome>>,
+    /// Store key claims of sharded campaigns, batched per shard like reserves.
+    claims: Arc<batcher::Batcher<ClaimRequest, super::sharded::Claim>>,
 }
 
 impl RedisEngine {
@@ -247,6 +249,7 @@ impl<C: Connection> RedisEngine<C> {
             batcher: Arc::default(),
             ticket_reads: Arc::default(),
             joins: Arc::default(),
+            claims: Arc::default(),
         };
         let mut connection = engine.connection.clone();
         for script in engine.scripts.all() {
@@ -468,6 +471,7 @@ impl<C: Connection> Backend for RedisEngine<C> {
         self.batcher.forget(id);
         self.ticket_reads.forget(id);
         self.joins.forget(id);
+        self.claims.forget(id);
         // Then the rest, a page at a time (SCAN never blocks Redis for long), by a script on
         // the node that serves the campaign's slot.
         let mut cursor = "0".to_owned();
@@ -649,28 +653,20 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         self.index(shard).await
     }
 
+    /// Batched per shard like reserves: claims that arrive while a call is in flight go
+    /// together as the next one.
     async fn claim_key(
         &self,
         shard: &CampaignId,
         key: &crate::domain::ScopedKey,
         fingerprint: &str,
     ) -> Result<super::sharded::Claim, EngineError> {
-        use super::sharded::Claim;
-        let keys = self.keys(shard);
-        let claimed: i64 = self
-            .scripts
-            .claim_key
-            .key(&keys.campaign)
-            .key(keys.claims())
-            .arg(key.as_str())
-            .arg(fingerprint)
-            .invoke_async(&mut self.timed("claim_key"))
-            .await?;
-        Ok(match claimed {
-            1 | 0 => Claim::Mine,
-            -1 => Claim::Other,
-            _ => Claim::Missing,
-        })
+        let claim = ClaimRequest {
+            shard: shard.clone(),
+            key: key.clone(),
+            fingerprint: fingerprint.to_owned(),
+        };
+        self.batched(shard, &claim).await
     }
 
     async fn open_transfers(
@@ -699,5 +695,69 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
                 })
             })
             .collect()
+    }
+}
+
+/// A store key's claim in its shard (see `ShardOps::claim_key`).
+#[derive(Clone)]
+pub(super) struct ClaimRequest {
+    shard: CampaignId,
+    key: crate::domain::ScopedKey,
+    fingerprint: String,
+}
+
+impl<C: Connection> RedisEngine<C> {
+    /// One `claim_key.lua` call for a batch of claims in one shard.
+    async fn claim_batch(
+        &self,
+        batch: &[ClaimRequest],
+    ) -> Result<Vec<super::sharded::Claim>, EngineError> {
+        use super::sharded::Claim;
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let keys = self.keys(&first.shard);
+        let mut invocation = self.scripts.claim_key.prepare_invoke();
+        invocation.key(&keys.campaign).key(keys.claims());
+        for claim in batch {
+            invocation.arg(claim.key.as_str()).arg(&claim.fingerprint);
+        }
+        let answers: Vec<i64> = invocation
+            .invoke_async(&mut self.timed("claim_key"))
+            .await?;
+        if answers == [-2] {
+            return Ok(vec![Claim::Missing; batch.len()]);
+        }
+        if answers.len() != batch.len() {
+            return Err(EngineError::Corrupt(format!(
+                "claim_key answered {} claims for {}",
+                answers.len(),
+                batch.len()
+            )));
+        }
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                -1 => Claim::Other,
+                _ => Claim::Mine,
+            })
+            .collect())
+    }
+}
+
+impl<C: Connection> batcher::BatchKind<C> for ClaimRequest {
+    type Outcome = super::sharded::Claim;
+    const NAME: &'static str = "key claim";
+    const HISTOGRAM: &'static str = crate::metrics::CLAIM_BATCH_SIZE;
+
+    fn queues(engine: &RedisEngine<C>) -> &batcher::Batcher<Self, Self::Outcome> {
+        &engine.claims
+    }
+
+    fn send(
+        engine: &RedisEngine<C>,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<Self::Outcome>, EngineError>> + Send {
+        engine.claim_batch(batch)
     }
 }
