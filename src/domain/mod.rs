@@ -217,13 +217,14 @@ impl CampaignId {
         let Some((parent, k)) = raw.split_once('.') else {
             return Self::parse(raw);
         };
-        let shard_ok = !k.starts_with('0')
-            && k.parse::<u8>()
-                .is_ok_and(|k| k >= 1 && u64::from(k) < Campaign::MAX_SHARDS);
-        if !shard_ok {
+        let shard = k
+            .parse::<u8>()
+            .ok()
+            .filter(|&n| !k.starts_with('0') && n >= 1 && u64::from(n) < Campaign::MAX_SHARDS);
+        let Some(shard) = shard else {
             return Err(ParseError(format!("{raw:?} is not a campaign shard")));
-        }
-        Ok(Self::parse(parent)?.shard(k.parse().unwrap_or(0)))
+        };
+        Ok(Self::parse(parent)?.shard(shard))
     }
 
     /// A fresh id for a campaign created without one.
@@ -511,6 +512,24 @@ mod tests {
         assert!(CampaignId::parse("Upper").is_err());
         assert!(CampaignId::parse("with{brace}").is_err());
         assert!(CampaignId::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn shard_ids_name_a_shard_past_the_first_and_their_campaign() {
+        let sale = CampaignId::parse("sale").expect("valid id");
+        assert_eq!(sale.shard(0), sale);
+        for k in [1, 63] {
+            let shard = CampaignId::parse_shard(&format!("sale.{k}")).expect("a shard");
+            assert_eq!((shard.parent(), shard.shard_index()), (sale.clone(), k));
+            assert_eq!(shard, sale.shard(k));
+        }
+        for raw in ["sale.0", "sale.01", "sale.64", "sale.x", "sale.", "Sale.1"] {
+            assert!(CampaignId::parse_shard(raw).is_err(), "{raw}");
+        }
+        assert!(
+            CampaignId::parse("sale.1").is_err(),
+            "never a campaign's id"
+        );
     }
 
     #[test]

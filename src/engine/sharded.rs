@@ -49,6 +49,8 @@ pub struct ShardState {
     pub version: u64,
     /// The whole campaign's stock: kept by shard 0 only.
     pub total: Option<u64>,
+    /// Its idempotency records (see [`Probe::idempotency_records`]).
+    pub records: u64,
 }
 
 /// Units moving from one shard to another.
@@ -151,6 +153,25 @@ fn fnv_shard(text: &str, n: u8) -> u8 {
     (hash % u64::from(n.max(1))) as u8
 }
 
+/// Shard 0's state (`first`) and the other shards' summed into the campaign's; `None` if a
+/// shard is missing.
+fn summed(
+    id: &CampaignId,
+    first: CampaignState,
+    others: impl IntoIterator<Item = Option<CampaignState>>,
+) -> Option<CampaignState> {
+    let mut whole = first;
+    whole.campaign.id = id.clone();
+    for part in others {
+        let part = part?;
+        whole.campaign.stock += part.campaign.stock;
+        whole.available += part.available;
+        whole.held += part.held;
+        whole.confirmed += part.confirmed;
+    }
+    Some(whole)
+}
+
 /// Refills an attempt that found its shard dry may ask for before it is answered.
 const REFILL_TRIES: usize = 4;
 
@@ -189,22 +210,36 @@ impl Sharded {
         let Some(state) = self.inner.campaign(id).await? else {
             return Ok(None);
         };
-        let n = state.campaign.shards.max(1);
-        self.shards.insert(id.clone(), n);
-        Ok(Some(n))
+        Ok(Some(self.remember(&state.campaign)))
     }
 
-    fn remember(&self, campaign: &Campaign) {
-        self.shards
-            .insert(campaign.id.clone(), campaign.shards.max(1));
+    /// Keeps the campaign's shard count; returns it.
+    fn remember(&self, campaign: &Campaign) -> u8 {
+        let n = campaign.shards.max(1);
+        self.shards.insert(campaign.id.clone(), n);
+        n
+    }
+
+    /// `read` of shards `from..n`, all at once, in shard order.
+    async fn each_shard<'a, T, F, Fut>(
+        &'a self,
+        id: &CampaignId,
+        from: u8,
+        n: u8,
+        read: F,
+    ) -> Result<Vec<T>, EngineError>
+    where
+        F: Fn(&'a dyn ShardableEngine, CampaignId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        try_join_all((from..n).map(|k| read(&*self.inner, id.shard(k)))).await
     }
 
     /// Every shard's state, `None` for missing ones.
     async fn states(&self, id: &CampaignId, n: u8) -> Result<Vec<Option<ShardState>>, EngineError> {
-        try_join_all((0..n).map(|k| {
-            let shard = id.shard(k);
-            async move { self.inner.shard_state(&shard).await }
-        }))
+        self.each_shard(id, 0, n, |inner, shard| async move {
+            inner.shard_state(&shard).await
+        })
         .await
     }
 
@@ -243,15 +278,15 @@ impl Sharded {
         let receiver = id.shard(to);
         let turn = Arc::clone(self.refilling.entry(receiver.clone()).or_default().value());
         let _one_at_a_time = turn.lock().await;
-        // Another refill may have just filled it.
-        let Some(state) = self.inner.shard_state(&receiver).await? else {
+        let states = self.states(id, n).await?;
+        let Some(state) = states[usize::from(to)] else {
             return Ok(false);
         };
+        // Another refill may have just filled it.
         if state.available >= target {
             return Ok(true);
         }
         let need = target - state.available;
-        let states = self.states(id, n).await?;
         let mut donors: Vec<(u8, u64)> = states
             .iter()
             .enumerate()
@@ -425,28 +460,20 @@ impl Sharded {
         Ok(())
     }
 
-    /// The shards' states summed into the campaign's; `None` if a shard is missing.
-    async fn whole(&self, id: &CampaignId, n: u8) -> Result<Option<CampaignState>, EngineError> {
-        let parts = try_join_all((0..n).map(|k| {
-            let shard = id.shard(k);
-            async move { self.inner.campaign(&shard).await }
-        }))
-        .await?;
-        let mut parts = parts.into_iter();
-        let Some(Some(mut whole)) = parts.next() else {
-            return Ok(None);
-        };
-        whole.campaign.id = id.clone();
-        for part in parts {
-            let Some(part) = part else {
-                return Ok(None);
-            };
-            whole.campaign.stock += part.campaign.stock;
-            whole.available += part.available;
-            whole.held += part.held;
-            whole.confirmed += part.confirmed;
-        }
-        Ok(Some(whole))
+    /// The shards' states summed into the campaign's, shard 0's (`first`) read already;
+    /// `None` if a shard is missing.
+    async fn whole(
+        &self,
+        id: &CampaignId,
+        n: u8,
+        first: CampaignState,
+    ) -> Result<Option<CampaignState>, EngineError> {
+        let parts = self
+            .each_shard(id, 1, n, |inner, shard| async move {
+                inner.campaign(&shard).await
+            })
+            .await?;
+        Ok(summed(id, first, parts))
     }
 
     /// The request for the user's shard.
@@ -505,12 +532,11 @@ impl Engine for Sharded {
         let Some(first) = self.inner.campaign(id).await? else {
             return Ok(None);
         };
-        let n = first.campaign.shards.max(1);
-        self.shards.insert(id.clone(), n);
+        let n = self.remember(&first.campaign);
         if n == 1 {
             return Ok(Some(first));
         }
-        self.whole(id, n).await
+        self.whole(id, n, first).await
     }
 
     /// Campaigns, each once; a sharded one only while every shard is listed (one the engine
@@ -631,12 +657,19 @@ impl Engine for Sharded {
             Some(n) if n > 1 => n,
             _ => return self.inner.end_campaign(id, now).await,
         };
+        // Each shard's state as its end left it: summed, not read again.
+        let mut ended = Vec::with_capacity(usize::from(n));
         for k in 0..n {
-            if self.inner.end_campaign(&id.shard(k), now).await?.is_none() {
-                return Ok(None);
+            match self.inner.end_campaign(&id.shard(k), now).await? {
+                Some(state) => ended.push(Some(state)),
+                None => return Ok(None),
             }
         }
-        self.whole(id, n).await
+        let mut ended = ended.into_iter();
+        let Some(Some(first)) = ended.next() else {
+            return Ok(None);
+        };
+        Ok(summed(id, first, ended))
     }
 
     async fn extend(
@@ -704,7 +737,8 @@ impl GateReads for Sharded {
                 .iter()
                 .all(|s| s.is_some_and(|s| s.available == 0 && s.outgoing == 0))
         };
-        if !dry(&self.states(campaign, n).await?) {
+        let before = self.states(campaign, n).await?;
+        if !dry(&before) {
             return Ok(None);
         }
         let mut offsets = self
@@ -739,23 +773,16 @@ impl GateReads for Sharded {
                     since.records.extend(page.records);
                     page.total
                 }
-                None if left == 0 => match self.inner.probe(&shard).await? {
-                    Some(probe) => probe.idempotency_records,
-                    None => return Ok(None),
-                },
+                // Not paged this call: its count as first read (checked again below).
+                None if left == 0 => before[usize::from(k)].map_or(0, |s| s.records),
                 None => return Ok(None),
             };
             since.total += total;
         }
         // Still dry everywhere, with as many records as read: the set is whole as of now.
-        let probes = try_join_all((0..n).map(|k| {
-            let shard = campaign.shard(k);
-            async move { self.inner.probe(&shard).await }
-        }))
-        .await?;
-        let records: u64 = probes.iter().flatten().map(|p| p.idempotency_records).sum();
-        let states = self.states(campaign, n).await?;
-        if !dry(&states) || probes.iter().any(Option::is_none) || records != since.total {
+        let after = self.states(campaign, n).await?;
+        let records: u64 = after.iter().flatten().map(|s| s.records).sum();
+        if !dry(&after) || records != since.total {
             self.gate_offsets.remove(campaign);
             return Ok(None);
         }
@@ -769,22 +796,16 @@ impl GateReads for Sharded {
             Some(n) if n > 1 => n,
             _ => return self.inner.probe(campaign).await,
         };
-        let probes = try_join_all((0..n).map(|k| {
-            let shard = campaign.shard(k);
-            async move { self.inner.probe(&shard).await }
-        }))
-        .await?;
-        let states = self.states(campaign, n).await?;
         let mut whole = Probe {
             available: 0,
             idempotency_records: 0,
         };
-        for (probe, state) in probes.into_iter().zip(states) {
-            let (Some(probe), Some(state)) = (probe, state) else {
+        for state in self.states(campaign, n).await? {
+            let Some(state) = state else {
                 return Ok(None);
             };
-            whole.available += probe.available + state.outgoing;
-            whole.idempotency_records += probe.idempotency_records;
+            whole.available += state.available + state.outgoing;
+            whole.idempotency_records += state.records;
         }
         Ok(Some(whole))
     }

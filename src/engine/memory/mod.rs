@@ -390,6 +390,7 @@ impl ShardOps for MemoryEngine {
                 outgoing: slot.outgoing,
                 version: slot.version,
                 total: slot.total,
+                records: slot.record_order.len() as u64,
             })
         }))
     }

@@ -562,16 +562,19 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         let number = |raw: &String| raw.parse::<u64>().map_err(|_| corrupt());
         match reply.as_slice() {
             [] => Ok(None),
-            [stock, available, outgoing, version, total] => Ok(Some(super::sharded::ShardState {
-                stock: number(stock)?,
-                available: number(available)?,
-                outgoing: number(outgoing)?,
-                version: number(version)?,
-                total: match total.as_str() {
-                    "" => None,
-                    raw => Some(raw.parse().map_err(|_| corrupt())?),
-                },
-            })),
+            [stock, available, outgoing, version, total, records] => {
+                Ok(Some(super::sharded::ShardState {
+                    stock: number(stock)?,
+                    available: number(available)?,
+                    outgoing: number(outgoing)?,
+                    version: number(version)?,
+                    total: match total.as_str() {
+                        "" => None,
+                        raw => Some(raw.parse().map_err(|_| corrupt())?),
+                    },
+                    records: number(records)?,
+                }))
+            }
             _ => Err(corrupt()),
         }
     }
