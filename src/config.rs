@@ -83,6 +83,12 @@ pub struct Config {
     )]
     pub metrics_sample_interval_ms: u64,
 
+    /// How many campaigns with recent activity get per-campaign series in `/metrics`; the
+    /// rest are summed under `campaign="_other"`, so `/metrics` does not grow with the
+    /// catalogue.
+    #[arg(long, env = "FLASHSALE_METRICS_CAMPAIGNS", default_value_t = crate::metrics::DEFAULT_CAMPAIGN_SERIES)]
+    pub metrics_campaigns: usize,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "FLASHSALE_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: usize,

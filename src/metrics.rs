@@ -159,6 +159,59 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 
 /// Attempts per reserve batch: 1 (a lone attempt) to the cap of 128.
 const RESERVE_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// Campaigns that get series of their own when none is configured
+/// (`FLASHSALE_METRICS_CAMPAIGNS`).
+pub const DEFAULT_CAMPAIGN_SERIES: usize = 100;
+
+/// The `campaign` label of everything past the bound.
+pub const OTHER_CAMPAIGNS: &str = "_other";
+
+/// Which campaigns have per-campaign series: the first `limit` with recent activity, each
+/// until it has been quiet for [`IDLE_TIMEOUT`]; the rest are summed under
+/// [`OTHER_CAMPAIGNS`], so `/metrics` is bounded whatever the catalogue's size.
+struct CampaignSeries {
+    limit: std::sync::atomic::AtomicUsize,
+    seen: dashmap::DashMap<String, std::time::Instant>,
+}
+
+fn campaign_series() -> &'static CampaignSeries {
+    static SERIES: std::sync::OnceLock<CampaignSeries> = std::sync::OnceLock::new();
+    SERIES.get_or_init(|| CampaignSeries {
+        limit: std::sync::atomic::AtomicUsize::new(DEFAULT_CAMPAIGN_SERIES),
+        seen: dashmap::DashMap::new(),
+    })
+}
+
+/// Sets how many campaigns get series of their own (process-wide, at start).
+pub fn set_campaign_series(limit: usize) {
+    campaign_series()
+        .limit
+        .store(limit, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `campaign` label for a campaign with activity now: its id while it is among the
+/// bounded set, else [`OTHER_CAMPAIGNS`].
+pub fn campaign_label(campaign: &str) -> String {
+    let series = campaign_series();
+    let now = std::time::Instant::now();
+    if let Some(mut seen) = series.seen.get_mut(campaign) {
+        *seen = now;
+        return campaign.to_owned();
+    }
+    let limit = series.limit.load(std::sync::atomic::Ordering::Relaxed);
+    if series.seen.len() >= limit {
+        // Quiet ones leave first (their series idle out of `/metrics` as well).
+        series
+            .seen
+            .retain(|_, seen| now.duration_since(*seen) < IDLE_TIMEOUT);
+        if series.seen.len() >= limit {
+            return OTHER_CAMPAIGNS.to_owned();
+        }
+    }
+    series.seen.insert(campaign.to_owned(), now);
+    campaign.to_owned()
+}
+
 /// Installs the process-wide recorder once and returns its handle; later calls (tests start
 /// many applications in one process) get the same handle.
 pub fn install() -> PrometheusHandle {

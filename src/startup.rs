@@ -3,7 +3,7 @@
 use crate::config::{Config, Durability};
 use crate::engine::{
     Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ShardableEngine, Sharded,
-    PERSISTER,
+    WorkIndex, PERSISTER,
 };
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
@@ -34,6 +34,8 @@ pub struct Application {
     persister: Option<PersisterSettings>,
     /// The engine's event log, for the persister and the backlog sample.
     events: Arc<dyn EventLog>,
+    /// Which campaigns have background work: the reaper, sampler and recovery pass ask it.
+    work: Arc<dyn WorkIndex>,
     credentials: Credentials,
     serve: http::serve::ServeSettings,
     /// How long ended reservations and campaigns stay in the engine.
@@ -134,6 +136,7 @@ impl Application {
             None => None,
         };
         let handle = metrics::install();
+        metrics::set_campaign_series(config.metrics_campaigns);
         let webhook_hosts = Arc::new(
             crate::webhooks::AllowedHosts::parse(&config.webhook_allowed_hosts)
                 .map_err(|e| anyhow::anyhow!("FLASHSALE_WEBHOOK_ALLOWED_HOSTS: {e}"))?,
@@ -192,6 +195,7 @@ impl Application {
             sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
             persister,
             events: backends.events,
+            work: backends.work,
             credentials,
             retention: Duration::from_secs(config.ended_retention_seconds),
             personal: recovery::PersonalData {
@@ -290,6 +294,7 @@ impl Application {
         let mut workers = vec![
             tokio::spawn(workers::run_reaper(
                 engine.clone(),
+                Arc::clone(&self.work),
                 self.reaper_interval,
                 shutdown.clone(),
             )),
@@ -297,7 +302,11 @@ impl Application {
                 engine.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn(workers::run_admission(engine.clone(), shutdown.clone())),
+            tokio::spawn(workers::run_admission(
+                engine.clone(),
+                self.state.store.clone(),
+                shutdown.clone(),
+            )),
         ];
         if let Some(settings) = &self.persister {
             workers.push(tokio::spawn(persister::run(
@@ -311,12 +320,14 @@ impl Application {
         workers.push(tokio::spawn(workers::run_metrics_sampler(
             engine.clone(),
             Arc::clone(&self.events),
+            Arc::clone(&self.work),
             self.state.store.clone(),
             self.sample_interval,
             shutdown.clone(),
         )));
         workers.push(tokio::spawn(recovery::run(
             Arc::new(engine.clone()),
+            Arc::clone(&self.work),
             self.state.store.clone(),
             self.state.engine.watch(),
             self.reconcile_interval,
@@ -344,6 +355,8 @@ impl Application {
 pub struct Backends {
     pub engine: Arc<dyn GatedEngine>,
     pub events: Arc<dyn EventLog>,
+    /// Which campaigns have background work (`engine::work`).
+    pub work: Arc<dyn WorkIndex>,
     /// Whether a change may be answered only once the database committed it: the embedded
     /// engine keeps nothing across a crash, so its 201s wait for the commit.
     pub answer_after_commit: bool,
@@ -352,11 +365,12 @@ pub struct Backends {
 impl Backends {
     /// Both roles of one engine (deciding through [`Sharded`], which makes sharded
     /// campaigns one campaign).
-    pub fn of<E: ShardableEngine + EventLog + Clone>(engine: E) -> Self {
+    pub fn of<E: ShardableEngine + EventLog + WorkIndex + Clone>(engine: E) -> Self {
         Backends {
             answer_after_commit: engine.name() == "memory",
             engine: Arc::new(Sharded::new(Arc::new(engine.clone()))),
-            events: Arc::new(engine),
+            events: Arc::new(engine.clone()),
+            work: Arc::new(engine),
         }
     }
 }

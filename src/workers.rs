@@ -3,7 +3,11 @@
 //! every instance at once: each step is one atomic engine decision.
 
 use crate::domain::Millis;
-use crate::engine::{Backend, Engine, EventLog, Gated, WaitingRoom, PERSISTER};
+use crate::domain::CampaignId;
+use crate::engine::work::Settled;
+use crate::engine::{Backend, Engine, EventLog, Gated, WaitingRoom, WorkIndex, PERSISTER};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use std::time::Duration;
@@ -13,8 +17,17 @@ use std::time::Duration;
 /// an open-loop sale with 3-second holds), which every reservation waiting behind it paid.
 const BATCH: u32 = 100;
 
-/// Expires due holds of every campaign, every `interval`, until shutdown.
-pub async fn run_reaper(engine: Gated, interval: Duration, mut shutdown: Shutdown) {
+/// Due campaigns one reaper claims per round at most (the rest come next round).
+const CLAIMS_PER_ROUND: usize = 500;
+
+/// Expires due holds, every `interval`, until shutdown: of the campaigns the work index lists
+/// as active or due (`engine::work`), never of the whole catalogue.
+pub async fn run_reaper(
+    engine: Gated,
+    work: Arc<dyn WorkIndex>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -22,17 +35,35 @@ pub async fn run_reaper(engine: Gated, interval: Duration, mut shutdown: Shutdow
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = reap_once(&engine, Millis::now()).await {
+        if let Err(error) = reap_once(&engine, &*work, Millis::now()).await {
             metrics::counter!(m::REAPER_ERRORS).increment(1);
             tracing::warn!(%error, "reaper pass failed; retrying next tick");
         }
     }
 }
 
-/// One pass: every due hold of every campaign, as of `now`.
-pub async fn reap_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine::EngineError> {
+/// One pass, as of `now`: the active campaigns with something due (a cheap read each), and
+/// the due ones this reaper claimed; a sharded campaign is expired as a whole.
+pub async fn reap_once(
+    engine: &Gated,
+    work: &dyn WorkIndex,
+    now: Millis,
+) -> Result<u64, crate::engine::EngineError> {
+    let mut visit = BTreeSet::new();
+    for campaign in work.active().await?.campaigns() {
+        let left = work.leftover(campaign, now).await?;
+        if left.next_due.is_some_and(|due| due <= now) {
+            visit.insert(campaign.parent());
+        }
+    }
+    let (claimed_until, claimed) = work.claim_due(now, CLAIMS_PER_ROUND).await?;
+    for campaign in claimed {
+        if work.settle(&campaign, claimed_until, now).await? == Settled::Due {
+            visit.insert(campaign.parent());
+        }
+    }
     let mut total = 0;
-    for campaign in engine.campaign_ids().await? {
+    for campaign in visit {
         loop {
             let expired = engine.expire_due(&campaign, now, BATCH).await?;
             total += u64::from(expired);
@@ -51,31 +82,53 @@ pub async fn reap_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine
 /// at most per round (see `WaitingRoom::admit`), so twenty rounds a second keep the rate.
 pub const ADMIT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Admits waiting tickets of every campaign with a waiting room, every [`ADMIT_INTERVAL`],
-/// until shutdown. Safe on every instance: the engine counts the rate across all of them.
-pub async fn run_admission(engine: Gated, mut shutdown: Shutdown) {
+/// How long the admission worker keeps the database's list of open waiting rooms.
+const QUEUED_TTL: Duration = Duration::from_secs(1);
+
+/// Admits waiting tickets of every campaign with an open waiting room, every
+/// [`ADMIT_INTERVAL`], until shutdown. Safe on every instance: the engine counts the rate
+/// across all of them. The campaigns come from the database (one query a second), so the
+/// rest of the catalogue costs nothing.
+pub async fn run_admission(engine: Gated, store: crate::store::Store, mut shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(ADMIT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut queued: Option<(std::time::Instant, Vec<CampaignId>)> = None;
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = admit_once(&engine, Millis::now()).await {
+        let now = Millis::now();
+        if queued
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= QUEUED_TTL)
+        {
+            match store.queued_campaigns(now).await {
+                Ok(ids) => queued = Some((std::time::Instant::now(), ids)),
+                Err(error) => {
+                    tracing::warn!(%error, "admission could not list the waiting rooms");
+                }
+            }
+        }
+        let Some((_, campaigns)) = &queued else {
+            continue;
+        };
+        if let Err(error) = admit_once(&engine, campaigns, now).await {
             tracing::warn!(%error, "admission round failed; retrying next tick");
         }
     }
 }
 
-/// One admission round over every campaign with a waiting room; how many were admitted.
-pub async fn admit_once(engine: &Gated, now: Millis) -> Result<u64, crate::engine::EngineError> {
+/// One admission round over `campaigns` (those with a waiting room); how many were admitted.
+pub async fn admit_once(
+    engine: &Gated,
+    campaigns: &[CampaignId],
+    now: Millis,
+) -> Result<u64, crate::engine::EngineError> {
     let mut total = 0;
-    for campaign in engine.campaign_ids().await? {
-        if !engine.queued(&campaign).await? {
-            continue;
-        }
-        let round = engine.admit(&campaign, now).await?;
-        let label = campaign.to_string();
+    for campaign in campaigns {
+        let round = engine.admit(campaign, now).await?;
+        let label = m::campaign_label(campaign.as_str());
         metrics::counter!(m::QUEUE_ADMITTED, "campaign" => label.clone()).increment(round.admitted);
         metrics::gauge!(m::QUEUE_WAITING, "campaign" => label.clone()).set(round.waiting as f64);
         metrics::gauge!(m::QUEUE_ROOM, "campaign" => label).set(round.room as f64);
@@ -120,6 +173,7 @@ pub async fn run_limiter_cleanup(
 pub async fn run_metrics_sampler(
     engine: Gated,
     events: std::sync::Arc<dyn EventLog>,
+    work: Arc<dyn WorkIndex>,
     store: crate::store::Store,
     interval: Duration,
     mut shutdown: Shutdown,
@@ -136,15 +190,22 @@ pub async fn run_metrics_sampler(
             _ = ticker.tick() => {}
         }
         process.collect();
-        sample_once(&engine, &*events, &store).await;
+        sample_once(&engine, &*events, &*work, &store).await;
     }
 }
 
 /// How long after its end a campaign is still sampled.
 pub const ENDED_GRACE: Duration = Duration::from_secs(300);
 
-/// One sampling pass.
-pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::store::Store) {
+/// One sampling pass: the units and groups of the campaigns with recent activity (the work
+/// index's active list, in the bounded set of `metrics::campaign_label`; the rest summed
+/// under its `_other` label), never of the whole catalogue.
+pub async fn sample_once(
+    engine: &Gated,
+    events: &dyn EventLog,
+    work: &dyn WorkIndex,
+    store: &crate::store::Store,
+) {
     let now = Millis::now();
     m::touch_counters(engine.name().starts_with("redis"));
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => engine.name()).set(1.0);
@@ -161,10 +222,13 @@ pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::s
         let lag_ms = backlog.oldest.map_or(0, |oldest| (now.0 - oldest.0).max(0));
         metrics::gauge!(m::PERSIST_LAG).set(lag_ms as f64 / 1000.0);
     }
-    let Ok(ids) = engine.campaign_ids().await else {
+    let Ok(active) = work.active().await else {
         return;
     };
+    let ids: BTreeSet<CampaignId> = active.campaigns().map(CampaignId::parent).collect();
     let grace_ms = ENDED_GRACE.as_millis() as i64;
+    let mut sums: std::collections::BTreeMap<(String, &'static str, &'static str), f64> =
+        Default::default();
     for id in ids {
         let Ok(Some(state)) = engine.campaign(&id).await else {
             continue;
@@ -176,14 +240,15 @@ pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::s
         {
             continue;
         }
-        let campaign = id.to_string();
+        let campaign = m::campaign_label(id.as_str());
         for (units, value) in [
             ("available", state.available),
             ("held", state.held),
             ("confirmed", state.confirmed),
         ] {
-            metrics::gauge!(m::CAMPAIGN_UNITS, "campaign" => campaign.clone(), "state" => units)
-                .set(value as f64);
+            *sums
+                .entry((campaign.clone(), m::CAMPAIGN_UNITS, units))
+                .or_default() += value as f64;
         }
         if state.campaign.group.is_some() {
             let groups = state.groups;
@@ -192,8 +257,18 @@ pub async fn sample_once(engine: &Gated, events: &dyn EventLog, store: &crate::s
                 ("formed", groups.formed),
                 ("failed", groups.failed),
             ] {
-                metrics::gauge!(m::CAMPAIGN_GROUPS, "campaign" => campaign.clone(), "status" => status).set(value as f64);
+                *sums
+                    .entry((campaign.clone(), m::CAMPAIGN_GROUPS, status))
+                    .or_default() += value as f64;
             }
         }
+    }
+    for ((campaign, name, state), value) in sums {
+        let label = if name == m::CAMPAIGN_UNITS {
+            "state"
+        } else {
+            "status"
+        };
+        metrics::gauge!(name, "campaign" => campaign, label => state).set(value);
     }
 }

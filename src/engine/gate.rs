@@ -43,6 +43,19 @@ pub struct RecordsSince {
 struct KnownRecords {
     map: DashMap<String, (ReservationId, String)>,
     count: AtomicU64,
+    /// When the gate last answered for the campaign (ms since [`process_start`]): an armed
+    /// gate nobody asks is dropped by [`Gated::refresh`] instead of probed forever.
+    last_asked: AtomicU64,
+}
+
+/// A fixed point of this process's monotonic clock.
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn process_ms() -> u64 {
+    process_start().elapsed().as_millis() as u64
 }
 
 /// What [`GateReads::probe`] reads.
@@ -105,6 +118,9 @@ impl Gated {
     /// units stay invisible here.
     pub const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
+    /// An armed gate nobody asked for this long is dropped instead of refreshed.
+    pub const IDLE_AFTER: Duration = Duration::from_secs(5);
+
     /// At most one arming per campaign per this long, on each node.
     pub const ARM_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -136,7 +152,19 @@ impl Gated {
     /// Disarms every gate whose campaign has units again. One cheap read per armed gate.
     pub async fn refresh(&self) -> Result<(), EngineError> {
         let armed: Vec<CampaignId> = self.sold_out.iter().map(|e| e.key().clone()).collect();
+        let now = process_ms();
         for id in armed {
+            // Nobody asked lately: disarm rather than probe (a sold-out campaign in the
+            // catalogue costs nothing; the next attempt arms it again, reading only the
+            // records made since).
+            let asked = self
+                .records
+                .get(&id)
+                .map_or(0, |r| r.last_asked.load(Ordering::Relaxed));
+            if now.saturating_sub(asked) > Self::IDLE_AFTER.as_millis() as u64 {
+                self.sold_out.remove(&id);
+                continue;
+            }
             let records = self.sold_out.get(&id).map(|count| *count);
             let still_sold_out = self.inner.probe(&id).await?.is_some_and(|probe| {
                 probe.available == 0 && Some(probe.idempotency_records) == records
@@ -245,6 +273,8 @@ impl Gated {
     /// ones; `Some(count)` of records if the campaign is sold out.
     async fn read_records(&self, id: &CampaignId) -> Result<Option<u64>, EngineError> {
         let known = Arc::clone(self.records.entry(id.clone()).or_default().value());
+        // Arming follows an attempt the engine refused: that counts as asked.
+        known.last_asked.store(process_ms(), Ordering::Relaxed);
         let mut from = known.count.load(Ordering::SeqCst);
         loop {
             let page = self.inner.sold_out_records(id, from, Self::RECORDS_PAGE);
@@ -404,6 +434,7 @@ impl Engine for Gated {
             })
             .flatten();
         if let Some(records) = records {
+            records.last_asked.store(process_ms(), Ordering::Relaxed);
             if !self.config.contains_key(&request.campaign_id) {
                 self.campaign(&request.campaign_id).await?;
             }

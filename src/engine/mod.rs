@@ -29,11 +29,13 @@ mod gate;
 pub mod memory;
 pub mod redis;
 pub mod sharded;
+pub mod work;
 
 pub use self::redis::RedisEngine;
 pub use gate::{GateReads, Gated, GatedEngine, Probe, RecordsSince};
 pub use memory::MemoryEngine;
 pub use sharded::{ShardOps, ShardableEngine, Sharded};
+pub use work::WorkIndex;
 
 use crate::domain::{
     Campaign, CampaignId, CampaignState, Event, Group, GroupId, Millis, Quantity, Refusal,

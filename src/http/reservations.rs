@@ -82,9 +82,10 @@ fn created(reservation: Reservation, replayed: bool) -> Response {
 }
 
 /// Counts an attempt. The `campaign` label names only campaigns known to exist, so random
-/// ids cannot grow `/metrics` by a series each: the rest count as `unknown`.
+/// ids cannot grow `/metrics` by a series each: the rest count as `unknown`; and only a
+/// bounded set of them (`metrics::campaign_label`).
 fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
-    let campaign = campaign.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    let campaign = campaign.map_or_else(|| "unknown".to_owned(), |c| m::campaign_label(c.as_str()));
     metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => campaign, "outcome" => outcome)
         .increment(1);
 }

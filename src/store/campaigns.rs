@@ -287,6 +287,36 @@ impl Store {
         rows.into_iter().map(CampaignRow::into_campaign).collect()
     }
 
+    /// Campaigns with a waiting room that has not closed at `now` (the admission worker's
+    /// list: one query, whatever the catalogue's size).
+    pub async fn queued_campaigns(&self, now: Millis) -> Result<Vec<CampaignId>, StoreError> {
+        const SQL: &str = "SELECT id FROM campaigns WHERE queue_admit_per_second IS NOT NULL \
+            AND archived_at_ms IS NULL AND (ends_at_ms IS NULL OR ends_at_ms > $1) ORDER BY id";
+        let ids: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(now.0)
+            .fetch_all(pool)
+            .await?);
+        ids.into_iter()
+            .map(|(id,)| {
+                CampaignId::parse(&id).map_err(|_| StoreError::Corrupt(format!("campaign id {id}")))
+            })
+            .collect()
+    }
+
+    /// Campaigns that ended at least `retention` before `now` and are not archived: the
+    /// archive pass's candidates, found by the database, not by visiting every campaign.
+    pub async fn ended_unarchived(&self, before: Millis) -> Result<Vec<Campaign>, StoreError> {
+        let sql = format!(
+            "{SELECT_CAMPAIGNS} WHERE archived_at_ms IS NULL AND ends_at_ms IS NOT NULL \
+             AND ends_at_ms <= $1 ORDER BY ends_at_ms LIMIT 1000"
+        );
+        let rows: Vec<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(before.0)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(CampaignRow::into_campaign).collect()
+    }
+
     /// One campaign (recovery asks for a single id on a request's path; no full scan).
     pub async fn campaign(&self, id: &CampaignId) -> Result<Option<Campaign>, StoreError> {
         let sql = format!("{SELECT_CAMPAIGNS} WHERE id = $1");

@@ -14,3 +14,4 @@ mod model;
 mod queue;
 mod rules;
 mod scripts;
+mod work;

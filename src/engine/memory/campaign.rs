@@ -591,6 +591,27 @@ impl Slot {
     }
 
     /// Fails due groups, then expires up to `limit` due holds; how many reservations ended.
+    /// When [`Slot::expire_due`] next has something to do: the first hold or group window
+    /// to end, the first ended reservation to leave, an open transfer (completed by the reaper
+    /// once a second old).
+    pub fn next_due(&self, retention: std::time::Duration) -> Option<Millis> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        [
+            self.expiries.first().map(|(at, _)| *at),
+            self.group_expiries.first().map(|(at, _)| *at),
+            self.ended
+                .front()
+                .map(|(at, _)| Millis(at.0.saturating_add(retention_ms))),
+            self.transfers
+                .values()
+                .map(|open| Millis(open.at.0 + 1000))
+                .min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     pub fn expire_due(&mut self, now: Millis, limit: u32, retention: std::time::Duration) -> u32 {
         // Groups first: a member whose hold and group end together is released with its group.
         let due_groups: Vec<GroupId> = self

@@ -14,6 +14,7 @@ mod groups;
 mod outbox;
 mod queue;
 mod sharded;
+mod work;
 
 use super::sharded::{Claim, Given, OpenTransfer, ShardOps, ShardState, Transfer};
 use super::{
@@ -46,6 +47,12 @@ pub struct MemoryEngine {
     dataset: Arc<str>,
     /// How long an ended reservation stays here (see `Engine::expire_due`).
     retention: Duration,
+    /// The work index (`engine::work`).
+    work: Arc<Mutex<work::WorkLists>>,
+    /// This process's leases on the work index's active list.
+    leases: Arc<super::work::Leases>,
+    /// Campaign locks background work took (see `WorkIndex::background_calls`).
+    calls: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long an empty [`EventLog::read`] waits for a decision before answering nothing.
@@ -65,7 +72,17 @@ impl MemoryEngine {
             acknowledged: Arc::default(),
             dataset: Arc::from(format!("memory-{}", ulid::Ulid::new())),
             retention: super::DEFAULT_RETENTION,
+            work: Arc::default(),
+            leases: Arc::default(),
+            calls: Arc::default(),
         }
+    }
+
+    /// Work-index leases of `lease` instead of [`super::work::LEASE`] (tests: idle campaigns
+    /// retire within a test).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.leases = Arc::new(super::work::Leases::lasting(lease));
+        self
     }
 
     /// Ended reservations leave memory this long after they ended.
@@ -90,16 +107,18 @@ impl MemoryEngine {
 
     /// [`MemoryEngine::with_slot`] for a decision: a reader waiting for events is woken.
     fn decide<T>(&self, id: &CampaignId, missing: T, decide: impl FnOnce(&mut Slot) -> T) -> T {
+        self.touch(id);
         let answer = self.with_slot(id, missing, decide);
         self.appended.notify_one();
         answer
     }
 
-    fn slots(&self) -> Vec<Arc<Mutex<Slot>>> {
-        self.campaigns
-            .iter()
-            .map(|e| Arc::clone(e.value()))
-            .collect()
+    /// The slots of the campaigns on the active list (`engine::work`), with the list.
+    async fn active_slots(&self) -> (super::work::Active, Vec<Arc<Mutex<Slot>>>) {
+        use super::work::WorkIndex;
+        let active = self.active().await.unwrap_or_default();
+        let slots = active.campaigns().filter_map(|id| self.slot(id)).collect();
+        (active, slots)
     }
 }
 
@@ -119,6 +138,8 @@ impl Backend for MemoryEngine {
 
     async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
         self.campaigns.remove(id);
+        self.work.lock().unwrap_or_else(|p| p.into_inner()).forget(id);
+        self.leases.forget(id);
         Ok(())
     }
 }
@@ -132,6 +153,7 @@ impl Default for MemoryEngine {
 #[async_trait]
 impl Engine for MemoryEngine {
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
+        self.touch(&snapshot.campaign.id);
         let mut loaded = false;
         self.campaigns
             .entry(snapshot.campaign.id.clone())
@@ -285,14 +307,18 @@ impl EventLog for MemoryEngine {
         max: usize,
         reclaim_after: Duration,
     ) -> Result<EventBatch, EngineError> {
+        use super::work::WorkIndex;
         let mut events = Vec::new();
         let mut epochs = crate::engine::Epochs::default();
         for waited in [false, true] {
-            for slot in self.slots() {
+            // Only the active campaigns: every campaign with events waiting is on the list.
+            let (active, slots) = self.active_slots().await;
+            for slot in slots {
                 if events.len() >= max {
                     break;
                 }
                 let before = events.len();
+                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut slot = lock(&slot);
                 slot.outbox.hand_out(&mut events, max, reclaim_after);
                 if events.len() > before {
@@ -302,6 +328,8 @@ impl EventLog for MemoryEngine {
             if !events.is_empty() || waited {
                 break;
             }
+            // Nothing anywhere: campaigns whose lease ended leave the active list.
+            self.retire_idle(&active, Millis::now()).await?;
             // Nothing yet: wait for a decision (like XREADGROUP's BLOCK), so a caller waiting
             // for its commit is not held up by the persister's idle pause.
             let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
@@ -339,7 +367,7 @@ impl EventLog for MemoryEngine {
 
     async fn backlog(&self, _group: &str) -> Result<Backlog, EngineError> {
         let mut backlog = Backlog::default();
-        for slot in self.slots() {
+        for slot in self.active_slots().await.1 {
             let (events, pending, oldest) = lock(&slot).outbox.backlog();
             backlog.events += events;
             backlog.pending += pending;
@@ -400,7 +428,7 @@ impl ShardOps for MemoryEngine {
         shard: &CampaignId,
         transfer: &Transfer,
     ) -> Result<u64, EngineError> {
-        Ok(self.with_slot(shard, 0, |slot| slot.take_units(transfer)))
+        Ok(self.decide(shard, 0, |slot| slot.take_units(transfer)))
     }
 
     async fn give_units(
@@ -409,14 +437,14 @@ impl ShardOps for MemoryEngine {
         transfer: &str,
         units: u64,
     ) -> Result<Given, EngineError> {
-        let given = self.with_slot(shard, Given::Missing, |slot| {
+        let given = self.decide(shard, Given::Missing, |slot| {
             slot.give_units(transfer, units)
         });
         Ok(given)
     }
 
     async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError> {
-        self.with_slot(shard, (), |slot| slot.transfer_done(transfer));
+        self.decide(shard, (), |slot| slot.transfer_done(transfer));
         Ok(())
     }
 

@@ -45,6 +45,7 @@ impl<C: Connection> RedisEngine<C> {
                 "a reserve batch spans campaigns".into(),
             ));
         }
+        self.leased(&first.campaign_id).await?;
         let keys = self.keys(&first.campaign_id);
         let mut invocation = self.scripts.reserve.prepare_invoke();
         invocation
@@ -92,6 +93,7 @@ impl<C: Connection> RedisEngine<C> {
         name: &'static str,
         request: &GroupRequest,
     ) -> Result<GroupOutcome, EngineError> {
+        self.leased(&request.campaign_id).await?;
         let keys = self.keys(&request.campaign_id);
         let reply: Vec<String> = script
             .key(&keys.campaign)
@@ -140,6 +142,7 @@ impl<C: Connection> RedisEngine<C> {
         scope: Option<CancelScope>,
     ) -> Result<Transition, EngineError> {
         let campaign = id.shard_campaign();
+        self.leased(&campaign).await?;
         let keys = self.keys(&campaign);
         let mut invocation = script.prepare_invoke();
         invocation
@@ -183,6 +186,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
             epoch,
             total,
         } = snapshot;
+        self.leased(&campaign.id).await?;
         let keys = self.keys(&campaign.id);
         let mut config = campaign_fields(campaign);
         config.push(("epoch", epoch));
@@ -266,6 +270,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         id: &CampaignId,
         now: Millis,
     ) -> Result<Option<CampaignState>, EngineError> {
+        self.leased(id).await?;
         let found: i64 = self
             .scripts
             .end_campaign
@@ -285,6 +290,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
     }
 
     async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        self.leased(&request.campaign_id).await?;
         let keys = self.keys(&request.campaign_id);
         let reply: Vec<String> = self
             .scripts
@@ -362,6 +368,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         now: Millis,
     ) -> Result<Extension, EngineError> {
         let campaign = id.shard_campaign();
+        self.leased(&campaign).await?;
         let keys = self.keys(&campaign);
         let reply: Vec<String> = self
             .scripts
@@ -397,6 +404,7 @@ impl<C: Connection> Engine for RedisEngine<C> {
         now: Millis,
         limit: u32,
     ) -> Result<u32, EngineError> {
+        self.leased(campaign).await?;
         let keys = self.keys(campaign);
         let mut expired = 0;
         // The script walks the expiry list's head; ids no longer held leave it without

@@ -5,6 +5,7 @@ use super::codec::events_from;
 use super::scripts::Timed;
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Event, Millis, StreamPosition};
+use crate::engine::work::WorkIndex;
 use crate::engine::{Backlog, Consumer, EngineError, EventBatch, EventLog};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -51,7 +52,10 @@ impl<C: Connection> EventLog for RedisEngine<C> {
         max: usize,
         reclaim_after: Duration,
     ) -> Result<EventBatch, EngineError> {
-        let campaigns = self.listed_campaigns().await?;
+        // Only the active campaigns (`engine::work`): every campaign with events to persist
+        // is on that list, whatever the catalogue's size.
+        let active = self.active().await?;
+        let campaigns: Vec<CampaignId> = active.campaigns().cloned().collect();
         if campaigns.is_empty() || max == 0 {
             return Ok(EventBatch::default());
         }
@@ -94,6 +98,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             }
         });
         let mut batch = EventBatch::default();
+        let mut quiet = Vec::new();
         for (campaign, reply) in futures::future::try_join_all(reads).await? {
             let parts = match &reply {
                 redis::Value::Array(parts) => parts.as_slice(),
@@ -112,13 +117,31 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 batch
                     .epochs
                     .set(campaign, epoch.as_deref().unwrap_or_default());
+            } else {
+                quiet.push(campaign.clone());
             }
+        }
+        // Campaigns whose lease ended and that had nothing new leave the active list once
+        // their streams are empty (what was just read is not acknowledged yet, so a campaign
+        // in this batch stays).
+        let idle = crate::engine::work::Active {
+            now: active.now,
+            born: active.born.clone(),
+            leases: active
+                .expired()
+                .filter(|(campaign, _)| quiet.contains(campaign))
+                .cloned()
+                .collect(),
+        };
+        if !idle.leases.is_empty() {
+            self.retire_idle(&idle, crate::domain::Millis::now()).await?;
         }
         Ok(batch)
     }
 
     async fn backlog(&self, group: &str) -> Result<Backlog, EngineError> {
-        let campaigns = self.listed_campaigns().await?;
+        // Inactive campaigns have empty streams (`engine::work`).
+        let campaigns: Vec<CampaignId> = self.active().await?.campaigns().cloned().collect();
         // A pipeline per campaign (one slot each), all at once.
         let samples = campaigns.iter().map(|campaign| {
             let stream = self.keys(campaign).events();

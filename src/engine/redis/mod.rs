@@ -19,6 +19,7 @@ mod events;
 pub mod keys;
 mod queue;
 pub mod scripts;
+mod work;
 
 pub use keys::DEFAULT_NAMESPACE;
 
@@ -105,6 +106,10 @@ pub struct RedisEngine<C = ConnectionManager> {
     joins: Arc<batcher::Batcher<crate::engine::JoinRequest, crate::engine::JoinOutcome>>,
     /// Store key claims of sharded campaigns, batched per shard like reserves.
     claims: Arc<batcher::Batcher<ClaimRequest, super::sharded::Claim>>,
+    /// This instance's leases on the work index's active list (see `engine::work`).
+    leases: Arc<super::work::Leases>,
+    /// Commands background work sent (see [`super::WorkIndex::background_calls`]).
+    calls: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisEngine {
@@ -250,6 +255,8 @@ impl<C: Connection> RedisEngine<C> {
             ticket_reads: Arc::default(),
             joins: Arc::default(),
             claims: Arc::default(),
+            leases: Arc::default(),
+            calls: Arc::default(),
         };
         let mut connection = engine.connection.clone();
         for script in engine.scripts.all() {
@@ -289,6 +296,13 @@ impl<C: Connection> RedisEngine<C> {
     /// in Redis so every instance shares the count (0: no limit).
     pub fn with_user_rate(mut self, per_second: u32) -> Self {
         self.user_rate_per_second = per_second;
+        self
+    }
+
+    /// Work-index leases of `lease` instead of [`super::work::LEASE`] (tests: idle campaigns
+    /// retire within a test).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.leases = Arc::new(super::work::Leases::lasting(lease));
         self
     }
 
@@ -365,8 +379,12 @@ impl<C: Connection> RedisEngine<C> {
         self.connection.clone()
     }
 
-    fn background(&self) -> C {
-        self.background.clone()
+    /// The background connection, counting its commands.
+    fn background(&self) -> work::Counting<C> {
+        work::Counting {
+            connection: self.background.clone(),
+            calls: Arc::clone(&self.calls),
+        }
     }
 
     /// The request connection, timing every command as the named script (EVALSHA, and the
@@ -468,6 +486,7 @@ impl<C: Connection> Backend for RedisEngine<C> {
             .query_async(&mut connection)
             .await?;
         *self.campaign_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.unlist_work(id).await?;
         self.batcher.forget(id);
         self.ticket_reads.forget(id);
         self.joins.forget(id);
@@ -584,6 +603,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         shard: &CampaignId,
         transfer: &super::sharded::Transfer,
     ) -> Result<u64, EngineError> {
+        self.leased(shard).await?;
         let keys = self.keys(shard);
         let reply: Vec<String> = self
             .scripts
@@ -619,6 +639,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         units: u64,
     ) -> Result<super::sharded::Given, EngineError> {
         use super::sharded::Given;
+        self.leased(shard).await?;
         let keys = self.keys(shard);
         let given: i64 = self
             .scripts
@@ -640,6 +661,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
     }
 
     async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError> {
+        self.leased(shard).await?;
         let keys = self.keys(shard);
         let _: i64 = self
             .scripts

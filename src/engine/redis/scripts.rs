@@ -48,6 +48,12 @@ pub struct Scripts {
     pub transfer_give: Script,
     pub transfer_done: Script,
     pub claim_key: Script,
+    pub leftover: Script,
+    pub work_announce: Script,
+    pub work_active: Script,
+    pub work_retire: Script,
+    pub work_claim: Script,
+    pub work_settle: Script,
 }
 
 impl Scripts {
@@ -74,10 +80,16 @@ impl Scripts {
             transfer_give: Script::new(include_str!("../../../lua/transfer_give.lua")),
             transfer_done: Script::new(include_str!("../../../lua/transfer_done.lua")),
             claim_key: Script::new(include_str!("../../../lua/claim_key.lua")),
+            leftover: Script::new(include_str!("../../../lua/leftover.lua")),
+            work_announce: Script::new(include_str!("../../../lua/work_announce.lua")),
+            work_active: Script::new(include_str!("../../../lua/work_active.lua")),
+            work_retire: Script::new(include_str!("../../../lua/work_retire.lua")),
+            work_claim: Script::new(include_str!("../../../lua/work_claim.lua")),
+            work_settle: Script::new(include_str!("../../../lua/work_settle.lua")),
         })
     }
 
-    pub fn all(&self) -> [&Script; 20] {
+    pub fn all(&self) -> [&Script; 26] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -99,6 +111,12 @@ impl Scripts {
             &self.transfer_give,
             &self.transfer_done,
             &self.claim_key,
+            &self.leftover,
+            &self.work_announce,
+            &self.work_active,
+            &self.work_retire,
+            &self.work_claim,
+            &self.work_settle,
         ]
     }
 }

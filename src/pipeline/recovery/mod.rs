@@ -11,7 +11,7 @@ mod recovering;
 pub use recovering::Recovering;
 
 use crate::domain::{CampaignId, Millis};
-use crate::engine::{new_epoch, CampaignSnapshot, Engine, EngineError};
+use crate::engine::{new_epoch, CampaignSnapshot, Engine, EngineError, WorkIndex};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoredCounts};
@@ -240,13 +240,12 @@ pub async fn archive_ended(
 ) -> Result<Vec<CampaignId>, RecoveryError> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut archived = Vec::new();
-    for campaign in store.campaigns().await? {
-        let over = campaign
-            .ends_at
-            .is_some_and(|ends| ends.0.saturating_add(retention_ms) <= now.0);
-        if !over {
-            continue;
-        }
+    // Only the campaigns the database says ended past the retention (an index on its own
+    // columns), never every campaign.
+    for campaign in store
+        .ended_unarchived(Millis(now.0.saturating_sub(retention_ms)))
+        .await?
+    {
         let Some(state) = engine.campaign(&campaign.id).await? else {
             continue;
         };
@@ -269,8 +268,35 @@ pub async fn archive_ended(
 
 /// Compares every campaign; exports the drift per campaign and returns the ones that differ.
 pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>, RecoveryError> {
+    reconcile_these(engine, store, store.campaigns().await?).await
+}
+
+/// Compares the campaigns that changed lately (the work index's active list): what the
+/// periodic pass does, so an idle catalogue costs nothing. Unchanged campaigns cannot drift
+/// apart (every change announces its campaign first).
+pub async fn reconcile_active(
+    engine: &dyn Engine,
+    work: &dyn WorkIndex,
+    store: &Store,
+) -> Result<Vec<Drift>, RecoveryError> {
+    let ids: std::collections::BTreeSet<CampaignId> =
+        work.active().await?.campaigns().map(CampaignId::parent).collect();
+    let mut campaigns = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(campaign) = store.campaign(&id).await? {
+            campaigns.push(campaign);
+        }
+    }
+    reconcile_these(engine, store, campaigns).await
+}
+
+async fn reconcile_these(
+    engine: &dyn Engine,
+    store: &Store,
+    campaigns: Vec<crate::domain::Campaign>,
+) -> Result<Vec<Drift>, RecoveryError> {
     let mut drifts = Vec::new();
-    for campaign in store.campaigns().await? {
+    for campaign in campaigns {
         let database = store.counts(&campaign).await?;
         let Some(state) = engine.campaign(&campaign.id).await? else {
             continue;
@@ -284,7 +310,7 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
             },
             database,
         };
-        metrics::gauge!(m::RECONCILE_DRIFT, "campaign" => campaign.id.to_string())
+        metrics::gauge!(m::RECONCILE_DRIFT, "campaign" => m::campaign_label(campaign.id.as_str()))
             .set(drift.units() as f64);
         if drift.units() > 0 {
             drifts.push(drift);
@@ -327,10 +353,26 @@ pub async fn pseudonymise_past_retention(
     Ok(due)
 }
 
-/// Every `interval`: rebuild what the engine lost, reconcile, archive ended campaigns,
-/// pseudonymise the ones past the retention.
+/// Announces every campaign the engine holds on the work index (after the index was lost,
+/// or at start: campaigns kept from before the index existed), so each is looked at once
+/// and filed under its next due time.
+pub async fn announce_all(engine: &dyn Engine, work: &dyn WorkIndex) -> Result<usize, RecoveryError> {
+    let ids = engine.campaign_ids().await?;
+    for id in &ids {
+        work.announce(id).await?;
+    }
+    Ok(ids.len())
+}
+
+/// Every `interval`: when the engine's incarnation changed (a restart or failover that may
+/// have lost data, and this instance's first pass) rebuild what the engine lost and announce
+/// every campaign once; then reconcile the campaigns that changed lately, archive ended
+/// campaigns, pseudonymise the ones past the retention. Nothing here visits the whole
+/// catalogue while the engine keeps its data.
+#[allow(clippy::too_many_arguments)] // the pass's parts, each passed once at start
 pub async fn run(
     engine: std::sync::Arc<dyn Engine>,
+    work: std::sync::Arc<dyn WorkIndex>,
     store: Store,
     watch: Arc<LossWatch>,
     interval: Duration,
@@ -340,15 +382,30 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known: Option<String> = None;
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = restore_all(&*engine, &store, &watch).await {
-            tracing::warn!(%error, "recovery pass failed");
+        match work.incarnation().await {
+            Ok(now) if known.as_ref() != Some(&now) => {
+                let restored = restore_all(&*engine, &store, &watch).await;
+                let announced = announce_all(&*engine, &*work).await;
+                match (restored, announced) {
+                    (Ok(_), Ok(campaigns)) => {
+                        tracing::info!(campaigns, "every campaign restored and announced");
+                        known = Some(now);
+                    }
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::warn!(%error, "recovery pass failed");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the engine's incarnation"),
         }
-        if let Err(error) = reconcile(&*engine, &store).await {
+        if let Err(error) = reconcile_active(&*engine, &*work, &store).await {
             tracing::warn!(%error, "reconcile pass failed");
         }
         if let Err(error) = archive_ended(&*engine, &store, retention, Millis::now()).await {

@@ -1,0 +1,240 @@
+//! The work index: which campaigns background work must visit, kept as the work is made, so
+//! a catalogue of idle campaigns costs nothing.
+//!
+//! Two lists, each one key (one slot) of the engine's, which any instance can read, so the
+//! work of an instance that died is still found:
+//! - **active**: campaigns that changed lately or still have events for the persister. Every
+//!   writer *announces* a campaign before it changes it, which gives the campaign a lease of
+//!   [`LEASE`] on the list (a later lease is never shortened); a writer renews before its
+//!   lease has less than [`MARGIN`] left ([`Leases`]), so one announcement covers a whole
+//!   burst. The persister reads only these campaigns' events, the reaper visits them every
+//!   round. Once a lease ran out and the campaign's stream is empty, the persister *retires*
+//!   it: off the active list — only if nobody announced since its lease was read — and filed
+//!   under its next due time.
+//! - **due**: campaigns that are not active, by the time their next hold, group window,
+//!   retention or transfer falls due. A reaper *claims* the due ones (each pushed [`CLAIM`]
+//!   ahead, so other reapers skip it and a reaper that died leaves it due again), expires what
+//!   is due, or *settles* the campaign under its next due time.
+//!
+//! Why it cannot miss work: a change is made only under a lease taken before it (so while the
+//! change can still happen the campaign is active), a retirement reads the campaign after the
+//! lease ended (so it sees every change made under it) and is refused if a lease was taken
+//! since, and a settlement is refused once the campaign is active again (its retirement files
+//! it then). Leases are timed by the index's own clock (Redis `TIME`); a writer counts its
+//! lease from before it asked, so its own clock only has to measure seconds. What it costs: a
+//! writer one call per campaign per `LEASE − MARGIN`; an idle catalogue one read of each list
+//! per round, whatever its size.
+
+use super::EngineError;
+use crate::domain::{CampaignId, Millis};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+/// How long an announcement keeps a campaign active.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// A writer renews its lease once less than this is left: a change sent with more left
+/// reaches the engine well before the lease ends (a command waits 800 ms at most).
+pub const MARGIN: Duration = Duration::from_secs(3);
+
+/// How long a reaper's claim on a due campaign lasts.
+pub const CLAIM: Duration = Duration::from_secs(10);
+
+/// A settlement is not tried with less than this left of its claim.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(3);
+
+/// The active list as read: each campaign's lease end, on the index's clock.
+#[derive(Debug, Clone, Default)]
+pub struct Active {
+    /// The index's clock when it was read (ms).
+    pub now: i64,
+    /// The index's birth mark: a new one means the index was lost (Redis restarted empty)
+    /// and must be filled again (see [`WorkIndex::active`]).
+    pub born: String,
+    pub leases: Vec<(CampaignId, i64)>,
+}
+
+impl Active {
+    pub fn campaigns(&self) -> impl Iterator<Item = &CampaignId> {
+        self.leases.iter().map(|(campaign, _)| campaign)
+    }
+
+    /// Campaigns whose lease ran out, with the lease end as read.
+    pub fn expired(&self) -> impl Iterator<Item = &(CampaignId, i64)> {
+        self.leases.iter().filter(move |(_, ends)| *ends <= self.now)
+    }
+}
+
+/// What background work a campaign still has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// The engine still holds the campaign.
+    pub exists: bool,
+    /// Events not yet persisted and acknowledged.
+    pub events: u64,
+    /// When the reaper next has something to do there.
+    pub next_due: Option<Millis>,
+}
+
+/// A claimed due campaign after a look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Something is due now: expire it (the campaign stays claimed meanwhile).
+    Due,
+    /// Filed under its next due time, or dropped (nothing left), or left to its retirement.
+    Later,
+}
+
+/// The work index of an engine (one implementation per backend, the same semantics).
+#[async_trait]
+pub trait WorkIndex: Send + Sync + 'static {
+    /// Announces that `campaign` is about to change (see the module doc). Writers call it
+    /// through [`Leases::ensure`], not for every change.
+    async fn announce(&self, campaign: &CampaignId) -> Result<(), EngineError>;
+
+    /// The active list. A new birth mark means the index was lost: the caller re-announces
+    /// every campaign the engine holds (the recovery pass does).
+    async fn active(&self) -> Result<Active, EngineError>;
+
+    /// What `campaign` still has to do, as of `now`.
+    async fn leftover(&self, campaign: &CampaignId, now: Millis) -> Result<Leftover, EngineError>;
+
+    /// Takes a campaign whose lease (`lease_end`, as read) ended off the active list if
+    /// nothing was announced since, filing it under `next_due`. `false`: left active.
+    async fn retire(
+        &self,
+        campaign: &CampaignId,
+        lease_end: i64,
+        next_due: Option<Millis>,
+    ) -> Result<bool, EngineError>;
+
+    /// Claims up to `max` due campaigns that are not active; with the claim's end.
+    async fn claim_due(
+        &self,
+        now: Millis,
+        max: usize,
+    ) -> Result<(i64, Vec<CampaignId>), EngineError>;
+
+    /// Files a claimed campaign under `next_due` (or drops it) unless it became active or
+    /// the claim (`claimed_until`) ran out.
+    async fn file_due(
+        &self,
+        campaign: &CampaignId,
+        claimed_until: i64,
+        now: Millis,
+        next_due: Option<Millis>,
+    ) -> Result<(), EngineError>;
+
+    /// Names the backing store's current life: it changes when data may have been lost
+    /// (a Redis server or cluster node restarted, a failover), and the recovery pass then
+    /// restores and announces every campaign once. Asked once per recovery pass.
+    async fn incarnation(&self) -> Result<String, EngineError>;
+
+    /// Calls made to the backing store by background work so far (Redis commands; campaign
+    /// locks taken in memory): what the tests count to show work follows traffic.
+    fn background_calls(&self) -> u64;
+
+    /// A claimed campaign: files it under its next due time unless something is due now.
+    async fn settle(
+        &self,
+        campaign: &CampaignId,
+        claimed_until: i64,
+        now: Millis,
+    ) -> Result<Settled, EngineError> {
+        let left = self.leftover(campaign, now).await?;
+        if left.next_due.is_some_and(|due| due <= now) {
+            return Ok(Settled::Due);
+        }
+        if now.0 + SETTLE_MARGIN.as_millis() as i64 >= claimed_until {
+            // Too little of the claim left to file safely: it comes due again.
+            return Ok(Settled::Later);
+        }
+        self.file_due(campaign, claimed_until, now, left.next_due)
+            .await?;
+        Ok(Settled::Later)
+    }
+
+    /// One retirement round over the active list as read: every campaign whose lease ended
+    /// and whose events are all persisted leaves it. How many left.
+    async fn retire_idle(&self, active: &Active, now: Millis) -> Result<usize, EngineError> {
+        let mut retired = 0;
+        for (campaign, lease_end) in active.expired() {
+            let left = self.leftover(campaign, now).await?;
+            if left.events > 0 {
+                continue;
+            }
+            if self.retire(campaign, *lease_end, left.next_due).await? {
+                retired += 1;
+            }
+        }
+        Ok(retired)
+    }
+}
+
+/// A writer's leases, so it announces a campaign once per `LEASE − MARGIN`, not per change.
+pub struct Leases {
+    /// Until when (by this process's clock, counted from before the announcement was sent)
+    /// each campaign's lease surely lasts.
+    until: DashMap<CampaignId, Instant>,
+    /// How long an announcement lasts ([`LEASE`] unless a test shortens it).
+    pub lease: Duration,
+    /// Renewal when less than this is left ([`MARGIN`], scaled with the lease).
+    pub margin: Duration,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases::lasting(LEASE)
+    }
+}
+
+impl Leases {
+    /// Leases of `lease` (tests shorten them so idle campaigns retire within a test),
+    /// renewed with 30 % left.
+    pub fn lasting(lease: Duration) -> Self {
+        Leases {
+            until: DashMap::new(),
+            lease,
+            margin: lease * 3 / 10,
+        }
+    }
+
+    /// Whether this process's lease on `campaign` has at least the margin left.
+    pub fn fresh(&self, campaign: &CampaignId, now: Instant) -> bool {
+        self.until
+            .get(campaign)
+            .is_some_and(|until| *until > now + self.margin)
+    }
+
+    /// Records a lease announced at `sent` (before the announcement went out).
+    pub fn took(&self, campaign: &CampaignId, sent: Instant) {
+        self.until.insert(campaign.clone(), sent + self.lease);
+    }
+
+    /// Makes sure `campaign` holds a lease with at least [`MARGIN`] left, announcing it
+    /// through `index` when it does not.
+    pub async fn ensure(
+        &self,
+        index: &(impl WorkIndex + ?Sized),
+        campaign: &CampaignId,
+    ) -> Result<(), EngineError> {
+        let now = Instant::now();
+        if self.fresh(campaign, now) {
+            return Ok(());
+        }
+        index.announce(campaign).await?;
+        self.took(campaign, now);
+        Ok(())
+    }
+
+    /// Forgets every lease (the index was lost, or a campaign left): the next change
+    /// announces again.
+    pub fn clear(&self) {
+        self.until.clear();
+    }
+
+    pub fn forget(&self, campaign: &CampaignId) {
+        self.until.remove(campaign);
+    }
+}
