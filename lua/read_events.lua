@@ -5,9 +5,10 @@
 -- ARGV[1]  group   ARGV[2] consumer   ARGV[3] count
 -- ARGV[4]  reclaim after (ms): entries another consumer took this long ago without
 --          acknowledging are taken over first; 0: none taken over this time
--- returns  {epoch or false, taken-over entries, new entries}, entries as XRANGE gives them
+-- returns  {epoch or false, taken-over entries, new entries, available units or false},
+--          entries as XRANGE gives them
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  return {redis.call('HGET', KEYS[1], 'epoch'), {}, {}}
+  return {redis.call('HGET', KEYS[1], 'epoch'), {}, {}, false}
 end
 local claimed = {}
 if tonumber(ARGV[4]) > 0 then
@@ -16,4 +17,5 @@ end
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[2], '>')
 local entries = {}
 if read then entries = read[1][2] end
-return {redis.call('HGET', KEYS[1], 'epoch'), claimed, entries}
+local c = redis.call('HMGET', KEYS[1], 'epoch', 'available')
+return {c[1], claimed, entries, c[2]}

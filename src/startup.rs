@@ -154,6 +154,7 @@ impl Application {
         let state = AppState::new(Shared {
             engine: recovering,
             store,
+            work: Arc::clone(&backends.work),
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
                 &credentials.store_tokens,

@@ -2,14 +2,14 @@
 //! the sold-out gate refresher and the rate-limiter cleanup. The first two are safe to run on
 //! every instance at once: each step is one atomic engine decision.
 
-use crate::domain::Millis;
 use crate::domain::CampaignId;
+use crate::domain::Millis;
 use crate::engine::work::Settled;
 use crate::engine::{Backend, Engine, EventLog, Gated, WaitingRoom, WorkIndex, PERSISTER};
-use std::collections::BTreeSet;
-use std::sync::Arc;
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Holds expired per campaign per engine call, so one call stays short: Redis runs a script

@@ -472,6 +472,9 @@ pub struct Backlog {
 pub struct EventBatch {
     pub epochs: Epochs,
     pub events: Vec<Event>,
+    /// Per campaign (or shard) read: the units it had available when its events were read,
+    /// and the position of the last event read with them (see `Store::record_available`).
+    pub available: HashMap<CampaignId, (u64, crate::domain::StreamPosition)>,
 }
 
 /// The events decisions appended, per consumer group: at least once, in order per campaign.

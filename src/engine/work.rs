@@ -62,7 +62,9 @@ impl Active {
 
     /// Campaigns whose lease ran out, with the lease end as read.
     pub fn expired(&self) -> impl Iterator<Item = &(CampaignId, i64)> {
-        self.leases.iter().filter(move |(_, ends)| *ends <= self.now)
+        self.leases
+            .iter()
+            .filter(move |(_, ends)| *ends <= self.now)
     }
 }
 
@@ -131,6 +133,13 @@ pub trait WorkIndex: Send + Sync + 'static {
     /// restores and announces every campaign once. Asked once per recovery pass.
     async fn incarnation(&self) -> Result<String, EngineError>;
 
+    /// Puts a campaign the engine holds back on its list of every campaign (the list only a
+    /// pass over every campaign reads; a crash may have left the campaign out of it). Once
+    /// per retirement.
+    async fn relist(&self, _campaign: &CampaignId) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Calls made to the backing store by background work so far (Redis commands; campaign
     /// locks taken in memory): what the tests count to show work follows traffic.
     fn background_calls(&self) -> u64;
@@ -166,6 +175,9 @@ pub trait WorkIndex: Send + Sync + 'static {
             }
             if self.retire(campaign, *lease_end, left.next_due).await? {
                 retired += 1;
+                if left.exists {
+                    self.relist(campaign).await?;
+                }
             }
         }
         Ok(retired)

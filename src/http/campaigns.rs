@@ -295,17 +295,59 @@ pub async fn list_campaigns(
     }
     let now = Millis::now();
     let mut views = Vec::new();
+    // Whether a campaign in its window is sold out or active comes from the availability
+    // the persister keeps in the database, which is current for every campaign off the
+    // work index's active list (a change announces its campaign first, and it leaves the
+    // list only once its events are persisted): so the candidates are the database's and
+    // the active list's, each confirmed with the engine.
+    let recent: std::collections::BTreeSet<CampaignId> = match wanted {
+        Some(CampaignStatus::Active | CampaignStatus::SoldOut) => state
+            .work
+            .active()
+            .await?
+            .campaigns()
+            .map(CampaignId::parent)
+            .collect(),
+        _ => Default::default(),
+    };
     // Pages of the database's campaigns until one more than asked for matches (that one
-    // only says `has_more`).
+    // only says `has_more`). With a status, the database's indexes narrow the pages to the
+    // candidates (its window columns and the availability the persister keeps), so an idle
+    // catalogue is not read campaign by campaign; the engine confirms each.
     'pages: loop {
-        let page = state
-            .store
-            .campaigns_page(after.as_deref(), limit.max(50))
-            .await?;
+        let page = match wanted {
+            Some(status) => {
+                state
+                    .store
+                    .campaigns_page_with_status(status, now, after.as_deref(), limit.max(50))
+                    .await?
+            }
+            None => {
+                state
+                    .store
+                    .campaigns_page(after.as_deref(), limit.max(50))
+                    .await?
+            }
+        };
         let exhausted = (page.len() as i64) < limit.max(50);
-        for campaign in page {
-            after = Some(campaign.id.to_string());
-            let Some(live) = state.engine.campaign(&campaign.id).await? else {
+        // This page's candidates and the recently changed campaigns up to its last id (to
+        // the end when it is the last page), in id order.
+        let from = after.clone().unwrap_or_default();
+        let upto = page.last().map(|c| c.id.to_string());
+        let mut candidates: std::collections::BTreeSet<CampaignId> =
+            page.into_iter().map(|c| c.id).collect();
+        candidates.extend(
+            recent
+                .iter()
+                .filter(|id| {
+                    id.as_str() > from.as_str()
+                        && (exhausted || upto.as_deref().is_some_and(|upto| id.as_str() <= upto))
+                })
+                .cloned(),
+        );
+        for id in candidates {
+            after = Some(id.to_string());
+            let Some(live) = state.engine.campaign(&id).await? else {
                 continue;
             };
             if wanted.is_some_and(|w| live.status(now) != w) {

@@ -65,6 +65,9 @@ pub struct Shared {
     pub engine: Recovering,
     /// The durable record: the feed is read from here.
     pub store: crate::store::Store,
+    /// Which campaigns changed lately (`engine::work`): the campaign list's status filter
+    /// asks the engine about these, the database's index about the rest.
+    pub work: Arc<dyn crate::engine::WorkIndex>,
     pub auth: Arc<Auth>,
     /// Per-user reservation attempt limit; `None` when turned off.
     pub user_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,

@@ -33,6 +33,10 @@ pub struct NewWebhook {
     event_types: Option<Vec<String>>,
     /// Only this campaign's events.
     campaign_id: Option<String>,
+    /// Feed items one delivery may carry, 1 to 100 (default 1: the item alone is the body;
+    /// more: `{"events": [...]}`, `Flashsale-Event-Cursor` naming the last).
+    #[schema(minimum = 1, maximum = 100)]
+    max_batch: Option<u32>,
 }
 
 /// A webhook; `secret` only in the answer to its creation.
@@ -49,6 +53,8 @@ pub struct WebhookView {
     created_at: String,
     /// Every event up to this feed cursor was delivered (or given up on).
     delivered_cursor: i64,
+    /// Feed items one delivery carries at most.
+    max_batch: u32,
 }
 
 impl WebhookView {
@@ -61,6 +67,7 @@ impl WebhookView {
             secret: with_secret.then_some(w.secret),
             created_at: w.created_at.to_rfc3339(),
             delivered_cursor: w.delivered_cursor,
+            max_batch: w.max_batch,
         }
     }
 }
@@ -81,6 +88,12 @@ pub async fn create_webhook(
         .check_url(&body.url)
         .await
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let max_batch = body.max_batch.unwrap_or(1);
+    if !(1..=100).contains(&max_batch) {
+        return Err(ApiError::InvalidRequest(
+            "max_batch must be between 1 and 100".into(),
+        ));
+    }
     let event_types = body.event_types.unwrap_or_default();
     if let Some(unknown) = event_types
         .iter()
@@ -104,6 +117,7 @@ pub async fn create_webhook(
         secret: crate::webhooks::new_secret(),
         created_at: Millis::now(),
         delivered_cursor: state.store.newest_cursor().await?,
+        max_batch,
     };
     state.store.insert_webhook(&webhook).await?;
     Ok((StatusCode::CREATED, Json(WebhookView::of(webhook, true))))

@@ -60,8 +60,7 @@ pub async fn run(
                     {
                         return;
                     }
-                    buffer.events.clear();
-                    buffer.epochs = Default::default();
+                    buffer = EventBatch::default();
                     first_at = None;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -73,8 +72,7 @@ pub async fn run(
             if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
                 return;
             }
-            buffer.events.clear();
-            buffer.epochs = Default::default();
+            buffer = EventBatch::default();
             first_at = None;
         }
         let got_any = !fresh.events.is_empty();
@@ -82,14 +80,20 @@ pub async fn run(
             first_at = Some(Instant::now());
         }
         buffer.epochs.extend(fresh.epochs);
+        for (campaign, seen) in fresh.available {
+            // The read with the later event knows the later availability.
+            let kept = buffer.available.entry(campaign).or_insert(seen);
+            if seen.1 > kept.1 {
+                *kept = seen;
+            }
+        }
         buffer.events.extend(fresh.events);
         let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
         if !buffer.events.is_empty() && (buffer.events.len() >= settings.batch || due) {
             if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
                 return;
             }
-            buffer.events.clear();
-            buffer.epochs = Default::default();
+            buffer = EventBatch::default();
             first_at = None;
         } else if !got_any {
             // Nothing new: poll again after a short pause while a batch is open (so it still
@@ -186,6 +190,14 @@ async fn write_once(
             tracing::warn!(%error, events = events.len(), "persisting a batch failed; will retry");
             return Err("write");
         }
+    }
+    // The campaigns' availability as read with these events, for the campaign list's
+    // status filter: a failure only leaves the filter a little behind.
+    if let Err(error) = store
+        .record_available(&batch.epochs, &batch.available)
+        .await
+    {
+        tracing::warn!(%error, "recording the campaigns' availability failed");
     }
     // Only after the commit: a crash before this line means redelivery, which the database
     // absorbs (ON CONFLICT DO NOTHING), never loss. A failed ack is harmless too (the events

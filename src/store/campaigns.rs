@@ -87,8 +87,9 @@ macro_rules! insert_campaign_row {
         const SQL: &str =
             "INSERT INTO campaigns (id, kind, sku, stock, per_user_limit, starts_at_ms, \
         ends_at_ms, hold_seconds, group_size, group_window_seconds, created_at_ms, \
-        engine_epoch, max_extend_seconds, queue_admit_per_second, queue_pass_seconds, shards) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+        engine_epoch, max_extend_seconds, queue_admit_per_second, queue_pass_seconds, shards, \
+        available) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
         ON CONFLICT (id) DO NOTHING";
         let group = c.group;
         let affected = sqlx::query(SQL)
@@ -108,6 +109,8 @@ macro_rules! insert_campaign_row {
             .bind(c.queue.map(|q| i64::from(q.admit_per_second)))
             .bind(c.queue.map(|q| i64::from(q.pass_seconds)))
             .bind(i64::from(c.shards))
+            // A new campaign has its whole stock (a sharded one's split is the engine's).
+            .bind((c.shards <= 1).then_some(c.stock as i64))
             .execute($executor)
             .await?
             .rows_affected();
@@ -312,6 +315,83 @@ impl Store {
         );
         let rows: Vec<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
             .bind(before.0)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(CampaignRow::into_campaign).collect()
+    }
+
+    /// Records each campaign's (or shard's) units available as the persister read them with
+    /// its events: only under the load the database knows (a fenced read changes nothing)
+    /// and only over an older read's.
+    pub async fn record_available(
+        &self,
+        epochs: &crate::engine::Epochs,
+        available: &std::collections::HashMap<CampaignId, (u64, crate::domain::StreamPosition)>,
+    ) -> Result<(), StoreError> {
+        for (id, (units, position)) in available {
+            let table = if id.as_str().contains('.') {
+                "campaign_shards"
+            } else {
+                "campaigns"
+            };
+            let sql = format!(
+                "UPDATE {table} SET available = $2, available_ms = $3, available_seq = $4 \
+                 WHERE id = $1 AND (engine_epoch IS NULL OR engine_epoch = $5) \
+                 AND (available_ms, available_seq) < ($3, $4)"
+            );
+            on_pool!(self, pool => sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(i64::try_from(*units).unwrap_or(i64::MAX))
+                .bind(position.ms)
+                .bind(position.seq)
+                .bind(epochs.of(id))
+                .execute(pool)
+                .await
+                .map(|_| ())?);
+        }
+        Ok(())
+    }
+
+    /// A page of live campaigns (not archived) that may have `status` at `now`, by id after
+    /// `after`: the window from the campaign's columns, `sold_out` or `active` from the
+    /// availability the persister recorded (unknown counts as either). The caller confirms
+    /// each with the engine; the database only narrows the candidates, through its indexes.
+    pub async fn campaigns_page_with_status(
+        &self,
+        status: crate::domain::CampaignStatus,
+        now: Millis,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        use crate::domain::CampaignStatus;
+        const OPEN: &str = "(starts_at_ms IS NULL OR starts_at_ms <= $3) \
+            AND (ends_at_ms IS NULL OR ends_at_ms > $3)";
+        let filter = match status {
+            CampaignStatus::Scheduled => "starts_at_ms > $3".to_owned(),
+            CampaignStatus::Ended => "ends_at_ms <= $3".to_owned(),
+            CampaignStatus::SoldOut => format!(
+                "{OPEN} AND (available IS NULL OR available = 0) AND NOT EXISTS (SELECT 1 FROM \
+                 campaign_shards s WHERE s.campaign_id = campaigns.id AND s.available > 0)"
+            ),
+            CampaignStatus::Active => format!(
+                "{OPEN} AND (available IS NULL OR available > 0 OR EXISTS (SELECT 1 FROM \
+                 campaign_shards s WHERE s.campaign_id = campaigns.id \
+                 AND (s.available IS NULL OR s.available > 0)))"
+            ),
+        };
+        // Ended campaigns include the archived ones (answered from the database); the
+        // others are live by definition.
+        let live = if status == CampaignStatus::Ended {
+            ""
+        } else {
+            "archived_at_ms IS NULL AND "
+        };
+        let sql =
+            format!("{SELECT_CAMPAIGNS} WHERE {live}{filter} AND id > $1 ORDER BY id LIMIT $2");
+        let rows: Vec<CampaignRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .bind(now.0)
             .fetch_all(pool)
             .await?);
         rows.into_iter().map(CampaignRow::into_campaign).collect()

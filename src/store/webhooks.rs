@@ -16,6 +16,8 @@ pub struct Webhook {
     pub created_at: Millis,
     /// Every feed event up to this cursor was delivered (or given up on).
     pub delivered_cursor: i64,
+    /// Feed items one delivery carries at most (1: the item alone as the body).
+    pub max_batch: u32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -27,6 +29,7 @@ struct WebhookRow {
     secret: String,
     created_at_ms: i64,
     delivered_cursor: i64,
+    max_batch: i64,
 }
 
 impl From<WebhookRow> for Webhook {
@@ -44,6 +47,7 @@ impl From<WebhookRow> for Webhook {
             secret: row.secret,
             created_at: Millis(row.created_at_ms),
             delivered_cursor: row.delivered_cursor,
+            max_batch: u32::try_from(row.max_batch.clamp(1, 100)).unwrap_or(1),
         }
     }
 }
@@ -65,7 +69,8 @@ pub struct Delivery {
     pub at_ms: i64,
 }
 
-const COLUMNS: &str = "id, url, event_types, campaign_id, secret, created_at_ms, delivered_cursor";
+const COLUMNS: &str =
+    "id, url, event_types, campaign_id, secret, created_at_ms, delivered_cursor, max_batch";
 
 impl Store {
     /// The newest feed cursor (0 when the feed is empty): where a new webhook starts.
@@ -76,7 +81,7 @@ impl Store {
 
     pub async fn insert_webhook(&self, w: &Webhook) -> Result<(), StoreError> {
         const SQL: &str = "INSERT INTO webhooks (id, url, event_types, campaign_id, secret, \
-            created_at_ms, delivered_cursor) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+            created_at_ms, delivered_cursor, max_batch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         on_pool!(self, pool => sqlx::query(SQL)
             .bind(&w.id)
             .bind(&w.url)
@@ -85,6 +90,7 @@ impl Store {
             .bind(&w.secret)
             .bind(w.created_at.0)
             .bind(w.delivered_cursor)
+            .bind(i64::from(w.max_batch))
             .execute(pool)
             .await?
             .rows_affected());
@@ -191,6 +197,55 @@ impl Store {
             .await?
             .rows_affected());
         Ok(affected == 1)
+    }
+
+    /// Several attempts at once (the successful deliveries of a webhook since the last
+    /// flush), in one statement per hundred.
+    pub async fn record_deliveries(
+        &self,
+        webhook: &str,
+        all: &[Delivery],
+    ) -> Result<(), StoreError> {
+        for chunk in all.chunks(100) {
+            let mut sql = String::from(
+                "INSERT INTO webhook_deliveries (webhook_id, event_cursor, attempt, outcome, \
+                 status_code, error, at_ms) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 7;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            macro_rules! bound {
+                ($query:expr) => {{
+                    let mut query = $query;
+                    for d in chunk {
+                        query = query
+                            .bind(webhook)
+                            .bind(d.event_cursor)
+                            .bind(d.attempt)
+                            .bind(&d.outcome)
+                            .bind(d.status_code)
+                            .bind(&d.error)
+                            .bind(d.at_ms);
+                    }
+                    query
+                }};
+            }
+            on_pool!(self, pool => bound!(sqlx::query(&sql)).execute(pool).await.map(|_| ())?);
+        }
+        Ok(())
     }
 
     pub async fn record_delivery(&self, webhook: &str, d: &Delivery) -> Result<(), StoreError> {

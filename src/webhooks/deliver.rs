@@ -39,8 +39,19 @@ pub struct DeliverySettings {
 /// How long a lease lasts past its last renewal.
 const LEASE: Duration = Duration::from_secs(15);
 
+/// The lease is renewed before an attempt once this long passed since the last renewal: an
+/// attempt (at most the delivery timeout, below [`LEASE`] less this) never outlives the
+/// lease, so a slow receiver is not sent the same events by two instances at once, and a
+/// deleted webhook (whose lease cannot be renewed) starts no attempt this long after.
+const RENEW_EVERY: Duration = Duration::from_millis(250);
+
+/// Successful deliveries are recorded, and the cursor moved past them, together: every
+/// this many or this long (a crash in between sends them again: at least once).
+const FLUSH_EVERY: usize = 200;
+const FLUSH_AFTER: Duration = Duration::from_millis(200);
+
 /// Events read per page.
-const PAGE: i64 = 100;
+const PAGE: i64 = 500;
 
 /// Runs until shutdown: one task per webhook this instance may deliver.
 pub async fn run(store: Store, settings: DeliverySettings, mut shutdown: Shutdown) {
@@ -132,6 +143,61 @@ enum Next {
     Idle,
 }
 
+/// The webhook's lease as this worker holds it.
+struct Lease<'a> {
+    store: &'a Store,
+    owner: &'a str,
+    id: &'a str,
+    renewed: Instant,
+}
+
+impl Lease<'_> {
+    /// Renews the lease if [`RENEW_EVERY`] passed, for `extra` past [`LEASE`]; `false` if
+    /// it was lost (another instance took it, or the webhook was deleted).
+    async fn keep(&mut self, extra: Duration) -> Result<bool, crate::store::StoreError> {
+        if self.renewed.elapsed() < RENEW_EVERY && extra.is_zero() {
+            return Ok(true);
+        }
+        let now = Millis::now();
+        let until = Millis(now.0 + (LEASE + extra).as_millis() as i64);
+        let kept = self
+            .store
+            .lease_webhook(self.id, self.owner, now, until)
+            .await?;
+        self.renewed = Instant::now();
+        Ok(kept)
+    }
+}
+
+/// Successful deliveries not yet recorded, and the cursor they move the webhook to.
+struct Delivered {
+    records: Vec<Delivery>,
+    from: i64,
+    to: i64,
+    since: Instant,
+}
+
+impl Delivered {
+    /// Records them and moves the cursor; `false` if the lease was lost or a replay moved
+    /// the cursor meanwhile (start over from what the database says).
+    async fn flush(
+        &mut self,
+        store: &Store,
+        id: &str,
+        owner: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        if self.to == self.from {
+            return Ok(true);
+        }
+        store.record_deliveries(id, &self.records).await?;
+        let moved = store.advance_webhook(id, owner, self.from, self.to).await?;
+        self.records.clear();
+        self.from = self.to;
+        self.since = Instant::now();
+        Ok(moved)
+    }
+}
+
 async fn deliver_some(
     store: &Store,
     http: &reqwest::Client,
@@ -150,6 +216,12 @@ async fn deliver_some(
             None => Next::Stop,
         });
     }
+    let mut lease = Lease {
+        store,
+        owner,
+        id,
+        renewed: Instant::now(),
+    };
     let Some(webhook) = store.webhook(id).await? else {
         return Ok(Next::Stop);
     };
@@ -167,42 +239,59 @@ async fn deliver_some(
     if events.is_empty() {
         return Ok(Next::Idle);
     }
-    let mut cursor = webhook.delivered_cursor;
-    for event in &events {
-        match deliver_event(store, http, settings, owner, &webhook, event, shutdown).await? {
-            Sent::Done => {}
+    let mut delivered = Delivered {
+        records: Vec::new(),
+        from: webhook.delivered_cursor,
+        to: webhook.delivered_cursor,
+        since: Instant::now(),
+    };
+    for batch in events.chunks(webhook.max_batch.max(1) as usize) {
+        let Some(last) = batch.last() else {
+            continue;
+        };
+        match deliver_batch(&mut lease, http, settings, &webhook, batch, shutdown).await? {
+            Sent::Delivered(record) => delivered.records.push(record),
+            Sent::Recorded => {}
             Sent::Stop => return Ok(Next::Stop),
         }
-        if !store
-            .advance_webhook(id, owner, cursor, event.cursor)
-            .await?
-        {
-            // The lease lapsed (another instance goes on) or a replay moved the cursor:
-            // start over from what the database says.
+        delivered.to = last.cursor;
+        let due =
+            delivered.records.len() >= FLUSH_EVERY || delivered.since.elapsed() >= FLUSH_AFTER;
+        if due && !delivered.flush(store, id, owner).await? {
             return Ok(Next::More);
         }
-        cursor = event.cursor;
     }
+    delivered.flush(store, id, owner).await?;
     Ok(Next::More)
 }
 
 enum Sent {
-    /// Delivered, or given up on: the cursor may move past it.
-    Done,
+    /// Delivered at the first attempt: the attempt's record, written with the next flush.
+    Delivered(Delivery),
+    /// Delivered after retries, or given up on: every attempt recorded already.
+    Recorded,
     Stop,
 }
 
-/// Sends one event until it is delivered or given up on, renewing the lease meanwhile.
-async fn deliver_event(
-    store: &Store,
+/// Sends a batch (one event when the webhook takes one at a time) until it is delivered or
+/// given up on, renewing the lease before every attempt that needs it.
+async fn deliver_batch(
+    lease: &mut Lease<'_>,
     http: &reqwest::Client,
     settings: &DeliverySettings,
-    owner: &str,
     webhook: &Webhook,
-    event: &FeedEvent,
+    events: &[FeedEvent],
     shutdown: &mut Shutdown,
 ) -> Result<Sent, crate::store::StoreError> {
-    let body = serde_json::to_vec(event).unwrap_or_default();
+    let store = lease.store;
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(Sent::Recorded);
+    };
+    let body = if webhook.max_batch <= 1 {
+        serde_json::to_vec(first).unwrap_or_default()
+    } else {
+        serde_json::to_vec(&serde_json::json!({ "events": events })).unwrap_or_default()
+    };
     let started = Instant::now();
     let mut delays = backon::ExponentialBuilder::default()
         .with_min_delay(settings.min_backoff)
@@ -213,7 +302,10 @@ async fn deliver_event(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (status, error) = send(http, settings, webhook, event.cursor, &body).await;
+        if !lease.keep(Duration::ZERO).await? {
+            return Ok(Sent::Stop);
+        }
+        let (status, error) = send(http, settings, webhook, last.cursor, &body).await;
         let delivered = status.is_some_and(|s| (200..300).contains(&s));
         let gave_up = !delivered && started.elapsed() >= settings.give_up_after;
         let outcome = match (delivered, gave_up) {
@@ -222,27 +314,24 @@ async fn deliver_event(
             (false, false) => "failed",
         };
         metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
-        store
-            .record_delivery(
-                &webhook.id,
-                &Delivery {
-                    id: 0,
-                    event_cursor: event.cursor,
-                    attempt,
-                    outcome: outcome.to_owned(),
-                    status_code: status.map(i32::from),
-                    error,
-                    at_ms: Millis::now().0,
-                },
-            )
-            .await?;
+        let record = Delivery {
+            id: 0,
+            event_cursor: last.cursor,
+            attempt,
+            outcome: outcome.to_owned(),
+            status_code: status.map(i32::from),
+            error,
+            at_ms: Millis::now().0,
+        };
+        if delivered && attempt == 1 {
+            return Ok(Sent::Delivered(record));
+        }
+        store.record_delivery(&webhook.id, &record).await?;
         if delivered || gave_up {
-            return Ok(Sent::Done);
+            return Ok(Sent::Recorded);
         }
         let delay = delays.next().unwrap_or(settings.max_backoff);
-        let now = Millis::now();
-        let until = Millis(now.0 + (delay + LEASE).as_millis() as i64);
-        if !store.lease_webhook(&webhook.id, owner, now, until).await? {
+        if !lease.keep(delay).await? {
             return Ok(Sent::Stop);
         }
         tokio::select! {

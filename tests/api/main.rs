@@ -6,6 +6,7 @@
 mod abuse;
 mod auth;
 mod campaigns;
+mod catalogue;
 mod cli;
 mod concurrency;
 mod durability;

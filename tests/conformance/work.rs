@@ -8,8 +8,8 @@
 use crate::engines::{attempt, campaign, created, redis_cluster_nodes, redis_url};
 use flashsale::domain::{Millis, ReservationStatus};
 use flashsale::engine::{
-    Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ReserveOutcome,
-    WorkIndex, PERSISTER,
+    Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ReserveOutcome, WorkIndex,
+    PERSISTER,
 };
 use flashsale::workers::reap_once;
 use std::sync::Arc;
@@ -69,7 +69,10 @@ async fn until_idle<E: Tested>(engine: &E, gate: &Gated) {
         if engine.active().await.expect("active").leases.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "campaigns never left the active list");
+        assert!(
+            Instant::now() < deadline,
+            "campaigns never left the active list"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -147,7 +150,11 @@ async fn a_hold_of_an_idle_campaign_expires_through_the_due_list<E: Tested>(engi
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status().await, ReservationStatus::Expired);
-    let state = engine.campaign(&sale.id).await.expect("read").expect("kept");
+    let state = engine
+        .campaign(&sale.id)
+        .await
+        .expect("read")
+        .expect("kept");
     assert_eq!((state.available, state.held), (10, 0));
 }
 
@@ -164,7 +171,13 @@ async fn events_a_dead_instance_left_are_found_by_another<E: Tested>(first: E, s
     created(&first, &sale).await;
     for n in 0..50 {
         let outcome = first
-            .reserve(&attempt(&sale, &format!("u{n}"), 1, &format!("k{n}"), Millis::now()))
+            .reserve(&attempt(
+                &sale,
+                &format!("u{n}"),
+                1,
+                &format!("k{n}"),
+                Millis::now(),
+            ))
             .await
             .expect("reserve");
         assert!(matches!(outcome, ReserveOutcome::Reserved { .. }));
@@ -181,10 +194,7 @@ async fn events_a_dead_instance_left_are_found_by_another<E: Tested>(first: E, s
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut rounds = 0;
     while persisted < 50 {
-        assert!(
-            Instant::now() < deadline,
-            "{persisted} of 50 events found"
-        );
+        assert!(Instant::now() < deadline, "{persisted} of 50 events found");
         let read = second
             .read(&consumer("survives"), 1_000, Duration::from_millis(100))
             .await
@@ -228,16 +238,13 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn background_work_does_not_grow_with_idle_campaigns() {
-        super::background_work_does_not_grow_with_idle_campaigns(redis_in(&namespace()).await)
-            .await
+        super::background_work_does_not_grow_with_idle_campaigns(redis_in(&namespace()).await).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hold_of_an_idle_campaign_expires_through_the_due_list() {
-        super::a_hold_of_an_idle_campaign_expires_through_the_due_list(
-            redis_in(&namespace()).await,
-        )
-        .await
+        super::a_hold_of_an_idle_campaign_expires_through_the_due_list(redis_in(&namespace()).await)
+            .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,7 +138,10 @@ impl Backend for MemoryEngine {
 
     async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
         self.campaigns.remove(id);
-        self.work.lock().unwrap_or_else(|p| p.into_inner()).forget(id);
+        self.work
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(id);
         self.leases.forget(id);
         Ok(())
     }
@@ -310,6 +313,7 @@ impl EventLog for MemoryEngine {
         use super::work::WorkIndex;
         let mut events = Vec::new();
         let mut epochs = crate::engine::Epochs::default();
+        let mut available = std::collections::HashMap::new();
         for waited in [false, true] {
             // Only the active campaigns: every campaign with events waiting is on the list.
             let (active, slots) = self.active_slots().await;
@@ -318,11 +322,16 @@ impl EventLog for MemoryEngine {
                     break;
                 }
                 let before = events.len();
-                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut slot = lock(&slot);
                 slot.outbox.hand_out(&mut events, max, reclaim_after);
                 if events.len() > before {
                     epochs.set(&slot.campaign.id, &slot.epoch);
+                    let last = events[before..].iter().map(|e| e.position).max();
+                    if let Some(last) = last {
+                        available.insert(slot.campaign.id.clone(), (slot.available, last));
+                    }
                 }
             }
             if !events.is_empty() || waited {
@@ -334,7 +343,11 @@ impl EventLog for MemoryEngine {
             // for its commit is not held up by the persister's idle pause.
             let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
         }
-        Ok(EventBatch { epochs, events })
+        Ok(EventBatch {
+            epochs,
+            events,
+            available,
+        })
     }
 
     async fn ack(&self, _group: &str, events: &[Event]) -> Result<(), EngineError> {

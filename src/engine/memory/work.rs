@@ -109,7 +109,10 @@ impl WorkIndex for MemoryEngine {
         }
         lists.active.remove(campaign);
         if let Some(due) = next_due {
-            let at = lists.due.get(campaign).map_or(due.0, |old| (*old).min(due.0));
+            let at = lists
+                .due
+                .get(campaign)
+                .map_or(due.0, |old| (*old).min(due.0));
             lists.set_due(campaign, Some(at));
         }
         Ok(true)

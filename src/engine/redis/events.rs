@@ -104,7 +104,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 redis::Value::Array(parts) => parts.as_slice(),
                 _ => &[],
             };
-            let [epoch, claimed, read] = parts else {
+            let [epoch, claimed, read, available] = parts else {
                 return Err(EngineError::Corrupt(format!(
                     "read_events of {campaign} answered {reply:?}"
                 )));
@@ -117,6 +117,11 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 batch
                     .epochs
                     .set(campaign, epoch.as_deref().unwrap_or_default());
+                let available: Option<u64> = redis::from_redis_value(available)?;
+                let last = batch.events[before..].iter().map(|e| e.position).max();
+                if let (Some(available), Some(last)) = (available, last) {
+                    batch.available.insert(campaign.clone(), (available, last));
+                }
             } else {
                 quiet.push(campaign.clone());
             }
@@ -134,7 +139,8 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .collect(),
         };
         if !idle.leases.is_empty() {
-            self.retire_idle(&idle, crate::domain::Millis::now()).await?;
+            self.retire_idle(&idle, crate::domain::Millis::now())
+                .await?;
         }
         Ok(batch)
     }

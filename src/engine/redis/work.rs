@@ -202,6 +202,10 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
         Ok(())
     }
 
+    async fn relist(&self, campaign: &CampaignId) -> Result<(), EngineError> {
+        self.index(campaign).await
+    }
+
     /// The index's birth mark and every master's `run_id` (a restart changes it).
     async fn incarnation(&self) -> Result<String, EngineError> {
         let mut ids = vec![self.active().await?.born];

@@ -279,8 +279,12 @@ pub async fn reconcile_active(
     work: &dyn WorkIndex,
     store: &Store,
 ) -> Result<Vec<Drift>, RecoveryError> {
-    let ids: std::collections::BTreeSet<CampaignId> =
-        work.active().await?.campaigns().map(CampaignId::parent).collect();
+    let ids: std::collections::BTreeSet<CampaignId> = work
+        .active()
+        .await?
+        .campaigns()
+        .map(CampaignId::parent)
+        .collect();
     let mut campaigns = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(campaign) = store.campaign(&id).await? {
@@ -356,7 +360,10 @@ pub async fn pseudonymise_past_retention(
 /// Announces every campaign the engine holds on the work index (after the index was lost,
 /// or at start: campaigns kept from before the index existed), so each is looked at once
 /// and filed under its next due time.
-pub async fn announce_all(engine: &dyn Engine, work: &dyn WorkIndex) -> Result<usize, RecoveryError> {
+pub async fn announce_all(
+    engine: &dyn Engine,
+    work: &dyn WorkIndex,
+) -> Result<usize, RecoveryError> {
     let ids = engine.campaign_ids().await?;
     for id in &ids {
         work.announce(id).await?;
