@@ -133,6 +133,17 @@ pub trait WorkIndex: Send + Sync + 'static {
     /// restores and announces every campaign once. Asked once per recovery pass.
     async fn incarnation(&self) -> Result<String, EngineError>;
 
+    /// Files a campaign under `due` (kept if it is due earlier already): what a pass over
+    /// every campaign does for one without events waiting, instead of making it active.
+    async fn file(&self, campaign: &CampaignId, due: Millis) -> Result<(), EngineError>;
+
+    /// The incarnation (see [`WorkIndex::incarnation`]) whose campaigns were all filed on
+    /// this index, as [`WorkIndex::set_filed`] recorded it.
+    async fn filed(&self) -> Result<Option<String>, EngineError>;
+
+    /// Records that every campaign of `incarnation` was filed.
+    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError>;
+
     /// Puts a campaign the engine holds back on its list of every campaign (the list only a
     /// pass over every campaign reads; a crash may have left the campaign out of it). Once
     /// per retirement.
@@ -189,6 +200,9 @@ pub struct Leases {
     /// Until when (by this process's clock, counted from before the announcement was sent)
     /// each campaign's lease surely lasts.
     until: DashMap<CampaignId, Instant>,
+    /// One announcement per campaign at a time: the requests of a burst that find the lease
+    /// short wait for it instead of each announcing.
+    announcing: DashMap<CampaignId, std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// How long an announcement lasts ([`LEASE`] unless a test shortens it).
     pub lease: Duration,
     /// Renewal when less than this is left ([`MARGIN`], scaled with the lease).
@@ -207,6 +221,7 @@ impl Leases {
     pub fn lasting(lease: Duration) -> Self {
         Leases {
             until: DashMap::new(),
+            announcing: DashMap::new(),
             lease,
             margin: lease * 3 / 10,
         }
@@ -231,6 +246,12 @@ impl Leases {
         index: &(impl WorkIndex + ?Sized),
         campaign: &CampaignId,
     ) -> Result<(), EngineError> {
+        if self.fresh(campaign, Instant::now()) {
+            return Ok(());
+        }
+        let turn =
+            std::sync::Arc::clone(self.announcing.entry(campaign.clone()).or_default().value());
+        let _turn = turn.lock().await;
         let now = Instant::now();
         if self.fresh(campaign, now) {
             return Ok(());
@@ -244,9 +265,11 @@ impl Leases {
     /// announces again.
     pub fn clear(&self) {
         self.until.clear();
+        self.announcing.clear();
     }
 
     pub fn forget(&self, campaign: &CampaignId) {
         self.until.remove(campaign);
+        self.announcing.remove(campaign);
     }
 }

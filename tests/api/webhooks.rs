@@ -712,3 +712,190 @@ async fn a_private_target_is_refused_at_delivery_too() {
         "nothing reached the target"
     );
 }
+
+/// Feed items of a delivery: the item itself, or each of a batch's `events`.
+fn items(body: &[u8]) -> Vec<Value> {
+    let value: Value = serde_json::from_slice(body).expect("a JSON body");
+    match value.get("events") {
+        Some(Value::Array(events)) => events.clone(),
+        _ => vec![value],
+    }
+}
+
+async fn batched_deliveries_carry_events_in_order_under_one_signature(backend: Backend) {
+    let app = app(backend).await;
+    for wrong in [0, 101] {
+        let response = app
+            .client
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({"url": "http://127.0.0.1:9/hook", "max_batch": wrong}))
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, 422, "invalid_request").await;
+    }
+    let (url, received) = receiver(Behaviour::Ok).await;
+    let campaign = app.campaign(50, 1, json!({})).await;
+    let hook = subscribe(
+        &app,
+        json!({"url": url, "campaign_id": campaign, "max_batch": 10}),
+    )
+    .await;
+    assert_eq!(hook["max_batch"], 10);
+    let secret = hook["secret"].as_str().expect("secret").to_owned();
+    for n in 0..50 {
+        created_reservation(app.reserve(&campaign, &format!("u{n}"), 1).await).await;
+    }
+    let feed = feed_cursors(&app, &campaign, 50).await;
+    let started = Instant::now();
+    let delivered = loop {
+        let got: Vec<(i64, String, Vec<u8>)> = received.lock().expect("not poisoned").clone();
+        let count: usize = got.iter().map(|(_, _, body)| items(body).len()).sum();
+        if count >= feed.len() {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{count} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut cursors = Vec::new();
+    for (header, signature, body) in &delivered {
+        assert!(signed(&secret, signature, body), "the whole body is signed");
+        let batch = items(body);
+        assert!(
+            !batch.is_empty() && batch.len() <= 10,
+            "{} in a batch",
+            batch.len()
+        );
+        let last = batch.last().and_then(|e| e["cursor"].as_i64());
+        assert_eq!(
+            Some(*header),
+            last,
+            "the cursor header names the batch's last"
+        );
+        cursors.extend(batch.iter().filter_map(|e| e["cursor"].as_i64()));
+    }
+    assert_eq!(cursors, feed, "every event once, in order");
+    assert!(delivered.len() < feed.len(), "batches, not one event each");
+}
+
+mod batched_deliveries {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        batched_deliveries_carry_events_in_order_under_one_signature(Backend::Memory).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        batched_deliveries_carry_events_in_order_under_one_signature(Backend::Redis).await
+    }
+}
+
+/// Two instances, a receiver that takes 250 ms to say 2xx: 70 events take longer than a
+/// lease (15 s), so a lease taken once per page would lapse mid-page and the other instance
+/// would send the same events too. Renewed before every attempt, it never lapses: each
+/// event arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_gets_each_event_once_from_two_instances() {
+    let namespace = crate::helpers::unique_id("ns");
+    let database = crate::helpers::fresh_postgres_schema().await;
+    let client = reqwest::Client::new();
+    let (url, received) = receiver(Behaviour::Slow(250)).await;
+    let first = Instance::start(&namespace, &database);
+    let second = Instance::start(&namespace, &database);
+    let post = |address: &str, path: &str, token: &str, body: Value, key: String| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let campaign = crate::helpers::unique_id("c").to_lowercase();
+    let created = post(
+        &first.address,
+        "/v1/campaigns",
+        "hook-admin",
+        json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": 70, "per_user_limit": 1}),
+        "c".into(),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(created.status(), 201);
+    let hook = post(
+        &first.address,
+        "/v1/webhooks",
+        "hook-admin",
+        json!({"url": url, "campaign_id": campaign}),
+        "h".into(),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(hook.status(), 201);
+    for n in 0..70 {
+        let address = if n % 2 == 0 {
+            &first.address
+        } else {
+            &second.address
+        };
+        let r = post(
+            address,
+            &format!("/v1/campaigns/{campaign}/reservations"),
+            "hook-store",
+            json!({"user_id": format!("u{n}")}),
+            format!("k{n}"),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(r.status(), 201);
+    }
+    let got = until_received(&received, 70, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 70);
+    // A moment more: a second sender would show up now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let arrivals: Vec<i64> = received
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(c, _, _)| *c)
+        .collect();
+    assert_eq!(arrivals, got, "each event once, in order");
+    drop((first, second));
+}
+
+/// A webhook deleted while a page of deliveries is under way starts no delivery a second
+/// after the `DELETE` answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_webhook_stops_within_a_second() {
+    let app = app(Backend::Memory).await;
+    let (url, received) = receiver(Behaviour::Slow(50)).await;
+    let campaign = app.campaign(100, 1, json!({})).await;
+    let hook = subscribe(&app, json!({"url": url, "campaign_id": campaign})).await;
+    let id = hook["id"].as_str().expect("id").to_owned();
+    for n in 0..100 {
+        created_reservation(app.reserve(&campaign, &format!("u{n}"), 1).await).await;
+    }
+    until_received(&received, 5, Duration::from_secs(30)).await;
+    let response = app
+        .client
+        .delete(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 204);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_a_second = received.lock().expect("not poisoned").len();
+    assert!(after_a_second < 100, "the page ran to its end");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        received.lock().expect("not poisoned").len(),
+        after_a_second,
+        "a delivery started more than a second after the DELETE"
+    );
+}

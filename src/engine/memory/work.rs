@@ -19,6 +19,8 @@ pub struct WorkLists {
     /// Campaign → when it falls due (ms), and the same ordered by time.
     due: HashMap<CampaignId, i64>,
     by_time: BTreeSet<(i64, CampaignId)>,
+    /// The incarnation whose campaigns were all filed.
+    filed: Option<String>,
 }
 
 impl WorkLists {
@@ -157,6 +159,25 @@ impl WorkIndex for MemoryEngine {
             return Ok(());
         }
         lists.set_due(campaign, next_due.map(|due| due.0));
+        Ok(())
+    }
+
+    async fn file(&self, campaign: &CampaignId, due: Millis) -> Result<(), EngineError> {
+        let mut lists = self.lists();
+        let at = lists
+            .due
+            .get(campaign)
+            .map_or(due.0, |old| (*old).min(due.0));
+        lists.set_due(campaign, Some(at));
+        Ok(())
+    }
+
+    async fn filed(&self) -> Result<Option<String>, EngineError> {
+        Ok(self.lists().filed.clone())
+    }
+
+    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError> {
+        self.lists().filed = Some(incarnation.to_owned());
         Ok(())
     }
 

@@ -47,6 +47,7 @@ pub struct WorkKeys {
     pub active: String,
     pub due: String,
     pub born: String,
+    pub filed: String,
 }
 
 impl WorkKeys {
@@ -56,6 +57,7 @@ impl WorkKeys {
             active: format!("{base}:active"),
             due: format!("{base}:due"),
             born: format!("{base}:born"),
+            filed: format!("{base}:filed"),
         }
     }
 }
@@ -198,6 +200,36 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
             .arg(now.0)
             .arg(millis(next_due))
             .invoke_async(&mut self.background())
+            .await?;
+        Ok(())
+    }
+
+    async fn file(&self, campaign: &CampaignId, due: Millis) -> Result<(), EngineError> {
+        let keys = WorkKeys::of(&self.namespace);
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&keys.due)
+            .arg("LT")
+            .arg(due.0)
+            .arg(campaign.as_str())
+            .query_async(&mut self.background())
+            .await?;
+        Ok(())
+    }
+
+    async fn filed(&self) -> Result<Option<String>, EngineError> {
+        let keys = WorkKeys::of(&self.namespace);
+        Ok(redis::cmd("GET")
+            .arg(&keys.filed)
+            .query_async(&mut self.background())
+            .await?)
+    }
+
+    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError> {
+        let keys = WorkKeys::of(&self.namespace);
+        let _: () = redis::cmd("SET")
+            .arg(&keys.filed)
+            .arg(incarnation)
+            .query_async(&mut self.background())
             .await?;
         Ok(())
     }

@@ -357,16 +357,19 @@ pub async fn pseudonymise_past_retention(
     Ok(due)
 }
 
-/// Announces every campaign the engine holds on the work index (after the index was lost,
-/// or at start: campaigns kept from before the index existed), so each is looked at once
-/// and filed under its next due time.
-pub async fn announce_all(
-    engine: &dyn Engine,
-    work: &dyn WorkIndex,
-) -> Result<usize, RecoveryError> {
+/// Files every campaign the engine holds on the work index (after the index was lost, or
+/// campaigns kept from before it existed): active if it has events waiting, under its next
+/// due time otherwise. One read per campaign, once per incarnation of the engine.
+pub async fn file_all(engine: &dyn Engine, work: &dyn WorkIndex) -> Result<usize, RecoveryError> {
     let ids = engine.campaign_ids().await?;
+    let now = Millis::now();
     for id in &ids {
-        work.announce(id).await?;
+        let left = work.leftover(id, now).await?;
+        if left.events > 0 {
+            work.announce(id).await?;
+        } else if let Some(due) = left.next_due {
+            work.file(id, due).await?;
+        }
     }
     Ok(ids.len())
 }
@@ -397,15 +400,27 @@ pub async fn run(
         }
         match work.incarnation().await {
             Ok(now) if known.as_ref() != Some(&now) => {
-                let restored = restore_all(&*engine, &store, &watch).await;
-                let announced = announce_all(&*engine, &*work).await;
-                match (restored, announced) {
-                    (Ok(_), Ok(campaigns)) => {
-                        tracing::info!(campaigns, "every campaign restored and announced");
-                        known = Some(now);
-                    }
-                    (Err(error), _) | (_, Err(error)) => {
-                        tracing::warn!(%error, "recovery pass failed");
+                // Filed already (by another instance, or by this one before a restart): the
+                // engine and its index are as they were.
+                if work.filed().await.ok().flatten().as_ref() == Some(&now) {
+                    known = Some(now);
+                } else {
+                    let restored = restore_all(&*engine, &store, &watch).await;
+                    let filed = file_all(&*engine, &*work).await;
+                    match (restored, filed) {
+                        (Ok(_), Ok(campaigns)) => {
+                            tracing::info!(
+                                campaigns,
+                                "every campaign restored and filed on the work index"
+                            );
+                            if let Err(error) = work.set_filed(&now).await {
+                                tracing::warn!(%error, "could not record the filing");
+                            }
+                            known = Some(now);
+                        }
+                        (Err(error), _) | (_, Err(error)) => {
+                            tracing::warn!(%error, "recovery pass failed");
+                        }
                     }
                 }
             }
