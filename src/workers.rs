@@ -49,13 +49,22 @@ pub async fn reap_once(
     work: &dyn WorkIndex,
     now: Millis,
 ) -> Result<u64, crate::engine::EngineError> {
-    let mut visit = BTreeSet::new();
-    for campaign in work.active().await?.campaigns() {
-        let left = work.leftover(campaign, now).await?;
-        if left.next_due.is_some_and(|due| due <= now) {
-            visit.insert(campaign.parent());
-        }
-    }
+    use futures::{StreamExt, TryStreamExt};
+    let active = work.active().await?;
+    let campaigns: Vec<CampaignId> = active.campaigns().cloned().collect();
+    let due: Vec<Option<CampaignId>> = futures::stream::iter(campaigns)
+        .map(|campaign| async move {
+            let left = work.leftover(&campaign, now).await?;
+            Ok::<_, crate::engine::EngineError>(
+                left.next_due
+                    .is_some_and(|due| due <= now)
+                    .then(|| campaign.parent()),
+            )
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let mut visit: BTreeSet<CampaignId> = due.into_iter().flatten().collect();
     let (claimed_until, claimed) = work.claim_due(now, CLAIMS_PER_ROUND).await?;
     for campaign in claimed {
         if work.settle(&campaign, claimed_until, now).await? == Settled::Due {

@@ -44,6 +44,12 @@ pub const CLAIM: Duration = Duration::from_secs(10);
 /// A settlement is not tried with less than this left of its claim.
 pub const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 
+/// Campaigns one retirement round takes off the active list at most.
+pub const RETIRE_PER_ROUND: usize = 256;
+
+/// Retirements under way at once.
+pub const RETIRE_AT_ONCE: usize = 16;
+
 /// The active list as read: each campaign's lease end, on the index's clock.
 #[derive(Debug, Clone, Default)]
 pub struct Active {
@@ -175,23 +181,30 @@ pub trait WorkIndex: Send + Sync + 'static {
         Ok(Settled::Later)
     }
 
-    /// One retirement round over the active list as read: every campaign whose lease ended
-    /// and whose events are all persisted leaves it. How many left.
+    /// One retirement round over the active list as read: campaigns whose lease ended and
+    /// whose events are all persisted leave it, [`RETIRE_AT_ONCE`] at a time and at most
+    /// [`RETIRE_PER_ROUND`] a round, so a round never holds up the caller's real work. How
+    /// many left.
     async fn retire_idle(&self, active: &Active, now: Millis) -> Result<usize, EngineError> {
-        let mut retired = 0;
-        for (campaign, lease_end) in active.expired() {
-            let left = self.leftover(campaign, now).await?;
-            if left.events > 0 {
-                continue;
-            }
-            if self.retire(campaign, *lease_end, left.next_due).await? {
-                retired += 1;
-                if left.exists {
-                    self.relist(campaign).await?;
+        use futures::{StreamExt, TryStreamExt};
+        let candidates: Vec<(CampaignId, i64)> =
+            active.expired().take(RETIRE_PER_ROUND).cloned().collect();
+        let retired: Vec<bool> = futures::stream::iter(candidates)
+            .map(|(campaign, lease_end)| async move {
+                let left = self.leftover(&campaign, now).await?;
+                if left.events > 0 {
+                    return Ok(false);
                 }
-            }
-        }
-        Ok(retired)
+                let retired = self.retire(&campaign, lease_end, left.next_due).await?;
+                if retired && left.exists {
+                    self.relist(&campaign).await?;
+                }
+                Ok::<_, EngineError>(retired)
+            })
+            .buffer_unordered(RETIRE_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(retired.into_iter().filter(|r| *r).count())
     }
 }
 

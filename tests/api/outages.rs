@@ -297,10 +297,10 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
 }
 
 /// A campaign whose create script ran but whose entry in the campaign index is gone (the
-/// `SADD` after the script failed) is listed again when it leaves the work index's active
-/// list (its lease, taken before the script, ends 10 s after the last change), so a pass
-/// that must visit every campaign (after the work index was lost) finds it. Background work
-/// never needed the campaign index: the active list had it all along.
+/// `SADD` after the script failed) is listed again when it next leaves the work index's
+/// active list (a lease ends 10 s after the last change), so a pass that must visit every
+/// campaign (after the work index was lost) finds it. Background work never needed the
+/// campaign index: the active list has every campaign that changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_missing_from_the_index_is_listed_again() {
     let namespace = unique_id("ns");
@@ -319,6 +319,7 @@ async fn a_campaign_missing_from_the_index_is_listed_again() {
         .await
         .expect("answers");
     assert_eq!(removed, 1);
+    assert_eq!(app.reserve(&id, "u1", 1).await.status(), 201);
 
     let started = Instant::now();
     loop {

@@ -156,7 +156,10 @@ impl Default for MemoryEngine {
 #[async_trait]
 impl Engine for MemoryEngine {
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
-        self.touch(&snapshot.campaign.id);
+        // A new campaign brings no events and nothing due (see `RedisEngine::load_campaign`).
+        if !snapshot.reservations.is_empty() || !snapshot.groups.is_empty() {
+            self.touch(&snapshot.campaign.id);
+        }
         let mut loaded = false;
         self.campaigns
             .entry(snapshot.campaign.id.clone())

@@ -186,7 +186,11 @@ impl<C: Connection> Engine for RedisEngine<C> {
             epoch,
             total,
         } = snapshot;
-        self.leased(&campaign.id).await?;
+        // A new campaign brings no events and nothing due: the work index learns of it with
+        // its first change. A rebuilt one may bring holds and groups that fall due.
+        if !reservations.is_empty() || !groups.is_empty() {
+            self.leased(&campaign.id).await?;
+        }
         let keys = self.keys(&campaign.id);
         let mut config = campaign_fields(campaign);
         config.push(("epoch", epoch));
