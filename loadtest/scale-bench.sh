@@ -58,6 +58,11 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_of_pid() { awk '{ sub(/^[^)]*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
+cpu_of_name() { # every process named $1 (Postgres: its backends too)
+  local total=0 p
+  for p in $(pgrep -x "$1" || true); do total=$(python3 -c "print($total + $(cpu_of_pid "$p" 2>/dev/null || echo 0))"); done
+  echo "$total"
+}
 
 # The webhook receiver: nginx answering 204 to everything, keep-alive.
 nport=$(free_port)
@@ -124,9 +129,11 @@ for engine in $ENGINES; do
     sleep 15
     for _ in $(seq 600); do [ "$(backlog)" = "0" ] && break; sleep 0.5; done
     c0=$(cpu_of_pid "$fpid"); r0=$([ -n "$redis_pid" ] && cpu_of_pid "$redis_pid" || echo 0)
+    p0=$(cpu_of_name postgres)
     sleep "$IDLE_SECONDS"
     idle_service=$(python3 -c "print(round(($(cpu_of_pid "$fpid") - $c0) * 100 / $IDLE_SECONDS, 1))")
     idle_redis=$(python3 -c "print(round(($([ -n "$redis_pid" ] && cpu_of_pid "$redis_pid" || echo 0) - $r0) * 100 / $IDLE_SECONDS, 1))")
+    idle_postgres=$(python3 -c "print(round(($(cpu_of_name postgres) - $p0) * 100 / $IDLE_SECONDS, 1))")
     # The sale, with the persister's lag sampled.
     hot="hot-$size"
     curl -fs -o /dev/null -X POST "$url/v1/campaigns" -H 'authorization: Bearer adm' -H 'content-type: application/json' \
@@ -161,7 +168,7 @@ for engine in $ENGINES; do
     lag_p99=$(python3 -c "
 v = sorted(float(x) for x in open('$out/lag-$engine-$size.txt') if x.strip())
 print(f'{v[min(len(v) - 1, int(len(v) * 0.99))]:.3f}' if v else 'n/a')")
-    echo "$engine $size idle_service=$idle_service idle_redis=$idle_redis rate=$rate lag_p99=$lag_p99 in_db_after=$in_db_after expiry_late_p99_ms=$lateness redis_bytes_per_idle=$memory_per metrics_bytes=$metrics_bytes list_sold_out_ms=$(python3 -c "print(round($list_ms * 1000, 1))")" | tee -a "$out/rows.txt" >&2
+    echo "$engine $size idle_service=$idle_service idle_redis=$idle_redis idle_postgres=$idle_postgres rate=$rate lag_p99=$lag_p99 in_db_after=$in_db_after expiry_late_p99_ms=$lateness redis_bytes_per_idle=$memory_per metrics_bytes=$metrics_bytes list_sold_out_ms=$(python3 -c "print(round($list_ms * 1000, 1))")" | tee -a "$out/rows.txt" >&2
   done
   # Webhook delivery rate: the first sale's events replayed to the receiver.
   for batch in 1 100; do
@@ -191,13 +198,13 @@ python3 - "$out/rows.txt" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 base = {}
-print("engine     idle  | svc CPU % | Redis CPU % | sale rate | lag p99 s | in DB after s | expiry late p99 ms | Redis B/idle | /metrics B | list ms")
+print("engine     idle  | svc CPU % | Redis CPU % | PG CPU % | sale rate | lag p99 s | in DB after s | expiry late p99 ms | Redis B/idle | /metrics B | list ms")
 for r in rows:
     if r[1] == "webhook":
         continue
     f = dict(p.split("=") for p in r[2:])
     base.setdefault(r[0], float(f["rate"]))
-    print(f"{r[0]:9} {int(r[1]):7} | {f['idle_service']:>9} | {f['idle_redis']:>11} | {float(f['rate']) / base[r[0]]:8.2f}x | {f['lag_p99']:>9} | {f['in_db_after']:>13} | {f['expiry_late_p99_ms']:>18} | {f['redis_bytes_per_idle']:>12} | {f['metrics_bytes']:>10} | {f['list_sold_out_ms']:>7}")
+    print(f"{r[0]:9} {int(r[1]):7} | {f['idle_service']:>9} | {f['idle_redis']:>11} | {f.get('idle_postgres', '-'):>8} | {float(f['rate']) / base[r[0]]:8.2f}x | {f['lag_p99']:>9} | {f['in_db_after']:>13} | {f['expiry_late_p99_ms']:>18} | {f['redis_bytes_per_idle']:>12} | {f['metrics_bytes']:>10} | {f['list_sold_out_ms']:>7}")
 for r in rows:
     if r[1] == "webhook":
         print(" ".join(r))

@@ -397,3 +397,22 @@ fn describe() {
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with version and engine.");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaigns_past_the_bound_share_one_series() {
+        set_campaign_series(2);
+        assert_eq!(campaign_label("bound-a"), "bound-a");
+        assert_eq!(campaign_label("bound-b"), "bound-b");
+        assert_eq!(campaign_label("bound-c"), OTHER_CAMPAIGNS);
+        assert_eq!(
+            campaign_label("bound-a"),
+            "bound-a",
+            "a campaign keeps its series"
+        );
+        set_campaign_series(DEFAULT_CAMPAIGN_SERIES);
+    }
+}

@@ -150,6 +150,10 @@ pub trait WorkIndex: Send + Sync + 'static {
     /// Records that every campaign of `incarnation` was filed.
     async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError>;
 
+    /// Forgets this process's leases: the index they were taken on may be gone (a new
+    /// incarnation), so every next change announces again.
+    fn reset_leases(&self) {}
+
     /// Puts a campaign the engine holds back on its list of every campaign (the list only a
     /// pass over every campaign reads; a crash may have left the campaign out of it). Once
     /// per retirement.

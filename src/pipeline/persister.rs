@@ -38,6 +38,8 @@ pub async fn run(
 ) {
     let mut buffer = EventBatch::default();
     let mut first_at: Option<Instant> = None;
+    // Reads in a row that found nothing: the idle pause grows with them (see below).
+    let mut empty_reads: u32 = 0;
     loop {
         let room = settings.batch.saturating_sub(buffer.events.len());
         let read = tokio::select! {
@@ -97,16 +99,30 @@ pub async fn run(
             first_at = None;
         } else if !got_any {
             // Nothing new: poll again after a short pause while a batch is open (so it still
-            // flushes on time), after a whole delay when idle (keeps Redis quiet between sales).
-            let pause = if buffer.events.is_empty() {
-                settings.delay
+            // flushes on time); when idle, after a whole delay, doubling with every empty read
+            // up to [`IDLE_PAUSE`] (keeps Redis and this process quiet between sales; the first
+            // events of the next burst wait that long at most).
+            empty_reads = empty_reads.saturating_add(1);
+            // (With no delay — answers wait for the commit — the read itself waits for the
+            // next decision, and no pause may hold one up.)
+            let pause = if buffer.events.is_empty() && !settings.delay.is_zero() {
+                let grown = settings.delay.saturating_mul(1 << empty_reads.min(8));
+                grown.min(IDLE_PAUSE.max(settings.delay))
+            } else if buffer.events.is_empty() {
+                Duration::from_millis(1)
             } else {
                 Duration::from_millis(2)
             };
             tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
         }
+        if got_any {
+            empty_reads = 0;
+        }
     }
 }
+
+/// The longest pause between two reads while nothing arrives.
+const IDLE_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a stopping persister keeps writing what is still waiting.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);

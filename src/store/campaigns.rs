@@ -109,8 +109,9 @@ macro_rules! insert_campaign_row {
             .bind(c.queue.map(|q| i64::from(q.admit_per_second)))
             .bind(c.queue.map(|q| i64::from(q.pass_seconds)))
             .bind(i64::from(c.shards))
-            // A new campaign has its whole stock (a sharded one's split is the engine's).
-            .bind((c.shards <= 1).then_some(c.stock as i64))
+            // A new campaign has its whole stock (for a sharded one, shard 0's row stands for
+            // the whole until the persister reads shard 0's own count).
+            .bind(c.stock as i64)
             .execute($executor)
             .await?
             .rows_affected();
@@ -369,9 +370,14 @@ impl Store {
         let filter = match status {
             CampaignStatus::Scheduled => "starts_at_ms > $3".to_owned(),
             CampaignStatus::Ended => "ends_at_ms <= $3".to_owned(),
+            // Two indexed branches (the sold-out rows, the unknown ones), not one OR that
+            // neither database answers from an index.
             CampaignStatus::SoldOut => format!(
-                "{OPEN} AND (available IS NULL OR available = 0) AND NOT EXISTS (SELECT 1 FROM \
-                 campaign_shards s WHERE s.campaign_id = campaigns.id AND s.available > 0)"
+                "{OPEN} AND id IN (SELECT id FROM campaigns WHERE available = 0 \
+                 AND archived_at_ms IS NULL AND id > $1 UNION ALL SELECT id FROM campaigns \
+                 WHERE available IS NULL AND archived_at_ms IS NULL AND id > $1) \
+                 AND NOT EXISTS (SELECT 1 FROM campaign_shards s \
+                 WHERE s.campaign_id = campaigns.id AND s.available > 0)"
             ),
             CampaignStatus::Active => format!(
                 "{OPEN} AND (available IS NULL OR available > 0 OR EXISTS (SELECT 1 FROM \

@@ -181,6 +181,10 @@ impl WorkIndex for MemoryEngine {
         Ok(())
     }
 
+    fn reset_leases(&self) {
+        self.leases.clear();
+    }
+
     async fn incarnation(&self) -> Result<String, EngineError> {
         Ok(self.dataset.to_string())
     }

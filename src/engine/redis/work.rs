@@ -234,6 +234,10 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
         Ok(())
     }
 
+    fn reset_leases(&self) {
+        self.leases.clear();
+    }
+
     async fn relist(&self, campaign: &CampaignId) -> Result<(), EngineError> {
         self.index(campaign).await
     }

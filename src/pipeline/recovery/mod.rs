@@ -400,11 +400,15 @@ pub async fn run(
         }
         match work.incarnation().await {
             Ok(now) if known.as_ref() != Some(&now) => {
-                // Filed already (by another instance, or by this one before a restart): the
-                // engine and its index are as they were.
-                if work.filed().await.ok().flatten().as_ref() == Some(&now) {
+                // A process's first pass skips what another instance (or this one before a
+                // restart) filed already; a process that saw the incarnation change may hold
+                // leases on a lost index and changes made under them, so it forgets its
+                // leases first and then files every campaign itself.
+                let first_pass = known.is_none();
+                if first_pass && work.filed().await.ok().flatten().as_ref() == Some(&now) {
                     known = Some(now);
                 } else {
+                    work.reset_leases();
                     let restored = restore_all(&*engine, &store, &watch).await;
                     let filed = file_all(&*engine, &*work).await;
                     match (restored, filed) {
