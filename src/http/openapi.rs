@@ -83,6 +83,7 @@ fn operation(method: &str, path: &str) -> (Who, bool, bool, bool) {
         ("post", "/v1/reservations/{id}/extend") => (Store, true, false, false),
         ("post", "/v1/campaigns/{id}/queue") => (StoreOrUser, true, true, false),
         ("get", "/v1/queue/{ticket}") => (StoreOrUser, false, false, false),
+        ("post", "/v1/webhooks") => (Admin, true, true, false),
         (_, p) if p.starts_with("/v1/webhooks") => (Admin, method == "post", false, false),
         ("delete", "/v1/users/{id}") => (Admin, false, false, false),
         _ => (Store, false, false, false),

@@ -1,6 +1,7 @@
 //! Webhook endpoints (admin): subscribe, list, read, delete, the delivery record, replay.
 
 use super::auth::Caller;
+use super::creating;
 use super::error::ApiError;
 use super::events::EVENT_TYPES;
 use super::json::{JsonBody, PathId};
@@ -8,7 +9,7 @@ use super::AppState;
 use crate::domain::{CampaignId, Millis};
 use crate::store::{Delivery, Webhook};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -75,14 +76,17 @@ impl WebhookView {
 /// Subscribes an endpoint to the feed, from now on.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewWebhook,
     security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]; a retry with the same key and body answers the same webhook")),
     responses((status = 201, body = WebhookView),
-        (status = 422, description = "`invalid_request`: a bad URL, a target not allowed, an unknown type or campaign id", body = super::error::Problem)))]
+        (status = 422, description = "`invalid_request`: a bad URL, a target not allowed, an unknown type or campaign id, `max_batch` out of 1..100; `idempotency_key_reused`", body = super::error::Problem)))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<NewWebhook>,
-) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     caller.require_admin()?;
+    let key = creating::idempotency_key(&headers)?;
     let url = state
         .webhook_hosts
         .check_url(&body.url)
@@ -106,9 +110,19 @@ pub async fn create_webhook(
     }
     let campaign_id = body
         .campaign_id
-        .map(|raw| CampaignId::parse(&raw).map(|id| id.to_string()))
+        .map(|raw| CampaignId::parse(&raw))
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(format!("campaign_id: {}", e.0)))?;
+    if let Some(id) = &campaign_id {
+        if state.store.campaign(id).await?.is_none() {
+            return Err(ApiError::InvalidRequest(format!(
+                "campaign_id: there is no campaign {id}"
+            )));
+        }
+    }
+    let campaign_id = campaign_id.map(|id| id.to_string());
+    let fingerprint =
+        serde_json::json!([url.as_str(), &event_types, &campaign_id, max_batch]).to_string();
     let webhook = Webhook {
         id: format!("wh_{}", ulid::Ulid::new()),
         url: url.to_string(),
@@ -119,8 +133,21 @@ pub async fn create_webhook(
         delivered_cursor: state.store.newest_cursor().await?,
         max_batch,
     };
-    state.store.insert_webhook(&webhook).await?;
-    Ok((StatusCode::CREATED, Json(WebhookView::of(webhook, true))))
+    let made = state
+        .store
+        .insert_webhook(&webhook, key.as_str(), &fingerprint)
+        .await?;
+    let (webhook, replayed) = match made {
+        None => (webhook, false),
+        Some((first, first_fingerprint)) if first_fingerprint == fingerprint => (first, true),
+        Some(_) => return Err(ApiError::IdempotencyKeyReused),
+    };
+    let location = format!("/v1/webhooks/{}", webhook.id);
+    Ok(creating::created(
+        location,
+        WebhookView::of(webhook, true),
+        replayed,
+    ))
 }
 
 /// Every webhook.

@@ -79,10 +79,20 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_scalar::<_, i64>(SQL).fetch_one(pool).await?))
     }
 
-    pub async fn insert_webhook(&self, w: &Webhook) -> Result<(), StoreError> {
+    /// Records a new webhook made by a request with `key` and `fingerprint`. If the key made
+    /// one before, nothing is written: that webhook (deleted or not) and the fingerprint of
+    /// the request that made it.
+    pub async fn insert_webhook(
+        &self,
+        w: &Webhook,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<(Webhook, String)>, StoreError> {
         const SQL: &str = "INSERT INTO webhooks (id, url, event_types, campaign_id, secret, \
-            created_at_ms, delivered_cursor, max_batch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-        on_pool!(self, pool => sqlx::query(SQL)
+            created_at_ms, delivered_cursor, max_batch, idempotency_key, fingerprint) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            ON CONFLICT (idempotency_key) DO NOTHING";
+        let inserted = on_pool!(self, pool => sqlx::query(SQL)
             .bind(&w.id)
             .bind(&w.url)
             .bind(w.event_types.join(","))
@@ -91,10 +101,27 @@ impl Store {
             .bind(w.created_at.0)
             .bind(w.delivered_cursor)
             .bind(i64::from(w.max_batch))
+            .bind(key)
+            .bind(fingerprint)
             .execute(pool)
             .await?
             .rows_affected());
-        Ok(())
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {COLUMNS}, fingerprint FROM webhooks WHERE idempotency_key = $1");
+        #[derive(sqlx::FromRow)]
+        struct Made {
+            #[sqlx(flatten)]
+            row: WebhookRow,
+            fingerprint: Option<String>,
+        }
+        let made: Made =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(key).fetch_one(pool).await?);
+        Ok(Some((
+            Webhook::from(made.row),
+            made.fingerprint.unwrap_or_default(),
+        )))
     }
 
     /// Every webhook not deleted, oldest first.

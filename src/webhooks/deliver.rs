@@ -149,7 +149,12 @@ struct Lease<'a> {
     owner: &'a str,
     id: &'a str,
     renewed: Instant,
+    /// When a failed attempt was last logged (at most one line per [`WARN_EVERY`]).
+    warned: Option<Instant>,
 }
+
+/// Failed attempts of a webhook are logged at most this often (all are counted).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Lease<'_> {
     /// Renews the lease if [`RENEW_EVERY`] passed, for `extra` past [`LEASE`]; `false` if
@@ -221,6 +226,7 @@ async fn deliver_some(
         owner,
         id,
         renewed: Instant::now(),
+        warned: None,
     };
     let Some(webhook) = store.webhook(id).await? else {
         return Ok(Next::Stop);
@@ -325,6 +331,18 @@ async fn deliver_batch(
         };
         if delivered && attempt == 1 {
             return Ok(Sent::Delivered(record));
+        }
+        if !delivered && lease.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            lease.warned = Some(Instant::now());
+            tracing::warn!(
+                webhook = %webhook.id,
+                cursor = last.cursor,
+                attempt,
+                outcome,
+                status = ?record.status_code,
+                error = record.error.as_deref().unwrap_or_default(),
+                "a webhook delivery failed (further failures of this webhook are logged at most every 10 s)"
+            );
         }
         store.record_delivery(&webhook.id, &record).await?;
         if delivered || gave_up {

@@ -146,10 +146,17 @@ pub fn is_public(address: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let segments = v6.segments();
+            // Local-use NAT64 (64:ff9b:1::/48) reaches whatever the site's translator does.
+            if segments[..3] == [0x64, 0xff9b, 1] {
+                return false;
             }
-            let first = v6.segments()[0];
+            // An IPv4 address carried inside the IPv6 one is judged as itself.
+            let embedded = embedded_ipv4(v6);
+            if !embedded.is_empty() {
+                return embedded.into_iter().all(|v4| is_public(IpAddr::V4(v4)));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -157,6 +164,28 @@ pub fn is_public(address: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80
                 || first == 0x2001 && v6.segments()[1] == 0x0db8)
         }
+    }
+}
+
+/// The IPv4 addresses an IPv6 address carries: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, but not `::` or `::1`), NAT64's
+/// well-known prefix (`64:ff9b::/96`), 6to4 (`2002:AABB:CCDD::/48`), and Teredo
+/// (`2001:0::/32`: its server, and its client obfuscated in the last 32 bits).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = v6.segments();
+    let from = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, high, low] => vec![from(high, low)],
+        [0, 0, 0, 0, 0xffff, 0, high, low] => vec![from(high, low)],
+        [0, 0, 0, 0, 0, 0, high, low] if high != 0 => vec![from(high, low)],
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => vec![from(high, low)],
+        [0x2002, high, low, ..] => vec![from(high, low)],
+        [0x2001, 0, server_high, server_low, _, _, client_high, client_low] => vec![
+            from(server_high, server_low),
+            from(!client_high, !client_low),
+        ],
+        _ => Vec::new(),
     }
 }
 
@@ -239,6 +268,39 @@ mod tests {
         }
         for public in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"] {
             assert!(is_public(public.parse().expect("an address")), "{public}");
+        }
+    }
+
+    #[test]
+    fn ipv4_addresses_inside_ipv6_ones_are_judged_as_themselves() {
+        for (address, public) in [
+            ("::127.0.0.1", false),
+            ("::10.0.0.1", false),
+            ("::1.1.1.1", true),
+            ("::ffff:127.0.0.1", false),
+            ("::ffff:1.1.1.1", true),
+            ("::ffff:0:127.0.0.1", false),
+            ("::ffff:0:192.168.1.1", false),
+            ("::ffff:0:1.1.1.1", true),
+            ("64:ff9b::127.0.0.1", false),
+            ("64:ff9b::169.254.169.254", false),
+            ("64:ff9b::1.1.1.1", true),
+            ("64:ff9b:1::1.1.1.1", false),
+            ("2002:7f00:1::1", false),
+            ("2002:c0a8:101::1", false),
+            ("2002:101:101::1", true),
+            // Teredo: server 65.54.227.120, client 127.0.0.1 (obfuscated: 0x80ff:0xfffe).
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", false),
+            // Teredo: server 65.54.227.120, client 1.1.1.1 (0xfefe:0xfefe).
+            ("2001:0:4136:e378:8000:63bf:fefe:fefe", true),
+            ("::", false),
+            ("::1", false),
+        ] {
+            assert_eq!(
+                is_public(address.parse().expect("an address")),
+                public,
+                "{address}"
+            );
         }
     }
 

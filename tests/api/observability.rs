@@ -95,6 +95,7 @@ async fn metrics_pass_promtool_and_cover_every_dashboard_and_alert_query() {
     let hook = app
         .client
         .post(app.url("/v1/webhooks"))
+        .header("idempotency-key", crate::helpers::fresh_key())
         .bearer_auth(&app.admin_token)
         .json(&json!({"url": "http://127.0.0.1:9/hook"}))
         .send()

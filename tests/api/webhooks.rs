@@ -109,6 +109,7 @@ async fn subscribe(app: &TestApp, body: Value) -> Value {
     let response = app
         .client
         .post(app.url("/v1/webhooks"))
+        .header("idempotency-key", crate::helpers::fresh_key())
         .bearer_auth(&app.admin_token)
         .json(&body)
         .send()
@@ -395,6 +396,7 @@ async fn targets_not_allowed_are_refused_at_creation() {
         let response = app
             .client
             .post(app.url("/v1/webhooks"))
+            .header("idempotency-key", crate::helpers::fresh_key())
             .bearer_auth(&app.admin_token)
             .json(&json!({"url": url}))
             .send()
@@ -405,6 +407,7 @@ async fn targets_not_allowed_are_refused_at_creation() {
     let response = app
         .client
         .post(app.url("/v1/webhooks"))
+        .header("idempotency-key", crate::helpers::fresh_key())
         .bearer_auth(&app.store_token)
         .json(&json!({"url": "https://example.com/hook"}))
         .send()
@@ -418,6 +421,7 @@ async fn targets_not_allowed_are_refused_at_creation() {
     let response = allowed
         .client
         .post(allowed.url("/v1/webhooks"))
+        .header("idempotency-key", crate::helpers::fresh_key())
         .bearer_auth(&allowed.admin_token)
         .json(&json!({"url": "http://127.0.0.1:9/hook", "event_types": ["reservation.nope"]}))
         .send()
@@ -640,6 +644,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
     let allowing = Instance::start(&namespace, &database);
     let hook: Value = client
         .post(format!("{}/v1/webhooks", allowing.address))
+        .header("idempotency-key", crate::helpers::fresh_key())
         .bearer_auth("hook-admin")
         .json(&json!({"url": url}))
         .send()
@@ -728,6 +733,7 @@ async fn batched_deliveries_carry_events_in_order_under_one_signature(backend: B
         let response = app
             .client
             .post(app.url("/v1/webhooks"))
+            .header("idempotency-key", crate::helpers::fresh_key())
             .bearer_auth(&app.admin_token)
             .json(&json!({"url": "http://127.0.0.1:9/hook", "max_batch": wrong}))
             .send()
@@ -898,4 +904,61 @@ async fn a_deleted_webhook_stops_within_a_second() {
         after_a_second,
         "a delivery started more than a second after the DELETE"
     );
+}
+
+/// Creating a webhook is a creating POST like the others: the key is required, a retry with
+/// the same key and body answers the same webhook (its secret too), the same key with another
+/// body is refused, and a campaign that does not exist is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_webhook_is_idempotent_and_names_a_real_campaign() {
+    let app = app(Backend::Memory).await;
+    let create = |key: Option<&str>, body: Value| {
+        let mut request = app
+            .client
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(&app.admin_token)
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let campaign = app.campaign(10, 1, json!({})).await;
+    let body = json!({"url": "http://127.0.0.1:9/hook", "campaign_id": campaign});
+    let missing = create(None, body.clone()).await.expect("sent");
+    assert_problem(missing, 400, "idempotency_key_required").await;
+    let first = create(Some("hook-once"), body.clone()).await.expect("sent");
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("json");
+    let again = create(Some("hook-once"), body.clone()).await.expect("sent");
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["secret"], first["secret"]);
+    let listed: Value = app
+        .client
+        .get(app.url("/v1/webhooks"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "one webhook");
+    let other = create(
+        Some("hook-once"),
+        json!({"url": "http://127.0.0.1:9/other", "campaign_id": campaign}),
+    )
+    .await
+    .expect("sent");
+    assert_problem(other, 422, "idempotency_key_reused").await;
+    let unknown = create(
+        Some("hook-unknown"),
+        json!({"url": "http://127.0.0.1:9/hook", "campaign_id": "no-such-campaign"}),
+    )
+    .await
+    .expect("sent");
+    assert_problem(unknown, 422, "invalid_request").await;
 }
