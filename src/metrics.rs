@@ -136,6 +136,7 @@ pub fn touch_counters(redis: bool) {
         metrics::counter!(DEAD_EVENTS, "reason" => reason).increment(0);
     }
     for name in [
+        WORK_ANNOUNCE_FAILURES,
         SOLD_OUT_SHORT_CIRCUITS,
         REAPER_EXPIRED,
         REAPER_ERRORS,
@@ -158,6 +159,9 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 
 
 /// Attempts per reserve batch: 1 (a lone attempt) to the cap of 128.
 const RESERVE_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// Announcements on the work index that failed (the change went on; retried).
+pub const WORK_ANNOUNCE_FAILURES: &str = "flashsale_work_announce_failures_total";
 
 /// Campaigns that get series of their own when none is configured
 /// (`FLASHSALE_METRICS_CAMPAIGNS`).
@@ -396,6 +400,10 @@ fn describe() {
         "Per webhook: age of the oldest feed event not yet delivered (0 when none waits)."
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with version and engine.");
+    metrics::describe_counter!(
+        WORK_ANNOUNCE_FAILURES,
+        "Changes whose announcement on the work index failed (they went on; the announcement is retried)."
+    );
 }
 
 #[cfg(test)]

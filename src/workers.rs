@@ -50,6 +50,7 @@ pub async fn reap_once(
     now: Millis,
 ) -> Result<u64, crate::engine::EngineError> {
     use futures::{StreamExt, TryStreamExt};
+    work.retry_announcements().await;
     let active = work.active().await?;
     let campaigns: Vec<CampaignId> = active.campaigns().cloned().collect();
     let due: Vec<Option<CampaignId>> = futures::stream::iter(campaigns)

@@ -44,6 +44,9 @@ pub const CLAIM: Duration = Duration::from_secs(10);
 /// A settlement is not tried with less than this left of its claim.
 pub const SETTLE_MARGIN: Duration = Duration::from_secs(3);
 
+/// After a failed announcement, how long a writer goes on without trying again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Campaigns one retirement round takes off the active list at most.
 pub const RETIRE_PER_ROUND: usize = 256;
 
@@ -150,6 +153,12 @@ pub trait WorkIndex: Send + Sync + 'static {
     /// Records that every campaign of `incarnation` was filed.
     async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError>;
 
+    /// Announces again the campaigns whose announcement failed (see [`Leases::ensure`]);
+    /// how many are still pending.
+    async fn retry_announcements(&self) -> usize {
+        0
+    }
+
     /// Forgets this process's leases: the index they were taken on may be gone (a new
     /// incarnation), so every next change announces again.
     fn reset_leases(&self) {}
@@ -220,6 +229,8 @@ pub struct Leases {
     /// One announcement per campaign at a time: the requests of a burst that find the lease
     /// short wait for it instead of each announcing.
     announcing: DashMap<CampaignId, std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// Campaigns changed while their announcement failed, to announce again.
+    pending: DashMap<CampaignId, ()>,
     /// How long an announcement lasts ([`LEASE`] unless a test shortens it).
     pub lease: Duration,
     /// Renewal when less than this is left ([`MARGIN`], scaled with the lease).
@@ -239,6 +250,7 @@ impl Leases {
         Leases {
             until: DashMap::new(),
             announcing: DashMap::new(),
+            pending: DashMap::new(),
             lease,
             margin: lease * 3 / 10,
         }
@@ -273,9 +285,38 @@ impl Leases {
         if self.fresh(campaign, now) {
             return Ok(());
         }
-        index.announce(campaign).await?;
-        self.took(campaign, now);
+        match index.announce(campaign).await {
+            Ok(()) => {
+                self.took(campaign, now);
+                self.pending.remove(campaign);
+            }
+            Err(error) => {
+                // The index is out of reach while the campaign is not (on a cluster its node
+                // may be down alone). The change goes on — refusing it would tie every
+                // campaign to one node — and the announcement is retried until it lands
+                // (`WorkIndex::retry_announcements`, every reaper round): until then the
+                // campaign's events wait in its stream and its holds in its expiry list.
+                metrics::counter!(crate::metrics::WORK_ANNOUNCE_FAILURES).increment(1);
+                tracing::warn!(%error, campaign = %campaign, "announcing a change on the work index failed; retrying in the background");
+                self.pending.insert(campaign.clone(), ());
+                self.until
+                    .insert(campaign.clone(), now + self.margin + RETRY_AFTER);
+            }
+        }
         Ok(())
+    }
+
+    /// Announces again the campaigns whose announcement failed; how many are still pending.
+    pub async fn retry_pending(&self, index: &(impl WorkIndex + ?Sized)) -> usize {
+        let pending: Vec<CampaignId> = self.pending.iter().map(|e| e.key().clone()).collect();
+        for campaign in pending {
+            let now = Instant::now();
+            if index.announce(&campaign).await.is_ok() {
+                self.took(&campaign, now);
+                self.pending.remove(&campaign);
+            }
+        }
+        self.pending.len()
     }
 
     /// Forgets every lease (the index was lost, or a campaign left): the next change
@@ -288,5 +329,106 @@ impl Leases {
     pub fn forget(&self, campaign: &CampaignId) {
         self.until.remove(campaign);
         self.announcing.remove(campaign);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    /// An index whose announcements fail while `down` (only what `Leases` calls answers).
+    #[derive(Default)]
+    struct Flaky {
+        down: AtomicBool,
+        announced: AtomicU32,
+    }
+
+    #[async_trait]
+    impl WorkIndex for Flaky {
+        async fn announce(&self, _campaign: &CampaignId) -> Result<(), EngineError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(EngineError::Corrupt("the index is out of reach".into()));
+            }
+            self.announced.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn active(&self) -> Result<Active, EngineError> {
+            Ok(Active::default())
+        }
+        async fn leftover(&self, _: &CampaignId, _: Millis) -> Result<Leftover, EngineError> {
+            unreachable!("not asked by leases")
+        }
+        async fn retire(
+            &self,
+            _: &CampaignId,
+            _: i64,
+            _: Option<Millis>,
+        ) -> Result<bool, EngineError> {
+            unreachable!("not asked by leases")
+        }
+        async fn claim_due(
+            &self,
+            _: Millis,
+            _: usize,
+        ) -> Result<(i64, Vec<CampaignId>), EngineError> {
+            unreachable!("not asked by leases")
+        }
+        async fn file_due(
+            &self,
+            _: &CampaignId,
+            _: i64,
+            _: Millis,
+            _: Option<Millis>,
+        ) -> Result<(), EngineError> {
+            unreachable!("not asked by leases")
+        }
+        async fn file(&self, _: &CampaignId, _: Millis) -> Result<(), EngineError> {
+            unreachable!("not asked by leases")
+        }
+        async fn filed(&self) -> Result<Option<String>, EngineError> {
+            Ok(None)
+        }
+        async fn set_filed(&self, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn incarnation(&self) -> Result<String, EngineError> {
+            Ok(String::new())
+        }
+        fn background_calls(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_announced_once_per_renewal_and_a_failed_one_again_later() {
+        let index = Flaky::default();
+        let leases = Leases::lasting(Duration::from_secs(10));
+        let campaign = CampaignId::parse("c-1").expect("valid");
+        for _ in 0..5 {
+            leases
+                .ensure(&index, &campaign)
+                .await
+                .expect("never refuses");
+        }
+        assert_eq!(index.announced.load(Ordering::SeqCst), 1, "one per lease");
+
+        // The index out of reach: the change goes on, the announcement waits.
+        let other = CampaignId::parse("c-2").expect("valid");
+        index.down.store(true, Ordering::SeqCst);
+        leases
+            .ensure(&index, &other)
+            .await
+            .expect("the change goes on");
+        assert_eq!(leases.retry_pending(&index).await, 1, "still pending");
+        index.down.store(false, Ordering::SeqCst);
+        assert_eq!(leases.retry_pending(&index).await, 0, "announced at last");
+        assert_eq!(index.announced.load(Ordering::SeqCst), 2);
+        leases.ensure(&index, &other).await.expect("fresh");
+        assert_eq!(
+            index.announced.load(Ordering::SeqCst),
+            2,
+            "the retry took the lease"
+        );
     }
 }

@@ -234,6 +234,10 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
         Ok(())
     }
 
+    async fn retry_announcements(&self) -> usize {
+        self.leases.retry_pending(self).await
+    }
+
     fn reset_leases(&self) {
         self.leases.clear();
     }
