@@ -136,6 +136,7 @@ pub fn touch_counters(redis: bool) {
         metrics::counter!(DEAD_EVENTS, "reason" => reason).increment(0);
     }
     for name in [
+        ENGINE_OUT_OF_MEMORY,
         WORK_ANNOUNCE_FAILURES,
         SOLD_OUT_SHORT_CIRCUITS,
         REAPER_EXPIRED,
@@ -162,6 +163,33 @@ const RESERVE_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 12
 
 /// Announcements on the work index that failed (the change went on; retried).
 pub const WORK_ANNOUNCE_FAILURES: &str = "flashsale_work_announce_failures_total";
+
+/// Writes the stock engine refused for lack of memory (Redis `maxmemory`).
+pub const ENGINE_OUT_OF_MEMORY: &str = "flashsale_engine_out_of_memory_total";
+
+/// When an out-of-memory refusal was last logged (ms since the epoch; 0: never).
+static LAST_OUT_OF_MEMORY_LOG_MS: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(0);
+
+/// Counts a write refused for lack of memory.
+pub fn engine_out_of_memory() {
+    metrics::counter!(ENGINE_OUT_OF_MEMORY).increment(1);
+}
+
+/// Whether an out-of-memory refusal should be logged now (at most one line per 10 s).
+pub fn log_out_of_memory_now() -> bool {
+    let now = crate::domain::Millis::now().0;
+    let last = LAST_OUT_OF_MEMORY_LOG_MS.load(std::sync::atomic::Ordering::Relaxed);
+    now - last >= 10_000
+        && LAST_OUT_OF_MEMORY_LOG_MS
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
 
 /// Campaigns that get series of their own when none is configured
 /// (`FLASHSALE_METRICS_CAMPAIGNS`).
@@ -400,6 +428,10 @@ fn describe() {
         "Per webhook: age of the oldest feed event not yet delivered (0 when none waits)."
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with version and engine.");
+    metrics::describe_counter!(
+        ENGINE_OUT_OF_MEMORY,
+        "Changes the stock engine refused for lack of memory (Redis maxmemory; answered 503 engine_out_of_memory)."
+    );
     metrics::describe_counter!(
         WORK_ANNOUNCE_FAILURES,
         "Changes whose announcement on the work index failed (they went on; the announcement is retried)."

@@ -376,6 +376,20 @@ impl Backends {
     }
 }
 
+/// Warns when Redis may evict keys (strict durability refuses it instead).
+async fn warn_if_evicting<C: crate::engine::redis::Connection>(engine: &RedisEngine<C>) {
+    match engine.evicting_nodes().await {
+        Ok(nodes) if !nodes.is_empty() => tracing::warn!(
+            nodes = %nodes.join(", "),
+            "Redis may evict keys under memory pressure (maxmemory-policy other than noeviction): \
+             an evicted key is a broken promise (a held unit forgotten, a user's count gone); \
+             set maxmemory-policy noeviction (FLASHSALE_DURABILITY=strict refuses this)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read Redis's maxmemory-policy"),
+    }
+}
+
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
 pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
@@ -392,6 +406,8 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                 .require_durability_everywhere()
                 .await
                 .map_err(|found| anyhow::anyhow!("Redis Cluster at {nodes}: {found}"))?;
+        } else {
+            warn_if_evicting(&engine).await;
         }
         return Ok(Backends::of(engine));
     }
@@ -407,6 +423,8 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                     .require_durability()
                     .await
                     .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
+            } else {
+                warn_if_evicting(&engine).await;
             }
             Backends::of(engine)
         }

@@ -66,6 +66,19 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
+    /// 'maxmemory'`): nothing was decided.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            EngineError::Redis(e) => {
+                // Shared by a batch, the error keeps the server's words, not its code.
+                let text = e.to_string();
+                e.code() == Some("OOM") || (text.contains("OOM") && text.contains("maxmemory"))
+            }
+            _ => false,
+        }
+    }
+
     /// The same error for another caller (one failed batch fails each of its attempts).
     pub fn share(&self) -> EngineError {
         match self {

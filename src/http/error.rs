@@ -97,6 +97,9 @@ pub enum ApiError {
     /// 503: the stock engine did not answer; nothing was decided.
     #[error("the stock engine is unavailable")]
     EngineUnavailable(#[source] EngineError),
+    /// 503: the stock engine refuses writes for lack of memory; nothing was decided.
+    #[error("the stock engine is out of memory and refuses changes; retry after the Retry-After interval")]
+    EngineOutOfMemory(#[source] EngineError),
     /// 503: the campaign's engine state is being rebuilt (after a Redis loss) and could not
     /// be yet; nothing was decided.
     #[error("the campaign's stock state is being rebuilt; retry after the Retry-After interval")]
@@ -238,6 +241,11 @@ impl ApiError {
                 "engine_unavailable",
                 "Stock engine unavailable",
             ),
+            ApiError::EngineOutOfMemory(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "engine_out_of_memory",
+                "Stock engine out of memory",
+            ),
             ApiError::EngineRecovering(_) => (
                 S::SERVICE_UNAVAILABLE,
                 "engine_recovering",
@@ -260,6 +268,7 @@ impl ApiError {
             | ApiError::EngineUnavailable(_)
             | ApiError::EngineRecovering(_)
             | ApiError::DatabaseUnavailable(_) => Some(1),
+            ApiError::EngineOutOfMemory(_) => Some(5),
             _ => None,
         }
     }
@@ -268,6 +277,10 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
+            EngineError::Redis(_) if error.is_out_of_memory() => {
+                crate::metrics::engine_out_of_memory();
+                ApiError::EngineOutOfMemory(error)
+            }
             EngineError::Redis(_) => ApiError::EngineUnavailable(error),
             EngineError::Corrupt(what) => ApiError::Internal(what),
             EngineError::Recovering(_) => ApiError::EngineRecovering(error),
@@ -337,6 +350,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::EngineUnavailable(source) | ApiError::EngineRecovering(source) => {
                 tracing::warn!(error = %source, "stock engine unavailable");
+                self.to_string()
+            }
+            ApiError::EngineOutOfMemory(source) => {
+                // Every write fails alike while Redis is full: one line per 10 s says so.
+                if crate::metrics::log_out_of_memory_now() {
+                    tracing::warn!(error = %source, "the stock engine refuses writes for lack of memory (maxmemory); further refusals are counted, logged every 10 s");
+                }
                 self.to_string()
             }
             ApiError::DatabaseUnavailable(source) => {

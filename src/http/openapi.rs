@@ -97,6 +97,7 @@ const CODES: &[&str] = &[
     "campaign_not_found",
     "database_unavailable",
     "engine_recovering",
+    "engine_out_of_memory",
     "engine_unavailable",
     "extension_exceeded",
     "forbidden",

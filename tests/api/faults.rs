@@ -2,7 +2,7 @@
 //! restarts, and the `flashsale` binary itself killed or stopped mid-burst on the embedded
 //! engine. Each fault is repeated: where it lands in the service's cycle changes the outcome.
 
-use crate::helpers::{spawn_app_with, unique_id, Backend};
+use crate::helpers::{assert_problem, created_reservation, spawn_app_with, unique_id, Backend};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -1498,4 +1498,84 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+impl RedisServer {
+    /// `CONFIG SET name value` on this server.
+    fn config_set(&self, name: &str, value: &str) {
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "CONFIG", "SET", name, value])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success());
+    }
+}
+
+/// A Redis that evicts keys under memory pressure silently breaks promises (a held unit
+/// forgotten, a user's count gone): strict durability refuses it at start, naming the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_refuses_a_redis_that_evicts_keys() {
+    let evicting = RedisServer::start(true);
+    evicting.config_set("maxmemory-policy", "allkeys-lru");
+    let stderr = refused_strict_start("FLASHSALE_REDIS_URL", &evicting.url());
+    assert!(stderr.contains("maxmemory-policy allkeys-lru"), "{stderr}");
+}
+
+/// A Redis out of memory (`noeviction`) refuses every write: each is answered 503
+/// `engine_out_of_memory` with `Retry-After` (not the generic `engine_unavailable`),
+/// `/readyz` says 503 with the reason, and once memory is there again the sale goes on with
+/// nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_answers_engine_out_of_memory_and_loses_nothing() {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Redis, |c| c.redis_url = Some(url)).await;
+    let id = app.campaign(10, 5, json!({})).await;
+    let before = created_reservation(app.reserve(&id, "u1", 1).await).await;
+
+    redis.config_set("maxmemory-policy", "noeviction");
+    redis.config_set("maxmemory", "1");
+    let refused = app.reserve(&id, "u2", 1).await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        Some("5".to_owned())
+    );
+    assert_problem(refused, 503, "engine_out_of_memory").await;
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["engine_status"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("OOM"),
+        "{body}"
+    );
+
+    redis.config_set("maxmemory", "0");
+    created_reservation(app.reserve(&id, "u2", 1).await).await;
+    let campaign = app.campaign_json(&id).await;
+    assert_eq!(campaign["held"], 2, "{campaign}");
+    assert_eq!(
+        app.get_reservation(before["id"].as_str().expect("id"), &app.store_token)
+            .await
+            .status(),
+        200
+    );
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
 }

@@ -201,7 +201,11 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
             }
         };
         let mut wrong = Vec::new();
-        for (name, wanted) in [("appendonly", "yes"), ("appendfsync", "always")] {
+        for (name, wanted) in [
+            ("appendonly", "yes"),
+            ("appendfsync", "always"),
+            ("maxmemory-policy", "noeviction"),
+        ] {
             let mut command = redis::cmd("CONFIG");
             command.arg("GET").arg(name);
             for (node, answer) in per_master(command).await? {
@@ -214,8 +218,9 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         }
         if !wrong.is_empty() {
             return Err(format!(
-                "FLASHSALE_DURABILITY=strict needs every master with appendonly yes and \
-                 appendfsync always (a 201 must be on disk): {}",
+                "FLASHSALE_DURABILITY=strict needs every master with appendonly yes, \
+                 appendfsync always (a 201 must be on disk) and maxmemory-policy noeviction \
+                 (an evicted key is a broken promise): {}",
                 wrong.join(", ")
             ));
         }
@@ -332,11 +337,13 @@ impl<C: Connection> RedisEngine<C> {
         };
         let appendonly = setting("appendonly").await?;
         let appendfsync = setting("appendfsync").await?;
-        if appendonly != "yes" || appendfsync != "always" {
+        let policy = setting("maxmemory-policy").await?;
+        if appendonly != "yes" || appendfsync != "always" || policy != "noeviction" {
             return Err(format!(
                 "FLASHSALE_DURABILITY=strict needs Redis with appendonly yes and appendfsync \
-                 always (a 201 must be on disk); this one has appendonly {appendonly}, \
-                 appendfsync {appendfsync}"
+                 always (a 201 must be on disk) and maxmemory-policy noeviction (an evicted \
+                 key is a broken promise); this one has appendonly {appendonly}, \
+                 appendfsync {appendfsync}, maxmemory-policy {policy}"
             ));
         }
         let replication: String = redis::cmd("INFO")
@@ -348,6 +355,40 @@ impl<C: Connection> RedisEngine<C> {
             self.wait_for_replica = true;
         }
         Ok(self)
+    }
+
+    /// The `maxmemory-policy` of every node that answers other than `noeviction`, as
+    /// `node: policy` (a single server is `redis`): what can evict a campaign's keys — a held
+    /// unit forgotten, a user's count gone — under memory pressure. Strict durability
+    /// refuses such a Redis at start; the default mode warns (see `startup`).
+    pub async fn evicting_nodes(&self) -> Result<Vec<String>, EngineError> {
+        let reply: redis::Value = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.connection())
+            .await?;
+        let policy = |answer: &redis::Value| {
+            redis::from_redis_value::<Vec<String>>(answer)
+                .ok()
+                .and_then(|pair| pair.get(1).cloned())
+                .unwrap_or_default()
+        };
+        let answers: Vec<(String, String)> = match &reply {
+            // A cluster answers per node.
+            redis::Value::Map(nodes) => nodes
+                .iter()
+                .map(|(node, answer)| {
+                    let node: String = redis::from_redis_value(node).unwrap_or_default();
+                    (node, policy(answer))
+                })
+                .collect(),
+            single => vec![("redis".to_owned(), policy(single))],
+        };
+        Ok(answers
+            .into_iter()
+            .filter(|(_, policy)| policy != "noeviction")
+            .map(|(node, policy)| format!("{node}: {policy}"))
+            .collect())
     }
 
     /// With replicas and strict durability: waits until a replica has every write this
@@ -439,8 +480,14 @@ impl<C: Connection> Backend for RedisEngine<C> {
         }
     }
 
+    /// A tiny write, not a `PING`: a Redis that answers but refuses writes for lack of memory
+    /// (`maxmemory` with `noeviction`) or because it is a replica is not serving.
     async fn ping(&self) -> Result<(), EngineError> {
-        let _: String = redis::cmd("PING")
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:ping", self.namespace))
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
             .query_async(&mut self.connection())
             .await?;
         Ok(())
