@@ -81,7 +81,7 @@ fn operation(method: &str, path: &str) -> (Who, bool, bool, bool) {
         ("get", "/v1/reservations/{id}" | "/v1/groups/{id}") => (StoreOrUser, false, false, false),
         ("post", "/v1/reservations/{id}/cancel") => (StoreOrUser, false, false, false),
         ("post", "/v1/reservations/{id}/extend") => (Store, true, false, false),
-        ("post", "/v1/campaigns/{id}/queue") => (StoreOrUser, true, true, false),
+        ("post", "/v1/campaigns/{id}/queue") => (StoreOrUser, true, true, true),
         ("get", "/v1/queue/{ticket}") => (StoreOrUser, false, false, false),
         ("post", "/v1/webhooks") => (Admin, true, true, false),
         (_, p) if p.starts_with("/v1/webhooks") => (Admin, method == "post", false, false),

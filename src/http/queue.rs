@@ -224,6 +224,9 @@ pub async fn join(
         CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
     let key = creating::idempotency_key(&headers)?;
     let user = creating::acting_user(&caller, body.user_id)?;
+    // Joins count against the user's rate like reservations (contract v1.2): a user cannot
+    // flood the line's records with new keys.
+    state.check_user_rate(user.as_str())?;
     let key = ScopedKey::new(&caller.idempotency_scope(), "queue", &key);
     let now = Millis::now();
     let request = JoinRequest::new(campaign_id, user, key, now);

@@ -18,7 +18,31 @@ on_every_backend!(
     group_buys_with_a_waiting_room_need_a_pass_too,
     polls_follow_the_line_as_it_moves,
     a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_it_returns,
+    joins_from_one_user_count_against_the_rate_limit,
 );
+
+/// One user flooding the line with new keys is limited like a user flooding reservations
+/// (contract v1.2): the third join in a second is 429 `rate_limited`; others still join.
+async fn joins_from_one_user_count_against_the_rate_limit(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.user_rate_per_second = 2).await;
+    let id = app
+        .campaign(10, 1, json!({"queue": {"admit_per_second": 5}}))
+        .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = join(&app, &id, &app.store_token, json!({"user_id": "flood"})).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let response = limited.expect("a quick third join is limited");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 429, "rate_limited").await;
+    let other = join(&app, &id, &app.store_token, json!({"user_id": "calm"})).await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+}
 
 /// Two instances on one Redis namespace and one database, as in production.
 async fn two_instances() -> [TestApp; 2] {
