@@ -269,11 +269,14 @@ impl Leases {
     }
 
     /// Makes sure `campaign` holds a lease with at least [`MARGIN`] left, announcing it
-    /// through `index` when it does not.
+    /// through `index` when it does not. A failed announcement fails the change unless
+    /// `tolerant` (the index lives apart from the campaign: a Redis Cluster), where the change
+    /// goes on and the announcement is retried.
     pub async fn ensure(
         &self,
         index: &(impl WorkIndex + ?Sized),
         campaign: &CampaignId,
+        tolerant: bool,
     ) -> Result<(), EngineError> {
         if self.fresh(campaign, Instant::now()) {
             return Ok(());
@@ -290,9 +293,11 @@ impl Leases {
                 self.took(campaign, now);
                 self.pending.remove(campaign);
             }
+            // One server holds both: the change would fail too, so fail at once.
+            Err(error) if !tolerant => return Err(error),
             Err(error) => {
-                // The index is out of reach while the campaign is not (on a cluster its node
-                // may be down alone). The change goes on — refusing it would tie every
+                // The index is out of reach while the campaign may not be (on a cluster its
+                // node may be down alone). The change goes on — refusing it would tie every
                 // campaign to one node — and the announcement is retried until it lands
                 // (`WorkIndex::retry_announcements`, every reaper round): until then the
                 // campaign's events wait in its stream and its holds in its expiry list.
@@ -407,24 +412,28 @@ mod tests {
         let campaign = CampaignId::parse("c-1").expect("valid");
         for _ in 0..5 {
             leases
-                .ensure(&index, &campaign)
+                .ensure(&index, &campaign, true)
                 .await
-                .expect("never refuses");
+                .expect("answers");
         }
         assert_eq!(index.announced.load(Ordering::SeqCst), 1, "one per lease");
 
         // The index out of reach: the change goes on, the announcement waits.
         let other = CampaignId::parse("c-2").expect("valid");
         index.down.store(true, Ordering::SeqCst);
+        assert!(
+            leases.ensure(&index, &other, false).await.is_err(),
+            "one server: the change fails with its index"
+        );
         leases
-            .ensure(&index, &other)
+            .ensure(&index, &other, true)
             .await
             .expect("the change goes on");
         assert_eq!(leases.retry_pending(&index).await, 1, "still pending");
         index.down.store(false, Ordering::SeqCst);
         assert_eq!(leases.retry_pending(&index).await, 0, "announced at last");
         assert_eq!(index.announced.load(Ordering::SeqCst), 2);
-        leases.ensure(&index, &other).await.expect("fresh");
+        leases.ensure(&index, &other, true).await.expect("fresh");
         assert_eq!(
             index.announced.load(Ordering::SeqCst),
             2,

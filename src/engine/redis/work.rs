@@ -282,7 +282,7 @@ impl<C: Connection> RedisEngine<C> {
     /// Before a change of `campaign`: a lease on the active list (one call per campaign per
     /// few seconds; see `engine::work`).
     pub(super) async fn leased(&self, campaign: &CampaignId) -> Result<(), EngineError> {
-        self.leases.ensure(self, campaign).await
+        self.leases.ensure(self, campaign, self.cluster).await
     }
 
     /// Takes an archived campaign off both lists.
