@@ -4,8 +4,9 @@
 # size (cumulative: the idle campaigns of one size stay for the next):
 #   - idle CPU of the service and of Redis over IDLE_SECONDS, once every lease has ended;
 #   - Redis memory per idle campaign (used_memory before and after creating them);
-#   - the sale's rate (wrk, the peer's reserve.wrk.lua, CONNECTIONS workers, SALE_SECONDS)
-#     relative to the empty catalogue's in this run;
+#   - the sale's rate (wrk, the peer's reserve.wrk.lua, CONNECTIONS workers, SALE_SECONDS;
+#     the median of SALES sales) relative to the empty catalogue's in this run, and the CPU
+#     the service, Redis and Postgres spent per request during it;
 #   - the persister's lag p99 during the sale (flashsale_persister_lag_seconds every 100 ms)
 #     and the time after the sale until the database holds every acknowledged reservation;
 #   - expiry lateness p99: the sale's holds last 2 s; each expired reservation's expiry event
@@ -59,10 +60,9 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_of_pid() { awk '{ sub(/^[^)]*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
-cpu_of_name() { # every process named $1 (Postgres: its backends too)
-  local total=0 p
-  for p in $(pgrep -x "$1" || true); do total=$(python3 -c "print($total + $(cpu_of_pid "$p" 2>/dev/null || echo 0))"); done
-  echo "$total"
+cpu_of_name() { # every process named $1 (Postgres: its backends too), in one pass
+  for p in $(pgrep -x "$1" || true); do cat "/proc/$p/stat" 2>/dev/null; done \
+    | awk '{ sub(/^[^)]*\) /, ""); s += $12 + $13 } END { print s / 100 }'
 }
 
 # The webhook receiver: nginx answering 204 to everything, keep-alive.
@@ -153,6 +153,7 @@ for engine in $ENGINES; do
     first_hot=${first_hot:-$hot}
     curl -fs -o /dev/null -X POST "$url/v1/campaigns" -H 'authorization: Bearer adm' -H 'content-type: application/json' \
       -H "idempotency-key: $hot" -d "{\"id\":\"$hot\",\"kind\":\"flash_sale\",\"sku\":\"hot\",\"stock\":1000000000,\"per_user_limit\":1000000,\"hold_seconds\":2}"
+    s0=$(cpu_of_pid "$fpid"); sr0=$([ -n "$redis_pid" ] && cpu_of_pid "$redis_pid" || echo 0); sp0=$(cpu_of_name postgres)
     (cd "$PEER" && STORE_TOKEN=sto wrk -t1 -c"$CONNECTIONS" -d"${SALE_SECONDS}s" -s reserve.wrk.lua \
       "$url/v1/campaigns/$hot/reservations" > "$out/sale-$engine-$size.txt") &
     wrk_pid=$!
@@ -163,6 +164,12 @@ for engine in $ENGINES; do
     done
     wait "$wrk_pid" || true
     sale_end=$(date +%s.%N)
+    s1=$(cpu_of_pid "$fpid"); sr1=$([ -n "$redis_pid" ] && cpu_of_pid "$redis_pid" || echo 0); sp1=$(cpu_of_name postgres)
+    # CPU per request of each process during the measured sale (what a slower sale paid for).
+    per_request=$(python3 -c "
+import re
+n = int(re.search(r'(\d+) requests in', open('$out/sale-$engine-$size.txt').read()).group(1))
+print(f'cpu_us_service={($s1 - $s0) * 1e6 / n:.1f} cpu_us_redis={($sr1 - $sr0) * 1e6 / n:.1f} cpu_us_postgres={($sp1 - $sp0) * 1e6 / n:.1f}')")
     sold=$(python3 -c "import re; t=open('$out/sale-$engine-$size.txt').read(); n=int(re.search(r'(\d+) requests in', t).group(1)); b=re.search(r'non2xx=(\d+)', t); print(n - (int(b.group(1)) if b else 0))")
     rates+=("$(awk '/Requests\/sec/ { print $2 }' "$out/sale-$engine-$size.txt")")
     rate=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
@@ -184,7 +191,7 @@ for engine in $ENGINES; do
     lag_p99=$(python3 -c "
 v = sorted(float(x) for x in open('$out/lag-$engine-$size.txt') if x.strip())
 print(f'{v[min(len(v) - 1, int(len(v) * 0.99))]:.3f}' if v else 'n/a')")
-    echo "$engine $size idle_service=$idle_service idle_redis=$idle_redis idle_postgres=$idle_postgres rate=$rate lag_p99=$lag_p99 in_db_after=$in_db_after expiry_late_p99_ms=$lateness redis_bytes_per_idle=$memory_per metrics_bytes=$metrics_bytes list_sold_out_ms=$(python3 -c "print(round($list_ms * 1000, 1))")" | tee -a "$out/rows.txt" >&2
+    echo "$engine $size idle_service=$idle_service idle_redis=$idle_redis idle_postgres=$idle_postgres rate=$rate lag_p99=$lag_p99 in_db_after=$in_db_after expiry_late_p99_ms=$lateness redis_bytes_per_idle=$memory_per $per_request metrics_bytes=$metrics_bytes list_sold_out_ms=$(python3 -c "print(round($list_ms * 1000, 1))")" | tee -a "$out/rows.txt" >&2
   done
   # Webhook delivery rate: the first sale's events replayed to the receiver.
   for batch in 1 100; do
