@@ -494,6 +494,51 @@ impl Instance {
     }
 }
 
+/// A flash sale of `stock` units on the first instance with a webhook to `url` for its
+/// events, then one reservation per unit, sent round robin through `instances`; its id.
+async fn hooked_sale(instances: &[&Instance], url: &str, stock: u64) -> String {
+    let client = reqwest::Client::new();
+    let post = |address: &str, path: &str, token: &str, body: Value, key: String| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = &instances[0].address;
+    let campaign = crate::helpers::unique_id("c").to_lowercase();
+    let created = post(first, "/v1/campaigns", "hook-admin",
+        json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": stock, "per_user_limit": 1}), "c".into())
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let hook = post(
+        first,
+        "/v1/webhooks",
+        "hook-admin",
+        json!({"url": url, "campaign_id": campaign}),
+        "h".into(),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(hook.status(), 201);
+    for n in 0..stock {
+        let address = &instances[n as usize % instances.len()].address;
+        let r = post(
+            address,
+            &format!("/v1/campaigns/{campaign}/reservations"),
+            "hook-store",
+            json!({"user_id": format!("u{n}")}),
+            format!("k{n}"),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(r.status(), 201);
+    }
+    campaign
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -509,42 +554,7 @@ async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
     // 30 ms per delivery: 100 events take ~3 s, so the kill lands mid-stream.
     let (url, received) = receiver(Behaviour::Slow(30)).await;
     let mut first = Instance::start(&namespace, &database);
-    let post = |address: &str, path: &str, token: &str, body: Value, key: String| {
-        client
-            .post(format!("{address}{path}"))
-            .bearer_auth(token)
-            .header("idempotency-key", key)
-            .json(&body)
-            .send()
-    };
-    let campaign = crate::helpers::unique_id("c").to_lowercase();
-    let created = post(&first.address, "/v1/campaigns", "hook-admin",
-        json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": 100, "per_user_limit": 1}), "c".into())
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), 201);
-    let hook = post(
-        &first.address,
-        "/v1/webhooks",
-        "hook-admin",
-        json!({"url": url, "campaign_id": campaign}),
-        "h".into(),
-    )
-    .await
-    .expect("sent");
-    assert_eq!(hook.status(), 201);
-    for n in 0..100 {
-        let r = post(
-            &first.address,
-            &format!("/v1/campaigns/{campaign}/reservations"),
-            "hook-store",
-            json!({"user_id": format!("u{n}")}),
-            format!("k{n}"),
-        )
-        .await
-        .expect("sent");
-        assert_eq!(r.status(), 201);
-    }
+    let campaign = hooked_sale(&[&first], &url, 100).await;
     let some = until_received(&received, 10, Duration::from_secs(30)).await;
     assert!(
         some.len() >= 10 && some.len() < 100,
@@ -810,56 +820,10 @@ mod batched_deliveries {
 async fn a_slow_receiver_gets_each_event_once_from_two_instances() {
     let namespace = crate::helpers::unique_id("ns");
     let database = crate::helpers::fresh_postgres_schema().await;
-    let client = reqwest::Client::new();
     let (url, received) = receiver(Behaviour::Slow(250)).await;
     let first = Instance::start(&namespace, &database);
     let second = Instance::start(&namespace, &database);
-    let post = |address: &str, path: &str, token: &str, body: Value, key: String| {
-        client
-            .post(format!("{address}{path}"))
-            .bearer_auth(token)
-            .header("idempotency-key", key)
-            .json(&body)
-            .send()
-    };
-    let campaign = crate::helpers::unique_id("c").to_lowercase();
-    let created = post(
-        &first.address,
-        "/v1/campaigns",
-        "hook-admin",
-        json!({"id": campaign, "kind": "flash_sale", "sku": "s", "stock": 70, "per_user_limit": 1}),
-        "c".into(),
-    )
-    .await
-    .expect("sent");
-    assert_eq!(created.status(), 201);
-    let hook = post(
-        &first.address,
-        "/v1/webhooks",
-        "hook-admin",
-        json!({"url": url, "campaign_id": campaign}),
-        "h".into(),
-    )
-    .await
-    .expect("sent");
-    assert_eq!(hook.status(), 201);
-    for n in 0..70 {
-        let address = if n % 2 == 0 {
-            &first.address
-        } else {
-            &second.address
-        };
-        let r = post(
-            address,
-            &format!("/v1/campaigns/{campaign}/reservations"),
-            "hook-store",
-            json!({"user_id": format!("u{n}")}),
-            format!("k{n}"),
-        )
-        .await
-        .expect("sent");
-        assert_eq!(r.status(), 201);
-    }
+    hooked_sale(&[&first, &second], &url, 70).await;
     let got = until_received(&received, 70, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 70);
     // A moment more: a second sender would show up now.

@@ -34,6 +34,12 @@ impl WorkLists {
         }
     }
 
+    /// Files `campaign` under `at` unless it is filed earlier already (Redis's `ZADD LT`).
+    fn lower_due(&mut self, campaign: &CampaignId, at: i64) {
+        let at = self.due.get(campaign).map_or(at, |old| (*old).min(at));
+        self.set_due(campaign, Some(at));
+    }
+
     pub fn forget(&mut self, campaign: &CampaignId) {
         self.active.remove(campaign);
         self.set_due(campaign, None);
@@ -111,11 +117,7 @@ impl WorkIndex for MemoryEngine {
         }
         lists.active.remove(campaign);
         if let Some(due) = next_due {
-            let at = lists
-                .due
-                .get(campaign)
-                .map_or(due.0, |old| (*old).min(due.0));
-            lists.set_due(campaign, Some(at));
+            lists.lower_due(campaign, due.0);
         }
         Ok(true)
     }
@@ -164,11 +166,7 @@ impl WorkIndex for MemoryEngine {
 
     async fn file(&self, campaign: &CampaignId, due: Millis) -> Result<(), EngineError> {
         let mut lists = self.lists();
-        let at = lists
-            .due
-            .get(campaign)
-            .map_or(due.0, |old| (*old).min(due.0));
-        lists.set_due(campaign, Some(at));
+        lists.lower_due(campaign, due.0);
         Ok(())
     }
 
