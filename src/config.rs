@@ -83,6 +83,16 @@ pub struct Config {
     )]
     pub metrics_sample_interval_ms: u64,
 
+    /// How often the stock engine's memory and eviction policy are checked (Redis), in ms:
+    /// exported as gauges; under strict durability a policy that can evict keys stops every
+    /// decision (503 `engine_unsafe`) until it is fixed.
+    #[arg(
+        long,
+        env = "FLASHSALE_ENGINE_CHECK_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub engine_check_interval_ms: u64,
+
     /// How many campaigns with recent activity get per-campaign series in `/metrics`; the
     /// rest are summed under `campaign="_other"`, so `/metrics` does not grow with the
     /// catalogue.

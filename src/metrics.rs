@@ -53,6 +53,17 @@ pub const SCRIPT_ERRORS: &str = "flashsale_redis_script_errors_total";
 pub const ENGINE_UP: &str = "flashsale_engine_up";
 /// 1 while the database answers, else 0.
 pub const DATABASE_UP: &str = "flashsale_database_up";
+/// Memory Redis uses, per node (`INFO memory` `used_memory`).
+pub const ENGINE_MEMORY_USED: &str = "flashsale_engine_memory_used_bytes";
+/// Redis's `maxmemory` per node (0: no limit).
+pub const ENGINE_MEMORY_MAX: &str = "flashsale_engine_memory_max_bytes";
+/// 1 while a node's `maxmemory-policy` may evict keys (anything but `noeviction`).
+pub const ENGINE_EVICTING: &str = "flashsale_engine_evicting";
+/// Keys a node evicted since it started (`INFO stats` `evicted_keys`).
+pub const ENGINE_EVICTED_KEYS: &str = "flashsale_engine_evicted_keys_total";
+/// 0 while the persister's writes fail (a full disk, a database that refuses writes), 1 once
+/// one succeeds: changes cannot be made durable meanwhile.
+pub const DATABASE_WRITABLE: &str = "flashsale_database_writable";
 /// Stream entries not yet persisted (and acknowledged): each carries one event, or the
 /// events of one batch of reserves.
 pub const PERSIST_BACKLOG: &str = "flashsale_persister_backlog_events";
@@ -178,10 +189,22 @@ pub fn engine_out_of_memory() {
 
 /// Whether an out-of-memory refusal should be logged now (at most one line per 10 s).
 pub fn log_out_of_memory_now() -> bool {
+    once_per_10s(&LAST_OUT_OF_MEMORY_LOG_MS)
+}
+
+/// Whether a refusal for an unsafe engine or a database that refuses writes should be logged
+/// now (at most one line per 10 s).
+pub fn log_unsafe_now() -> bool {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    once_per_10s(&LAST)
+}
+
+/// Whether 10 s passed since `last` (milliseconds), taking the turn if so.
+fn once_per_10s(last_ms: &std::sync::atomic::AtomicI64) -> bool {
     let now = crate::domain::Millis::now().0;
-    let last = LAST_OUT_OF_MEMORY_LOG_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let last = last_ms.load(std::sync::atomic::Ordering::Relaxed);
     now - last >= 10_000
-        && LAST_OUT_OF_MEMORY_LOG_MS
+        && last_ms
             .compare_exchange(
                 last,
                 now,
@@ -373,6 +396,26 @@ fn describe() {
         "1 while the stock engine answers a ping, else 0."
     );
     metrics::describe_gauge!(DATABASE_UP, "1 while the database answers, else 0.");
+    metrics::describe_gauge!(
+        ENGINE_MEMORY_USED,
+        "Memory the stock engine (Redis) uses, per node, in bytes."
+    );
+    metrics::describe_gauge!(
+        ENGINE_MEMORY_MAX,
+        "The stock engine's (Redis) maxmemory per node, in bytes (0: no limit)."
+    );
+    metrics::describe_gauge!(
+        ENGINE_EVICTING,
+        "1 while a Redis node's maxmemory-policy may evict keys (anything but noeviction): an evicted key is a broken promise."
+    );
+    metrics::describe_counter!(
+        ENGINE_EVICTED_KEYS,
+        "Keys a Redis node evicted since it started (INFO evicted_keys)."
+    );
+    metrics::describe_gauge!(
+        DATABASE_WRITABLE,
+        "0 while the persister's writes to the database fail (changes cannot be made durable), 1 once one succeeds."
+    );
     metrics::describe_gauge!(
         PERSIST_BACKLOG,
         "Stream entries not yet persisted (and acknowledged); an entry carries one event, or the events of one batch of reserves."

@@ -1,6 +1,7 @@
 //! The application: build the state from the config, start the workers, serve, shut down.
 
 use crate::config::{Config, Durability};
+use crate::engine::redis::MemoryWatch;
 use crate::engine::{
     Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ShardableEngine, Sharded,
     WorkIndex, PERSISTER,
@@ -9,6 +10,7 @@ use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
 use crate::pipeline::recovery::{self, Recovering};
+use crate::pipeline::safety::Safety;
 use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
 use crate::{metrics, workers};
@@ -42,6 +44,12 @@ pub struct Application {
     retention: Duration,
     webhooks: crate::webhooks::deliver::DeliverySettings,
     personal: recovery::PersonalData,
+    /// Whether changes can be decided safely (the persister and the engine watch say).
+    safety: Arc<Safety>,
+    /// The engine's memory and eviction policy (Redis), checked every `engine_check`.
+    memory: Option<Arc<dyn MemoryWatch>>,
+    engine_check: Duration,
+    strict: bool,
 }
 
 /// The credentials the service accepts, with the generated ones marked so they can be shown.
@@ -109,7 +117,8 @@ impl Application {
             .context("checking the stock engine's data against the database")?;
         // Answering after the commit needs this process's persister to make the commit.
         let answer_after_commit = backends.answer_after_commit && config.persister;
-        let mut recovering = Recovering::new(engine.clone(), store.clone());
+        let safety = Arc::new(Safety::default());
+        let mut recovering = Recovering::new(engine.clone(), store.clone(), Arc::clone(&safety));
         if answer_after_commit {
             recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
         }
@@ -166,6 +175,7 @@ impl Application {
             webhook_hosts: Arc::clone(&webhook_hosts),
             pass_key: crate::domain::PassKey::new(pass_key.as_bytes()),
             line_cache: Default::default(),
+            safety: Arc::clone(&safety),
         });
         let settings = HttpSettings {
             body_limit_bytes: config.body_limit_bytes,
@@ -206,6 +216,10 @@ impl Application {
             serve: http::serve::ServeSettings {
                 header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             },
+            safety,
+            memory: backends.memory,
+            engine_check: Duration::from_millis(config.engine_check_interval_ms.max(10)),
+            strict: config.durability == Durability::Strict,
         })
     }
 
@@ -315,6 +329,18 @@ impl Application {
                 self.state.store.clone(),
                 persister_consumer(),
                 settings.clone(),
+                Arc::clone(&self.safety),
+                shutdown.clone(),
+            )));
+        }
+        if let Some(memory) = &self.memory {
+            workers.push(tokio::spawn(workers::run_engine_watch(
+                Arc::clone(memory),
+                workers::EngineWatch {
+                    interval: self.engine_check,
+                    strict: self.strict,
+                    safety: Arc::clone(&self.safety),
+                },
                 shutdown.clone(),
             )));
         }
@@ -361,6 +387,8 @@ pub struct Backends {
     /// Whether a change may be answered only once the database committed it: the embedded
     /// engine keeps nothing across a crash, so its 201s wait for the commit.
     pub answer_after_commit: bool,
+    /// The engine's memory and eviction policy, where it has them (Redis).
+    pub memory: Option<Arc<dyn MemoryWatch>>,
 }
 
 impl Backends {
@@ -372,20 +400,29 @@ impl Backends {
             engine: Arc::new(Sharded::new(Arc::new(engine.clone()))),
             events: Arc::new(engine.clone()),
             work: Arc::new(engine),
+            memory: None,
+        }
+    }
+
+    /// A Redis engine: [`Backends::of`], with its memory watched.
+    fn of_redis<C: crate::engine::redis::Connection>(engine: RedisEngine<C>) -> Self {
+        Backends {
+            memory: Some(Arc::new(engine.clone())),
+            ..Backends::of(engine)
         }
     }
 }
 
 /// Warns when Redis may evict keys (strict durability refuses it instead).
 async fn warn_if_evicting<C: crate::engine::redis::Connection>(engine: &RedisEngine<C>) {
-    match engine.evicting_nodes().await {
-        Ok(nodes) if !nodes.is_empty() => tracing::warn!(
-            nodes = %nodes.join(", "),
+    match engine.memory().await.map(|nodes| workers::evicting(&nodes)) {
+        Ok(Some(nodes)) => tracing::warn!(
+            %nodes,
             "Redis may evict keys under memory pressure (maxmemory-policy other than noeviction): \
              an evicted key is a broken promise (a held unit forgotten, a user's count gone); \
              set maxmemory-policy noeviction (FLASHSALE_DURABILITY=strict refuses this)"
         ),
-        Ok(_) => {}
+        Ok(None) => {}
         Err(error) => tracing::warn!(%error, "could not read Redis's maxmemory-policy"),
     }
 }
@@ -409,7 +446,7 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
         } else {
             warn_if_evicting(&engine).await;
         }
-        return Ok(Backends::of(engine));
+        return Ok(Backends::of_redis(engine));
     }
     Ok(match &config.redis_url {
         Some(url) => {
@@ -426,7 +463,7 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
             } else {
                 warn_if_evicting(&engine).await;
             }
-            Backends::of(engine)
+            Backends::of_redis(engine)
         }
         None => Backends::of(MemoryEngine::new().with_retention(retention)),
     })
@@ -470,6 +507,8 @@ pub async fn run_persister_only(config: Config) -> anyhow::Result<()> {
         store,
         persister_consumer(),
         persister_settings(&config),
+        // Alone, it has nobody to tell whether its writes fail but its log and metrics.
+        Arc::default(),
         shutdown,
     ));
     stop_signal().await;

@@ -282,3 +282,89 @@ pub async fn sample_once(
         metrics::gauge!(name, "campaign" => campaign, label => state).set(value);
     }
 }
+
+/// How the engine watch runs.
+pub struct EngineWatch {
+    pub interval: Duration,
+    /// Strict durability: an engine that can evict keys stops every decision.
+    pub strict: bool,
+    pub safety: Arc<crate::pipeline::safety::Safety>,
+}
+
+/// Every `interval`: the engine's memory, evictions and eviction policy per node, as gauges;
+/// under strict durability a policy that can evict keys makes the engine unsafe (every
+/// decision refused with 503 `engine_unsafe`) until it is fixed. One pair of `INFO` calls per
+/// node per round, whatever the catalogue.
+pub async fn run_engine_watch(
+    memory: Arc<dyn crate::engine::redis::MemoryWatch>,
+    watch: EngineWatch,
+    mut shutdown: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(watch.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What was last said about eviction, so the log speaks when it changes.
+    let mut said: Option<Option<String>> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = ticker.tick() => {}
+        }
+        let nodes = match memory.memory().await {
+            Ok(nodes) => nodes,
+            // Unknown is not unsafe: the decisions themselves fail while Redis is away.
+            Err(error) => {
+                tracing::debug!(%error, "could not read the stock engine's memory");
+                continue;
+            }
+        };
+        for node in &nodes {
+            let label = node.node.clone();
+            metrics::gauge!(m::ENGINE_MEMORY_USED, "node" => label.clone())
+                .set(node.used_bytes as f64);
+            metrics::gauge!(m::ENGINE_MEMORY_MAX, "node" => label.clone())
+                .set(node.max_bytes as f64);
+            metrics::gauge!(m::ENGINE_EVICTING, "node" => label.clone()).set(if node.evicts() {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::counter!(m::ENGINE_EVICTED_KEYS, "node" => label).absolute(node.evicted_keys);
+        }
+        let evicting = evicting(&nodes);
+        if said.as_ref() != Some(&evicting) {
+            match (&evicting, watch.strict) {
+                (Some(nodes), true) => tracing::error!(
+                    %nodes,
+                    "Redis may now evict keys under memory pressure (maxmemory-policy other than \
+                     noeviction): every decision is refused (503 engine_unsafe) until it is set \
+                     back to noeviction"
+                ),
+                (Some(nodes), false) => tracing::warn!(
+                    %nodes,
+                    "Redis may evict keys under memory pressure (maxmemory-policy other than \
+                     noeviction): an evicted key is a broken promise; set maxmemory-policy noeviction"
+                ),
+                (None, _) if said.is_some() => {
+                    tracing::info!("Redis evicts no keys any more (maxmemory-policy noeviction)")
+                }
+                (None, _) => {}
+            }
+            said = Some(evicting.clone());
+        }
+        if watch.strict {
+            watch.safety.engine_checked(evicting.map(|nodes| {
+                format!("Redis may evict keys (maxmemory-policy other than noeviction): {nodes}")
+            }));
+        }
+    }
+}
+
+/// The nodes that may evict keys, as `node: policy, …`; `None` if none may.
+pub fn evicting(nodes: &[crate::engine::redis::NodeMemory]) -> Option<String> {
+    let evicting: Vec<String> = nodes
+        .iter()
+        .filter(|node| node.evicts())
+        .map(|node| format!("{}: {}", node.node, node.policy))
+        .collect();
+    (!evicting.is_empty()).then(|| evicting.join(", "))
+}

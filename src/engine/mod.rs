@@ -63,6 +63,16 @@ pub enum EngineError {
     /// Too many attempts already wait for the campaign; this one was not decided.
     #[error("too many attempts wait for this campaign")]
     Overloaded,
+    /// The database refuses writes (a full disk, say), so a change whose answer waits for
+    /// its commit cannot be made durable: nothing was decided, or — when the refusal came
+    /// while the answer waited — the change waits in the log and a retry with the same
+    /// idempotency key answers it once it is written.
+    #[error("changes cannot be made durable just now: {0}")]
+    NotDurable(String),
+    /// Strict durability, and the engine's configuration can lose data: nothing is decided
+    /// until it is fixed.
+    #[error("the stock engine can lose data: {0}")]
+    Unsafe(String),
 }
 
 impl EngineError {
@@ -91,6 +101,8 @@ impl EngineError {
             EngineError::Recovering(what) => EngineError::Recovering(what.clone()),
             EngineError::Unreplicated(what) => EngineError::Unreplicated(what.clone()),
             EngineError::Overloaded => EngineError::Overloaded,
+            EngineError::NotDurable(what) => EngineError::NotDurable(what.clone()),
+            EngineError::Unsafe(what) => EngineError::Unsafe(what.clone()),
         }
     }
 }

@@ -104,6 +104,13 @@ pub enum ApiError {
     /// be yet; nothing was decided.
     #[error("the campaign's stock state is being rebuilt; retry after the Retry-After interval")]
     EngineRecovering(#[source] EngineError),
+    /// 503: strict durability, and the stock engine's configuration can lose data; nothing
+    /// is decided until it is fixed.
+    #[error("the stock engine's configuration can lose data (see /readyz); nothing is decided until it is fixed")]
+    EngineUnsafe(#[source] EngineError),
+    /// 503: the database refuses writes, so changes cannot be made durable.
+    #[error("the database refuses writes, so changes cannot be made durable (see /readyz); retry after the Retry-After interval with the same Idempotency-Key")]
+    NotDurable(#[source] EngineError),
     /// 503: the database did not answer; nothing was decided.
     #[error("the database is unavailable")]
     DatabaseUnavailable(#[source] crate::store::StoreError),
@@ -251,10 +258,15 @@ impl ApiError {
                 "engine_recovering",
                 "Stock engine recovering",
             ),
-            ApiError::DatabaseUnavailable(_) => (
+            ApiError::DatabaseUnavailable(_) | ApiError::NotDurable(_) => (
                 S::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 "Database unavailable",
+            ),
+            ApiError::EngineUnsafe(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "engine_unsafe",
+                "Stock engine unsafe",
             ),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -268,7 +280,8 @@ impl ApiError {
             | ApiError::EngineUnavailable(_)
             | ApiError::EngineRecovering(_)
             | ApiError::DatabaseUnavailable(_) => Some(1),
-            ApiError::EngineOutOfMemory(_) => Some(5),
+            ApiError::EngineOutOfMemory(_) | ApiError::NotDurable(_) => Some(5),
+            ApiError::EngineUnsafe(_) => Some(30),
             _ => None,
         }
     }
@@ -286,6 +299,8 @@ impl From<EngineError> for ApiError {
             EngineError::Recovering(_) => ApiError::EngineRecovering(error),
             EngineError::Unreplicated(_) => ApiError::EngineUnavailable(error),
             EngineError::Overloaded => ApiError::Overloaded,
+            EngineError::NotDurable(_) => ApiError::NotDurable(error),
+            EngineError::Unsafe(_) => ApiError::EngineUnsafe(error),
         }
     }
 }
@@ -356,6 +371,13 @@ impl IntoResponse for ApiError {
                 // Every write fails alike while Redis is full: one line per 10 s says so.
                 if crate::metrics::log_out_of_memory_now() {
                     tracing::warn!(error = %source, "the stock engine refuses writes for lack of memory (maxmemory); further refusals are counted, logged every 10 s");
+                }
+                self.to_string()
+            }
+            ApiError::NotDurable(source) | ApiError::EngineUnsafe(source) => {
+                // The persister and the engine watch log the cause; one line per 10 s here.
+                if crate::metrics::log_unsafe_now() {
+                    tracing::warn!(error = %source, "refusing changes; further refusals are logged every 10 s");
                 }
                 self.to_string()
             }

@@ -65,6 +65,17 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Err(error)) => error.to_string(),
             Err(_) => "no answer within 1 s".to_owned(),
         };
+    // A database that answers but refuses writes (a full disk), an engine that can lose data
+    // under strict durability: the pings cannot tell, the persister and the engine watch can.
+    let (not_durable, engine_unsafe) = state.safety.report();
+    let engine_status = match engine_unsafe {
+        Some(why) if engine_status == "ok" => why,
+        _ => engine_status,
+    };
+    let database_status = match not_durable {
+        Some(why) if database_status == "ok" => why,
+        _ => database_status,
+    };
     let ready = engine_status == "ok" && database_status == "ok";
     let status = if ready {
         StatusCode::OK

@@ -80,6 +80,8 @@ pub struct Shared {
     pub pass_key: crate::domain::PassKey,
     /// Answers polls of waiting tickets from the campaign's line (see [`queue::LineCache`]).
     pub line_cache: queue::LineCache,
+    /// Whether changes can be decided safely just now (`/readyz` shows it).
+    pub safety: Arc<crate::pipeline::safety::Safety>,
 }
 
 /// Settings of the HTTP layer itself.

@@ -4,3 +4,4 @@
 
 pub mod persister;
 pub mod recovery;
+pub mod safety;

@@ -11,6 +11,7 @@
 
 use crate::engine::{Consumer, EventBatch, EventLog};
 use crate::metrics as m;
+use crate::pipeline::safety::Safety;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use std::sync::Arc;
@@ -34,8 +35,16 @@ pub async fn run(
     store: Store,
     consumer: Consumer,
     settings: PersisterSettings,
+    safety: Arc<Safety>,
     mut shutdown: Shutdown,
 ) {
+    let sink = Sink {
+        log: &*log,
+        group: &consumer.group,
+        store: &store,
+        safety: &safety,
+    };
+    metrics::gauge!(m::DATABASE_WRITABLE).set(1.0);
     let mut buffer = EventBatch::default();
     let mut first_at: Option<Instant> = None;
     // Reads in a row that found nothing: the idle pause grows with them (see below).
@@ -44,7 +53,7 @@ pub async fn run(
         let room = settings.batch.saturating_sub(buffer.events.len());
         let read = tokio::select! {
             _ = shutdown.recv() => {
-                drain(&*log, &consumer, &store, buffer, &settings).await;
+                drain(&sink, &consumer, buffer, &settings).await;
                 return;
             }
             read = log.read(&consumer, room, settings.reclaim_after) => read,
@@ -57,9 +66,7 @@ pub async fn run(
                 // What is already read must not wait for the log to answer again: after a
                 // Redis loss it is the last copy, and a rebuild fences it out later.
                 if !buffer.events.is_empty() {
-                    if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown)
-                        .await
-                    {
+                    if !write_with_retry(&sink, &buffer, &mut shutdown).await {
                         return;
                     }
                     buffer = EventBatch::default();
@@ -71,7 +78,7 @@ pub async fn run(
         };
         if !buffer.events.is_empty() && buffer.epochs.conflicts(&fresh.epochs) {
             // A campaign loaded again since: the buffered batch goes alone, with its epochs.
-            if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
+            if !write_with_retry(&sink, &buffer, &mut shutdown).await {
                 return;
             }
             buffer = EventBatch::default();
@@ -92,7 +99,7 @@ pub async fn run(
         buffer.events.extend(fresh.events);
         let due = first_at.is_some_and(|at| at.elapsed() >= settings.delay);
         if !buffer.events.is_empty() && (buffer.events.len() >= settings.batch || due) {
-            if !write_with_retry(&*log, &consumer.group, &store, &buffer, &mut shutdown).await {
+            if !write_with_retry(&sink, &buffer, &mut shutdown).await {
                 return;
             }
             buffer = EventBatch::default();
@@ -131,19 +138,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// embedded engine nothing else would ever write it), for at most [`DRAIN_LIMIT`]. What is
 /// left unwritten stays unacknowledged (in Redis, for the next persister).
 async fn drain(
-    log: &dyn EventLog,
+    sink: &Sink<'_>,
     consumer: &Consumer,
-    store: &Store,
     mut buffer: EventBatch,
     settings: &PersisterSettings,
 ) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     loop {
-        if !buffer.events.is_empty()
-            && write_once(log, &consumer.group, store, &buffer)
-                .await
-                .is_err()
-        {
+        if !buffer.events.is_empty() && write_once(sink, &buffer).await.is_err() {
             tracing::warn!(
                 events = buffer.events.len(),
                 "could not write the last batch at shutdown"
@@ -153,7 +155,8 @@ async fn drain(
         if Instant::now() >= deadline {
             return;
         }
-        buffer = match log
+        buffer = match sink
+            .log
             .read(consumer, settings.batch, settings.reclaim_after)
             .await
         {
@@ -165,16 +168,10 @@ async fn drain(
 
 /// Writes and acknowledges, retrying with backoff until it succeeds; `false` if shutdown
 /// came first (the events stay unacknowledged for the next persister).
-async fn write_with_retry(
-    log: &dyn EventLog,
-    group: &str,
-    store: &Store,
-    batch: &EventBatch,
-    shutdown: &mut Shutdown,
-) -> bool {
+async fn write_with_retry(sink: &Sink<'_>, batch: &EventBatch, shutdown: &mut Shutdown) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match write_once(log, group, store, batch).await {
+        match write_once(sink, batch).await {
             Ok(()) => return true,
             Err(stage) => {
                 metrics::counter!(m::PERSIST_FAILURES, "stage" => stage).increment(1);
@@ -188,22 +185,36 @@ async fn write_with_retry(
     }
 }
 
-async fn write_once(
-    log: &dyn EventLog,
-    group: &str,
-    store: &Store,
-    batch: &EventBatch,
-) -> Result<(), &'static str> {
+/// Where a batch goes, and who hears whether it got there.
+struct Sink<'a> {
+    log: &'a dyn EventLog,
+    group: &'a str,
+    store: &'a Store,
+    /// Told whether writes reach the database (`/readyz`, and answers that wait for it).
+    safety: &'a Safety,
+}
+
+async fn write_once(sink: &Sink<'_>, batch: &EventBatch) -> Result<(), &'static str> {
+    let Sink {
+        log,
+        group,
+        store,
+        safety,
+    } = sink;
     let started = Instant::now();
     let events = &batch.events;
     match store.persist(&batch.epochs, events).await {
         Ok(set_aside) => {
+            safety.store_written();
+            metrics::gauge!(m::DATABASE_WRITABLE).set(1.0);
             for (reason, count) in set_aside {
                 metrics::counter!(m::DEAD_EVENTS, "reason" => reason).increment(count);
             }
         }
         Err(error) => {
             tracing::warn!(%error, events = events.len(), "persisting a batch failed; will retry");
+            safety.store_failed(&error);
+            metrics::gauge!(m::DATABASE_WRITABLE).set(0.0);
             return Err("write");
         }
     }

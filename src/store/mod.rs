@@ -69,6 +69,7 @@ impl Store {
                 PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(3))
+                    .after_release(|connection, _| Box::pin(clean(connection)))
                     .connect(url)
                     .await?,
             ),
@@ -83,6 +84,7 @@ impl Store {
                 Store::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(4)
+                        .after_release(|connection, _| Box::pin(clean(connection)))
                         .connect_with(options)
                         .await?,
                 )
@@ -112,6 +114,16 @@ impl Store {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?);
         Ok(())
     }
+}
+
+/// Whether a connection going back to the pool is clean: a transaction that failed to commit
+/// (SQLite on a full disk rolls it back itself, and sqlx's own rollback then fails) can leave
+/// the driver believing it is still inside one, and every later `BEGIN` on that connection
+/// fails. Such a connection is closed, not reused: a storage fault ends when the fault ends.
+async fn clean<C: sqlx::Connection>(connection: &mut C) -> Result<bool, sqlx::Error> {
+    // Runs after any rollback a dropped transaction queued.
+    connection.ping().await?;
+    Ok(!connection.is_in_transaction())
 }
 
 /// A value the database holds that does not parse as its domain type.

@@ -253,6 +253,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         app.store.clone(),
         consumer("survivor"),
         settings,
+        Arc::default(),
         shutdown,
     ));
     let events = feed_when(&app, 40, Duration::from_secs(20)).await;

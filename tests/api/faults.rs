@@ -1579,3 +1579,85 @@ async fn a_redis_out_of_memory_answers_engine_out_of_memory_and_loses_nothing() 
         .expect("sent");
     assert_eq!(ready.status(), 200);
 }
+
+/// Strict durability checks the engine's configuration while it runs, not only at start: a
+/// `maxmemory-policy` changed to one that evicts stops every decision (503 `engine_unsafe`,
+/// `/readyz` 503 naming it) until it is set back; the gauge and the eviction counter say it
+/// in `/metrics` either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_stops_deciding_when_redis_starts_evicting_and_resumes_when_fixed() {
+    let redis = RedisServer::start(true);
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Redis, |c| {
+        c.redis_url = Some(url);
+        c.durability = flashsale::config::Durability::Strict;
+        c.engine_check_interval_ms = 100;
+    })
+    .await;
+    let id = app.campaign(10, 5, json!({})).await;
+    created_reservation(app.reserve(&id, "u1", 1).await).await;
+
+    redis.config_set("maxmemory-policy", "allkeys-lru");
+    let started = Instant::now();
+    // Until the next check (100 ms) the change is not known yet.
+    let mut held = 1;
+    let refused = loop {
+        let response = app.reserve(&id, "u2", 1).await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 201);
+        held += 1;
+        assert!(started.elapsed() < Duration::from_secs(3), "never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_problem(refused, 503, "engine_unsafe").await;
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["engine_status"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("allkeys-lru"),
+        "{body}"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("flashsale_engine_evicting{node=\"redis\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flashsale_engine_evicted_keys_total{node=\"redis\"}"));
+    assert!(metrics.contains("flashsale_engine_memory_used_bytes{node=\"redis\"}"));
+
+    redis.config_set("maxmemory-policy", "noeviction");
+    let started = Instant::now();
+    loop {
+        let response = app.reserve(&id, "u3", 1).await;
+        if response.status() == 201 {
+            break;
+        }
+        assert_problem(response, 503, "engine_unsafe").await;
+        assert!(started.elapsed() < Duration::from_secs(3), "never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let campaign = app.campaign_json(&id).await;
+    assert_eq!(
+        campaign["held"],
+        held + 1,
+        "the refused changes were not made: {campaign}"
+    );
+}

@@ -21,4 +21,5 @@ mod queue;
 mod reservations;
 mod service;
 mod shards;
+mod storage;
 mod webhooks;

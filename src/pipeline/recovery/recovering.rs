@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{restore, LossWatch, RecoveryError};
+use crate::pipeline::safety::{Safety, Unsafe};
 
 /// How long an id the database did not know is answered `not found` without asking it
 /// again: random ids must not turn into a database query each.
@@ -50,10 +51,12 @@ pub struct Recovering {
     /// When set, a change is answered only once the persister committed its events to the
     /// database (the embedded engine keeps nothing on its own across a crash).
     commit: Option<Arc<dyn EventLog>>,
+    /// Whether changes can be decided safely just now (see `pipeline::safety`).
+    safety: Arc<Safety>,
 }
 
 impl Recovering {
-    pub fn new(engine: Gated, store: Store) -> Self {
+    pub fn new(engine: Gated, store: Store, safety: Arc<Safety>) -> Self {
         Recovering {
             engine,
             store,
@@ -62,6 +65,17 @@ impl Recovering {
             rebuilding: Arc::default(),
             archived: Arc::default(),
             commit: None,
+            safety,
+        }
+    }
+
+    /// Before every change: refuses it while the engine can lose data, or — when answers
+    /// wait for the commit — while the database refuses writes (see `pipeline::safety`).
+    fn decidable(&self) -> Result<(), EngineError> {
+        match self.safety.refusal(self.commit.is_some()) {
+            None => Ok(()),
+            Some(Unsafe::Engine(why)) => Err(EngineError::Unsafe(why)),
+            Some(Unsafe::NotDurable(why)) => Err(EngineError::NotDurable(why)),
         }
     }
 
@@ -81,7 +95,12 @@ impl Recovering {
     /// are committed, when `changed`.
     async fn committed(&self, campaign: &CampaignId, changed: bool) -> Result<(), EngineError> {
         match &self.commit {
-            Some(log) if changed => log.acknowledged(PERSISTER, campaign).await,
+            // The change is in the log either way; while the database refuses writes the
+            // answer says so instead of waiting (a retry with the same key answers it).
+            Some(log) if changed => tokio::select! {
+                acknowledged = log.acknowledged(PERSISTER, campaign) => acknowledged,
+                why = self.safety.not_durable() => Err(EngineError::NotDurable(why)),
+            },
             _ => Ok(()),
         }
     }
@@ -113,6 +132,7 @@ impl Recovering {
     /// recovery loaded it from the database already, which is the same campaign. `false` if
     /// the id was taken.
     pub async fn create_campaign(&self, campaign: &Campaign) -> Result<bool, RecoveryError> {
+        self.decidable()?;
         let snapshot = CampaignSnapshot::fresh(campaign);
         if !self
             .store
@@ -228,6 +248,7 @@ impl Recovering {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<GroupOutcome, EngineError>>,
     {
+        self.decidable()?;
         let is_missing = |o: &GroupOutcome| *o == GroupOutcome::Refused(missing);
         let mut outcome = self
             .retrying(&request.campaign_id, is_missing, call)
@@ -372,6 +393,7 @@ impl Engine for Recovering {
         id: &CampaignId,
         now: Millis,
     ) -> Result<Option<CampaignState>, EngineError> {
+        self.decidable()?;
         let known = self
             .store
             .end_campaign(id, now)
@@ -420,6 +442,7 @@ impl Engine for Recovering {
     }
 
     async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
+        self.decidable()?;
         let id = &request.campaign_id;
         let missing = |o: &StockOutcome| *o == StockOutcome::NotFound;
         let outcome = self
@@ -434,6 +457,7 @@ impl Engine for Recovering {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        self.decidable()?;
         let missing = |o: &ReserveOutcome| *o == ReserveOutcome::Refused(Refusal::CampaignNotFound);
         let mut outcome = self
             .retrying(&request.campaign_id, missing, || {
@@ -489,6 +513,7 @@ impl Engine for Recovering {
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
+        self.decidable()?;
         let missing = |t: &Transition| *t == Transition::NotFound;
         let outcome = self
             .retrying(&id.campaign_id(), missing, || self.engine.confirm(id, now))
@@ -507,6 +532,7 @@ impl Engine for Recovering {
         seconds: u32,
         now: Millis,
     ) -> Result<Extension, EngineError> {
+        self.decidable()?;
         let missing = |e: &Extension| *e == Extension::NotFound;
         let outcome = self
             .retrying(&id.campaign_id(), missing, || {
@@ -532,6 +558,7 @@ impl Engine for Recovering {
         scope: CancelScope,
         now: Millis,
     ) -> Result<Transition, EngineError> {
+        self.decidable()?;
         let missing = |t: &Transition| *t == Transition::NotFound;
         let outcome = self
             .retrying(&id.campaign_id(), missing, || {
@@ -604,6 +631,7 @@ impl WaitingRoom for Recovering {
     /// A campaign the engine lost is rebuilt first (its tickets are not: they live in the
     /// engine only); an archived one answers `ended`.
     async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
+        self.decidable()?;
         let missing = |o: &JoinOutcome| *o == JoinOutcome::Refused(Refusal::CampaignNotFound);
         let answer = self
             .retrying(&request.campaign_id, missing, || {
