@@ -217,7 +217,7 @@ async fn postgres_on_a_full_disk_catches_up_by_itself_once_there_is_room() {
     let app = spawn_app_with(Backend::Redis, |c| c.database_url = Some(url)).await;
     let id = app.campaign(100_000, 100_000, json!({})).await;
     let mut acknowledged = HashSet::new();
-    let mut reserve = |i: usize| {
+    let reserve = |i: usize| {
         let app = &app;
         let id = id.clone();
         async move {
