@@ -164,6 +164,7 @@ impl Application {
             engine: recovering,
             store,
             work: Arc::clone(&backends.work),
+            events: Arc::clone(&backends.events),
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
                 &credentials.store_tokens,

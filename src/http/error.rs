@@ -76,6 +76,10 @@ pub enum ApiError {
     /// 409: the user holds a unit or is in an open group; erasure waits until it ends.
     #[error("the user holds a unit or is in an open group; erase after it ends")]
     UserHasLiveReservations,
+    /// 409: a campaign the user was in ended moments ago and others' holds or groups in it
+    /// are still live: erasure waits until the campaign settles.
+    #[error("campaign {0} ended moments ago and still has live holds or open groups; erase after they end (at most the campaign's hold or group window)")]
+    CampaignSettling(String),
     /// 404: no such webhook.
     #[error("no webhook {0}")]
     WebhookNotFound(String),
@@ -226,7 +230,7 @@ impl ApiError {
             ApiError::ExtensionExceeded(_) => {
                 (S::CONFLICT, "extension_exceeded", "Extension exceeded")
             }
-            ApiError::UserHasLiveReservations => (
+            ApiError::UserHasLiveReservations | ApiError::CampaignSettling(_) => (
                 S::CONFLICT,
                 "user_has_live_reservations",
                 "User has live reservations",

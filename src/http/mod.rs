@@ -68,6 +68,8 @@ pub struct Shared {
     /// Which campaigns changed lately (`engine::work`): the campaign list's status filter
     /// asks the engine about these, the database's index about the rest.
     pub work: Arc<dyn crate::engine::WorkIndex>,
+    /// The engine's event log: an erasure waits until what it holds is persisted.
+    pub events: Arc<dyn crate::engine::EventLog>,
     pub auth: Arc<Auth>,
     /// Per-user reservation attempt limit; `None` when turned off.
     pub user_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,

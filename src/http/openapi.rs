@@ -99,6 +99,7 @@ const CODES: &[&str] = &[
     "engine_recovering",
     "engine_out_of_memory",
     "engine_unavailable",
+    "engine_unsafe",
     "extension_exceeded",
     "forbidden",
     "group_closed",
@@ -400,7 +401,7 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
             }
             let mut shared = vec![
                 ("500", "`internal`: a bug; the log line has the detail"),
-                ("503", "`overloaded`, `timeout`, `engine_unavailable`, `engine_recovering`, `database_unavailable`"),
+                ("503", "`overloaded`, `timeout`, `engine_unavailable`, `engine_recovering`, `engine_out_of_memory`, `engine_unsafe`, `database_unavailable` (also while the database refuses writes); each with `Retry-After`"),
             ];
             if who != Who::Anyone {
                 shared.push((

@@ -119,19 +119,36 @@ impl Store {
         Ok(live > 0)
     }
 
-    /// Erases a user from every campaign that has ended (by `now`): their id becomes an
-    /// unlinkable marker in every table.
-    pub async fn erase_user(&self, user: &str, now: Millis) -> Result<Rewritten, StoreError> {
-        const SQL: &str = "SELECT DISTINCT r.campaign_id FROM reservations r \
-            JOIN campaigns c ON c.id = r.campaign_id \
-            WHERE r.user_id = $1 AND c.ends_at_ms IS NOT NULL AND c.ends_at_ms <= $2 \
+    /// The campaigns that ended (by `now`) in which the user reserved or led a group; with
+    /// `in_engine`, only those not archived yet (the stock engine may still hold copies).
+    pub async fn ended_campaigns_of(
+        &self,
+        user: &str,
+        now: Millis,
+        in_engine: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let ended = if in_engine {
+            "c.ends_at_ms IS NOT NULL AND c.ends_at_ms <= $2 AND c.archived_at_ms IS NULL"
+        } else {
+            "c.ends_at_ms IS NOT NULL AND c.ends_at_ms <= $2"
+        };
+        let sql = format!(
+            "SELECT DISTINCT r.campaign_id FROM reservations r \
+            JOIN campaigns c ON c.id = r.campaign_id WHERE r.user_id = $1 AND {ended} \
             UNION SELECT DISTINCT g.campaign_id FROM groups g JOIN campaigns c ON c.id = g.campaign_id \
-            WHERE g.leader_user_id = $1 AND c.ends_at_ms IS NOT NULL AND c.ends_at_ms <= $2";
-        let campaigns: Vec<String> = on_pool!(self, pool => sqlx::query_scalar(SQL)
+            WHERE g.leader_user_id = $1 AND {ended}"
+        );
+        Ok(on_pool!(self, pool => sqlx::query_scalar(&sql)
             .bind(user)
             .bind(now.0)
             .fetch_all(pool)
-            .await?);
+            .await?))
+    }
+
+    /// Erases a user from every campaign that has ended (by `now`): their id becomes an
+    /// unlinkable marker in every table.
+    pub async fn erase_user(&self, user: &str, now: Millis) -> Result<Rewritten, StoreError> {
+        let campaigns = self.ended_campaigns_of(user, now, false).await?;
         let marker = format!("erased_{}", ulid::Ulid::new().to_string().to_lowercase());
         let replace = |found: &str| (found == user).then(|| marker.clone());
         let mut total = Rewritten::default();

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 on_every_backend!(
     erasure_refuses_while_a_hold_is_live_and_succeeds_afterwards,
     the_retention_job_pseudonymises_ended_campaigns_and_nothing_else,
+    a_hold_made_a_moment_ago_refuses_the_erasure,
+    after_an_erasure_no_answer_or_later_refund_shows_the_id,
 );
 
 async fn reservations(app: &TestApp, campaign: &str, query: &str) -> Vec<Value> {
@@ -271,4 +273,68 @@ async fn info_logs_carry_no_user_ids_and_no_tokens() {
     ] {
         assert!(!text.contains(secret), "the log names {secret:?}:\n{text}");
     }
+}
+
+/// The live-hold check sees a hold made a moment ago (not yet in the database when the
+/// request arrives): 409, and nothing erased. Twenty rounds, each erasing right after the 201.
+async fn a_hold_made_a_moment_ago_refuses_the_erasure(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let id = app.campaign(100, 1, json!({})).await;
+    for round in 0..20 {
+        let user = format!("quick-{round}");
+        created_reservation(app.reserve(&id, &user, 1).await).await;
+        assert_problem(erase(&app, &user).await, 409, "user_has_live_reservations").await;
+    }
+}
+
+/// After an erasure answers 200, nothing shows the id: not the reservation read back (the
+/// engine kept ended reservations for its retention), not a refund made afterwards (its
+/// answer, its event, its stored row keep the marker).
+async fn after_an_erasure_no_answer_or_later_refund_shows_the_id(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.ended_retention_seconds = 3600).await;
+    let ends = flashsale::domain::Millis::now().plus_seconds(2);
+    let id = app
+        .campaign(5, 5, json!({"ends_at": ends.to_rfc3339()}))
+        .await;
+    let paid = created_reservation(app.reserve(&id, "mallory", 1).await).await;
+    let paid = paid["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.confirm(&paid, &app.store_token).await.status(), 200);
+    let other = created_reservation(app.reserve(&id, "trent", 1).await).await;
+    let other = other["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.confirm(&other, &app.store_token).await.status(), 200);
+    let wait = (ends.0 - flashsale::domain::Millis::now().0).max(0) as u64 + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+
+    let response = erase(&app, "mallory").await;
+    assert_eq!(response.status(), 200);
+    let erased: Value = response.json().await.expect("json");
+    assert_eq!(erased["reservations"], 1, "{erased}");
+
+    let read = app.get_reservation(&paid, &app.store_token).await;
+    assert_eq!(read.status(), 200);
+    let read = read.text().await.expect("text");
+    assert!(!read.contains("mallory"), "{read}");
+    assert!(read.contains("erased_"), "{read}");
+
+    let refund = app.cancel(&paid, &app.store_token).await;
+    assert_eq!(refund.status(), 200);
+    let refund = refund.text().await.expect("text");
+    assert!(!refund.contains("mallory"), "{refund}");
+    // Others' data is untouched, and still answered.
+    let kept = app.get_reservation(&other, &app.store_token).await;
+    assert!(kept.text().await.expect("text").contains("trent"));
+    until(
+        || async { feed_text(&app, &id).await.contains("reservation.cancelled") },
+        "the refund reached the feed",
+    )
+    .await;
+    let feed = feed_text(&app, &id).await;
+    assert!(!feed.contains("mallory"), "{feed}");
+    let rows = reservations(&app, &id, "").await;
+    assert!(
+        !serde_json::to_string(&rows)
+            .expect("json")
+            .contains("mallory"),
+        "{rows:?}"
+    );
 }

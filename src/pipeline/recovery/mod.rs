@@ -246,24 +246,49 @@ pub async fn archive_ended(
         .ended_unarchived(Millis(now.0.saturating_sub(retention_ms)))
         .await?
     {
-        let Some(state) = engine.campaign(&campaign.id).await? else {
-            continue;
-        };
-        if state.held > 0 || state.groups.open > 0 {
-            continue;
+        if archive_now(engine, store, &campaign).await? == Archived::Now {
+            archived.push(campaign.id);
         }
-        let database = store.counts(&campaign).await?;
-        let agree = (state.campaign.stock, state.held, state.confirmed)
-            == (database.stock, database.held, database.confirmed);
-        if !agree {
-            continue;
-        }
-        store.archive(&campaign.id).await?;
-        engine.forget_campaign(&campaign.id).await?;
-        tracing::info!(campaign = %campaign.id, "an ended campaign left the stock engine");
-        archived.push(campaign.id);
     }
     Ok(archived)
+}
+
+/// What [`archive_now`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archived {
+    /// The campaign left the engine now.
+    Now,
+    /// It was not in the engine (archived before, or never loaded).
+    Already,
+    /// It still has a live hold or an open group, or a change the database does not have
+    /// yet: it stays.
+    NotYet,
+}
+
+/// An ended campaign leaves the engine now if it can: no live hold or open group, engine and
+/// database agreeing. The database records the archive first, so nothing rebuilds it; then
+/// the engine forgets it, and the database answers for it from then on.
+pub async fn archive_now(
+    engine: &dyn Engine,
+    store: &Store,
+    campaign: &crate::domain::Campaign,
+) -> Result<Archived, RecoveryError> {
+    let Some(state) = engine.campaign(&campaign.id).await? else {
+        return Ok(Archived::Already);
+    };
+    if state.held > 0 || state.groups.open > 0 {
+        return Ok(Archived::NotYet);
+    }
+    let database = store.counts(campaign).await?;
+    let agree = (state.campaign.stock, state.held, state.confirmed)
+        == (database.stock, database.held, database.confirmed);
+    if !agree {
+        return Ok(Archived::NotYet);
+    }
+    store.archive(&campaign.id).await?;
+    engine.forget_campaign(&campaign.id).await?;
+    tracing::info!(campaign = %campaign.id, "an ended campaign left the stock engine");
+    Ok(Archived::Now)
 }
 
 /// Compares every campaign; exports the drift per campaign and returns the ones that differ.
