@@ -1,7 +1,9 @@
 -- The waiting room of a campaign (twin: src/engine/memory/queue.rs). One script, three
 -- operations, so they share the one reading of a ticket's status.
 -- KEYS[1]  campaign hash; the room's keys are `KEYS[1] .. ':q…'` (same hash tag):
---          :qt hash ticket -> user   :qu hash user -> ticket   :qk hash scoped key -> user
+--          :qt hash ticket -> user   :qu hash user -> ticket   :qk hash scoped key of the
+--              join that made a ticket -> user (one per ticket: later joins answer the
+--              user's ticket whatever their key and leave nothing behind)
 --          :qw sorted set of waiting tickets, scored by lot (taken before the start, below
 --              2^52) or 2^52 + arrival number (after)
 --          :qa hash admitted ticket -> pass expiry (ms)
@@ -10,6 +12,14 @@
 --              this ms), `admitted` (in all), `gen` (the line's generation: the first
 --              ticket id, so a line rebuilt after Redis lost it is told apart)
 -- ARGV[1]  operation, ARGV[2] now (ms), then:
+--   claim   ARGV[3] ticket id, ARGV[4] its pass's expiry (ms), ARGV[5] units asked,
+--           ARGV[6] the decision's scoped idempotency key, ARGV[7] 'k' (a reservation's) or
+--           'g' (a group's) -> 'replay' (the key was used: a retry takes nothing new),
+--           'unknown' (the campaign is not here: the decision rebuilds it; the pass, signed,
+--           is taken at its word),
+--           'kept' (an unused pass: a unit was kept for it), 'owed' (used before: a unit
+--              no unused pass is owed is kept for it now, until its ZREM from :qo) or
+--              'refused' (no such unit: what its holder gave back went to the line)
 --   tickets ARGV[3..] ticket ids                   -> {status (below) or {}, ...}
 --   joins   ARGV[3..] 5 per join, in arrival order: now, user, scoped key, new ticket id, lot
 --           -> per join {'joined' | 'existing', ticket id, status...} | {'key_reused'} |
@@ -69,6 +79,25 @@ if op == 'tickets' then
   return answers
 end
 
+if op == 'claim' then
+  local ticket, expires, quantity = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local seen
+  if ARGV[7] == 'g' then
+    seen = redis.call('HEXISTS', c .. ':gidem', ARGV[6])
+  else
+    seen = redis.call('HEXISTS', c, 'k:' .. ARGV[6])
+  end
+  if seen == 1 then return 'replay' end
+  local available = redis.call('HGET', c, 'available')
+  if not available then return 'unknown' end
+  if redis.call('ZSCORE', QO, ticket) then return 'kept' end
+  redis.call('ZREMRANGEBYSCORE', QO, '-inf', now)
+  available = tonumber(available)
+  if available - redis.call('ZCARD', QO) < quantity then return 'refused' end
+  redis.call('ZADD', QO, expires, ticket)
+  return 'owed'
+end
+
 if op == 'line' then
   local available = redis.call('HGET', c, 'available')
   if not available then return {} end
@@ -87,19 +116,19 @@ local starts = tonumber(f[1] ~= '' and f[1] or nil)
 local ends = tonumber(f[2] ~= '' and f[2] or nil)
 local rate = tonumber(f[3] ~= '' and f[3] or nil)
 
--- A join makes at most six calls: the key and the user each claimed with one HSETNX (read
--- back only when taken), the ticket, its score, the line's generation (first join of a
--- call), its place.
+-- A join makes at most seven calls: the key read, the user claimed with one HSETNX (read
+-- back only when taken), the key recorded, the ticket, its score, the line's generation
+-- (first join of a call), its place.
 local generation_checked = false
 local function join(user, key, fresh, lot)
   if not rate then return {'no_waiting_room'} end
   if ends and now >= ends then return {'ended'} end
-  if redis.call('HSETNX', QK, key, user) == 0 and redis.call('HGET', QK, key) ~= user then
-    return {'key_reused'}
-  end
+  local owner = redis.call('HGET', QK, key)
+  if owner and owner ~= user then return {'key_reused'} end
   if redis.call('HSETNX', QU, user, fresh) == 0 then
     return with_ticket('existing', redis.call('HGET', QU, user))
   end
+  redis.call('HSET', QK, key, user)
   redis.call('HSET', QT, fresh, user)
   if not generation_checked then
     generation_checked = true

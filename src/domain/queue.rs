@@ -127,14 +127,15 @@ impl PassKey {
         format!("{ticket}.{}.{}", expires.0, hex::encode(tag))
     }
 
-    /// The ticket of a pass that is good for `user` on `campaign` at `now`.
+    /// The ticket of a pass that is good for `user` on `campaign` at `now`, and when the
+    /// pass expires.
     pub fn check(
         &self,
         pass: &str,
         campaign: &CampaignId,
         user: &UserId,
         now: Millis,
-    ) -> Result<TicketId, PassRefusal> {
+    ) -> Result<(TicketId, Millis), PassRefusal> {
         let mut parts = pass.rsplitn(3, '.');
         let (Some(tag), Some(expires), Some(ticket)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -152,7 +153,7 @@ impl PassKey {
         if expires <= now {
             return Err(PassRefusal::Expired);
         }
-        Ok(ticket)
+        Ok((ticket, expires))
     }
 }
 
@@ -176,7 +177,7 @@ mod tests {
         let pass = key.sign(&ticket, &user, Millis(2_000));
         assert_eq!(
             key.check(&pass, &campaign, &user, Millis(1_999)),
-            Ok(ticket.clone())
+            Ok((ticket.clone(), Millis(2_000)))
         );
         assert_eq!(
             key.check(&pass, &campaign, &user, Millis(2_000)),

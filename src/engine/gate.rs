@@ -569,6 +569,13 @@ impl super::WaitingRoom for Gated {
         self.inner.admit(campaign, now).await
     }
 
+    async fn claim_pass(
+        &self,
+        pass: &super::PassUse<'_>,
+    ) -> Result<Option<super::PassClaim>, EngineError> {
+        self.inner.claim_pass(pass).await
+    }
+
     async fn pass_used(&self, ticket: &crate::domain::TicketId) -> Result<(), EngineError> {
         self.inner.pass_used(ticket).await
     }

@@ -592,6 +592,35 @@ pub struct Admission {
 /// start on (the draw); later ones follow in arrival order. A waiting ticket reads `sold_out`
 /// while the campaign has no unit available: one read of the campaign, nothing written per
 /// ticket.
+/// A decision asked for with a waiting-room pass (see [`WaitingRoom::claim_pass`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PassUse<'a> {
+    pub ticket: &'a TicketId,
+    /// When the pass lapses.
+    pub expires: Millis,
+    /// Units the decision would take.
+    pub quantity: u64,
+    /// The decision's idempotency key: a retry of a decision already made takes nothing.
+    pub key: &'a crate::domain::ScopedKey,
+    /// A group decision (its key is a group idempotency record) rather than a reservation.
+    pub group: bool,
+    pub now: Millis,
+}
+
+/// What [`WaitingRoom::claim_pass`] found for a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassClaim {
+    /// The decision's key was used before: a retry, which takes nothing new.
+    Replay,
+    /// The campaign is not in the engine (lost; the decision rebuilds it, without its line):
+    /// the pass, being signed, is taken at its word.
+    Unchecked,
+    /// Not used yet: a unit was kept for it since its admission.
+    Kept,
+    /// Used before: a unit no unused pass was owed is kept for it now, until `pass_used`.
+    Owed,
+}
+
 #[async_trait]
 pub trait WaitingRoom: Send + Sync + 'static {
     /// One ticket per user per campaign: a second join answers the first ticket.
@@ -606,7 +635,16 @@ pub trait WaitingRoom: Send + Sync + 'static {
     /// before `starts_at` or after `ends_at`. Safe to run from every instance at once.
     async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError>;
 
-    /// The ticket's pass was used for a reservation: it no longer needs a unit kept for it.
+    /// Before a decision with the ticket's pass: whether it may take its units now. A retry
+    /// of a decision already made may ([`PassClaim::Replay`]). A pass not used yet has a unit kept for it
+    /// ([`PassClaim::Kept`]). A pass used before takes only units no unused pass is owed, and
+    /// is owed one itself until [`WaitingRoom::pass_used`] ([`PassClaim::Owed`]): so a unit its
+    /// holder gave back goes to the line, not back to the same pass. `None`: no unit is left
+    /// for it.
+    async fn claim_pass(&self, pass: &PassUse<'_>) -> Result<Option<PassClaim>, EngineError>;
+
+    /// The ticket's pass was used for a reservation (or, when it was [`PassClaim::Owed`],
+    /// tried): it no longer needs a unit kept for it.
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError>;
 
     /// Where the campaign's line stands and the units available, in one cheap read (for the

@@ -25,8 +25,9 @@
 
 use super::{
     Admission, Backend, CampaignSnapshot, CancelScope, Engine, EngineError, Extension, GateReads,
-    GatedEngine, GroupOutcome, GroupRequest, JoinOutcome, JoinRequest, Probe, RecordsSince,
-    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition, WaitingRoom,
+    GatedEngine, GroupOutcome, GroupRequest, JoinOutcome, JoinRequest, PassClaim, PassUse, Probe,
+    RecordsSince, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
+    WaitingRoom,
 };
 use crate::domain::{
     Campaign, CampaignId, CampaignState, Group, GroupId, Line, Millis, Refusal, Reservation,
@@ -824,6 +825,10 @@ impl WaitingRoom for Sharded {
 
     async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
         self.inner.admit(campaign, now).await
+    }
+
+    async fn claim_pass(&self, pass: &PassUse<'_>) -> Result<Option<PassClaim>, EngineError> {
+        self.inner.claim_pass(pass).await
     }
 
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {

@@ -128,14 +128,18 @@ pub async fn open_group(
         CampaignId::parse(&id).map_err(|_| ApiError::refused(Refusal::CampaignNotFound))?;
     let (key, user) = member_request(&state, &caller, &headers, body)?;
     let now = Millis::now();
-    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, now).await?;
     let key = ScopedKey::new(&caller.idempotency_scope(), "open", &key);
+    let decision = super::queue::Decision {
+        quantity: 1,
+        key: &key,
+        group: true,
+    };
+    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, decision, now).await?;
     let request = GroupRequest::open(campaign_id, user, key, now);
-    let outcome = state.engine.open_group(&request).await?;
-    if matches!(outcome, GroupOutcome::Done(_)) {
-        super::queue::used(&state, pass).await;
-    }
-    answer(outcome, "open")
+    let outcome = state.engine.open_group(&request).await;
+    let made = matches!(outcome, Ok(GroupOutcome::Done(_)));
+    super::queue::used(&state, pass, made).await;
+    answer(outcome?, "open")
 }
 
 /// Join an open group: one of its slots becomes the joiner's held reservation.
@@ -162,13 +166,17 @@ pub async fn join_group(
     );
     let now = Millis::now();
     let campaign_id = group_id.campaign_id();
-    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, now).await?;
+    let decision = super::queue::Decision {
+        quantity: 1,
+        key: &key,
+        group: true,
+    };
+    let pass = super::queue::admitted(&state, &campaign_id, &user, &headers, decision, now).await?;
     let request = GroupRequest::join(group_id, user, key, now);
-    let outcome = state.engine.join_group(&request).await?;
-    if matches!(outcome, GroupOutcome::Done(_)) {
-        super::queue::used(&state, pass).await;
-    }
-    answer(outcome, "join")
+    let outcome = state.engine.join_group(&request).await;
+    let made = matches!(outcome, Ok(GroupOutcome::Done(_)));
+    super::queue::used(&state, pass, made).await;
+    answer(outcome?, "join")
 }
 
 /// One group with its members: the store, or one of its members.

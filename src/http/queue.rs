@@ -11,7 +11,7 @@ use crate::domain::{
     UserId,
 };
 use crate::domain::{Line, LinePoint, Window};
-use crate::engine::{JoinOutcome, JoinRequest, WaitingRoom};
+use crate::engine::{JoinOutcome, JoinRequest, PassClaim, PassUse, WaitingRoom};
 use crate::metrics as m;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName};
@@ -285,15 +285,32 @@ pub async fn read(
     Ok(Json(view(&state, &ticket, &campaign, now)))
 }
 
-/// For a campaign with a waiting room, the ticket of the request's valid pass for `user`
-/// (403 `queue_pass_required` without one); `None` for a campaign without.
+/// A decision asked for with a pass: what it takes, under which key.
+pub struct Decision<'a> {
+    pub quantity: u64,
+    pub key: &'a ScopedKey,
+    /// A group decision rather than a reservation.
+    pub group: bool,
+}
+
+/// A pass that was claimed for a decision (see [`used`]).
+pub struct Claimed {
+    ticket: TicketId,
+    claim: PassClaim,
+}
+
+/// For a campaign with a waiting room, the request's valid pass for `user` (403
+/// `queue_pass_required` without one), claimed for the decision: a unit its holder gave
+/// back went to the line, so a pass used before takes only units no unused pass is owed (409
+/// `sold_out` if none is left). `None` for a campaign without a waiting room.
 pub async fn admitted(
     state: &AppState,
     campaign: &CampaignId,
     user: &UserId,
     headers: &HeaderMap,
+    decision: Decision<'_>,
     now: Millis,
-) -> Result<Option<TicketId>, ApiError> {
+) -> Result<Option<Claimed>, ApiError> {
     if !state.engine.queued(campaign).await? {
         return Ok(None);
     }
@@ -312,10 +329,9 @@ pub async fn admitted(
         .ok_or_else(|| refused("missing"))?
         .to_str()
         .map_err(|_| refused("malformed"))?;
-    state
+    let (ticket, expires) = state
         .pass_key
         .check(pass, campaign, user, now)
-        .map(Some)
         .map_err(|refusal| {
             refused(match refusal {
                 PassRefusal::Malformed => "malformed",
@@ -323,13 +339,36 @@ pub async fn admitted(
                 PassRefusal::Expired => "expired",
                 PassRefusal::BadSignature => "bad_signature",
             })
+        })?;
+    let claim = state
+        .engine
+        .claim_pass(&PassUse {
+            ticket: &ticket,
+            expires,
+            quantity: decision.quantity,
+            key: decision.key,
+            group: decision.group,
+            now,
         })
+        .await?;
+    match claim {
+        Some(claim) => Ok(Some(Claimed { ticket, claim })),
+        None => {
+            metrics::counter!(m::QUEUE_PASS_REFUSALS, "reason" => "given_back").increment(1);
+            Err(ApiError::refused(Refusal::SoldOut))
+        }
+    }
 }
 
-/// A pass was used: its ticket no longer needs a unit kept for it. Best effort — if this
-/// fails, the pass still lapses at its expiry, and until then admission is only more careful.
-pub async fn used(state: &AppState, ticket: Option<TicketId>) {
-    if let Some(ticket) = ticket {
+/// After the decision a pass was claimed for: once it `made` a change the pass no longer
+/// needs a unit kept for it; a unit kept for a pass used before is given up either way. Best
+/// effort — if this fails, the pass still lapses at its expiry, and until then admission is
+/// only more careful.
+pub async fn used(state: &AppState, pass: Option<Claimed>, made: bool) {
+    let Some(Claimed { ticket, claim }) = pass else {
+        return;
+    };
+    if made || claim == PassClaim::Owed {
         if let Err(error) = state.engine.pass_used(&ticket).await {
             tracing::warn!(%error, "could not mark a waiting-room pass used");
         }

@@ -118,18 +118,21 @@ pub async fn reserve(
         count_attempt(known.then_some(&campaign_id), "rate_limited")
     })?;
     let now = Millis::now();
-    let pass = super::queue::admitted(&state, &campaign_id, &user_id, &headers, now).await?;
-    let request = ReserveRequest::new(
-        campaign_id,
-        user_id,
-        quantity,
-        ScopedKey::new(&caller.idempotency_scope(), "reserve", &key),
-        now,
-    );
-    match state.engine.reserve(&request).await? {
+    let scoped = ScopedKey::new(&caller.idempotency_scope(), "reserve", &key);
+    let decision = super::queue::Decision {
+        quantity: u64::from(quantity.get()),
+        key: &scoped,
+        group: false,
+    };
+    let pass =
+        super::queue::admitted(&state, &campaign_id, &user_id, &headers, decision, now).await?;
+    let request = ReserveRequest::new(campaign_id, user_id, quantity, scoped, now);
+    let outcome = state.engine.reserve(&request).await;
+    let made = matches!(outcome, Ok(ReserveOutcome::Reserved { .. }));
+    super::queue::used(&state, pass, made).await;
+    match outcome? {
         ReserveOutcome::Reserved { reservation, .. } => {
             count_attempt(Some(&request.campaign_id), "reserved");
-            super::queue::used(&state, pass).await;
             Ok(created(reservation, false))
         }
         ReserveOutcome::Replayed(reservation) => {

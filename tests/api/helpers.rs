@@ -33,6 +33,32 @@ pub fn redis_cluster_nodes() -> Vec<String> {
         .collect()
 }
 
+/// `MEMORY USAGE` of one key in the backend's Redis, in bytes (0 if missing).
+pub async fn redis_memory_usage(backend: Backend, key: &str) -> u64 {
+    let mut usage = redis::cmd("MEMORY");
+    usage.arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+    let bytes: Option<u64> = match backend {
+        Backend::Memory => None,
+        Backend::Redis => {
+            let mut redis = redis::Client::open(redis_url())
+                .expect("valid URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connects");
+            usage.query_async(&mut redis).await.expect("answers")
+        }
+        Backend::Cluster => {
+            let mut redis = redis::cluster::ClusterClient::new(redis_cluster_nodes())
+                .expect("valid URLs")
+                .get_async_connection()
+                .await
+                .expect("connects");
+            usage.query_async(&mut redis).await.expect("answers")
+        }
+    };
+    bytes.unwrap_or(0)
+}
+
 /// Every key matching `pattern` in the backend's Redis (every master of a cluster).
 pub async fn redis_keys(backend: Backend, pattern: &str) -> Vec<String> {
     let mut keys = redis::cmd("KEYS");

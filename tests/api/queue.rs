@@ -19,7 +19,135 @@ on_every_backend!(
     polls_follow_the_line_as_it_moves,
     a_polled_ticket_reads_sold_out_as_the_last_unit_goes_and_waiting_when_it_returns,
     joins_from_one_user_count_against_the_rate_limit,
+    a_unit_given_back_goes_to_the_line_not_back_to_the_same_pass,
+    joins_with_new_keys_leave_one_ticket_record,
 );
+
+/// Stock 1: ann buys with her pass and cancels; bob, admitted since for the returned unit,
+/// gets it — ann's same pass does not take it again (409 `sold_out`), though a retry of her
+/// first reservation still answers it. Once bob has his unit and gives it back, nobody else
+/// waits: ann's pass may take it again.
+async fn a_unit_given_back_goes_to_the_line_not_back_to_the_same_pass(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let campaign = app
+        .campaign(
+            1,
+            1,
+            json!({"queue": {"admit_per_second": 20, "pass_seconds": 60}}),
+        )
+        .await;
+    let (ann, bob) = (app.user_token("ann"), app.user_token("bob"));
+    let first: Value = join(&app, &campaign, &ann, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let (ann_pass, _) = pass_of(&app, first["ticket"].as_str().expect("id"), &ann).await;
+    let second: Value = join(&app, &campaign, &bob, json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let bob_ticket = second["ticket"].as_str().expect("id").to_owned();
+
+    let key = fresh_key();
+    let reserve = |token: &str, pass: &str, key: &str| {
+        app.client
+            .post(app.url(&format!("/v1/campaigns/{campaign}/reservations")))
+            .bearer_auth(token.to_owned())
+            .header("Idempotency-Key", key.to_owned())
+            .header("Flashsale-Pass", pass.to_owned())
+            .json(&json!({}))
+            .send()
+    };
+    let held = reserve(&ann, &ann_pass, &key).await.expect("sent");
+    assert_eq!(held.status(), StatusCode::CREATED);
+    let held: Value = held.json().await.expect("json");
+    let held_id = held["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        app.cancel(&held_id, &app.store_token).await.status(),
+        StatusCode::OK
+    );
+    let (bob_pass, _) = pass_of(&app, &bob_ticket, &bob).await;
+
+    assert_problem(
+        reserve(&ann, &ann_pass, &fresh_key()).await.expect("sent"),
+        409,
+        "sold_out",
+    )
+    .await;
+    let retry = reserve(&ann, &ann_pass, &key).await.expect("sent");
+    assert!(retry.status().is_success(), "{}", retry.status());
+    let retry: Value = retry.json().await.expect("json");
+    assert_eq!(retry["id"], held_id.as_str(), "a retry answers the first");
+    let bobs = reserve(&bob, &bob_pass, &fresh_key()).await.expect("sent");
+    assert_eq!(bobs.status(), StatusCode::CREATED);
+    let bobs: Value = bobs.json().await.expect("json");
+
+    // Bob gives his back; nobody waits: ann's pass takes it.
+    assert_eq!(
+        app.cancel(bobs["id"].as_str().expect("id"), &app.store_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        reserve(&ann, &ann_pass, &fresh_key())
+            .await
+            .expect("sent")
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+/// However many keys one user joins with, the line keeps one ticket and one key record for
+/// them (contract v1.2): 200 joins with new keys answer the same ticket and leave the
+/// engine's waiting-room keys as large as after the first.
+async fn joins_with_new_keys_leave_one_ticket_record(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let campaign = app
+        .campaign(10, 1, json!({"queue": {"admit_per_second": 1}}))
+        .await;
+    let first: Value = join(
+        &app,
+        &campaign,
+        &app.store_token,
+        json!({"user_id": "many"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let size = || async {
+        if !backend.is_redis() {
+            return 0;
+        }
+        let keys = crate::helpers::redis_keys(backend, &format!("*{campaign}*:q*")).await;
+        let mut total = 0;
+        for key in keys {
+            total += crate::helpers::redis_memory_usage(backend, &key).await;
+        }
+        total
+    };
+    let before = size().await;
+    for _ in 0..200 {
+        let again = join(
+            &app,
+            &campaign,
+            &app.store_token,
+            json!({"user_id": "many"}),
+        )
+        .await;
+        assert!(again.status().is_success());
+        let again: Value = again.json().await.expect("json");
+        assert_eq!(again["ticket"], first["ticket"]);
+    }
+    assert_eq!(
+        size().await,
+        before,
+        "nothing left behind by the later joins"
+    );
+}
 
 /// One user flooding the line with new keys is limited like a user flooding reservations
 /// (contract v1.2): the third join in a second is 429 `rate_limited`; others still join.

@@ -411,6 +411,16 @@ impl WaitingRoom for MemoryEngine {
         Ok(self.with_slot(campaign, Admission::default(), |slot| slot.admit(now)))
     }
 
+    async fn claim_pass(
+        &self,
+        pass: &super::PassUse<'_>,
+    ) -> Result<Option<super::PassClaim>, EngineError> {
+        let unknown = Some(super::PassClaim::Unchecked);
+        Ok(self.with_slot(&pass.ticket.campaign_id(), unknown, |slot| {
+            slot.claim_pass(pass)
+        }))
+    }
+
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
         self.with_slot(&ticket.campaign_id(), (), |slot| slot.pass_used(ticket));
         Ok(())

@@ -4,7 +4,7 @@ use super::campaign::Slot;
 use crate::domain::{
     Line, LinePoint, Millis, Refusal, Ticket, TicketId, TicketStatus, UserId, Window,
 };
-use crate::engine::{Admission, JoinOutcome, JoinRequest};
+use crate::engine::{Admission, JoinOutcome, JoinRequest, PassClaim, PassUse};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// The waiting room's state.
@@ -13,7 +13,8 @@ pub struct Queue {
     /// Every ticket: its user and, once admitted, when its pass lapses.
     tickets: HashMap<TicketId, (UserId, Option<Millis>)>,
     by_user: HashMap<UserId, TicketId>,
-    /// Idempotency key → the user whose ticket it took.
+    /// The idempotency key of the join that made each ticket → its user (one per ticket:
+    /// later joins answer the user's ticket whatever their key, and are not remembered).
     keys: HashMap<String, UserId>,
     /// Tickets taken before the draw, with their lots.
     undrawn: Vec<(u64, TicketId)>,
@@ -109,9 +110,6 @@ impl Slot {
                 return JoinOutcome::KeyReused;
             }
         }
-        self.queue
-            .keys
-            .insert(key.to_owned(), request.user_id.clone());
         if let Some(existing) = self.queue.by_user.get(&request.user_id).cloned() {
             return match self.ticket_now(&existing, request.now) {
                 Some(ticket) => JoinOutcome::Existing(ticket),
@@ -120,6 +118,7 @@ impl Slot {
         }
         let id = request.ticket_id.clone();
         let queue = &mut self.queue;
+        queue.keys.insert(key.to_owned(), request.user_id.clone());
         queue
             .tickets
             .insert(id.clone(), (request.user_id.clone(), None));
@@ -191,10 +190,59 @@ impl Slot {
         }
     }
 
+    /// See `WaitingRoom::claim_pass`: a pass owed nothing (used before) takes only a unit
+    /// no unused pass is owed, and is owed it until `pass_used`.
+    pub fn claim_pass(&mut self, pass: &PassUse<'_>) -> Option<PassClaim> {
+        let PassUse {
+            ticket,
+            expires,
+            quantity,
+            key,
+            group,
+            now,
+        } = *pass;
+        let seen = if group {
+            self.group_idempotency.contains_key(key.as_str())
+        } else {
+            self.idempotency.get(key.as_str()).is_some()
+        };
+        if seen {
+            return Some(PassClaim::Replay);
+        }
+        let queue = &mut self.queue;
+        while queue
+            .outstanding
+            .first()
+            .is_some_and(|first| first.0 <= now)
+        {
+            queue.outstanding.pop_first();
+        }
+        let until = queue
+            .tickets
+            .get(ticket)
+            .and_then(|entry| entry.1)
+            .unwrap_or(expires);
+        let entry = (until, ticket.clone());
+        if queue.outstanding.contains(&entry) {
+            return Some(PassClaim::Kept);
+        }
+        let room = self
+            .available
+            .saturating_sub(queue.outstanding.len() as u64);
+        if room < quantity {
+            return None;
+        }
+        queue.outstanding.insert(entry);
+        Some(PassClaim::Owed)
+    }
+
     pub fn pass_used(&mut self, ticket: &TicketId) {
-        if let Some((_, Some(until))) = self.queue.tickets.get(ticket) {
-            let entry = (*until, ticket.clone());
-            self.queue.outstanding.remove(&entry);
+        let until = self.queue.tickets.get(ticket).and_then(|entry| entry.1);
+        let removed =
+            until.is_some_and(|until| self.queue.outstanding.remove(&(until, ticket.clone())));
+        if !removed {
+            // Owed under the pass's own expiry (a ticket this engine does not know).
+            self.queue.outstanding.retain(|(_, owed)| owed != ticket);
         }
     }
 }

@@ -242,6 +242,36 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
         }))
     }
 
+    async fn claim_pass(
+        &self,
+        pass: &crate::engine::PassUse<'_>,
+    ) -> Result<Option<crate::engine::PassClaim>, EngineError> {
+        let keys = self.keys(&pass.ticket.campaign_id());
+        let claim: String = self
+            .scripts
+            .queue
+            .key(&keys.campaign)
+            .arg("claim")
+            .arg(pass.now.0)
+            .arg(pass.ticket.as_str())
+            .arg(pass.expires.0)
+            .arg(pass.quantity)
+            .arg(pass.key.as_str())
+            .arg(if pass.group { "g" } else { "k" })
+            .invoke_async(&mut self.timed("queue_claim"))
+            .await?;
+        match claim.as_str() {
+            "replay" => Ok(Some(crate::engine::PassClaim::Replay)),
+            "unknown" => Ok(Some(crate::engine::PassClaim::Unchecked)),
+            "kept" => Ok(Some(crate::engine::PassClaim::Kept)),
+            "owed" => Ok(Some(crate::engine::PassClaim::Owed)),
+            "refused" => Ok(None),
+            other => Err(EngineError::Corrupt(format!(
+                "queue claim answered {other:?}"
+            ))),
+        }
+    }
+
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
         let keys = self.keys(&ticket.campaign_id());
         let _: i64 = redis::cmd("ZREM")

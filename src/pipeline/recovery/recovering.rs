@@ -652,6 +652,13 @@ impl WaitingRoom for Recovering {
         self.engine.admit(campaign, now).await
     }
 
+    async fn claim_pass(
+        &self,
+        pass: &crate::engine::PassUse<'_>,
+    ) -> Result<Option<crate::engine::PassClaim>, EngineError> {
+        self.engine.claim_pass(pass).await
+    }
+
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
         self.engine.pass_used(ticket).await
     }
