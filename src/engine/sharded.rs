@@ -174,7 +174,10 @@ fn summed(
 }
 
 /// Refills an attempt that found its shard dry may ask for before it is answered.
-const REFILL_TRIES: usize = 4;
+/// How long an attempt keeps gathering units into its shard while the campaign as a whole has
+/// enough for it (others may take them first); past this it answers 503 `overloaded`, never a
+/// `sold_out` the campaign could serve.
+const REFILL_FOR: Duration = Duration::from_secs(2);
 
 /// How old an open transfer must be before the reaper completes it: a live one takes a few
 /// milliseconds.
@@ -268,7 +271,9 @@ impl Sharded {
     }
 
     /// Moves units into shard `to` from the others, richest first, until it has `target`
-    /// available (or nothing is left to take). Whether it got any, or had them already.
+    /// available (or nothing is left to take). `false` once the campaign as a whole — every
+    /// shard's available units and those moving between shards — has fewer than `target`:
+    /// then, and only then, the attempt is sold out.
     async fn refill(
         &self,
         id: &CampaignId,
@@ -286,6 +291,14 @@ impl Sharded {
         // Another refill may have just filled it.
         if state.available >= target {
             return Ok(true);
+        }
+        let whole: u64 = states
+            .iter()
+            .flatten()
+            .map(|s| s.available + s.outgoing)
+            .sum();
+        if whole < target {
+            return Ok(false);
         }
         let need = target - state.available;
         let mut donors: Vec<(u8, u64)> = states
@@ -322,7 +335,9 @@ impl Sharded {
                 .await?;
             got += taken;
         }
-        Ok(got > 0)
+        // Short of `target` still: the rest is moving between shards or was just taken by
+        // others; the caller asks again.
+        Ok(true)
     }
 
     /// Gives a taken transfer's units and closes it; a missing receiver leaves it open.
@@ -619,17 +634,26 @@ impl Engine for Sharded {
         let routed = Self::routed(request, n);
         let to = routed.campaign_id.shard_index();
         let target = u64::from(request.quantity);
-        // Dry: refill and ask again, a few times (others may take the units first); sold
-        // out once no shard has units to give.
-        for _ in 0..REFILL_TRIES {
+        // Short of units: gather them into the user's shard and ask again while the campaign
+        // as a whole has enough (others may take them first); sold out only once it has not.
+        let deadline = std::time::Instant::now() + REFILL_FOR;
+        let mut round = 0u32;
+        loop {
             let outcome = self.inner.reserve(&routed).await?;
             if outcome != ReserveOutcome::Refused(Refusal::SoldOut)
                 || !self.refill(&request.campaign_id, n, to, target).await?
             {
                 return Ok(outcome);
             }
+            if std::time::Instant::now() >= deadline {
+                return Err(EngineError::Overloaded);
+            }
+            round += 1;
+            if round > 2 {
+                // Others keep taking what this attempt gathers: let them finish first.
+                tokio::time::sleep(Duration::from_millis(u64::from(round.min(20)))).await;
+            }
         }
-        self.inner.reserve(&routed).await
     }
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {

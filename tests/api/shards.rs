@@ -493,3 +493,77 @@ async fn a_cluster_node_lost_mid_burst_loses_only_its_shards_and_no_unit() {
         }
     }
 }
+
+/// Twenty buyers at once asking 3 units each of a campaign with 16 shards and 10 units, twelve
+/// rounds: every round sells 3 reservations (9 units) and refuses the rest `sold_out` only
+/// because one unit cannot serve 3 — never while 3 are left somewhere (contract v1.2). A lone
+/// 3-unit attempt afterwards is refused too, and a 1-unit one gets the last unit.
+async fn quantities_above_one_gather_units_from_every_shard(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..12 {
+        let id = app.campaign(10, 3, json!({"shards": 16})).await;
+        let attempts: Vec<_> = (0..20)
+            .map(|i| {
+                let client = app.client.clone();
+                let url = app.url(&format!("/v1/campaigns/{id}/reservations"));
+                let token = app.store_token.clone();
+                tokio::spawn(async move {
+                    let response = client
+                        .post(url)
+                        .bearer_auth(token)
+                        .header("Idempotency-Key", format!("q3-{round}-{i}"))
+                        .json(&json!({"user_id": format!("buyer-{i}"), "quantity": 3}))
+                        .send()
+                        .await
+                        .expect("sent");
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.expect("json");
+                    (status, body)
+                })
+            })
+            .collect();
+        let mut sold = 0;
+        for attempt in attempts {
+            let (status, body) = attempt.await.expect("no panic");
+            match status {
+                201 => sold += 1,
+                409 => assert_eq!(body["code"], "sold_out", "{body}"),
+                other => panic!("round {round}: {other} {body}"),
+            }
+        }
+        assert_eq!(sold, 3, "round {round}: 9 of 10 units sell in threes");
+        let lone = app
+            .reserve_with(
+                &id,
+                &app.store_token,
+                &unique_id("lone"),
+                &json!({"user_id": "lone", "quantity": 3}),
+            )
+            .await;
+        assert_eq!(lone.status(), 409, "round {round}: one unit cannot serve 3");
+        let last = app
+            .reserve_with(
+                &id,
+                &app.store_token,
+                &unique_id("last"),
+                &json!({"user_id": "last", "quantity": 1}),
+            )
+            .await;
+        assert_eq!(last.status(), 201, "round {round}: the last unit sells");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_above_one_gather_units_from_every_shard_in_memory() {
+    quantities_above_one_gather_units_from_every_shard(Backend::Memory).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_above_one_gather_units_from_every_shard_on_redis() {
+    quantities_above_one_gather_units_from_every_shard(Backend::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_above_one_gather_units_from_every_shard_on_a_cluster() {
+    quantities_above_one_gather_units_from_every_shard(Backend::Cluster).await
+}
