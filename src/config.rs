@@ -125,6 +125,16 @@ pub struct Config {
     )]
     pub header_read_timeout_ms: u64,
 
+    /// A connection is closed gracefully (HTTP/2 GOAWAY, HTTP/1 `Connection: close` after
+    /// the request in flight) once it is this old, in ms, so clients spread over instances
+    /// added since and no connection lives forever.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_CONNECTION_AGE_MS",
+        default_value_t = 300_000
+    )]
+    pub max_connection_age_ms: u64,
+
     /// A request's body must arrive within this many milliseconds of its headers; 408 after.
     #[arg(long, env = "FLASHSALE_BODY_READ_TIMEOUT_MS", default_value_t = 2_000)]
     pub body_read_timeout_ms: u64,

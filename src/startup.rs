@@ -216,6 +216,7 @@ impl Application {
             },
             serve: http::serve::ServeSettings {
                 header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+                max_age: Duration::from_millis(config.max_connection_age_ms.max(1)),
             },
             safety,
             memory: backends.memory,

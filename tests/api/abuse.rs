@@ -255,3 +255,83 @@ async fn a_path_that_is_not_valid_text_gets_a_problem_not_plain_text() {
         assert_problem(answer, 400, "malformed_path").await;
     }
 }
+
+/// An HTTP/2 connection over `address`, sending PINGs every 100 ms (so it answers the
+/// server's too): the request sender, and the connection's task, which ends when the server
+/// closes it.
+async fn http2_connection(
+    address: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<axum::body::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("an HTTP/2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
+async fn h2_health(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<axum::body::Bytes>>,
+    address: &str,
+) -> Result<u16, hyper::Error> {
+    let request = hyper::Request::get(format!("http://{address}/healthz"))
+        .body(http_body_util::Empty::new())
+        .expect("a request");
+    Ok(sender.send_request(request).await?.status().as_u16())
+}
+
+/// An idle HTTP/2 connection is closed after the idle timeout even though its client answers
+/// every PING (and sends its own); one that stays busy is closed at its maximum age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_close_when_idle_whatever_pings_arrive_and_at_their_maximum_age() {
+    let app = spawn_app_with(Backend::Memory, |c| {
+        c.header_read_timeout_ms = 1_000;
+        c.max_connection_age_ms = 3_000;
+    })
+    .await;
+    let address = address(&app);
+
+    let (mut sender, connection) = http2_connection(&address).await;
+    assert_eq!(
+        h2_health(&mut sender, &address).await.expect("answered"),
+        200
+    );
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(4), connection)
+        .await
+        .expect("the idle connection was closed")
+        .expect("joined")
+        .expect("closed cleanly");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed only once idle: {:?}",
+        started.elapsed()
+    );
+
+    // Busy: a request every 200 ms; the connection ends at its maximum age, not before.
+    let (mut sender, connection) = http2_connection(&address).await;
+    let started = Instant::now();
+    while !connection.is_finished() {
+        match h2_health(&mut sender, &address).await {
+            Ok(status) => assert_eq!(status, 200),
+            Err(_) => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "a busy connection is closed at its maximum age"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "not before it: {:?}",
+        started.elapsed()
+    );
+}
