@@ -16,6 +16,46 @@ scoped_id_type!(
     "ticket"
 );
 
+/// Crockford's base 32, as ULIDs spell it.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Characters of a ULID that name a line (its time and 40 random bits); the other 8 are the
+/// ticket's number in it.
+pub const LINE_CHARS: usize = 18;
+
+impl TicketId {
+    /// A fresh line's generation: the first [`LINE_CHARS`] characters of a new ULID.
+    pub fn new_line() -> String {
+        ulid::Ulid::new().to_string()[..LINE_CHARS].to_owned()
+    }
+
+    /// Ticket `number` of the line `line` (see [`TicketId::new_line`]) in `campaign`: a ULID
+    /// whose last 8 characters are the number, so an engine can keep tickets by number.
+    /// `None` if `line` is not a line's generation or the number does not fit 40 bits.
+    pub fn numbered(campaign: &CampaignId, line: &str, number: u64) -> Option<Self> {
+        if line.len() != LINE_CHARS || number >= 1 << 40 {
+            return None;
+        }
+        let mut digits = [b'0'; 8];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = CROCKFORD[((number >> (5 * (7 - i))) & 31) as usize];
+        }
+        let ulid = format!("{line}{}", std::str::from_utf8(&digits).ok()?);
+        TicketId::parse(&format!("tkt_{ulid}_{campaign}")).ok()
+    }
+
+    /// The line and number of a ticket made by [`TicketId::numbered`] (any ticket id reads
+    /// as some line's number; only the line's keeper knows whether it is one of its own).
+    pub fn line_number(&self) -> (&str, u64) {
+        let ulid = &self.0["tkt_".len().."tkt_".len() + 26];
+        let number = ulid[LINE_CHARS..].bytes().fold(0u64, |n, c| {
+            let digit = CROCKFORD.iter().position(|&d| d == c).unwrap_or(0) as u64;
+            (n << 5) | digit
+        });
+        (&ulid[..LINE_CHARS], number)
+    }
+}
+
 /// Where a ticket stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TicketStatus {
@@ -159,6 +199,19 @@ impl PassKey {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_numbered_ticket_reads_back_its_line_and_number() {
+        let campaign = CampaignId::parse("c1").expect("valid");
+        let line = TicketId::new_line();
+        for number in [1, 31, 32, 100, 123_456_789, (1 << 40) - 1] {
+            let ticket = TicketId::numbered(&campaign, &line, number).expect("fits");
+            assert_eq!(ticket.line_number(), (line.as_str(), number));
+            assert_eq!(ticket.campaign_id(), campaign);
+        }
+        assert_eq!(TicketId::numbered(&campaign, &line, 1 << 40), None);
+        assert_eq!(TicketId::numbered(&campaign, "short", 1), None);
+    }
+
     use super::*;
 
     fn parts() -> (PassKey, TicketId, UserId, CampaignId) {

@@ -532,19 +532,20 @@ pub trait EventLog: Send + Sync + 'static {
 pub struct JoinRequest {
     pub campaign_id: CampaignId,
     pub user_id: UserId,
-    /// The id the ticket gets if the user has none yet.
+    /// The id the ticket gets if the user has none yet (the embedded engine's; Redis numbers
+    /// its tickets in the line and makes the id from the number: `TicketId::numbered`).
     pub ticket_id: TicketId,
     /// The caller's idempotency key: one key stands for one user's ticket.
     pub idempotency_key: ScopedKey,
     /// The ticket's secret lot for the draw at `starts_at` (uniform below [`JoinRequest::DRAW_RANGE`]),
-    /// used only when it joins before the start.
+    /// used only when it joins before the start, by the embedded engine (Redis draws by a
+    /// secret permutation of the tickets' numbers: `lua/queue.lua`).
     pub draw: u64,
     pub now: Millis,
 }
 
 impl JoinRequest {
-    /// Lots are below 2^52, so they are exact in a Redis score, and every ticket taken after the
-    /// start (scored 2^52 + its arrival number) comes after every drawn one.
+    /// Lots are below 2^52.
     pub const DRAW_RANGE: u64 = 1 << 52;
 
     /// A join with a fresh ticket id and a fresh lot from the thread's CSPRNG.

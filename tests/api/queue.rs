@@ -122,7 +122,7 @@ async fn joins_with_new_keys_leave_one_ticket_record(backend: Backend) {
         if !backend.is_redis() {
             return 0;
         }
-        let keys = crate::helpers::redis_keys(backend, &format!("*{campaign}*:q*")).await;
+        let keys = crate::helpers::redis_keys(backend, &format!("*{campaign}*:w*")).await;
         let mut total = 0;
         for key in keys {
             total += crate::helpers::redis_memory_usage(backend, &key).await;
@@ -130,6 +130,10 @@ async fn joins_with_new_keys_leave_one_ticket_record(backend: Backend) {
         total
     };
     let before = size().await;
+    assert!(
+        before > 0 || !backend.is_redis(),
+        "the line's keys are weighed"
+    );
     for _ in 0..200 {
         let again = join(
             &app,
@@ -937,4 +941,49 @@ async fn a_sale_through_the_line_on_two_instances_sells_exactly_the_stock() {
         (Some(0), Some(STOCK)),
         "{view}"
     );
+}
+
+/// A waiting ticket costs at most 200 bytes of Redis (issue: 616 B): 2,000 users join
+/// (half before the start, in the draw; half after), and every key of the campaign's
+/// waiting room is weighed with `MEMORY USAGE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_ticket_costs_at_most_200_bytes_of_redis() {
+    use flashsale::domain::{CampaignId, IdempotencyKey, ScopedKey, UserId};
+    use flashsale::engine::{JoinOutcome, JoinRequest};
+    let app = spawn_app_with(Backend::Redis, |_| {}).await;
+    let starts = Millis::now().plus_seconds(3);
+    let campaign = app
+        .campaign(
+            10,
+            1,
+            json!({"queue": {"admit_per_second": 1}, "starts_at": starts.to_rfc3339()}),
+        )
+        .await;
+    let id = CampaignId::parse(&campaign).expect("id");
+    let join = |i: usize, now: Millis| {
+        let key = IdempotencyKey::parse(&format!("k-{i}")).expect("key");
+        JoinRequest::new(
+            id.clone(),
+            UserId::parse(&format!("user-{i:06}")).expect("user"),
+            ScopedKey::new("store", "join", &key),
+            now,
+        )
+    };
+    for i in 0..2_000 {
+        let now = if i < 1_000 {
+            Millis::now()
+        } else {
+            starts.plus_seconds(1)
+        };
+        let outcome = app.engine.join_queue(&join(i, now)).await.expect("joined");
+        assert!(matches!(outcome, JoinOutcome::Joined(_)), "{outcome:?}");
+    }
+    let mut bytes = 0;
+    for key in crate::helpers::redis_keys(Backend::Redis, &format!("*{{c:{campaign}}}:w*")).await {
+        bytes += crate::helpers::redis_memory_usage(Backend::Redis, &key).await;
+    }
+    assert!(bytes > 0, "the line's keys are weighed");
+    let per_ticket = bytes / 2_000;
+    eprintln!("a waiting ticket: {per_ticket} B of Redis");
+    assert!(per_ticket <= 200, "{per_ticket} B per ticket");
 }

@@ -68,7 +68,8 @@ impl<C: Connection> RedisEngine<C> {
                     "a ticket batch spans campaigns".into(),
                 ));
             }
-            invocation.arg(read.id.as_str());
+            let (line, number) = read.id.line_number();
+            invocation.arg(line).arg(number);
         }
         let replies: Vec<Vec<String>> = invocation
             .invoke_async(&mut self.timed("queue_tickets"))
@@ -98,7 +99,10 @@ impl<C: Connection> RedisEngine<C> {
         invocation
             .key(self.keys(&first.campaign_id).campaign)
             .arg("joins")
-            .arg(first.now.0);
+            .arg(first.now.0)
+            // The generation and the draw's secret of the line, should this call start one.
+            .arg(TicketId::new_line())
+            .arg(hex::encode(rand::random::<[u8; 16]>()));
         for request in batch {
             if request.campaign_id != first.campaign_id {
                 return Err(EngineError::Corrupt("a join batch spans campaigns".into()));
@@ -106,9 +110,7 @@ impl<C: Connection> RedisEngine<C> {
             invocation
                 .arg(request.now.0)
                 .arg(request.user_id.as_str())
-                .arg(request.idempotency_key.as_str())
-                .arg(request.ticket_id.as_str())
-                .arg(request.draw);
+                .arg(request.idempotency_key.as_str());
         }
         let replies: Vec<Vec<String>> = invocation
             .invoke_async(&mut self.timed("queue_join"))
@@ -120,17 +122,23 @@ impl<C: Connection> RedisEngine<C> {
                 batch.len()
             )));
         }
-        replies.iter().map(|reply| join_outcome(reply)).collect()
+        replies
+            .iter()
+            .map(|reply| join_outcome(&first.campaign_id, reply))
+            .collect()
     }
 }
 
-/// A join's outcome as `queue.lua` answers it.
-fn join_outcome(reply: &[String]) -> Result<JoinOutcome, EngineError> {
+/// A join's outcome as `queue.lua` answers it: the ticket by its number in the line whose
+/// generation its status names.
+fn join_outcome(campaign: &CampaignId, reply: &[String]) -> Result<JoinOutcome, EngineError> {
     let corrupt = || EngineError::Corrupt(format!("queue join answered {reply:?}"));
     let ticket = || -> Result<Ticket, EngineError> {
-        let id = reply
-            .get(1)
-            .and_then(|raw| TicketId::parse(raw).ok())
+        let number = reply.get(1).and_then(|raw| raw.parse::<u64>().ok());
+        let line = reply.get(6);
+        let id = number
+            .zip(line)
+            .and_then(|(number, line)| TicketId::numbered(campaign, line, number))
             .ok_or_else(corrupt)?;
         ticket_from(&id, &reply[2..])?.ok_or_else(corrupt)
     };
@@ -247,13 +255,15 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
         pass: &crate::engine::PassUse<'_>,
     ) -> Result<Option<crate::engine::PassClaim>, EngineError> {
         let keys = self.keys(&pass.ticket.campaign_id());
+        let (line, number) = pass.ticket.line_number();
         let claim: String = self
             .scripts
             .queue
             .key(&keys.campaign)
             .arg("claim")
             .arg(pass.now.0)
-            .arg(pass.ticket.as_str())
+            .arg(line)
+            .arg(number)
             .arg(pass.expires.0)
             .arg(pass.quantity)
             .arg(pass.key.as_str())
@@ -274,10 +284,16 @@ impl<C: Connection> WaitingRoom for RedisEngine<C> {
 
     async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
         let keys = self.keys(&ticket.campaign_id());
-        let _: i64 = redis::cmd("ZREM")
-            .arg(format!("{}:qo", keys.campaign))
-            .arg(ticket.as_str())
-            .query_async(&mut self.connection())
+        let (line, number) = ticket.line_number();
+        let _: i64 = self
+            .scripts
+            .queue
+            .key(&keys.campaign)
+            .arg("used")
+            .arg(0)
+            .arg(line)
+            .arg(number)
+            .invoke_async(&mut self.connection())
             .await?;
         Ok(())
     }
