@@ -358,6 +358,10 @@ pub struct Report {
     pub send_lag: Option<Latency>,
     /// Per second of the burst (by scheduled or sent time).
     pub series: Vec<Second>,
+    /// What the chart draws: per tenth of a second for a burst of 20 s or less (so a
+    /// sub-second run still draws lines), else per second; rates per second either way.
+    #[serde(skip)]
+    pub chart: Vec<chart::Point>,
     /// Answers with a 5xx status and requests without an answer, over all attempts.
     pub error_ratio: f64,
     /// The 201 answers: (user, reservation id) — or (user, ticket id) for joins.
@@ -365,18 +369,18 @@ pub struct Report {
     pub winners: Vec<(String, String)>,
 }
 
-/// Per-second counters and latencies of one worker.
+/// Counters and latencies of one worker per tenth of a second.
 #[derive(Default)]
 struct Seconds {
     slots: Vec<(u64, u64, u64, Option<Histogram<u64>>)>,
 }
 
 impl Seconds {
-    fn record(&mut self, second: usize, reserved: bool, error: bool, micros: u64) {
-        if self.slots.len() <= second {
-            self.slots.resize_with(second + 1, Default::default);
+    fn record(&mut self, tenth: usize, reserved: bool, error: bool, micros: u64) {
+        if self.slots.len() <= tenth {
+            self.slots.resize_with(tenth + 1, Default::default);
         }
-        let slot = &mut self.slots[second];
+        let slot = &mut self.slots[tenth];
         slot.0 += 1;
         slot.1 += u64::from(reserved);
         slot.2 += u64::from(error);
@@ -387,11 +391,11 @@ impl Seconds {
     }
 
     fn merge(&mut self, other: Seconds) {
-        for (second, (a, r, e, h)) in other.slots.into_iter().enumerate() {
-            if self.slots.len() <= second {
-                self.slots.resize_with(second + 1, Default::default);
+        for (i, (a, r, e, h)) in other.slots.into_iter().enumerate() {
+            if self.slots.len() <= i {
+                self.slots.resize_with(i + 1, Default::default);
             }
-            let slot = &mut self.slots[second];
+            let slot = &mut self.slots[i];
             slot.0 += a;
             slot.1 += r;
             slot.2 += e;
@@ -406,8 +410,21 @@ impl Seconds {
         }
     }
 
+    /// The slots merged `per` at a time: whole seconds from tenths with `per` 10.
+    fn grouped(&self, per: usize) -> Seconds {
+        let mut grouped = Seconds::default();
+        for (tenth, (a, r, e, h)) in self.slots.iter().enumerate() {
+            let mut one = Seconds::default();
+            one.slots.resize_with(tenth / per + 1, Default::default);
+            one.slots[tenth / per] = (*a, *r, *e, h.clone());
+            grouped.merge(one);
+        }
+        grouped
+    }
+
     fn series(&self) -> Vec<Second> {
-        self.slots
+        self.grouped(10)
+            .slots
             .iter()
             .enumerate()
             .map(|(second, (attempts, reserved, errors, h))| Second {
@@ -415,15 +432,38 @@ impl Seconds {
                 attempts: *attempts,
                 reserved: *reserved,
                 errors: *errors,
-                p50_ms: h
-                    .as_ref()
-                    .map_or(0.0, |h| h.value_at_quantile(0.5) as f64 / 1000.0),
-                p99_ms: h
-                    .as_ref()
-                    .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0),
+                p50_ms: quantile_ms(h, 0.5),
+                p99_ms: quantile_ms(h, 0.99),
             })
             .collect()
     }
+
+    /// The chart's points: tenths for a burst of 20 s or less, else seconds.
+    fn points(&self) -> Vec<chart::Point> {
+        let (slots, width) = if self.slots.len() <= 200 {
+            (&self.slots, 0.1)
+        } else {
+            (&self.grouped(10).slots, 1.0)
+        };
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, (attempts, reserved, errors, h))| chart::Point {
+                at: i as f64 * width,
+                attempts_per_second: *attempts as f64 / width,
+                reserved_per_second: *reserved as f64 / width,
+                errors_per_second: *errors as f64 / width,
+                p50_ms: quantile_ms(h, 0.5),
+                p99_ms: quantile_ms(h, 0.99),
+            })
+            .collect()
+    }
+}
+
+fn quantile_ms(histogram: &Option<Histogram<u64>>, quantile: f64) -> f64 {
+    histogram
+        .as_ref()
+        .map_or(0.0, |h| h.value_at_quantile(quantile) as f64 / 1000.0)
 }
 
 impl Latency {
@@ -612,8 +652,8 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
                     Err(_) => true,
                 };
                 let reserved = matches!(&answer, Ok(a) if a.status == StatusCode::CREATED);
-                let second = scheduled.saturating_duration_since(started).as_secs() as usize;
-                seconds.record(second, reserved, error, micros);
+                let tenth = scheduled.saturating_duration_since(started).as_millis() / 100;
+                seconds.record(tenth as usize, reserved, error, micros);
                 // The answers' bodies are only searched for the one field needed, and an
                 // outcome seen before costs no allocation: a refusal is the cheapest request
                 // the service answers, and the generator shares its cores.
@@ -679,6 +719,7 @@ pub async fn play(service: &Service, burst: &Burst) -> anyhow::Result<Report> {
     let series = per_seconds.series();
     let errors: u64 = series.iter().map(|s| s.errors).sum();
     Ok(Report {
+        chart: per_seconds.points(),
         series,
         error_ratio: errors as f64 / burst.attempts.max(1) as f64,
         burst: burst.clone(),
@@ -698,6 +739,9 @@ pub struct Settled {
     pub cancelled: Vec<String>,
     /// Left to expire.
     pub expiring: Vec<String>,
+    /// Expired before settling (the run outlasted the holds): their units were free to sell
+    /// again, and their users' counts went back.
+    pub expired_early: Vec<String>,
 }
 
 /// A share of winners pays (confirm), a share cancels, the rest is left to expire.
@@ -710,11 +754,21 @@ pub async fn settle(
     let mut settled = Settled::default();
     let confirm_until = (winners.len() as f64 * confirm_share) as usize;
     let cancel_until = confirm_until + (winners.len() as f64 * cancel_share) as usize;
+    // A hold that expired during the run (the run outlasted `hold_seconds`) gave its unit and
+    // its user's count back; it is counted as such, not settled.
+    let not_held = |answer: &Answer| {
+        answer.status == StatusCode::CONFLICT
+            && answer.field("code").as_deref() == Some("reservation_not_held")
+    };
     for (i, (_, id)) in winners.iter().enumerate() {
         if i < confirm_until {
             let answer = service
                 .store_post(&format!("/v1/reservations/{id}/confirm"))
                 .await?;
+            if not_held(&answer) {
+                settled.expired_early.push(id.clone());
+                continue;
+            }
             if answer.status != StatusCode::OK {
                 bail!(
                     "confirming {id} answered {}: {}",
@@ -727,12 +781,21 @@ pub async fn settle(
             let answer = service
                 .store_post(&format!("/v1/reservations/{id}/cancel"))
                 .await?;
+            if not_held(&answer) {
+                settled.expired_early.push(id.clone());
+                continue;
+            }
             if answer.status != StatusCode::OK {
                 bail!("cancelling {id} answered {}", answer.status);
             }
             settled.cancelled.push(id.clone());
         } else {
-            settled.expiring.push(id.clone());
+            let answer = service.store_get(&format!("/v1/reservations/{id}")).await?;
+            if answer.field("status").as_deref() == Some("expired") {
+                settled.expired_early.push(id.clone());
+            } else {
+                settled.expiring.push(id.clone());
+            }
         }
     }
     Ok(settled)
@@ -782,17 +845,24 @@ pub async fn verify(
     let confirmed = state["confirmed"].as_u64().unwrap_or(u64::MAX);
     let held = state["held"].as_u64().unwrap_or(u64::MAX);
     let available = state["available"].as_u64().unwrap_or(u64::MAX);
+    // A hold that expired during the run gave its unit and its user's count back: the units
+    // reserved may exceed the stock by exactly those.
+    let returned = settled.expired_early.len() as u64;
     check(
         "units sold <= stock",
-        (winners.len() as u64) <= stock && confirmed <= stock,
+        (winners.len() as u64) <= stock + returned && confirmed <= stock,
         format!(
-            "{} reserved, {confirmed} confirmed, stock {stock}",
+            "{} reserved ({returned} of them expired during the run), {confirmed} confirmed, stock {stock}",
             winners.len()
         ),
     );
+    let early: std::collections::HashSet<&str> =
+        settled.expired_early.iter().map(String::as_str).collect();
     let mut per_user: HashMap<&str, u64> = HashMap::new();
-    for (user, _) in winners {
-        *per_user.entry(user).or_default() += 1;
+    for (user, id) in winners {
+        if !early.contains(id.as_str()) {
+            *per_user.entry(user).or_default() += 1;
+        }
     }
     let worst = per_user.values().copied().max().unwrap_or(0);
     check(
@@ -866,7 +936,13 @@ pub async fn verify(
     check("every confirm in the database, once", ok, saw);
     let (ok, saw) = compare("cancelled", &settled.cancelled);
     check("every cancel in the database, once", ok, saw);
-    let (ok, saw) = compare("expired", &settled.expiring);
+    let expired: Vec<String> = settled
+        .expiring
+        .iter()
+        .chain(&settled.expired_early)
+        .cloned()
+        .collect();
+    let (ok, saw) = compare("expired", &expired);
     check("every expiry in the database, once", ok, saw);
     Ok(Verification { checks })
 }

@@ -189,3 +189,67 @@ async fn a_mixed_sale_as_the_users_themselves_reserves_and_groups_and_verifies()
         "{out}"
     );
 }
+
+/// A run that outlasts `--hold-seconds` (the README's first trap): holds expire mid-run and
+/// their units sell again; settling counts them instead of failing, verification passes, and
+/// the chart of a short run still draws lines (points per tenth of a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_outlasts_its_holds_verifies_and_a_short_run_draws_lines() {
+    let url = service().await;
+    let dir = std::env::temp_dir().join(format!("lt-hold-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let json = dir.join("report.json");
+    let chart = dir.join("chart.svg");
+    let (url2, json2, chart2) = (url.clone(), json.clone(), chart.clone());
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        loadtest(
+            &url2,
+            &[
+                "--json",
+                json2.to_str().expect("utf-8"),
+                "--chart",
+                chart2.to_str().expect("utf-8"),
+                "sale",
+                "--campaign",
+                "outlasted",
+                "--stock",
+                "50",
+                "--limit",
+                "1",
+                "--users",
+                "400",
+                "--hold-seconds",
+                "1",
+                "--stages",
+                "3:100",
+                "--concurrency",
+                "16",
+            ],
+        )
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("holds expired during the run"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report")).expect("json");
+    let early = report["settled"]["expired_during_the_run"]
+        .as_u64()
+        .expect("counted");
+    assert!(early > 0, "{report}");
+    // The chart: a line of about 30 points (3 s in tenths), not 3.
+    let svg = std::fs::read_to_string(&chart).expect("the chart");
+    let longest = svg
+        .split("points=\"")
+        .skip(1)
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(longest >= 20, "{longest} points");
+}
