@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run as is against a running service (FS, ADMIN_TOKEN and STORE_TOKEN override the defaults).
+# Run as is against a running service (FS, FLASHSALE_ADMIN_TOKENS and FLASHSALE_STORE_TOKENS —
+# the service's own variables — override the defaults).
 export FS=${FS:-http://127.0.0.1:8080}
-export ADMIN="Authorization: Bearer ${ADMIN_TOKEN:-adm-demo}" STORE="Authorization: Bearer ${STORE_TOKEN:-sto-demo}" JSON='Content-Type: application/json'
+A=${FLASHSALE_ADMIN_TOKENS:-adm-demo} S=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
+export ADMIN="Authorization: Bearer ${A%%,*}" STORE="Authorization: Bearer ${S%%,*}" JSON='Content-Type: application/json'
 C=queue-$(date +%s%N)   # a fresh campaign id
 field() { sed -nE "s/.*\"$1\":\"([^\"]+)\".*/\1/p"; }
 

@@ -1,14 +1,14 @@
 //! `flashsale campaign …` and `flashsale reservation …`: the admin and store API from a
-//! terminal. Each command is one HTTP call to a running service (token from
-//! `FLASHSALE_TOKEN`); it prints the JSON answer, or the problem's title and detail on
+//! terminal. Each command is one HTTP call to a running service (`--url`, `--token`; see
+//! `Config::api_target`); it prints the JSON answer, or the problem's title and detail on
 //! stderr and exits 1.
 
 use crate::config::{ApiTarget, CampaignAction, ReservationAction};
 use serde_json::{json, Value};
 
 /// Runs one command; the process's exit code.
-pub async fn campaign(api: ApiTarget, listen: &str, action: CampaignAction) -> anyhow::Result<i32> {
-    let client = Client::new(api, listen);
+pub async fn campaign(api: ApiTarget, action: CampaignAction) -> anyhow::Result<i32> {
+    let client = Client::new(api);
     match action {
         CampaignAction::Create {
             id,
@@ -105,12 +105,8 @@ pub async fn campaign(api: ApiTarget, listen: &str, action: CampaignAction) -> a
     }
 }
 
-pub async fn reservation(
-    api: ApiTarget,
-    listen: &str,
-    action: ReservationAction,
-) -> anyhow::Result<i32> {
-    let client = Client::new(api, listen);
+pub async fn reservation(api: ApiTarget, action: ReservationAction) -> anyhow::Result<i32> {
+    let client = Client::new(api);
     let (method, path) = match action {
         ReservationAction::Show { id } => (reqwest::Method::GET, format!("/v1/reservations/{id}")),
         ReservationAction::Confirm { id } => (
@@ -141,6 +137,27 @@ pub async fn reservation(
         }
     };
     client.send(method, &path, None, None).await
+}
+
+/// What went wrong with a request that got no answer, in words: "connection refused (is the
+/// service running there?)", "timed out after 30 s", or the innermost cause.
+fn in_words(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out after 30 s".to_owned();
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return "connection refused (is the service running there?)".to_owned();
+        }
+    }
+    if error.is_connect() {
+        return format!("could not connect: {cause}");
+    }
+    cause.to_string()
 }
 
 /// `?a=1&b=2` of the given pairs (empty without any).
@@ -178,14 +195,13 @@ struct Client {
 }
 
 impl Client {
-    fn new(api: ApiTarget, listen: &str) -> Self {
+    fn new(api: ApiTarget) -> Self {
         Client {
-            http: reqwest::Client::new(),
-            base: api
-                .url
-                .unwrap_or_else(|| format!("http://{listen}"))
-                .trim_end_matches('/')
-                .to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            base: api.url.trim_end_matches('/').to_owned(),
             token: api.token,
         }
     }
@@ -210,7 +226,7 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.base))?;
+            .map_err(|e| anyhow::anyhow!("{}: {}", self.base, in_words(&e)))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -195,6 +195,17 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_LOG_JSON")]
     pub log_json: bool,
 
+    /// `campaign` and `reservation` commands: the service's base URL (default `http://` +
+    /// FLASHSALE_LISTEN). Accepted before or after the subcommand.
+    #[arg(long, env = "FLASHSALE_URL", global = true)]
+    pub url: Option<String>,
+
+    /// `campaign` and `reservation` commands: the token to send (default: the first of
+    /// FLASHSALE_ADMIN_TOKENS, else of FLASHSALE_STORE_TOKENS). Accepted before or after the
+    /// subcommand.
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
+
     /// What to run; the service when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -223,31 +234,50 @@ pub enum Command {
         #[arg(long)]
         retry: bool,
     },
-    /// Manage campaigns through a running service's API.
+    /// Manage campaigns through a running service's API (`--url`, `--token`).
     Campaign {
-        #[command(flatten)]
-        api: ApiTarget,
         #[command(subcommand)]
         action: CampaignAction,
     },
-    /// Inspect and settle reservations through a running service's API.
+    /// Inspect and settle reservations through a running service's API (`--url`, `--token`).
     Reservation {
-        #[command(flatten)]
-        api: ApiTarget,
         #[command(subcommand)]
         action: ReservationAction,
     },
 }
 
 /// Which service the CLI talks to, and as whom.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct ApiTarget {
-    /// The service's base URL (default: `http://` + FLASHSALE_LISTEN).
-    #[arg(long, env = "FLASHSALE_URL")]
-    pub url: Option<String>,
-    /// An admin token (a store token is enough for reading and settling).
-    #[arg(long, env = "FLASHSALE_TOKEN", hide_env_values = true)]
+    /// The service's base URL.
+    pub url: String,
     pub token: String,
+}
+
+impl Config {
+    /// Where `campaign` and `reservation` commands go, and with which token: `--url` (or
+    /// `http://` + the listen address), `--token` (or the first of FLASHSALE_ADMIN_TOKENS,
+    /// else of FLASHSALE_STORE_TOKENS — the service's own variables, one per role).
+    pub fn api_target(&self) -> anyhow::Result<ApiTarget> {
+        let first = |tokens: &[String]| tokens.iter().find(|t| !t.is_empty()).cloned();
+        let token = self
+            .token
+            .clone()
+            .or_else(|| first(&self.admin_tokens))
+            .or_else(|| first(&self.store_tokens))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no token: pass --token, or set FLASHSALE_ADMIN_TOKENS (or FLASHSALE_STORE_TOKENS) as the service has it"
+                )
+            })?;
+        Ok(ApiTarget {
+            url: self
+                .url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.listen)),
+            token,
+        })
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::stdout().is_terminal())
             .init();
     }
-    match config.command {
+    match config.command.clone() {
         Some(Command::Persist) => return startup::run_persister_only(config).await,
         Some(Command::Reconcile) => {
             let clean = startup::reconcile_once(config).await?;
@@ -39,12 +39,12 @@ async fn main() -> anyhow::Result<()> {
             let clean = startup::dead_events(config, retry).await?;
             std::process::exit(if clean { 0 } else { 1 });
         }
-        Some(Command::Campaign { api, action }) => {
-            let code = flashsale::cli::campaign(api, &config.listen.to_string(), action).await?;
+        Some(Command::Campaign { action }) => {
+            let code = flashsale::cli::campaign(config.api_target()?, action).await?;
             std::process::exit(code);
         }
-        Some(Command::Reservation { api, action }) => {
-            let code = flashsale::cli::reservation(api, &config.listen.to_string(), action).await?;
+        Some(Command::Reservation { action }) => {
+            let code = flashsale::cli::reservation(config.api_target()?, action).await?;
             std::process::exit(code);
         }
         Some(Command::Serve) | None => {}
@@ -93,7 +93,7 @@ fn print_banner(application: &Application, config: &Config) {
         );
         println!("or the whole walk-through from the README:");
         println!(
-            "  FS=http://{address} ADMIN_TOKEN={admin} STORE_TOKEN={} docs/walkthrough.sh",
+            "  FS=http://{address} FLASHSALE_ADMIN_TOKENS={admin} FLASHSALE_STORE_TOKENS={} docs/walkthrough.sh",
             credentials.store_tokens[0]
         );
     }

@@ -7,10 +7,16 @@ use std::process::Command;
 
 /// Runs the binary with `args` against `url` as `token`: (exit code, stdout, stderr).
 fn flashsale(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    // Global options go before or after the subcommand: `--url` first, `--token` last.
     let output = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("--url")
+        .arg(url)
         .args(args)
-        .env("FLASHSALE_URL", url)
-        .env("FLASHSALE_TOKEN", token)
+        .arg("--token")
+        .arg(token)
+        .env_remove("FLASHSALE_URL")
+        .env_remove("FLASHSALE_ADMIN_TOKENS")
+        .env_remove("FLASHSALE_STORE_TOKENS")
         .env_remove("FLASHSALE_REDIS_URL")
         .env_remove("FLASHSALE_DATABASE_URL")
         .output()
@@ -140,4 +146,39 @@ async fn the_cli_creates_lists_tunes_ends_and_settles() {
         .await
         .expect("ran");
     assert_eq!((code, json(&out)["confirmed"].clone()), (0, 1.into()));
+}
+
+/// The token comes from the service's own variable when not given, and a service that is
+/// not there is said in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_services_token_variable_and_says_connection_refused() {
+    let app = spawn_app(Backend::Memory).await;
+    let (url, admin) = (app.address.clone(), app.admin_token.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["campaign", "list", "--url", &url])
+            .env("FLASHSALE_ADMIN_TOKENS", format!("{admin},another"))
+            .env_remove("FLASHSALE_URL")
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .expect("ran");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["--url", &format!("http://127.0.0.1:{port}"), "--token", "t"])
+            .args(["campaign", "show", "nothing-here"])
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .expect("ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr.contains("connection refused"), "{stderr}");
 }
