@@ -14,8 +14,9 @@ class Hook(BaseHTTPRequestHandler):
         fresh = abs(time.time() - int(fields["t"])) < 300  # refuse replays of old deliveries
         if not (hmac.compare_digest(expected, fields["v1"]) and fresh):
             self.send_response(400); self.end_headers(); return
-        event = json.loads(body)  # the feed item: {"cursor", "type", "at", "reservation": {...}}
-        print("valid", event["cursor"], event["type"], flush=True)  # handle it idempotently by cursor
+        delivered = json.loads(body)  # a feed item {"cursor", "type", "at", ...}, or with
+        for event in delivered.get("events", [delivered]):  # max_batch > 1: {"events": [...]}
+            print("valid", event["cursor"], event["type"], flush=True)  # handle it idempotently by cursor
         self.send_response(204); self.end_headers()
 
     def log_message(self, *args):

@@ -167,6 +167,32 @@ async fn shutdown_finishes_in_flight_requests_and_stops(backend: Backend) {
     }
 }
 
+/// `docs/webhook-recipe.sh` as written, against a service that allows loopback targets: the
+/// receiver it starts checks two signed deliveries (held, confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_recipe_runs_as_written() {
+    let app = crate::helpers::spawn_app_with(Backend::Memory, |c| {
+        c.admin_tokens = vec!["adm-demo".into()];
+        c.store_tokens = vec!["sto-demo".into()];
+        c.webhook_allowed_hosts = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let output = tokio::process::Command::new(format!(
+        "{}/docs/webhook-recipe.sh",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .env("FS", &app.address)
+    .output()
+    .await
+    .expect("bash, curl and python3 run");
+    assert!(output.status.success(), "{output:?}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    let valid: Vec<&str> = out.lines().filter(|l| l.starts_with("valid ")).collect();
+    assert_eq!(valid.len(), 2, "{out}");
+    assert!(valid[0].ends_with("reservation.held"), "{out}");
+    assert!(valid[1].ends_with("reservation.confirmed"), "{out}");
+}
+
 on_every_backend!(
     the_readme_walkthrough_runs_as_written,
     the_readme_group_walkthrough_runs_as_written,
