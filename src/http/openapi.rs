@@ -350,6 +350,22 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
                 {
                     parameter["schema"] = json!({"type": "integer", "minimum": 0});
                 }
+                // Enumerations: the campaign list's and the reservation list's `status`, the
+                // feed's comma-separated `type`.
+                if parameter["in"] == "query" && parameter["name"] == "status" {
+                    let values: &[&str] = if path == "/v1/campaigns" {
+                        &["scheduled", "active", "sold_out", "ended"]
+                    } else {
+                        &["held", "confirmed", "cancelled", "expired", "released"]
+                    };
+                    parameter["schema"] = json!({"type": "string", "enum": values});
+                }
+                if parameter["in"] == "query" && parameter["name"] == "type" {
+                    parameter["schema"] = json!({"type": "array", "minItems": 1,
+                        "items": {"type": "string", "enum": super::events::EVENT_TYPES}});
+                    parameter["style"] = json!("form");
+                    parameter["explode"] = json!(false);
+                }
                 if parameter["name"] == "Idempotency-Key" {
                     parameter["required"] = json!(true);
                     parameter["schema"] =
