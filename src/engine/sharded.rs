@@ -189,8 +189,9 @@ pub struct Sharded {
     inner: Arc<dyn ShardableEngine>,
     /// Shards per campaign; fixed at creation, so never stale.
     shards: Arc<DashMap<CampaignId, u8>>,
-    /// One refill per shard at a time on this instance: attempts that find a shard dry
-    /// together wait for the first one's refill instead of each moving units.
+    /// One gatherer per campaign at a time on this instance: an attempt short of units moves
+    /// them into its shard and asks again before the next one moves any, so attempts do not
+    /// take each other's gathered units back and forth.
     refilling: Arc<DashMap<CampaignId, Arc<tokio::sync::Mutex<()>>>>,
     /// What the sold-out gate has read of each shard's idempotency records so far.
     gate_offsets: Arc<DashMap<CampaignId, Vec<u64>>>,
@@ -270,6 +271,11 @@ impl Sharded {
         )))
     }
 
+    /// The campaign's gathering turn (see `refilling`).
+    fn gathering(&self, id: &CampaignId) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.refilling.entry(id.clone()).or_default().value())
+    }
+
     /// Moves units into shard `to` from the others, richest first, until it has `target`
     /// available (or nothing is left to take). `false` once the campaign as a whole — every
     /// shard's available units and those moving between shards — has fewer than `target`:
@@ -282,8 +288,6 @@ impl Sharded {
         target: u64,
     ) -> Result<bool, EngineError> {
         let receiver = id.shard(to);
-        let turn = Arc::clone(self.refilling.entry(receiver.clone()).or_default().value());
-        let _one_at_a_time = turn.lock().await;
         let states = self.states(id, n).await?;
         let Some(state) = states[usize::from(to)] else {
             return Ok(false);
@@ -581,6 +585,8 @@ impl Engine for Sharded {
         let mut outcome = self.inner.adjust_stock(request).await?;
         if let StockOutcome::Insufficient { .. } = outcome {
             let target = request.delta.get().unsigned_abs();
+            let turn = self.gathering(id);
+            let _one_at_a_time = turn.lock().await;
             if self.refill(id, n, 0, target).await? {
                 outcome = self.inner.adjust_stock(request).await?;
             }
@@ -634,10 +640,17 @@ impl Engine for Sharded {
         let routed = Self::routed(request, n);
         let to = routed.campaign_id.shard_index();
         let target = u64::from(request.quantity);
-        // Short of units: gather them into the user's shard and ask again while the campaign
-        // as a whole has enough (others may take them first); sold out only once it has not.
+        let outcome = self.inner.reserve(&routed).await?;
+        if outcome != ReserveOutcome::Refused(Refusal::SoldOut) {
+            return Ok(outcome);
+        }
+        // Short of units: one gatherer of this campaign at a time (on this instance) moves
+        // units into its shard and asks again before the next moves any; sold out only once
+        // the campaign as a whole has too few. Gatherers on other instances can still take
+        // what this one moved: it gathers again, for at most [`REFILL_FOR`].
+        let turn = self.gathering(&request.campaign_id);
+        let _one_at_a_time = turn.lock().await;
         let deadline = std::time::Instant::now() + REFILL_FOR;
-        let mut round = 0u32;
         loop {
             let outcome = self.inner.reserve(&routed).await?;
             if outcome != ReserveOutcome::Refused(Refusal::SoldOut)
@@ -648,11 +661,8 @@ impl Engine for Sharded {
             if std::time::Instant::now() >= deadline {
                 return Err(EngineError::Overloaded);
             }
-            round += 1;
-            if round > 2 {
-                // Others keep taking what this attempt gathers: let them finish first.
-                tokio::time::sleep(Duration::from_millis(u64::from(round.min(20)))).await;
-            }
+            // What it moved went to another instance's gatherer, or is still moving.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -211,13 +211,15 @@ async fn shard_states<E: ShardOps>(engine: &E, id: &str, shards: u8) -> Vec<Shar
 async fn two_instances_race_transfers<E: ShardOps>(instances: [TestApp; 2], engine: E, shards: u8) {
     let stock = 300;
     let id = instances[0]
-        .campaign(stock, 1, json!({"shards": shards, "hold_seconds": 2}))
+        .campaign(stock, 1, json!({"shards": shards, "hold_seconds": 5}))
         .await;
     let users = skewed_users(&unique_id("u"), shards, 800);
+    // (A wave lasts well under the 5 s holds, even on a loaded machine: no unit comes back
+    // during it.)
     let (sold, _) = everyone_tries(&[&instances[0], &instances[1]], &id, users).await;
     assert_eq!(sold, stock, "every unit sold once");
-    // Every hold expires (2 s) and the units go back; a second wave buys them all again.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every hold expires (5 s) and the units go back; a second wave buys them all again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let state = settled(&instances[1], &id).await;
     assert_eq!(state["available"], json!(stock), "{state}");
     let users = skewed_users(&unique_id("v"), shards, 800);
@@ -230,7 +232,7 @@ async fn two_instances_race_transfers<E: ShardOps>(instances: [TestApp; 2], engi
     );
     assert_eq!(states.iter().map(|s| s.stock).sum::<u64>(), stock);
     assert_eq!(states[0].total, Some(stock));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let breaches = invariant_breaches(&instances[0], &id, stock as i64).await;
     assert!(breaches.is_empty(), "{breaches:?}");
     let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
