@@ -2,8 +2,8 @@
 # Run as is against a running service (FS, FLASHSALE_ADMIN_TOKENS and FLASHSALE_STORE_TOKENS —
 # the service's own variables — override the defaults).
 export FS=${FS:-http://127.0.0.1:8080}
-A=${FLASHSALE_ADMIN_TOKENS:-adm-demo} S=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
-export ADMIN="Authorization: Bearer ${A%%,*}" STORE="Authorization: Bearer ${S%%,*}" JSON='Content-Type: application/json'
+AT=${FLASHSALE_ADMIN_TOKENS:-adm-demo} ST=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
+export ADMIN="Authorization: Bearer ${AT%%,*}" STORE="Authorization: Bearer ${ST%%,*}" JSON='Content-Type: application/json'
 C=team-$(date +%s%N)   # a fresh campaign id
 first_id() { sed -E 's/^\{"id":"([^"]+)".*/\1/'; }
 member_of() { grep -o "\"user_id\":\"$1\",\"reservation_id\":\"[^\"]*\"" | sed -E 's/.*"reservation_id":"([^"]+)"/\1/'; }

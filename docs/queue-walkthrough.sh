@@ -2,8 +2,8 @@
 # Run as is against a running service (FS, FLASHSALE_ADMIN_TOKENS and FLASHSALE_STORE_TOKENS —
 # the service's own variables — override the defaults).
 export FS=${FS:-http://127.0.0.1:8080}
-A=${FLASHSALE_ADMIN_TOKENS:-adm-demo} S=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
-export ADMIN="Authorization: Bearer ${A%%,*}" STORE="Authorization: Bearer ${S%%,*}" JSON='Content-Type: application/json'
+AT=${FLASHSALE_ADMIN_TOKENS:-adm-demo} ST=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
+export ADMIN="Authorization: Bearer ${AT%%,*}" STORE="Authorization: Bearer ${ST%%,*}" JSON='Content-Type: application/json'
 C=queue-$(date +%s%N)   # a fresh campaign id
 field() { sed -nE "s/.*\"$1\":\"([^\"]+)\".*/\1/p"; }
 
@@ -15,7 +15,7 @@ curl -s -H "$ADMIN" -H "$JSON" $FS/v1/campaigns -d "{\"id\":\"$C\",\"kind\":\"fl
 
 # 2. Ann, Ben and Cat join before the start: no place yet (the draw is at the start).
 declare -A TICKET
-for who in ann ben cat; do
+for who in ann ben cleo; do
   answer=$(curl -s -H "$STORE" -H "$JSON" -H "Idempotency-Key: join-$who" $FS/v1/campaigns/$C/queue \
     -d "{\"user_id\":\"$who\"}")
   echo "$answer"; TICKET[$who]=$(echo "$answer" | field ticket)
@@ -28,7 +28,7 @@ curl -s -H "$STORE" -H "$JSON" -H 'Idempotency-Key: ann-early' $FS/v1/campaigns/
 # 4. Each polls until their turn (admitted, with a pass) or until the units are gone, and
 #    reserves with the pass the moment they are let through.
 for _ in $(seq 40); do
-  for who in ann ben cat; do
+  for who in ann ben cleo; do
     [ -z "${TICKET[$who]}" ] && continue
     answer=$(curl -s -H "$STORE" $FS/v1/queue/${TICKET[$who]})
     case "$answer" in

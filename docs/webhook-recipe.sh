@@ -9,8 +9,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 FS=${FS:-http://127.0.0.1:8080}
-A=${FLASHSALE_ADMIN_TOKENS:-adm-demo} S=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
-export ADMIN="Authorization: Bearer ${A%%,*}" STORE="Authorization: Bearer ${S%%,*}" JSON='Content-Type: application/json'
+AT=${FLASHSALE_ADMIN_TOKENS:-adm-demo} ST=${FLASHSALE_STORE_TOKENS:-sto-demo}  # the service's own variables
+export ADMIN="Authorization: Bearer ${AT%%,*}" STORE="Authorization: Bearer ${ST%%,*}" JSON='Content-Type: application/json'
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 C=hooks-$RANDOM
 log=$(mktemp)

@@ -17,7 +17,7 @@
 # For every run: the rate, and per request the service's CPU, each Redis node's CPU and its
 # command time (INFO commandstats: scripts' inner calls counted once). Everything shares the
 # same two cores, so the rate says little across machines; the per-node costs are what the
-# README's "Scaling out" turns into what n nodes can carry.
+# docs/scaling-out.md turns into what n nodes can carry.
 #
 #   loadtest/cluster-bench.sh
 #   ROUNDS=1 SECONDS_PER_RUN=4 loadtest/cluster-bench.sh

@@ -253,3 +253,61 @@ async fn a_run_that_outlasts_its_holds_verifies_and_a_short_run_draws_lines() {
         .unwrap_or(0);
     assert!(longest >= 20, "{longest} points");
 }
+
+/// The README's load test, as written (only the binary's path and the port differ): it
+/// passes, and writes its chart and report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_load_test_runs_as_written() {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.redis_url = None;
+    config.database_url = None;
+    config.sqlite_path = std::env::temp_dir()
+        .join(format!("lt-readme-{}.db", ulid::Ulid::new()))
+        .to_string_lossy()
+        .into_owned();
+    config.admin_tokens = vec!["adm-demo".into()];
+    config.store_tokens = vec!["sto-demo".into()];
+    let application = Application::build(config)
+        .await
+        .expect("the service builds");
+    let address = application.address();
+    tokio::spawn(application.run_until(std::future::pending()));
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let from = readme.find("### Then: a load test").expect("the section");
+    let block = &readme[from..];
+    let block = &block[block.find("```sh").expect("a block") + 5..];
+    let block = &block[..block.find("```").expect("closed")];
+    let command: String = block
+        .lines()
+        .filter(|l| !l.starts_with("cargo build") && !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("target/release/loadtest", env!("CARGO_BIN_EXE_loadtest"))
+        .replace("http://127.0.0.1:8080", &format!("http://{address}"));
+    let dir = std::env::temp_dir().join(format!("lt-readme-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let run_in = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(&run_in)
+            .env_remove("FLASHSALE_ADMIN_TOKENS")
+            .env_remove("FLASHSALE_STORE_TOKENS")
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .expect("ran");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.join("sale.svg").exists() && dir.join("sale.json").exists());
+}

@@ -225,7 +225,7 @@ fn json_lines(output: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Runs `docs/group-walkthrough.sh` (the README's group-buy walk-through).
+/// Runs `docs/group-walkthrough.sh` (docs/group-buy.md's walk-through).
 async fn the_readme_group_walkthrough_runs_as_written(backend: Backend) {
     let output = run_walkthrough(backend, "group-walkthrough.sh").await;
     let lines = json_lines(&output);
@@ -252,7 +252,7 @@ async fn the_readme_group_walkthrough_runs_as_written(backend: Backend) {
     assert!(feed[6].contains("group.failed"));
 }
 
-/// Runs `docs/queue-walkthrough.sh` (the README's waiting-room walk-through): three join,
+/// Runs `docs/queue-walkthrough.sh` (docs/waiting-room.md's walk-through): three join,
 /// nobody reserves without a pass, two are admitted and buy the two units, the third reads
 /// sold out.
 async fn the_readme_queue_walkthrough_runs_as_written(backend: Backend) {
@@ -280,6 +280,76 @@ async fn the_readme_queue_walkthrough_runs_as_written(backend: Backend) {
     assert_eq!(
         (last["available"].as_u64(), last["held"].as_u64()),
         (Some(0), Some(2))
+    );
+}
+
+/// The fenced block after the first line of `markdown` that contains `marker`.
+fn fenced_after(markdown: &str, marker: &str) -> String {
+    let from = markdown
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} is there"));
+    let rest = &markdown[from..];
+    let open = rest.find("```").expect("a block follows");
+    let body = &rest[open..];
+    let body = &body[body.find('\n').expect("a fence line") + 1..];
+    body[..body.find("```").expect("the block closes")].to_owned()
+}
+
+/// A script as the documentation shows it: without its shebang and its first comment lines.
+fn shown_script(name: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/docs/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("the script");
+    text.lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Output with what differs between runs masked: ULIDs, times, generated campaign ids.
+fn masked(text: &str) -> String {
+    let ulid = regex::Regex::new(r"[0-9A-HJKMNP-TV-Z]{26}").expect("a pattern");
+    let time = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z").expect("a pattern");
+    let id = regex::Regex::new(r"(phone|team)-\d+").expect("a pattern");
+    let text = ulid.replace_all(text, "<ulid>");
+    let text = time.replace_all(&text, "<time>");
+    id.replace_all(&text, "$1-<n>").trim().to_owned()
+}
+
+/// The documentation's walk-throughs are their scripts, and the output they show is what the
+/// scripts print (ids and times masked): a sample that drifts from the service fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_walkthroughs_are_their_scripts_and_print_what_they_show() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    assert!(
+        readme.lines().count() <= 200,
+        "the README fits a screen or two"
+    );
+    assert_eq!(
+        fenced_after(&readme, "this is [`docs/walkthrough.sh`]"),
+        shown_script("walkthrough.sh")
+    );
+    let output = run_walkthrough(Backend::Memory, "walkthrough.sh").await;
+    assert_eq!(
+        masked(&fenced_after(&readme, "What it prints")),
+        masked(&output)
+    );
+
+    let group = std::fs::read_to_string(format!("{root}/docs/group-buy.md")).expect("doc");
+    assert_eq!(
+        fenced_after(&group, "this is\n[`docs/group-walkthrough.sh`]"),
+        shown_script("group-walkthrough.sh")
+    );
+    let output = run_walkthrough(Backend::Memory, "group-walkthrough.sh").await;
+    assert_eq!(
+        masked(&fenced_after(&group, "What it prints")),
+        masked(&output)
+    );
+
+    let queue = std::fs::read_to_string(format!("{root}/docs/waiting-room.md")).expect("doc");
+    assert_eq!(
+        fenced_after(&queue, "queue-walkthrough.sh"),
+        shown_script("queue-walkthrough.sh")
     );
 }
 
