@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod campaigns;
+mod console;
 mod creating;
 pub mod error;
 mod events;
@@ -130,7 +131,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(users::router())
         .merge(queue::router())
         .merge(health::router())
-        .merge(openapi::router());
+        .merge(openapi::router())
+        .merge(console::router());
     if state.metrics_on_main_listener {
         api = api.merge(health::metrics_router());
     }

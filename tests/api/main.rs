@@ -9,6 +9,7 @@ mod campaigns;
 mod catalogue;
 mod cli;
 mod concurrency;
+mod console;
 mod durability;
 mod faults;
 mod groups;
