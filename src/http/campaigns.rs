@@ -192,7 +192,7 @@ fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
     security(("bearer" = [])),
     responses((status = 201, body = CampaignView),
         (status = 409, description = "`campaign_exists`", body = super::error::Problem),
-        (status = 422, description = "`invalid_request`", body = super::error::Problem)))]
+        (status = 422, description = "`invalid_request`, also for rules no schema says: `ends_at` after `starts_at`; `group` exactly for a `group_buy`; `shards` above 1 neither with a waiting room nor for a group buy", body = super::error::Problem)))]
 pub async fn create_campaign(
     State(state): State<AppState>,
     caller: Caller,

@@ -116,6 +116,7 @@ fn answer(outcome: GroupOutcome, operation: &'static str) -> Result<Response, Ap
     responses((status = 201, body = GroupView),
         (status = 409, description = "`sold_out`, `limit_exceeded`, `not_started`, `ended`, `wrong_campaign_kind`", body = super::error::Problem),
         (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request` (also: a store token must name the `user_id`; a user token acts for its own)", body = super::error::Problem),
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem)))]
 pub async fn open_group(
     State(state): State<AppState>,
@@ -149,6 +150,7 @@ pub async fn open_group(
     responses((status = 201, body = GroupView),
         (status = 409, description = "`group_full`, `group_closed`, `already_member`, `limit_exceeded`", body = super::error::Problem),
         (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request` (also: a store token must name the `user_id`; a user token acts for its own)", body = super::error::Problem),
         (status = 404, description = "`group_not_found`", body = super::error::Problem)))]
 pub async fn join_group(
     State(state): State<AppState>,

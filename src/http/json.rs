@@ -52,22 +52,62 @@ where
         } else {
             &bytes
         };
-        serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                // serde stops at the first shape error; only a full syntax pass tells whether
-                // the body was JSON at all (this runs on the error path only).
-                Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                    Err(syntax) => {
-                        ApiError::MalformedJson(format!("the body is not valid JSON: {syntax}"))
-                    }
-                    Ok(_) => ApiError::InvalidRequest(e.to_string()),
-                },
-                Category::Syntax | Category::Eof | Category::Io => {
-                    ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
+        let e = match serde_json::from_slice(bytes) {
+            Ok(parsed) => return Ok(JsonBody(parsed)),
+            Err(e) => e,
+        };
+        use serde_json::error::Category;
+        Err(match e.classify() {
+            // serde stops at the first shape error; only a full syntax pass tells whether
+            // the body was JSON at all (this runs on the error path only).
+            Category::Data => match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Err(syntax) => {
+                    ApiError::MalformedJson(format!("the body is not valid JSON: {syntax}"))
                 }
+                // JSON has one number type: `65536.0` is the integer 65536 (as the
+                // document's `integer` says), which serde's integers refuse.
+                Ok(mut value) => {
+                    if !whole_floats_to_integers(&mut value) {
+                        ApiError::InvalidRequest(e.to_string())
+                    } else {
+                        match serde_json::from_value(value) {
+                            Ok(parsed) => return Ok(JsonBody(parsed)),
+                            Err(e) => ApiError::InvalidRequest(e.to_string()),
+                        }
+                    }
+                }
+            },
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
             }
         })
+    }
+}
+
+/// Turns every float with no fractional part that fits an integer into that integer; whether
+/// any was.
+fn whole_floats_to_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let whole = f.fract() == 0.0 && f.abs() < 9.0e15;
+            if whole {
+                *value = if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                };
+            }
+            whole
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| whole_floats_to_integers(item) || any),
+        Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |any, item| whole_floats_to_integers(item) || any),
+        _ => false,
     }
 }
 

@@ -348,7 +348,27 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
                     && path != "/v1/campaigns"
                     && !path.ends_with("/reservations")
                 {
-                    parameter["schema"] = json!({"type": "integer", "minimum": 0});
+                    parameter["schema"] =
+                        json!({"type": "integer", "minimum": 0, "maximum": i64::MAX});
+                }
+                // The id rules: a campaign id, a user id (no control characters).
+                if parameter["in"] == "query"
+                    && parameter["name"] == "after"
+                    && path == "/v1/campaigns"
+                {
+                    parameter["schema"] =
+                        json!({"type": "string", "pattern": "^[a-z0-9_-]{0,64}$"});
+                }
+                if parameter["in"] == "query"
+                    && parameter["name"] == "after"
+                    && path.ends_with("/reservations")
+                {
+                    parameter["schema"] = json!({"type": "string",
+                        "pattern": "^(res_[0-9A-HJKMNP-TV-Z]{26}_[a-z0-9_.-]{1,70})?$"});
+                }
+                if parameter["in"] == "query" && parameter["name"] == "user_id" {
+                    parameter["schema"] = json!({"type": "string",
+                        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,128}$"});
                 }
                 // Enumerations: the campaign list's and the reservation list's `status`, the
                 // feed's comma-separated `type`.

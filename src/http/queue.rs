@@ -212,7 +212,7 @@ fn view(state: &AppState, ticket: &Ticket, campaign: &Campaign, now: Millis) -> 
     responses((status = 201, body = TicketView),
         (status = 409, description = "`ended`, `no_waiting_room`", body = super::error::Problem),
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
-        (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem)))]
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request` (also: a store token must name the `user_id`; a user token acts for its own)", body = super::error::Problem)))]
 pub async fn join(
     State(state): State<AppState>,
     caller: Caller,

@@ -98,7 +98,7 @@ fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
         (status = 409, description = "`sold_out`, `limit_exceeded`, `not_started`, `ended`, `wrong_campaign_kind`", body = super::error::Problem),
         (status = 403, description = "`queue_pass_required` (a campaign with a waiting room)", body = super::error::Problem),
         (status = 404, description = "`campaign_not_found`", body = super::error::Problem),
-        (status = 422, description = "`idempotency_key_reused`, `invalid_request`", body = super::error::Problem),
+        (status = 422, description = "`idempotency_key_reused`, `invalid_request` (also: a store token must name the `user_id`; a user token acts for its own)", body = super::error::Problem),
         (status = 429, description = "`rate_limited`", body = super::error::Problem)))]
 pub async fn reserve(
     State(state): State<AppState>,

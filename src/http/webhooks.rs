@@ -78,7 +78,7 @@ impl WebhookView {
     security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header, description = "1–128 of [A-Za-z0-9._:-]; a retry with the same key and body answers the same webhook")),
     responses((status = 201, body = WebhookView),
-        (status = 422, description = "`invalid_request`: a bad URL, a target not allowed, an unknown type or campaign id, `max_batch` out of 1..100; `idempotency_key_reused`", body = super::error::Problem)))]
+        (status = 422, description = "`invalid_request`: a bad URL, a host that does not resolve, a target not allowed, an unknown type or campaign id, `max_batch` out of 1..100; `idempotency_key_reused`", body = super::error::Problem)))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
