@@ -101,12 +101,23 @@ fn whole_floats_to_integers(value: &mut serde_json::Value) -> bool {
             }
             whole
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |any, item| whole_floats_to_integers(item) || any),
-        Value::Object(fields) => fields
-            .values_mut()
-            .fold(false, |any, item| whole_floats_to_integers(item) || any),
+        // Every element, not only up to the first: no short circuit.
+        Value::Array(items) => {
+            items
+                .iter_mut()
+                .map(whole_floats_to_integers)
+                .filter(|&changed| changed)
+                .count()
+                > 0
+        }
+        Value::Object(fields) => {
+            fields
+                .values_mut()
+                .map(whole_floats_to_integers)
+                .filter(|&changed| changed)
+                .count()
+                > 0
+        }
         _ => false,
     }
 }
