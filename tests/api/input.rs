@@ -12,7 +12,34 @@ on_every_backend!(
     bodies_that_are_not_json_are_unsupported,
     a_reservation_needs_a_valid_idempotency_key,
     garbage_never_causes_a_server_error,
+    a_whole_number_written_as_a_float_is_that_integer,
 );
+
+/// JSON has one number type: `2.0` is the integer 2 (the document says `integer`), `1.5` is
+/// not an integer.
+async fn a_whole_number_written_as_a_float_is_that_integer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.campaign(10, 5, json!({})).await;
+    let path = format!("/v1/campaigns/{id}/reservations");
+    let made = post_raw(
+        &app,
+        &path,
+        &app.store_token,
+        r#"{"user_id":"u1","quantity":2.0}"#,
+    )
+    .await;
+    assert_eq!(made.status(), 201);
+    let body: serde_json::Value = made.json().await.expect("json");
+    assert_eq!(body["quantity"], 2);
+    let half = post_raw(
+        &app,
+        &path,
+        &app.store_token,
+        r#"{"user_id":"u2","quantity":1.5}"#,
+    )
+    .await;
+    assert_problem(half, 422, "invalid_request").await;
+}
 
 async fn post_raw(
     app: &crate::helpers::TestApp,
