@@ -276,9 +276,11 @@ async fn the_readmes_load_test_runs_as_written() {
 
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("the README");
-    let from = readme.find("### Then: a load test").expect("the section");
+    // The block that builds and runs the generator.
+    let from = readme
+        .find("cargo build --release -p loadtest")
+        .expect("the load test's block");
     let block = &readme[from..];
-    let block = &block[block.find("```sh").expect("a block") + 5..];
     let block = &block[..block.find("```").expect("closed")];
     let command: String = block
         .lines()
