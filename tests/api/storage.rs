@@ -137,6 +137,10 @@ async fn a_full_disk_refuses_changes_at_once_and_the_sale_resumes_when_there_is_
         "{:?}",
         started.elapsed()
     );
+    eprintln!(
+        "disk full: {refused} attempts answered 201 first; a refusal took {:?}",
+        started.elapsed()
+    );
     let (status, body) = readiness(&app).await;
     assert_eq!(status, 503, "{body}");
     let why = body["database_status"].as_str().unwrap_or_default();
@@ -156,6 +160,10 @@ async fn a_full_disk_refuses_changes_at_once_and_the_sale_resumes_when_there_is_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    eprintln!(
+        "room again: the refused attempt answered 201 after {:?}",
+        started.elapsed()
+    );
     acknowledged.insert(retried["id"].as_str().expect("id").to_owned());
     let fresh = created_reservation(attempt(refused + 2).await).await;
     acknowledged.insert(fresh["id"].as_str().expect("id").to_owned());
