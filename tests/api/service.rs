@@ -335,6 +335,37 @@ async fn the_documented_walkthroughs_are_their_scripts_and_print_what_they_show(
         masked(&output)
     );
 
+    // The README's CLI line, as written (the installed binary is this build's).
+    let from = readme
+        .find("cargo install --path .")
+        .expect("the CLI block");
+    let cli = &readme[from..];
+    let cli = &cli[..cli.find("```").expect("closed")];
+    let line = cli
+        .lines()
+        .find(|l| l.contains("flashsale campaign"))
+        .expect("a CLI line")
+        .replace(
+            "flashsale campaign",
+            &format!("{} campaign", env!("CARGO_BIN_EXE_flashsale")),
+        );
+    let app = crate::helpers::spawn_app_with(Backend::Memory, |c| {
+        c.admin_tokens = vec!["adm-demo".into()];
+    })
+    .await;
+    let listed = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&line)
+        .env("FLASHSALE_URL", &app.address)
+        .env_remove("FLASHSALE_ADMIN_TOKENS")
+        .env_remove("FLASHSALE_STORE_TOKENS")
+        .output()
+        .await
+        .expect("bash runs");
+    assert!(listed.status.success(), "{line}: {listed:?}");
+    let page: Value = serde_json::from_slice(&listed.stdout).expect("the CLI prints JSON");
+    assert!(page["campaigns"].is_array(), "{page}");
+
     let group = std::fs::read_to_string(format!("{root}/docs/group-buy.md")).expect("doc");
     assert_eq!(
         fenced_after(&group, "this is\n[`docs/group-walkthrough.sh`]"),
