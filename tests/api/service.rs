@@ -366,6 +366,41 @@ async fn the_documented_walkthroughs_are_their_scripts_and_print_what_they_show(
     let page: Value = serde_json::from_slice(&listed.stdout).expect("the CLI prints JSON");
     assert!(page["campaigns"].is_array(), "{page}");
 
+    // docs/operating.md's CLI block, every line as written.
+    let operating = std::fs::read_to_string(format!("{root}/docs/operating.md")).expect("doc");
+    let block = fenced_after(&operating, "**From a terminal.**");
+    let script = format!(
+        "set -e\nflashsale() {{ {} \"$@\"; }}\n{block}",
+        env!("CARGO_BIN_EXE_flashsale")
+    );
+    let ran = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("FLASHSALE_URL", &app.address)
+        .output()
+        .await
+        .expect("bash runs");
+    assert!(ran.status.success(), "{script}\n{ran:?}");
+
+    // docs/store.md's lifecycle of an order, as written, on a campaign of its own.
+    let store = std::fs::read_to_string(format!("{root}/docs/store.md")).expect("doc");
+    let campaign = app.campaign(10, 2, serde_json::json!({})).await;
+    let ran = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(fenced_after(&store, "```sh\nFS="))
+        .env("FS", &app.address)
+        .env("C", &campaign)
+        .env("FLASHSALE_ADMIN_TOKENS", &app.admin_token)
+        .env("FLASHSALE_STORE_TOKENS", &app.store_token)
+        .output()
+        .await
+        .expect("bash runs");
+    let printed = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "{printed}");
+    for status in ["\"status\":\"confirmed\"", "\"status\":\"cancelled\""] {
+        assert!(printed.contains(status), "{printed}");
+    }
+
     let group = std::fs::read_to_string(format!("{root}/docs/group-buy.md")).expect("doc");
     assert_eq!(
         fenced_after(&group, "this is\n[`docs/group-walkthrough.sh`]"),
