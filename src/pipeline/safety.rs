@@ -105,6 +105,12 @@ impl Safety {
             let failing = self.failing.notified();
             tokio::pin!(failing);
             failing.as_mut().enable();
+            // The usual case, with no lock: nothing is wrong (`store_failed` marks trouble
+            // before it wakes the waiters, which were registered above).
+            if !self.troubled.load(Ordering::Acquire) {
+                failing.await;
+                continue;
+            }
             let since = self.lock().not_durable.as_ref().map(|s| s.0);
             match since {
                 Some(since) => {
