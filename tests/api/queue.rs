@@ -105,8 +105,14 @@ async fn a_unit_given_back_goes_to_the_line_not_back_to_the_same_pass(backend: B
 /// engine's waiting-room keys as large as after the first.
 async fn joins_with_new_keys_leave_one_ticket_record(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;
+    // Starting in an hour: no admission round changes the line while it is weighed.
+    let starts = Millis::now().plus_seconds(3600);
     let campaign = app
-        .campaign(10, 1, json!({"queue": {"admit_per_second": 1}}))
+        .campaign(
+            10,
+            1,
+            json!({"queue": {"admit_per_second": 1}, "starts_at": starts.to_rfc3339()}),
+        )
         .await;
     let first: Value = join(
         &app,
