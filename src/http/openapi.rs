@@ -256,6 +256,11 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
             json!({"pattern": "^[a-z0-9_-]{1,64}$"}),
         ),
         (
+            "NewWebhook",
+            "campaign_id",
+            json!({"pattern": "^[a-z0-9_-]{1,64}$"}),
+        ),
+        (
             "NewReservation",
             "quantity",
             json!({"minimum": 1, "maximum": 1_000_000}),
@@ -285,6 +290,22 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
         let property = &mut schemas[name]["properties"][field];
         if let (Some(property), Some(bounds)) = (property.as_object_mut(), bounds.as_object()) {
             property.extend(bounds.clone());
+        }
+    }
+    // A user id anywhere: 1 to 128 characters, none of them a control character.
+    if let Some(all) = schemas.as_object_mut() {
+        for schema in all.values_mut() {
+            // (`get_mut`, not indexing: indexing would add a null `user_id` everywhere.)
+            let user = schema
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("user_id"))
+                .and_then(|u| u.as_object_mut());
+            if let Some(user) = user {
+                user.insert(
+                    "pattern".into(),
+                    json!("^[^\\u0000-\\u001f\\u007f-\\u009f]{1,128}$"),
+                );
+            }
         }
     }
     schemas["FeedItem"] = json!({
@@ -364,9 +385,14 @@ pub fn complete(doc: utoipa::openapi::OpenApi) -> Value {
                     && path.ends_with("/reservations")
                 {
                     parameter["schema"] = json!({"type": "string",
-                        "pattern": "^(res_[0-9A-HJKMNP-TV-Z]{26}_[a-z0-9_.-]{1,70})?$"});
+                        "pattern": "^(res_[0-9A-HJKMNP-TV-Z]{26}_[a-z0-9_-]{1,64}(\\.([1-9]|[1-5][0-9]|6[0-3]))?)?$"});
                 }
-                if parameter["in"] == "query" && parameter["name"] == "user_id" {
+                if parameter["in"] == "query" && parameter["name"] == "campaign_id" {
+                    parameter["schema"] =
+                        json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"});
+                }
+                let user_path = path == "/v1/users/{id}" && parameter["in"] == "path";
+                if user_path || (parameter["in"] == "query" && parameter["name"] == "user_id") {
                     parameter["schema"] = json!({"type": "string",
                         "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,128}$"});
                 }
