@@ -6,6 +6,17 @@ use flashsale::startup::Application;
 use std::process::Command;
 
 async fn service() -> String {
+    service_with(|config| {
+        config.admin_tokens = vec!["lt-admin".into()];
+        config.store_tokens = vec!["lt-store".into()];
+        config.user_rate_per_second = 0;
+        config.jwt_secret = Some("lt-jwt-secret".into());
+    })
+    .await
+}
+
+/// The embedded service on a port and an SQLite file of its own, as `tune` sets it up.
+async fn service_with(tune: impl FnOnce(&mut Config)) -> String {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().expect("address");
     config.redis_url = None;
@@ -14,10 +25,7 @@ async fn service() -> String {
         .join(format!("lt-cli-{}.db", ulid::Ulid::new()))
         .to_string_lossy()
         .into_owned();
-    config.admin_tokens = vec!["lt-admin".into()];
-    config.store_tokens = vec!["lt-store".into()];
-    config.user_rate_per_second = 0;
-    config.jwt_secret = Some("lt-jwt-secret".into());
+    tune(&mut config);
     let application = Application::build(config)
         .await
         .expect("the service builds");
@@ -258,22 +266,12 @@ async fn a_run_that_outlasts_its_holds_verifies_and_a_short_run_draws_lines() {
 /// passes, and writes its chart and report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_load_test_runs_as_written() {
-    let mut config = Config::defaults();
-    config.listen = "127.0.0.1:0".parse().expect("address");
-    config.redis_url = None;
-    config.database_url = None;
-    config.sqlite_path = std::env::temp_dir()
-        .join(format!("lt-readme-{}.db", ulid::Ulid::new()))
-        .to_string_lossy()
-        .into_owned();
-    config.admin_tokens = vec!["adm-demo".into()];
-    config.store_tokens = vec!["sto-demo".into()];
-    let application = Application::build(config)
-        .await
-        .expect("the service builds");
-    let address = application.address();
-    tokio::spawn(application.run_until(std::future::pending()));
-
+    // The service as the README starts it: these tokens, every other setting its default.
+    let url = service_with(|config| {
+        config.admin_tokens = vec!["adm-demo".into()];
+        config.store_tokens = vec!["sto-demo".into()];
+    })
+    .await;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("the README");
     // The block that builds and runs the generator.
@@ -288,7 +286,7 @@ async fn the_readmes_load_test_runs_as_written() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("target/release/loadtest", env!("CARGO_BIN_EXE_loadtest"))
-        .replace("http://127.0.0.1:8080", &format!("http://{address}"));
+        .replace("http://127.0.0.1:8080", &url);
     let dir = std::env::temp_dir().join(format!("lt-readme-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).expect("a directory");
     let run_in = dir.clone();

@@ -162,15 +162,7 @@ async fn attempts_on_unknown_campaigns_add_no_metric_series() {
         let answer = app.reserve(&format!("{marker}-{i}"), "mallory", 1).await;
         assert_eq!(answer.status(), 404);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         !metrics.contains(&marker),
         "a series per unknown campaign id"

@@ -117,16 +117,9 @@ async fn after_a_burst_the_database_holds_exactly_the_acknowledged_reservations(
         .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
         .collect();
     assert_eq!(in_feed, acknowledged);
-    let campaign = CampaignId::parse(&id).expect("valid");
-    let stored: HashSet<String> = app
-        .store
-        .live_reservations(&campaign)
-        .await
-        .expect("database answers")
-        .into_iter()
-        .map(|r| r.reservation.id.to_string())
-        .collect();
+    let stored = app.stored_reservation_ids(&id).await;
     assert_eq!(stored, acknowledged);
+    let campaign = CampaignId::parse(&id).expect("valid");
     let stored_campaign = app
         .store
         .campaign(&campaign)

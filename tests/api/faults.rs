@@ -1545,14 +1545,8 @@ async fn a_redis_out_of_memory_answers_engine_out_of_memory_and_loses_nothing() 
         Some("5".to_owned())
     );
     assert_problem(refused, 503, "engine_out_of_memory").await;
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(ready.status(), 503);
-    let body: Value = ready.json().await.expect("json");
+    let (status, body) = app.readiness().await;
+    assert_eq!(status, 503);
     assert!(
         body["engine_status"]
             .as_str()
@@ -1571,13 +1565,7 @@ async fn a_redis_out_of_memory_answers_engine_out_of_memory_and_loses_nothing() 
             .status(),
         200
     );
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(ready.status(), 200);
+    assert_eq!(app.readiness().await.0, 200);
 }
 
 /// Strict durability checks the engine's configuration while it runs, not only at start: a
@@ -1612,14 +1600,8 @@ async fn strict_durability_stops_deciding_when_redis_starts_evicting_and_resumes
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_problem(refused, 503, "engine_unsafe").await;
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(ready.status(), 503);
-    let body: Value = ready.json().await.expect("json");
+    let (status, body) = app.readiness().await;
+    assert_eq!(status, 503);
     assert!(
         body["engine_status"]
             .as_str()
@@ -1627,15 +1609,7 @@ async fn strict_durability_stops_deciding_when_redis_starts_evicting_and_resumes
             .contains("allkeys-lru"),
         "{body}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("flashsale_engine_evicting{node=\"redis\"} 1"),
         "{metrics}"

@@ -33,11 +33,10 @@ pub fn redis_cluster_nodes() -> Vec<String> {
         .collect()
 }
 
-/// `MEMORY USAGE` of one key in the backend's Redis, in bytes (0 if missing).
-pub async fn redis_memory_usage(backend: Backend, key: &str) -> u64 {
-    let mut usage = redis::cmd("MEMORY");
-    usage.arg("USAGE").arg(key).arg("SAMPLES").arg(0);
-    let bytes: Option<u64> = match backend {
+/// One command on the backend's Redis (every master of a cluster, as the cluster client
+/// routes it); `None` on the embedded engine.
+async fn redis_query<T: redis::FromRedisValue>(backend: Backend, command: redis::Cmd) -> Option<T> {
+    match backend {
         Backend::Memory => None,
         Backend::Redis => {
             let mut redis = redis::Client::open(redis_url())
@@ -45,7 +44,7 @@ pub async fn redis_memory_usage(backend: Backend, key: &str) -> u64 {
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connects");
-            usage.query_async(&mut redis).await.expect("answers")
+            Some(command.query_async(&mut redis).await.expect("answers"))
         }
         Backend::Cluster => {
             let mut redis = redis::cluster::ClusterClient::new(redis_cluster_nodes())
@@ -53,35 +52,26 @@ pub async fn redis_memory_usage(backend: Backend, key: &str) -> u64 {
                 .get_async_connection()
                 .await
                 .expect("connects");
-            usage.query_async(&mut redis).await.expect("answers")
+            Some(command.query_async(&mut redis).await.expect("answers"))
         }
-    };
-    bytes.unwrap_or(0)
+    }
+}
+
+/// `MEMORY USAGE` of one key in the backend's Redis, in bytes (0 if missing).
+pub async fn redis_memory_usage(backend: Backend, key: &str) -> u64 {
+    let mut usage = redis::cmd("MEMORY");
+    usage.arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+    redis_query::<Option<u64>>(backend, usage)
+        .await
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Every key matching `pattern` in the backend's Redis (every master of a cluster).
 pub async fn redis_keys(backend: Backend, pattern: &str) -> Vec<String> {
     let mut keys = redis::cmd("KEYS");
     keys.arg(pattern);
-    match backend {
-        Backend::Memory => Vec::new(),
-        Backend::Redis => {
-            let mut redis = redis::Client::open(redis_url())
-                .expect("valid URL")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connects");
-            keys.query_async(&mut redis).await.expect("lists")
-        }
-        Backend::Cluster => {
-            let mut redis = redis::cluster::ClusterClient::new(redis_cluster_nodes())
-                .expect("valid URLs")
-                .get_async_connection()
-                .await
-                .expect("connects");
-            keys.query_async(&mut redis).await.expect("lists")
-        }
-    }
+    redis_query(backend, keys).await.unwrap_or_default()
 }
 
 pub fn database_url() -> String {
@@ -250,6 +240,45 @@ pub fn fresh_key() -> String {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// `GET /readyz`: its status and body.
+    pub async fn readiness(&self) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The ids of the campaign's reservations the database holds.
+    pub async fn stored_reservation_ids(
+        &self,
+        campaign: &str,
+    ) -> std::collections::HashSet<String> {
+        let campaign = flashsale::domain::CampaignId::parse(campaign).expect("valid");
+        self.store
+            .live_reservations(&campaign)
+            .await
+            .expect("database answers")
+            .into_iter()
+            .map(|r| r.reservation.id.to_string())
+            .collect()
     }
 
     pub fn user_token(&self, user: &str) -> String {

@@ -104,15 +104,7 @@ async fn metrics_pass_promtool_and_cover_every_dashboard_and_alert_query() {
     assert_eq!(hook.status(), 201);
     small_sale(&app).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let scrape = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let scrape = app.metrics_text().await;
 
     let mut promtool = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -22,14 +22,8 @@ async fn health_and_readiness_answer(backend: Backend) {
         .await
         .expect("sent");
     assert_eq!(health.status(), 200);
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.expect("json");
+    let (status, body) = app.readiness().await;
+    assert_eq!(status, 200);
     assert_eq!(body["status"], "ready");
 }
 
@@ -68,15 +62,7 @@ async fn metrics_are_exported_in_prometheus_format(backend: Backend) {
     let campaign = app.campaign(1, 1, serde_json::json!({})).await;
     app.reserve(&campaign, "u1", 1).await;
     app.reserve(&campaign, "u2", 1).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     assert!(text.contains("flashsale_http_requests_total{"), "{text}");
     assert!(
         text.lines()

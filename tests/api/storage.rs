@@ -5,7 +5,6 @@
 //! does; a test that cannot mount fails).
 
 use crate::helpers::*;
-use flashsale::domain::CampaignId;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -62,17 +61,6 @@ impl Drop for TinyDisk {
         let _ = Command::new("umount").args(["-l"]).arg(&self.root).status();
         let _ = std::fs::remove_dir(&self.root);
     }
-}
-
-async fn readiness(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("json"))
 }
 
 /// The embedded engine on an SQLite file whose disk fills up mid-sale: every change is
@@ -141,7 +129,7 @@ async fn a_full_disk_refuses_changes_at_once_and_the_sale_resumes_when_there_is_
         "disk full: {refused} attempts answered 201 first; a refusal took {:?}",
         started.elapsed()
     );
-    let (status, body) = readiness(&app).await;
+    let (status, body) = app.readiness().await;
     assert_eq!(status, 503, "{body}");
     let why = body["database_status"].as_str().unwrap_or_default();
     assert!(why.contains("durable") && why.contains("full"), "{body}");
@@ -167,18 +155,10 @@ async fn a_full_disk_refuses_changes_at_once_and_the_sale_resumes_when_there_is_
     acknowledged.insert(retried["id"].as_str().expect("id").to_owned());
     let fresh = created_reservation(attempt(refused + 2).await).await;
     acknowledged.insert(fresh["id"].as_str().expect("id").to_owned());
-    let (status, body) = readiness(&app).await;
+    let (status, body) = app.readiness().await;
     assert_eq!(status, 200, "{body}");
 
-    let campaign = CampaignId::parse(&id).expect("valid");
-    let stored: HashSet<String> = app
-        .store
-        .live_reservations(&campaign)
-        .await
-        .expect("database answers")
-        .into_iter()
-        .map(|r| r.reservation.id.to_string())
-        .collect();
+    let stored = app.stored_reservation_ids(&id).await;
     assert!(
         acknowledged.is_subset(&stored),
         "acknowledged but not stored: {:?}",
@@ -252,7 +232,7 @@ async fn postgres_on_a_full_disk_catches_up_by_itself_once_there_is_room() {
     let refused_writes = loop {
         acknowledged.insert(reserve(i).await);
         i += 1;
-        let (status, body) = readiness(&app).await;
+        let (status, body) = app.readiness().await;
         if status == 503 {
             break body;
         }
@@ -274,17 +254,9 @@ async fn postgres_on_a_full_disk_catches_up_by_itself_once_there_is_room() {
     }
 
     disk.free();
-    let campaign = CampaignId::parse(&id).expect("valid");
     let started = Instant::now();
     loop {
-        let stored: HashSet<String> = app
-            .store
-            .live_reservations(&campaign)
-            .await
-            .expect("database answers")
-            .into_iter()
-            .map(|r| r.reservation.id.to_string())
-            .collect();
+        let stored = app.stored_reservation_ids(&id).await;
         if acknowledged.is_subset(&stored) {
             break;
         }
@@ -295,7 +267,7 @@ async fn postgres_on_a_full_disk_catches_up_by_itself_once_there_is_room() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, body) = readiness(&app).await;
+    let (status, body) = app.readiness().await;
     assert_eq!(status, 200, "{body}");
 
     drop(app);
