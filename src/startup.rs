@@ -415,20 +415,6 @@ impl Backends {
     }
 }
 
-/// Warns when Redis may evict keys (strict durability refuses it instead).
-async fn warn_if_evicting<C: crate::engine::redis::Connection>(engine: &RedisEngine<C>) {
-    match engine.memory().await.map(|nodes| workers::evicting(&nodes)) {
-        Ok(Some(nodes)) => tracing::warn!(
-            %nodes,
-            "Redis may evict keys under memory pressure (maxmemory-policy other than noeviction): \
-             an evicted key is a broken promise (a held unit forgotten, a user's count gone); \
-             set maxmemory-policy noeviction (FLASHSALE_DURABILITY=strict refuses this)"
-        ),
-        Ok(None) => {}
-        Err(error) => tracing::warn!(%error, "could not read Redis's maxmemory-policy"),
-    }
-}
-
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
 pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
@@ -440,13 +426,13 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                 .with_context(|| format!("connecting to the Redis Cluster at {nodes}"))?
                 .with_retention(retention)
                 .with_user_rate(config.user_rate_per_second);
+        // (The default mode's warning about an evicting Redis is the engine watch's: it
+        // reads every node as soon as the service runs, and again on every change.)
         if config.durability == Durability::Strict {
             engine = engine
                 .require_durability_everywhere()
                 .await
                 .map_err(|found| anyhow::anyhow!("Redis Cluster at {nodes}: {found}"))?;
-        } else {
-            warn_if_evicting(&engine).await;
         }
         return Ok(Backends::of_redis(engine));
     }
@@ -462,8 +448,6 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                     .require_durability()
                     .await
                     .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
-            } else {
-                warn_if_evicting(&engine).await;
             }
             Backends::of_redis(engine)
         }
