@@ -129,10 +129,17 @@ local function unadmitted(n, user)
   return answer('waiting', user, tostring(drawn_left + n - l.head + 1))
 end
 
+-- The line's generation, read once per call (a join that starts the line sets it first).
+local current
+local function generation()
+  current = current or redis.call('HGET', W, 'gen')
+  return current
+end
+
 -- The status of ticket `n` of generation `gen`: {} if the line has no such ticket.
 local function status(gen, n)
   n = tonumber(n)
-  if not n or redis.call('HGET', W, 'gen') ~= gen then return {} end
+  if not n or generation() ~= gen then return {} end
   local user = redis.call('HGET', bucket(n), n)
   if not user then return {} end
   local until_ms = redis.call('HGET', WA, n)
@@ -163,7 +170,7 @@ if op == 'line' then
 end
 
 if op == 'used' then
-  if redis.call('HGET', W, 'gen') == ARGV[3] then redis.call('ZREM', WO, ARGV[4]) end
+  if generation() == ARGV[3] then redis.call('ZREM', WO, ARGV[4]) end
   return 1
 end
 
@@ -177,7 +184,7 @@ if op == 'claim' then
   end
   if seen == 1 then return 'replay' end
   local available = redis.call('HGET', c, 'available')
-  if not available or redis.call('HGET', W, 'gen') ~= gen then return 'unknown' end
+  if not available or generation() ~= gen then return 'unknown' end
   if redis.call('ZSCORE', WO, n) then return 'kept' end
   redis.call('ZREMRANGEBYSCORE', WO, '-inf', now)
   if tonumber(available) - redis.call('ZCARD', WO) < quantity then return 'refused' end
@@ -206,9 +213,9 @@ local function join(user, key)
   if not gen then
     if redis.call('HSETNX', W, 'gen', ARGV[3]) == 1 then
       redis.call('HSET', W, 'seed', ARGV[4])
-      line, point = nil, nil
+      line, point, current = nil, nil, nil
     end
-    gen = redis.call('HGET', W, 'gen')
+    gen = generation()
   end
   local owner = redis.call('HGET', WK, key)
   if owner and redis.call('HGET', bucket(tonumber(owner)), owner) ~= user then
