@@ -7,7 +7,7 @@
 //! - [`startup`]: [`startup::Application`] builds the state, binds, serves, shuts down.
 //! - [`domain`]: the contract's nouns as parsed types, and the event type; no I/O.
 //! - [`engine`]: the [`engine::Engine`], [`engine::EventLog`] and [`engine::GateReads`]
-//!   traits and their guarantees; Redis (`engine::redis`, Lua in `lua/`) and in-memory
+//!   traits and their guarantees; Redis (`engine::redis`, Lua in `src/engine/redis/scripts/`) and in-memory
 //!   (`engine::memory`) implementations with identical rules; the in-process sold-out gate.
 //! - [`pipeline`]: after and around a decision: the persister (event log → database),
 //!   recovery (database → engine, and [`pipeline::recovery::Recovering`], the engine as
@@ -24,6 +24,7 @@
 //! campaign kind or event consumer goes.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod engine;

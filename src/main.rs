@@ -1,8 +1,8 @@
 //! The `flashsale` binary: telemetry, config, then the application until Ctrl-C or SIGTERM.
 
 use clap::Parser;
+use flashsale::commands;
 use flashsale::config::{Command, Config};
-use flashsale::startup;
 use flashsale::startup::Application;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
@@ -30,13 +30,13 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
     match config.command.clone() {
-        Some(Command::Persist) => return startup::run_persister_only(config).await,
+        Some(Command::Persist) => return commands::run_persister_only(config).await,
         Some(Command::Reconcile) => {
-            let clean = startup::reconcile_once(config).await?;
+            let clean = commands::reconcile_once(config).await?;
             std::process::exit(if clean { 0 } else { 1 });
         }
         Some(Command::DeadEvents { retry }) => {
-            let clean = startup::dead_events(config, retry).await?;
+            let clean = commands::dead_events(config, retry).await?;
             std::process::exit(if clean { 0 } else { 1 });
         }
         Some(Command::Campaign { action }) => {

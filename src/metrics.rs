@@ -73,7 +73,7 @@ pub const PERSIST_PENDING: &str = "flashsale_persister_pending_events";
 pub const PERSISTED_EVENTS: &str = "flashsale_persister_events_total";
 /// Events per persisted batch.
 pub const PERSIST_BATCH_SIZE: &str = "flashsale_persister_batch_size";
-/// Reservation attempts decided by one call of `lua/reserve.lua` (group commit).
+/// Reservation attempts decided by one call of `src/engine/redis/scripts/reserve.lua` (group commit).
 pub const RESERVE_BATCH_SIZE: &str = "flashsale_reserve_batch_size";
 /// Waiting-room tickets read by one call of the queue script (Redis engine).
 pub const TICKET_BATCH_SIZE: &str = "flashsale_ticket_read_batch_size";
@@ -105,7 +105,7 @@ pub const WEBHOOK_LAG: &str = "flashsale_webhook_lag_seconds";
 pub const BUILD_INFO: &str = "flashsale_build_info";
 
 /// The `script` label values of [`SCRIPT_DURATION`] and [`SCRIPT_ERRORS`]: one per file in
-/// `lua/` that the Redis engine runs.
+/// `src/engine/redis/scripts/` that the Redis engine runs.
 pub const SCRIPT_NAMES: &[&str] = &[
     "load_campaign",
     "adjust_stock",

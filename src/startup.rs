@@ -1,16 +1,12 @@
 //! The application: build the state from the config, start the workers, serve, shut down.
 
 use crate::config::{Config, Durability};
-use crate::engine::redis::MemoryWatch;
-use crate::engine::{
-    Consumer, EventLog, Gated, GatedEngine, MemoryEngine, RedisEngine, ShardableEngine, Sharded,
-    WorkIndex, PERSISTER,
-};
+use crate::engine::safety::Safety;
+use crate::engine::{Backing, Consumer, Engine, EventLog, MemoryEngine, RedisEngine, PERSISTER};
 use crate::http::auth::{issue_user_token, Auth};
 use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::pipeline::persister::{self, PersisterSettings};
-use crate::pipeline::recovery::{self, Recovering};
-use crate::pipeline::safety::Safety;
+use crate::pipeline::recovery;
 use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
 use crate::{metrics, workers};
@@ -34,10 +30,6 @@ pub struct Application {
     sample_interval: Duration,
     /// The in-process persister's settings; `None` when another process persists.
     persister: Option<PersisterSettings>,
-    /// The engine's event log, for the persister and the backlog sample.
-    events: Arc<dyn EventLog>,
-    /// Which campaigns have background work: the reaper, sampler and recovery pass ask it.
-    work: Arc<dyn WorkIndex>,
     credentials: Credentials,
     serve: http::serve::ServeSettings,
     /// How long ended reservations and campaigns stay in the engine.
@@ -46,8 +38,6 @@ pub struct Application {
     personal: recovery::PersonalData,
     /// Whether changes can be decided safely (the persister and the engine watch say).
     safety: Arc<Safety>,
-    /// The engine's memory and eviction policy (Redis), checked every `engine_check`.
-    memory: Option<Arc<dyn MemoryWatch>>,
     engine_check: Duration,
     strict: bool,
 }
@@ -103,25 +93,24 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // The recorder first: handles made while connecting must reach it.
         metrics::install();
-        let backends = connect_engine(&config).await?;
-        Self::build_with_engine(config, backends).await
+        let backing = connect_engine(&config).await?;
+        Self::build_with_engine(config, backing).await
     }
 
     /// Like [`Application::build`], around an engine the caller made (tests share one).
-    pub async fn build_with_engine(config: Config, backends: Backends) -> anyhow::Result<Self> {
+    pub async fn build_with_engine(config: Config, backing: Backing) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config);
         let store = connect_store(&config).await?;
-        let engine = Gated::new(backends.engine);
+        // Answering after the commit needs this process's persister to make the commit.
+        let answer_after_commit = backing.volatile() && config.persister;
+        let safety = Arc::new(Safety::default());
+        let mut engine = Engine::new(backing).recovering(store.clone(), Arc::clone(&safety));
+        if answer_after_commit {
+            engine = engine.answering_after_commit();
+        }
         recovery::check_dataset(&engine, &store)
             .await
             .context("checking the stock engine's data against the database")?;
-        // Answering after the commit needs this process's persister to make the commit.
-        let answer_after_commit = backends.answer_after_commit && config.persister;
-        let safety = Arc::new(Safety::default());
-        let mut recovering = Recovering::new(engine.clone(), store.clone(), Arc::clone(&safety));
-        if answer_after_commit {
-            recovering = recovering.answering_after_commit(Arc::clone(&backends.events));
-        }
         // Whatever the database knows and the engine lacks (a fresh in-memory engine, or a
         // Redis that restarted empty) is rebuilt before the first request, at once.
         let restored = recovery::restore_all(&engine, &store, &recovery::LossWatch::immediate())
@@ -161,10 +150,10 @@ impl Application {
             .await
             .context("reading the waiting-room pass key from the database")?;
         let state = AppState::new(Shared {
-            engine: recovering,
+            work: engine.backing().work(),
+            events: engine.backing().events(),
+            engine,
             store,
-            work: Arc::clone(&backends.work),
-            events: Arc::clone(&backends.events),
             auth: Arc::new(Auth::new(
                 &credentials.admin_tokens,
                 &credentials.store_tokens,
@@ -206,8 +195,6 @@ impl Application {
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms.max(10)),
             sample_interval: Duration::from_millis(config.metrics_sample_interval_ms.max(10)),
             persister,
-            events: backends.events,
-            work: backends.work,
             credentials,
             retention: Duration::from_secs(config.ended_retention_seconds),
             personal: recovery::PersonalData {
@@ -219,7 +206,6 @@ impl Application {
                 max_age: Duration::from_millis(config.max_connection_age_ms.max(1)),
             },
             safety,
-            memory: backends.memory,
             engine_check: Duration::from_millis(config.engine_check_interval_ms.max(10)),
             strict: config.durability == Durability::Strict,
         })
@@ -244,14 +230,14 @@ impl Application {
         self.state.store.clone()
     }
 
-    /// The engine behind the handlers' recovery (tests reach behind the API with it).
-    pub fn engine(&self) -> Gated {
-        self.state.engine.gated().clone()
+    /// The engine the handlers ask (tests reach behind the API with it).
+    pub fn engine(&self) -> Engine {
+        self.state.engine.clone()
     }
 
     /// The engine's event log (tests read it as a persister would).
     pub fn events(&self) -> Arc<dyn EventLog> {
-        Arc::clone(&self.events)
+        Arc::clone(&self.state.events)
     }
 
     /// A user token signed with this instance's secret, for the banner and for tests.
@@ -307,11 +293,13 @@ impl Application {
     }
 
     fn spawn_workers(&self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-        let engine = self.state.engine.gated();
+        let engine = &self.state.engine;
+        let work = &self.state.work;
+        let events = &self.state.events;
         let mut workers = vec![
             tokio::spawn(workers::run_reaper(
                 engine.clone(),
-                Arc::clone(&self.work),
+                Arc::clone(work),
                 self.reaper_interval,
                 shutdown.clone(),
             )),
@@ -327,7 +315,7 @@ impl Application {
         ];
         if let Some(settings) = &self.persister {
             workers.push(tokio::spawn(persister::run(
-                Arc::clone(&self.events),
+                Arc::clone(events),
                 self.state.store.clone(),
                 persister_consumer(),
                 settings.clone(),
@@ -335,9 +323,9 @@ impl Application {
                 shutdown.clone(),
             )));
         }
-        if let Some(memory) = &self.memory {
+        if let Some(memory) = engine.backing().memory_watch() {
             workers.push(tokio::spawn(workers::run_engine_watch(
-                Arc::clone(memory),
+                memory,
                 workers::EngineWatch {
                     interval: self.engine_check,
                     strict: self.strict,
@@ -348,17 +336,17 @@ impl Application {
         }
         workers.push(tokio::spawn(workers::run_metrics_sampler(
             engine.clone(),
-            Arc::clone(&self.events),
-            Arc::clone(&self.work),
+            Arc::clone(events),
+            Arc::clone(work),
             self.state.store.clone(),
             self.sample_interval,
             shutdown.clone(),
         )));
         workers.push(tokio::spawn(recovery::run(
-            Arc::new(engine.clone()),
-            Arc::clone(&self.work),
+            engine.clone(),
+            Arc::clone(work),
             self.state.store.clone(),
-            self.state.engine.watch(),
+            engine.loss_watch().unwrap_or_default(),
             self.reconcile_interval,
             self.retention,
             self.personal.clone(),
@@ -379,44 +367,8 @@ impl Application {
     }
 }
 
-/// A stock engine and its event log (the same backend in two roles).
-#[derive(Clone)]
-pub struct Backends {
-    pub engine: Arc<dyn GatedEngine>,
-    pub events: Arc<dyn EventLog>,
-    /// Which campaigns have background work (`engine::work`).
-    pub work: Arc<dyn WorkIndex>,
-    /// Whether a change may be answered only once the database committed it: the embedded
-    /// engine keeps nothing across a crash, so its 201s wait for the commit.
-    pub answer_after_commit: bool,
-    /// The engine's memory and eviction policy, where it has them (Redis).
-    pub memory: Option<Arc<dyn MemoryWatch>>,
-}
-
-impl Backends {
-    /// Both roles of one engine (deciding through [`Sharded`], which makes sharded
-    /// campaigns one campaign).
-    pub fn of<E: ShardableEngine + EventLog + WorkIndex + Clone>(engine: E) -> Self {
-        Backends {
-            answer_after_commit: engine.name() == "memory",
-            engine: Arc::new(Sharded::new(Arc::new(engine.clone()))),
-            events: Arc::new(engine.clone()),
-            work: Arc::new(engine),
-            memory: None,
-        }
-    }
-
-    /// A Redis engine: [`Backends::of`], with its memory watched.
-    fn of_redis<C: crate::engine::redis::Connection>(engine: RedisEngine<C>) -> Self {
-        Backends {
-            memory: Some(Arc::new(engine.clone())),
-            ..Backends::of(engine)
-        }
-    }
-}
-
 /// The stock engine the config names: Redis, or the embedded in-memory engine.
-pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
+pub async fn connect_engine(config: &Config) -> anyhow::Result<Backing> {
     let retention = Duration::from_secs(config.ended_retention_seconds);
     if !config.redis_cluster_nodes.is_empty() {
         let nodes = config.redis_cluster_nodes.join(",");
@@ -434,7 +386,7 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                 .await
                 .map_err(|found| anyhow::anyhow!("Redis Cluster at {nodes}: {found}"))?;
         }
-        return Ok(Backends::of_redis(engine));
+        return Ok(engine.into());
     }
     Ok(match &config.redis_url {
         Some(url) => {
@@ -449,9 +401,9 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backends> {
                     .await
                     .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
             }
-            Backends::of_redis(engine)
+            engine.into()
         }
-        None => Backends::of(MemoryEngine::new().with_retention(retention)),
+        None => MemoryEngine::new().with_retention(retention).into(),
     })
 }
 
@@ -483,71 +435,6 @@ pub fn persister_consumer() -> Consumer {
     }
 }
 
-/// `flashsale persist`: only the persister, until Ctrl-C or SIGTERM.
-pub async fn run_persister_only(config: Config) -> anyhow::Result<()> {
-    let backends = connect_engine(&config).await?;
-    let store = connect_store(&config).await?;
-    let (trigger, shutdown) = shutdown::channel();
-    let worker = tokio::spawn(persister::run(
-        backends.events,
-        store,
-        persister_consumer(),
-        persister_settings(&config),
-        // Alone, it has nobody to tell whether its writes fail but its log and metrics.
-        Arc::default(),
-        shutdown,
-    ));
-    stop_signal().await;
-    trigger.trigger();
-    worker.await.context("persister task")?;
-    Ok(())
-}
-
-/// `flashsale reconcile`: prints the drift per campaign; `Ok(false)` if any.
-pub async fn reconcile_once(config: Config) -> anyhow::Result<bool> {
-    let backends = connect_engine(&config).await?;
-    let store = connect_store(&config).await?;
-    let drifts = recovery::reconcile(&Gated::new(backends.engine), &store).await?;
-    let campaigns = store.campaigns().await?.len();
-    println!(
-        "{campaigns} campaigns compared, {} with drift",
-        drifts.len()
-    );
-    for d in &drifts {
-        println!(
-            "{}: engine stock/held/confirmed {}/{}/{}, database {}/{}/{} ({} units)",
-            d.campaign,
-            d.engine.stock,
-            d.engine.held,
-            d.engine.confirmed,
-            d.database.stock,
-            d.database.held,
-            d.database.confirmed,
-            d.units()
-        );
-    }
-    Ok(drifts.is_empty())
-}
-
-/// `flashsale dead-events [--retry]`: lists what the persister set aside, or retries the
-/// refused events; `Ok(false)` if any are (still) set aside.
-pub async fn dead_events(config: Config, retry: bool) -> anyhow::Result<bool> {
-    let store = connect_store(&config).await?;
-    if retry {
-        let (retried, refused) = store.retry_dead_events().await?;
-        println!("{retried} refused events applied, {refused} refused again");
-    }
-    let dead = store.dead_events().await?;
-    println!("{} events set aside", dead.len());
-    for d in &dead {
-        println!(
-            "{} {} {} {} ({}): {}",
-            d.id, d.reason, d.campaign_id, d.stream_id, d.kind, d.error
-        );
-    }
-    Ok(dead.is_empty())
-}
-
 /// Waits for `stop`, and says so.
 async fn signal_then_log(stop: impl Future<Output = ()>) {
     stop.await;
@@ -555,7 +442,7 @@ async fn signal_then_log(stop: impl Future<Output = ()>) {
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -4,8 +4,9 @@
 
 use crate::domain::CampaignId;
 use crate::domain::Millis;
+use crate::engine::gate::Gate;
 use crate::engine::work::Settled;
-use crate::engine::{Backend, Engine, EventLog, Gated, WaitingRoom, WorkIndex, PERSISTER};
+use crate::engine::{Engine, EventLog, WorkIndex, PERSISTER};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use std::collections::BTreeSet;
@@ -23,7 +24,7 @@ const CLAIMS_PER_ROUND: usize = 500;
 /// Expires due holds, every `interval`, until shutdown: of the campaigns the work index lists
 /// as active or due (`engine::work`), never of the whole catalogue.
 pub async fn run_reaper(
-    engine: Gated,
+    engine: Engine,
     work: Arc<dyn WorkIndex>,
     interval: Duration,
     mut shutdown: Shutdown,
@@ -45,7 +46,7 @@ pub async fn run_reaper(
 /// One pass, as of `now`: the active campaigns with something due (a cheap read each), and
 /// the due ones this reaper claimed; a sharded campaign is expired as a whole.
 pub async fn reap_once(
-    engine: &Gated,
+    engine: &Engine,
     work: &dyn WorkIndex,
     now: Millis,
 ) -> Result<u64, crate::engine::EngineError> {
@@ -99,7 +100,7 @@ const QUEUED_TTL: Duration = Duration::from_secs(1);
 /// [`ADMIT_INTERVAL`], until shutdown. Safe on every instance: the engine counts the rate
 /// across all of them. The campaigns come from the database (one query a second), so the
 /// rest of the catalogue costs nothing.
-pub async fn run_admission(engine: Gated, store: crate::store::Store, mut shutdown: Shutdown) {
+pub async fn run_admission(engine: Engine, store: crate::store::Store, mut shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(ADMIT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut queued: Option<(std::time::Instant, Vec<CampaignId>)> = None;
@@ -131,13 +132,13 @@ pub async fn run_admission(engine: Gated, store: crate::store::Store, mut shutdo
 
 /// One admission round over `campaigns` (those with a waiting room); how many were admitted.
 pub async fn admit_once(
-    engine: &Gated,
+    engine: &Engine,
     campaigns: &[CampaignId],
     now: Millis,
 ) -> Result<u64, crate::engine::EngineError> {
     let mut total = 0;
     for campaign in campaigns {
-        let round = engine.admit(campaign, now).await?;
+        let round = engine.backing().waiting_room().admit(campaign, now).await?;
         let label = m::campaign_label(campaign.as_str());
         metrics::counter!(m::QUEUE_ADMITTED, "campaign" => label.clone()).increment(round.admitted);
         metrics::gauge!(m::QUEUE_WAITING, "campaign" => label.clone()).set(round.waiting as f64);
@@ -148,15 +149,15 @@ pub async fn admit_once(
 }
 
 /// Keeps the sold-out gate in step with other instances until shutdown.
-pub async fn run_gate_refresher(engine: Gated, mut shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(Gated::REFRESH_INTERVAL);
+pub async fn run_gate_refresher(engine: Engine, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(Gate::REFRESH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = engine.refresh().await {
+        if let Err(error) = engine.refresh_gate().await {
             tracing::warn!(%error, "sold-out gate refresh failed");
         }
     }
@@ -181,7 +182,7 @@ pub async fn run_limiter_cleanup(
 /// build info. Campaigns that ended more than [`ENDED_GRACE`] ago are no longer sampled, so
 /// their series idle out of `/metrics` ([`crate::metrics::IDLE_TIMEOUT`]).
 pub async fn run_metrics_sampler(
-    engine: Gated,
+    engine: Engine,
     events: std::sync::Arc<dyn EventLog>,
     work: Arc<dyn WorkIndex>,
     store: crate::store::Store,
@@ -211,15 +212,16 @@ pub const ENDED_GRACE: Duration = Duration::from_secs(300);
 /// index's active list, in the bounded set of `metrics::campaign_label`; the rest summed
 /// under its `_other` label), never of the whole catalogue.
 pub async fn sample_once(
-    engine: &Gated,
+    engine: &Engine,
     events: &dyn EventLog,
     work: &dyn WorkIndex,
     store: &crate::store::Store,
 ) {
     let now = Millis::now();
-    m::touch_counters(engine.name().starts_with("redis"));
-    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => engine.name()).set(1.0);
-    let engine_up = engine.ping().await.is_ok();
+    let backend = engine.backing().backend();
+    m::touch_counters(backend.name().starts_with("redis"));
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "engine" => backend.name()).set(1.0);
+    let engine_up = backend.ping().await.is_ok();
     metrics::gauge!(m::ENGINE_UP).set(if engine_up { 1.0 } else { 0.0 });
     let database_up = store.ping().await.is_ok();
     metrics::gauge!(m::DATABASE_UP).set(if database_up { 1.0 } else { 0.0 });
@@ -240,7 +242,7 @@ pub async fn sample_once(
     let mut sums: std::collections::BTreeMap<(String, &'static str, &'static str), f64> =
         Default::default();
     for id in ids {
-        let Ok(Some(state)) = engine.campaign(&id).await else {
+        let Ok(Some(state)) = engine.loaded_campaign(&id).await else {
             continue;
         };
         if state
@@ -288,7 +290,7 @@ pub struct EngineWatch {
     pub interval: Duration,
     /// Strict durability: an engine that can evict keys stops every decision.
     pub strict: bool,
-    pub safety: Arc<crate::pipeline::safety::Safety>,
+    pub safety: Arc<crate::engine::safety::Safety>,
 }
 
 /// Every `interval`: the engine's memory, evictions and eviction policy per node, as gauges;

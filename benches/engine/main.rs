@@ -17,8 +17,7 @@ use flashsale::domain::{
     Campaign, CampaignDraft, IdempotencyKey, Millis, Quantity, ReservationId, ScopedKey, UserId,
 };
 use flashsale::engine::{
-    Backend, CampaignSnapshot, Engine, Gated, MemoryEngine, RedisEngine, ReserveOutcome,
-    ReserveRequest,
+    Backend, CampaignSnapshot, Engine, MemoryEngine, RedisEngine, ReserveOutcome, ReserveRequest,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,9 +65,9 @@ fn bench_reserve(c: &mut Criterion) {
     let redis = runtime
         .block_on(RedisEngine::connect(&redis_url()))
         .expect("the engine bench needs Redis (FLASHSALE_BENCH_REDIS_URL)");
-    let engines: Vec<(&str, Arc<dyn Engine>)> = vec![
-        ("memory", Arc::new(MemoryEngine::new())),
-        ("redis", Arc::new(redis.clone())),
+    let engines: Vec<(&str, Arc<Engine>)> = vec![
+        ("memory", Arc::new(Engine::ungated(MemoryEngine::new()))),
+        ("redis", Arc::new(Engine::ungated(redis.clone()))),
     ];
     let counter = Arc::new(AtomicU64::new(0));
 
@@ -78,7 +77,7 @@ fn bench_reserve(c: &mut Criterion) {
     for (name, engine) in &engines {
         let hot = campaign(Campaign::MAX_STOCK);
         runtime
-            .block_on(engine.load_campaign(CampaignSnapshot::fresh(&hot)))
+            .block_on(engine.load(CampaignSnapshot::fresh(&hot)))
             .expect("created");
         group.bench_function(*name, |b| {
             b.to_async(&runtime).iter(|| {
@@ -102,16 +101,16 @@ fn bench_reserve(c: &mut Criterion) {
     let mut group = c.benchmark_group("reserve_sold_out");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
-    let gated = Gated::new(Arc::new(redis.clone()));
-    let refusers: Vec<(&str, Arc<dyn Engine>)> = vec![
-        ("redis", Arc::new(redis.clone())),
+    let gated = Engine::new(redis.clone());
+    let refusers: Vec<(&str, Arc<Engine>)> = vec![
+        ("redis", Arc::new(Engine::ungated(redis.clone()))),
         ("gated_redis", Arc::new(gated.clone())),
     ];
     for (name, engine) in &refusers {
         let sold = campaign(1);
         runtime.block_on(async {
             engine
-                .load_campaign(CampaignSnapshot::fresh(&sold))
+                .load(CampaignSnapshot::fresh(&sold))
                 .await
                 .expect("created");
             engine
@@ -140,7 +139,7 @@ fn bench_reserve(c: &mut Criterion) {
 
 /// `tasks` concurrent tasks each doing `per_task` reserves; the total time.
 async fn concurrent(
-    engines: Vec<(Arc<dyn Engine>, Campaign)>,
+    engines: Vec<(Arc<Engine>, Campaign)>,
     per_task: u64,
     counter: Arc<AtomicU64>,
 ) -> Duration {
@@ -176,17 +175,17 @@ fn bench_contention(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_contended");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let engine: Arc<Engine> = Arc::new(Engine::ungated(MemoryEngine::new()));
     let hot = campaign(Campaign::MAX_STOCK);
     let own: Vec<Campaign> = (0..cores).map(|_| campaign(Campaign::MAX_STOCK)).collect();
     runtime.block_on(async {
         engine
-            .load_campaign(CampaignSnapshot::fresh(&hot))
+            .load(CampaignSnapshot::fresh(&hot))
             .await
             .expect("created");
         for c in &own {
             engine
-                .load_campaign(CampaignSnapshot::fresh(c))
+                .load(CampaignSnapshot::fresh(c))
                 .await
                 .expect("created");
         }
@@ -216,8 +215,10 @@ fn bench_connections(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // Leaked: invocations borrow the script and move into spawned tasks (bench only).
     let script: &'static redis::Script = Box::leak(Box::new(redis::Script::new(
-        &flashsale::engine::redis::scripts::with_lib(include_str!("../../lua/reserve.lua"))
-            .expect("the lib folds"),
+        &flashsale::engine::redis::scripts::with_lib(include_str!(
+            "../../src/engine/redis/scripts/reserve.lua"
+        ))
+        .expect("the lib folds"),
     )));
     let namespace = format!(
         "bench-conn-{}",

@@ -1,6 +1,6 @@
 //! Events: every state change, as the engines record it and the feed shows it. This is the
 //! one Rust home of the event type; its wire form in Redis is `engine::redis::codec` (twin of
-//! `lua/lib.lua`'s encoder), its feed JSON is [`Event::feed_payload`].
+//! `src/engine/redis/scripts/lib.lua`'s encoder), its feed JSON is [`Event::feed_payload`].
 
 use super::{CampaignId, Group, GroupId, GroupStatus, Millis, Reservation, ScopedKey, UserId};
 use serde::Serialize;

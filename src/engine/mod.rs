@@ -1,19 +1,22 @@
 //! The stock engine: every decision about units, in one atomic step per decision.
 //!
-//! Two implementations keep the same rules: [`RedisEngine`] (one Lua script per decision, for
-//! production and for running many instances) and [`MemoryEngine`] (dashmap-sharded, the
-//! embedded default). The conformance suite in `tests/conformance` runs the same functions
-//! against both and against a reference model. [`Gated`] wraps either with the in-process
-//! sold-out gate and campaign cache that keep refused attempts off Redis.
+//! [`Engine`] is what the HTTP layer and the workers call: one concrete type, one file per
+//! operation (`ops/`), each reading in the same order — refuse while changes cannot be made
+//! safely → the sold-out gate → route to the campaign's shard(s) → the backend's primitive →
+//! refill / rebuild-and-retry → wait for the commit where answers must. The parts the
+//! operations use are plain components, not layers:
+//! - [`gate`]: the in-process sold-out gate and campaign config cache;
+//! - [`shards`]: hot-SKU shards — routing, moving units between shards, summing them;
+//! - [`recovery`]: rebuilding a campaign the backend lost from the database, and answering
+//!   for archived campaigns and forgotten reservations from it;
+//! - [`safety`]: whether changes can be decided safely just now.
 //!
-//! Three roles, three traits, each implemented by both engines:
-//! - [`Engine`]: decisions and reads — what a request needs;
-//! - [`EventLog`]: the events each decision appended, read and acknowledged per consumer
-//!   group — what the persister (and any later consumer) needs;
-//! - [`GateReads`]: the two cheap reads the sold-out gate needs to stay correct.
+//! Below them, a backend ([`backend`]: a few narrow traits, each method one Lua script or one
+//! step under a campaign lock) with two implementations: [`RedisEngine`] (for production and
+//! many instances) and [`MemoryEngine`] (the embedded default). [`Backing`] is the one
+//! chosen at start. The backends import nothing from the operations or the components.
 //!
-//! # Guarantees every implementation gives, under any concurrency and any number of instances
-//! sharing the same backing store
+//! # Guarantees, under any concurrency and any number of instances sharing the backend
 //! - never oversell: `held + confirmed <= stock`, and `available + held + confirmed == stock`;
 //! - a user's held + confirmed units never pass `per_user_limit`;
 //! - one idempotency key (per campaign) yields at most one reservation;
@@ -25,631 +28,94 @@
 //! kind → window → stock (`sold_out`) → per-user limit. Stock is checked before the limit so a
 //! sold-out campaign refuses with one read; both refusals are true in that case anyway.
 
-mod gate;
+pub mod backend;
+mod backing;
+pub mod gate;
 pub mod memory;
+mod ops;
+pub mod recovery;
 pub mod redis;
-pub mod sharded;
+pub mod safety;
+pub mod shards;
+mod types;
 pub mod work;
 
 pub use self::redis::RedisEngine;
-pub use gate::{GateReads, Gated, GatedEngine, Probe, RecordsSince};
+pub use backend::{
+    Backend, Claim, Decisions, EventLog, Given, OpenTransfer, Probe, Reads, RecordsSince, ShardOps,
+    ShardState, Transfer, WaitingRoom,
+};
+pub use backing::Backing;
 pub use memory::MemoryEngine;
-pub use sharded::{ShardOps, ShardableEngine, Sharded};
+pub use types::*;
 pub use work::WorkIndex;
 
-use crate::domain::{
-    Campaign, CampaignId, CampaignState, Event, Group, GroupId, Millis, Quantity, Refusal,
-    Reservation, ReservationId, ScopedKey, StockDelta, StoredReservation, Ticket, TicketId, UserId,
-};
-use async_trait::async_trait;
-use std::collections::HashMap;
-use thiserror::Error;
+use crate::store::Store;
+use std::sync::Arc;
 
-/// A failure of the engine itself (not a refusal): the caller gets an opaque 500 or a 503.
-#[derive(Debug, Error)]
-pub enum EngineError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    #[error("the engine answered something unexpected: {0}")]
-    Corrupt(String),
-    /// The campaign's engine state is missing and could not be rebuilt just now (the
-    /// database did not answer); nothing was decided.
-    #[error("the campaign is being rebuilt: {0}")]
-    Recovering(String),
-    /// Strict durability: the change was made but no replica has it yet; a retry with the
-    /// same idempotency key answers it once it is there.
-    #[error("not replicated: {0}")]
-    Unreplicated(String),
-    /// Too many attempts already wait for the campaign; this one was not decided.
-    #[error("too many attempts wait for this campaign")]
-    Overloaded,
-    /// The database refuses writes (a full disk, say), so a change whose answer waits for
-    /// its commit cannot be made durable: nothing was decided, or — when the refusal came
-    /// while the answer waited — the change waits in the log and a retry with the same
-    /// idempotency key answers it once it is written.
-    #[error("changes cannot be made durable just now: {0}")]
-    NotDurable(String),
-    /// Strict durability, and the engine's configuration can lose data: nothing is decided
-    /// until it is fixed.
-    #[error("the stock engine can lose data: {0}")]
-    Unsafe(String),
+/// The engine every request and worker asks: the backend chosen at start, with the gate,
+/// the shards and (given a database) recovery. Cheap to clone: every part is shared.
+#[derive(Clone)]
+pub struct Engine {
+    backing: Backing,
+    /// `None` only for checking a backend's own answers (the conformance suite).
+    gate: Option<gate::Gate>,
+    shards: shards::Shards,
+    /// `None` without a database (the conformance suite, benchmarks): a campaign the backend
+    /// lacks is simply unknown.
+    recovery: Option<recovery::Recovery>,
 }
 
-impl EngineError {
-    /// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
-    /// 'maxmemory'`): nothing was decided.
-    pub fn is_out_of_memory(&self) -> bool {
-        match self {
-            EngineError::Redis(e) => {
-                // Shared by a batch, the error keeps the server's words, not its code.
-                let text = e.to_string();
-                e.code() == Some("OOM") || (text.contains("OOM") && text.contains("maxmemory"))
-            }
-            _ => false,
+impl Engine {
+    /// The engine on `backing`, behind the sold-out gate; without a database until
+    /// [`Engine::recovering`].
+    pub fn new(backing: impl Into<Backing>) -> Self {
+        Engine {
+            gate: Some(gate::Gate::default()),
+            ..Engine::ungated(backing)
         }
     }
 
-    /// The same error for another caller (one failed batch fails each of its attempts).
-    pub fn share(&self) -> EngineError {
-        match self {
-            EngineError::Redis(e) => EngineError::Redis(::redis::RedisError::from((
-                e.kind(),
-                "a batch of reserves failed",
-                e.to_string(),
-            ))),
-            EngineError::Corrupt(what) => EngineError::Corrupt(what.clone()),
-            EngineError::Recovering(what) => EngineError::Recovering(what.clone()),
-            EngineError::Unreplicated(what) => EngineError::Unreplicated(what.clone()),
-            EngineError::Overloaded => EngineError::Overloaded,
-            EngineError::NotDurable(what) => EngineError::NotDurable(what.clone()),
-            EngineError::Unsafe(what) => EngineError::Unsafe(what.clone()),
-        }
-    }
-}
-
-/// One reservation attempt.
-#[derive(Debug, Clone)]
-pub struct ReserveRequest {
-    pub campaign_id: CampaignId,
-    pub user_id: UserId,
-    pub quantity: Quantity,
-    /// The caller's idempotency key; it is remembered per campaign.
-    pub idempotency_key: ScopedKey,
-    /// What the request asked for, so a reused key with another body can be told apart.
-    pub fingerprint: String,
-    /// The id the reservation gets if one is created (for a sharded campaign, the same id
-    /// made in the user's shard: see `sharded`).
-    pub reservation_id: ReservationId,
-    pub now: Millis,
-}
-
-impl ReserveRequest {
-    /// An attempt with a fresh reservation id and the body's fingerprint.
-    pub fn new(
-        campaign_id: CampaignId,
-        user_id: UserId,
-        quantity: Quantity,
-        idempotency_key: ScopedKey,
-        now: Millis,
-    ) -> Self {
-        ReserveRequest {
-            fingerprint: format!("{quantity}:{user_id}"),
-            reservation_id: ReservationId::generate(&campaign_id),
-            campaign_id,
-            user_id,
-            quantity,
-            idempotency_key,
-            now,
-        }
-    }
-}
-
-/// What a reservation attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    /// A new reservation, with the units now available in its campaign.
-    Reserved {
-        reservation: Reservation,
-        available: u64,
-    },
-    /// The idempotency key was seen before with the same body: the first outcome, as it was
-    /// created (status `held`), whatever happened to it since.
-    Replayed(Reservation),
-    /// The idempotency key was seen before with the same body, but its reservation ended
-    /// and left the engine (after the retention): the first outcome is in the database.
-    ReplayOf(ReservationId),
-    /// The idempotency key was seen before with a different body.
-    KeyReused,
-    Refused(Refusal),
-    /// The user made more attempts on this campaign this second than the engine allows,
-    /// counted across every instance (the Redis engine, when built with a rate).
-    RateLimited,
-}
-
-/// How long an ended reservation (outside groups) stays in an engine when none is
-/// configured; the database keeps it for good.
-pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Opening or joining a group.
-#[derive(Debug, Clone)]
-pub struct GroupRequest {
-    pub campaign_id: CampaignId,
-    /// The group to join, or the id a newly opened group gets.
-    pub group_id: GroupId,
-    pub user_id: UserId,
-    /// The caller's idempotency key, scoped to the caller and the operation's target.
-    pub idempotency_key: ScopedKey,
-    pub fingerprint: String,
-    /// The id the member's reservation gets if one is created.
-    pub reservation_id: ReservationId,
-    pub now: Millis,
-}
-
-impl GroupRequest {
-    /// Opening a new group of `campaign_id` for `user_id`.
-    pub fn open(campaign_id: CampaignId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
-        GroupRequest {
-            group_id: GroupId::generate(&campaign_id),
-            reservation_id: ReservationId::generate(&campaign_id),
-            fingerprint: format!("open:{user_id}"),
-            idempotency_key: key,
-            campaign_id,
-            user_id,
-            now,
+    /// The engine without the sold-out gate: every attempt reaches the backend (to check
+    /// the backend's own answers).
+    pub fn ungated(backing: impl Into<Backing>) -> Self {
+        Engine {
+            backing: backing.into(),
+            gate: None,
+            shards: shards::Shards::default(),
+            recovery: None,
         }
     }
 
-    /// Joining group `group_id` as `user_id`.
-    pub fn join(group_id: GroupId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
-        let campaign_id = group_id.campaign_id();
-        GroupRequest {
-            reservation_id: ReservationId::generate(&campaign_id),
-            fingerprint: format!("join:{user_id}"),
-            idempotency_key: key,
-            group_id,
-            campaign_id,
-            user_id,
-            now,
+    /// Rebuilds what the backend lost from `store`, and answers for archived campaigns and
+    /// forgotten reservations from it; refuses changes while `safety` says they are unsafe.
+    pub fn recovering(mut self, store: Store, safety: Arc<safety::Safety>) -> Self {
+        self.recovery = Some(recovery::Recovery::new(store, safety));
+        self
+    }
+
+    /// Answers every change only once the persister committed its events to the database
+    /// (the embedded engine keeps nothing across a crash). Needs [`Engine::recovering`].
+    pub fn answering_after_commit(mut self) -> Self {
+        let log = self.backing.events();
+        if let Some(recovery) = &mut self.recovery {
+            recovery.commit = Some(log);
         }
-    }
-}
-
-/// What opening or joining a group came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupOutcome {
-    /// The group, with the caller's new reservation among its members.
-    Done(Group),
-    /// The idempotency key was seen before with the same body: the group as it is now.
-    Replayed(Group),
-    KeyReused,
-    Refused(Refusal),
-}
-
-/// A stock change.
-#[derive(Debug, Clone)]
-pub struct StockRequest {
-    pub campaign_id: CampaignId,
-    pub delta: StockDelta,
-    /// The caller's idempotency key: a retried change applies once.
-    pub idempotency_key: ScopedKey,
-}
-
-/// What a stock delta came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StockOutcome {
-    Adjusted {
-        stock: u64,
-        available: u64,
-    },
-    /// The key was seen before with the same delta: the first outcome, as it was.
-    Replayed {
-        stock: u64,
-        available: u64,
-    },
-    /// The key was seen before with another delta.
-    KeyReused,
-    /// Withdrawing more than is available.
-    Insufficient {
-        available: u64,
-    },
-    NotFound,
-}
-
-/// Who may cancel what: the store may cancel confirmed reservations too (a refund); a user
-/// only their held ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelScope {
-    HeldOnly,
-    HeldOrConfirmed,
-}
-
-/// What a confirm or cancel came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transition {
-    /// The reservation moved to the asked status.
-    Done(Reservation),
-    /// It was in the asked status already (confirm and cancel are idempotent).
-    Unchanged(Reservation),
-    /// It is in a status the transition does not leave from; it may have just expired.
-    NotHeld(Reservation),
-    NotFound,
-}
-
-/// What an extension came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extension {
-    /// Still held, until `expires_at` (later than before, or unchanged when the hold already
-    /// lasted past the asked time).
-    Extended(Reservation),
-    /// Not held: ended, or found past its expiry and expired on the spot.
-    NotHeld(Reservation),
-    /// The asked time is past `created_at + hold_seconds + max_extend_seconds`; unchanged.
-    Exceeded(Reservation),
-    NotFound,
-}
-
-/// A campaign to load into an engine: a new one (no reservations, no groups), or one
-/// rebuilt from the database with its groups (`members` unused) and its live reservations
-/// (held and confirmed, in creation order) with their idempotency records.
-///
-/// `epoch` names this load of the campaign: the engine keeps it with the campaign and hands
-/// it out with the campaign's events, and the database records it (`campaigns.engine_epoch`)
-/// so it applies only events of the campaign's current load (see `store::batch`).
-#[derive(Debug, Clone)]
-pub struct CampaignSnapshot<'a> {
-    pub campaign: &'a Campaign,
-    pub reservations: &'a [StoredReservation],
-    pub groups: &'a [Group],
-    pub epoch: String,
-    /// Shard 0 of a sharded campaign (see `sharded`): the whole campaign's stock, which it
-    /// keeps besides its own.
-    pub total: Option<u64>,
-}
-
-impl<'a> CampaignSnapshot<'a> {
-    /// A campaign just created: nothing taken yet, under a new epoch.
-    pub fn fresh(campaign: &'a Campaign) -> Self {
-        CampaignSnapshot {
-            campaign,
-            reservations: &[],
-            groups: &[],
-            epoch: new_epoch(),
-            total: None,
-        }
-    }
-}
-
-/// A new load epoch: unique, so events of an earlier load never pass for this one's.
-pub fn new_epoch() -> String {
-    format!("load-{}", ulid::Ulid::new())
-}
-
-/// Each campaign's load epoch, as read atomically with its events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Epochs(HashMap<CampaignId, String>);
-
-impl Epochs {
-    /// One campaign's.
-    pub fn one(campaign: &CampaignId, epoch: &str) -> Self {
-        let mut epochs = Epochs::default();
-        epochs.set(campaign, epoch);
-        epochs
+        self
     }
 
-    /// The epoch the campaign's events were read under; empty if none was (the campaign was
-    /// gone when they were read).
-    pub fn of(&self, campaign: &CampaignId) -> &str {
-        self.0.get(campaign).map_or("", String::as_str)
+    /// The backend (its name, ping, dataset; its waiting room and event log).
+    pub fn backing(&self) -> &Backing {
+        &self.backing
     }
 
-    pub fn set(&mut self, campaign: &CampaignId, epoch: &str) {
-        self.0.insert(campaign.clone(), epoch.to_owned());
+    /// The sold-out gate, where there is one.
+    pub fn gate(&self) -> Option<&gate::Gate> {
+        self.gate.as_ref()
     }
 
-    /// Whether some campaign has another epoch in `other`.
-    pub fn conflicts(&self, other: &Epochs) -> bool {
-        other
-            .0
-            .iter()
-            .any(|(campaign, epoch)| self.0.get(campaign).is_some_and(|mine| mine != epoch))
+    /// The loss watch the recovery worker shares; `None` without a database.
+    pub fn loss_watch(&self) -> Option<Arc<recovery::LossWatch>> {
+        self.recovery.as_ref().map(|r| Arc::clone(&r.watch))
     }
-
-    /// Adds `other`'s (which must not conflict).
-    pub fn extend(&mut self, other: Epochs) {
-        self.0.extend(other.0);
-    }
-}
-
-/// What backs an engine or an event log.
-#[async_trait]
-pub trait Backend: Send + Sync + 'static {
-    /// `memory`, `redis` or `redis-cluster`, for logs and `/readyz`.
-    fn name(&self) -> &'static str;
-
-    /// Whether the backing store answers.
-    async fn ping(&self) -> Result<(), EngineError>;
-
-    /// The id of the engine's data as a whole (a Redis namespace's, made there if missing;
-    /// the in-memory engine's, one per process). The database records every one it served,
-    /// so a start can refuse an engine that holds another database's campaigns.
-    async fn dataset(&self) -> Result<String, EngineError>;
-
-    /// Removes everything the engine holds of a campaign the database archived (ended, no
-    /// live holds, every event persisted); requests about it are answered from the database
-    /// from then on.
-    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError>;
-}
-
-/// Decisions and reads. Every decision is one atomic step (one Lua script, or one campaign
-/// lock) that also appends its event, so no change exists without its event.
-#[async_trait]
-pub trait Engine: Backend {
-    /// Loads a campaign — new, or rebuilt from the database — with the counters its
-    /// reservations and groups imply. Does nothing (`false`) if the campaign exists.
-    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError>;
-
-    /// [`Engine::load_campaign`] for a campaign that may be sharded: loads whichever of its
-    /// shards are missing, and answers a bit per shard this call loaded (bit 0 alone for an
-    /// unsharded campaign), so the database records the new epoch for those only. For a
-    /// sharded campaign an error means no shard was loaded (one that may have been is
-    /// reported as loaded).
-    async fn load_shards(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
-        Ok(u64::from(self.load_campaign(snapshot).await?))
-    }
-
-    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError>;
-
-    /// Ids of every campaign the engine holds (for the reaper, recovery and metrics).
-    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError>;
-
-    /// Adds or withdraws units; never below what is available. One idempotency key
-    /// changes the stock at most once.
-    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError>;
-
-    /// Never creates a reservation that would oversell or pass the user's limit; one
-    /// idempotency key yields at most one reservation.
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError>;
-
-    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError>;
-
-    /// held → confirmed. A hold found past `expires_at` expires instead (`NotHeld`).
-    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError>;
-
-    /// → cancelled, units return. A hold found past `expires_at` expires instead (`NotHeld`).
-    async fn cancel(
-        &self,
-        id: &ReservationId,
-        scope: CancelScope,
-        now: Millis,
-    ) -> Result<Transition, EngineError>;
-
-    /// Ends the campaign at `now` unless it ended earlier (a campaign not started yet starts
-    /// and ends at `now`): attempts from then on are refused `ended`; live holds end as they
-    /// would have. Idempotent. Its state after, `None` when unknown.
-    async fn end_campaign(
-        &self,
-        id: &CampaignId,
-        now: Millis,
-    ) -> Result<Option<CampaignState>, EngineError>;
-
-    /// held → held until `max(expires_at, now + seconds)`, at most `created_at +
-    /// hold_seconds + max_extend_seconds` (beyond it: `Exceeded`, nothing changes). Atomic
-    /// with expiry: a hold found past `expires_at` expires instead (`NotHeld`), so a hold is
-    /// never both extended and expired. An actual extension appends `reservation.extended`.
-    async fn extend(
-        &self,
-        id: &ReservationId,
-        seconds: u32,
-        now: Millis,
-    ) -> Result<Extension, EngineError>;
-
-    /// Fails the campaign's open groups whose window passed (their members are released and
-    /// their units return), then expires up to `limit` held reservations whose
-    /// `expires_at <= now`, returning their units (a group member's slot returns to its
-    /// group), then forgets up to `limit` reservations (outside groups) that ended more than
-    /// the engine's retention ago — their idempotency records stay, so replays find them in
-    /// the database. Safe to run from many instances at once. Returns how many reservations
-    /// ended.
-    async fn expire_due(
-        &self,
-        campaign: &CampaignId,
-        now: Millis,
-        limit: u32,
-    ) -> Result<u32, EngineError>;
-
-    /// Opens a group: holds `size` units of a group-buy campaign and gives the opener the
-    /// first slot (a held reservation of one unit).
-    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
-
-    /// Joins an open group: one of its slots becomes the joiner's held reservation.
-    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError>;
-
-    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError>;
-}
-
-/// The consumer group every engine's events are read by today: the persister.
-pub const PERSISTER: &str = "persister";
-
-/// One reader of an event log: its consumer group and its own name within it.
-#[derive(Debug, Clone)]
-pub struct Consumer {
-    /// Every group sees every event once; the consumer groups an engine keeps are given
-    /// when it is built ([`RedisEngine::connect_in`] makes [`PERSISTER`]'s).
-    pub group: String,
-    /// Unique per process, so a dead consumer's unacknowledged events can be taken over.
-    pub name: String,
-}
-
-/// Events waiting in the log for a consumer group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Backlog {
-    /// Not yet acknowledged.
-    pub events: u64,
-    /// Handed to a consumer, not yet acknowledged.
-    pub pending: u64,
-    /// When the oldest waiting event happened.
-    pub oldest: Option<Millis>,
-}
-
-/// Events read together, with each campaign's load epoch ([`CampaignSnapshot::epoch`]) read
-/// atomically with its events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventBatch {
-    pub epochs: Epochs,
-    pub events: Vec<Event>,
-    /// Per campaign (or shard) read: the units it had available when its events were read,
-    /// and the position of the last event read with them (see `Store::record_available`).
-    pub available: HashMap<CampaignId, (u64, crate::domain::StreamPosition)>,
-}
-
-/// The events decisions appended, per consumer group: at least once, in order per campaign.
-#[async_trait]
-pub trait EventLog: Send + Sync + 'static {
-    /// Up to `max` events `consumer`'s group has not acknowledged: first those another
-    /// consumer of the group took more than `reclaim_after` ago without acknowledging (it
-    /// died), then new ones. In stream order per campaign.
-    async fn read(
-        &self,
-        consumer: &Consumer,
-        max: usize,
-        reclaim_after: std::time::Duration,
-    ) -> Result<EventBatch, EngineError>;
-
-    /// Acknowledges `group`'s handled events; once every group has, they leave the log.
-    async fn ack(&self, group: &str, events: &[Event]) -> Result<(), EngineError>;
-
-    /// What waits for `group`, for metrics.
-    async fn backlog(&self, group: &str) -> Result<Backlog, EngineError>;
-
-    /// Resolves once every event `campaign` has appended so far has been acknowledged by
-    /// `group` — for the persister: committed to the database. A caller that waits for this
-    /// after a decision answers only what the database holds.
-    async fn acknowledged(&self, group: &str, campaign: &CampaignId) -> Result<(), EngineError>;
-}
-
-/// Taking a ticket in a campaign's waiting room.
-#[derive(Debug, Clone)]
-pub struct JoinRequest {
-    pub campaign_id: CampaignId,
-    pub user_id: UserId,
-    /// The id the ticket gets if the user has none yet (the embedded engine's; Redis numbers
-    /// its tickets in the line and makes the id from the number: `TicketId::numbered`).
-    pub ticket_id: TicketId,
-    /// The caller's idempotency key: one key stands for one user's ticket.
-    pub idempotency_key: ScopedKey,
-    /// The ticket's secret lot for the draw at `starts_at` (uniform below [`JoinRequest::DRAW_RANGE`]),
-    /// used only when it joins before the start, by the embedded engine (Redis draws by a
-    /// secret permutation of the tickets' numbers: `lua/queue.lua`).
-    pub draw: u64,
-    pub now: Millis,
-}
-
-impl JoinRequest {
-    /// Lots are below 2^52.
-    pub const DRAW_RANGE: u64 = 1 << 52;
-
-    /// A join with a fresh ticket id and a fresh lot from the thread's CSPRNG.
-    pub fn new(campaign_id: CampaignId, user_id: UserId, key: ScopedKey, now: Millis) -> Self {
-        JoinRequest {
-            ticket_id: TicketId::generate(&campaign_id),
-            draw: rand::random::<u64>() % Self::DRAW_RANGE,
-            campaign_id,
-            user_id,
-            idempotency_key: key,
-            now,
-        }
-    }
-}
-
-/// What taking a ticket came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JoinOutcome {
-    Joined(Ticket),
-    /// The user already had a ticket for the campaign: that one, as it stands now.
-    Existing(Ticket),
-    /// The idempotency key was used for another user's ticket.
-    KeyReused,
-    /// `campaign_not_found`, `ended` or `no_waiting_room`.
-    Refused(Refusal),
-}
-
-/// What one admission round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Admission {
-    /// Tickets admitted by this round.
-    pub admitted: u64,
-    /// Tickets still waiting after it.
-    pub waiting: u64,
-    /// Units the waiting could still be admitted for: available less the unused passes out
-    /// (0 outside the campaign's window). Waiting tickets with room and no admission for a
-    /// while mean admission is not running.
-    pub room: u64,
-}
-
-/// The waiting room of campaigns that have one (`Campaign::queue`). Every step is atomic
-/// with the campaign's units (one script on the campaign's slot, or under its lock).
-///
-/// Tickets taken before `starts_at` carry a secret uniform lot and are ordered by it from the
-/// start on (the draw); later ones follow in arrival order. A waiting ticket reads `sold_out`
-/// while the campaign has no unit available: one read of the campaign, nothing written per
-/// ticket.
-/// A decision asked for with a waiting-room pass (see [`WaitingRoom::claim_pass`]).
-#[derive(Debug, Clone, Copy)]
-pub struct PassUse<'a> {
-    pub ticket: &'a TicketId,
-    /// When the pass lapses.
-    pub expires: Millis,
-    /// Units the decision would take.
-    pub quantity: u64,
-    /// The decision's idempotency key: a retry of a decision already made takes nothing.
-    pub key: &'a crate::domain::ScopedKey,
-    /// A group decision (its key is a group idempotency record) rather than a reservation.
-    pub group: bool,
-    pub now: Millis,
-}
-
-/// What [`WaitingRoom::claim_pass`] found for a pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PassClaim {
-    /// The decision's key was used before: a retry, which takes nothing new.
-    Replay,
-    /// The campaign is not in the engine (lost; the decision rebuilds it, without its line):
-    /// the pass, being signed, is taken at its word.
-    Unchecked,
-    /// Not used yet: a unit was kept for it since its admission.
-    Kept,
-    /// Used before: a unit no unused pass was owed is kept for it now, until `pass_used`.
-    Owed,
-}
-
-#[async_trait]
-pub trait WaitingRoom: Send + Sync + 'static {
-    /// One ticket per user per campaign: a second join answers the first ticket.
-    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError>;
-
-    /// A ticket as it stands at `now`; `None` if unknown.
-    async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError>;
-
-    /// Admits the next waiting tickets of the campaign: at most `admit_per_second` per second
-    /// (with at most a tenth of a second's worth at once), counted across every caller, and
-    /// never more than leaves every admitted, unused, unexpired pass a unit to take. Nothing
-    /// before `starts_at` or after `ends_at`. Safe to run from every instance at once.
-    async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError>;
-
-    /// Before a decision with the ticket's pass: whether it may take its units now. A retry
-    /// of a decision already made may ([`PassClaim::Replay`]). A pass not used yet has a unit kept for it
-    /// ([`PassClaim::Kept`]). A pass used before takes only units no unused pass is owed, and
-    /// is owed one itself until [`WaitingRoom::pass_used`] ([`PassClaim::Owed`]): so a unit its
-    /// holder gave back goes to the line, not back to the same pass. `None`: no unit is left
-    /// for it.
-    async fn claim_pass(&self, pass: &PassUse<'_>) -> Result<Option<PassClaim>, EngineError>;
-
-    /// The ticket's pass was used for a reservation (or, when it was [`PassClaim::Owed`],
-    /// tried): it no longer needs a unit kept for it.
-    async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError>;
-
-    /// Where the campaign's line stands and the units available, in one cheap read (for the
-    /// poll cache); `None` if the campaign is unknown.
-    async fn line(&self, campaign: &CampaignId)
-        -> Result<Option<crate::domain::Line>, EngineError>;
 }

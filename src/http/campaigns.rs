@@ -9,7 +9,7 @@ use crate::domain::{
     Campaign, CampaignDraft, CampaignId, CampaignState, CampaignStatus, Millis, Refusal, ScopedKey,
     StockDelta,
 };
-use crate::engine::{Engine, StockOutcome, StockRequest};
+use crate::engine::{StockOutcome, StockRequest};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -8,7 +8,7 @@ use super::AppState;
 use crate::domain::{
     CampaignId, Group, GroupId, IdempotencyKey, Millis, Refusal, ScopedKey, UserId,
 };
-use crate::engine::{Engine, GroupOutcome, GroupRequest};
+use crate::engine::{GroupOutcome, GroupRequest};
 use crate::metrics as m;
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -1,7 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
 use super::AppState;
-use crate::engine::Backend;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -53,12 +52,16 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let engine_status =
-        match tokio::time::timeout(Duration::from_secs(1), state.engine.ping()).await {
-            Ok(Ok(())) => "ok".to_owned(),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "no answer within 1 s".to_owned(),
-        };
+    let engine_status = match tokio::time::timeout(
+        Duration::from_secs(1),
+        state.engine.backing().backend().ping(),
+    )
+    .await
+    {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no answer within 1 s".to_owned(),
+    };
     let database_status =
         match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
             Ok(Ok(())) => "ok".to_owned(),
@@ -84,7 +87,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = Readiness {
         status: if ready { "ready" } else { "degraded" },
-        engine: state.engine.name(),
+        engine: state.engine.backing().backend().name(),
         engine_status,
         database: state.store.name(),
         database_status,

@@ -20,7 +20,6 @@ mod users;
 mod webhooks;
 
 use crate::metrics as m;
-use crate::pipeline::recovery::Recovering;
 use auth::Auth;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -63,7 +62,7 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct Shared {
     /// The engine behind its gate, with recovery: what every handler asks.
-    pub engine: Recovering,
+    pub engine: crate::engine::Engine,
     /// The durable record: the feed is read from here.
     pub store: crate::store::Store,
     /// Which campaigns changed lately (`engine::work`): the campaign list's status filter
@@ -84,7 +83,7 @@ pub struct Shared {
     /// Answers polls of waiting tickets from the campaign's line (see [`queue::LineCache`]).
     pub line_cache: queue::LineCache,
     /// Whether changes can be decided safely just now (`/readyz` shows it).
-    pub safety: Arc<crate::pipeline::safety::Safety>,
+    pub safety: Arc<crate::engine::safety::Safety>,
 }
 
 /// Settings of the HTTP layer itself.

@@ -11,7 +11,7 @@ use crate::domain::{
     UserId,
 };
 use crate::domain::{Line, LinePoint, Window};
-use crate::engine::{JoinOutcome, JoinRequest, PassClaim, PassUse, WaitingRoom};
+use crate::engine::{JoinOutcome, JoinRequest, PassClaim, PassUse};
 use crate::metrics as m;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName};
@@ -70,7 +70,7 @@ impl LineCache {
             }
         }
         let reading = Reading(&self.reading, campaign);
-        let read = state.engine.line(campaign).await;
+        let read = state.engine.backing().waiting_room().line(campaign).await;
         drop(reading);
         match read? {
             Some(line) => {
@@ -272,7 +272,12 @@ pub async fn read(
     let ticket = match cache.waiting(&state, &id, &campaign, now).await? {
         Some(ticket) => ticket,
         None => {
-            let read = state.engine.ticket(&id, now).await?;
+            let read = state
+                .engine
+                .backing()
+                .waiting_room()
+                .ticket(&id, now)
+                .await?;
             let Some(ticket) = read else {
                 cache.tickets.remove(&id);
                 return Err(not_found());
@@ -342,6 +347,8 @@ pub async fn admitted(
         })?;
     let claim = state
         .engine
+        .backing()
+        .waiting_room()
         .claim_pass(&PassUse {
             ticket: &ticket,
             expires,
@@ -369,7 +376,13 @@ pub async fn used(state: &AppState, pass: Option<Claimed>, made: bool) {
         return;
     };
     if made || claim == PassClaim::Owed {
-        if let Err(error) = state.engine.pass_used(&ticket).await {
+        if let Err(error) = state
+            .engine
+            .backing()
+            .waiting_room()
+            .pass_used(&ticket)
+            .await
+        {
             tracing::warn!(%error, "could not mark a waiting-room pass used");
         }
     }

@@ -9,7 +9,7 @@ use crate::domain::{
     CampaignId, Millis, Quantity, Refusal, Reservation, ReservationId, ReservationStatus,
     ScopedKey, UserId,
 };
-use crate::engine::{CancelScope, Engine, Extension, ReserveOutcome, ReserveRequest, Transition};
+use crate::engine::{CancelScope, Extension, ReserveOutcome, ReserveRequest, Transition};
 use crate::metrics as m;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -114,7 +114,7 @@ pub async fn reserve(
     let quantity =
         Quantity::parse(body.quantity.unwrap_or(1)).map_err(|e| ApiError::InvalidRequest(e.0))?;
     state.check_user_rate(user_id.as_str()).inspect_err(|_| {
-        let known = state.engine.gated().knows(&campaign_id);
+        let known = state.engine.gate().is_some_and(|g| g.knows(&campaign_id));
         count_attempt(known.then_some(&campaign_id), "rate_limited")
     })?;
     let now = Millis::now();

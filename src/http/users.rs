@@ -70,8 +70,8 @@ pub async fn erase_user(
         let Some(campaign) = stored_campaign(&state, &id).await? else {
             continue;
         };
-        let engine = state.engine.gated();
-        if recovery::archive_now(engine, &state.store, &campaign).await? == Archived::NotYet {
+        if recovery::archive_now(&state.engine, &state.store, &campaign).await? == Archived::NotYet
+        {
             return Err(ApiError::CampaignSettling(id));
         }
     }

@@ -4,4 +4,3 @@
 
 pub mod persister;
 pub mod recovery;
-pub mod safety;

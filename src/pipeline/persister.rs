@@ -9,9 +9,9 @@
 //! what the persister read from a Redis that has since lost the campaign is written as soon
 //! as possible — also while Redis is unreachable — before a rebuild fences it out.
 
+use crate::engine::safety::Safety;
 use crate::engine::{Consumer, EventBatch, EventLog};
 use crate::metrics as m;
-use crate::pipeline::safety::Safety;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use std::sync::Arc;

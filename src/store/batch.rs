@@ -60,6 +60,46 @@ impl Store {
         }
     }
 
+    /// A refund (the store cancelling a confirmed reservation) of a campaign that left the
+    /// engine (archived): the cancellation is written here as the event the engine would have
+    /// appended, under the campaign's last load epoch — the campaign sells nothing any more,
+    /// so no unit is counted anywhere else. Returns the cancelled reservation.
+    pub async fn refund_archived(
+        &self,
+        reservation: crate::domain::Reservation,
+        now: crate::domain::Millis,
+    ) -> Result<crate::domain::Reservation, StoreError> {
+        /// Orders refunds written in the same millisecond by this process.
+        static SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let epoch = self
+            .engine_epoch(&reservation.campaign_id)
+            .await?
+            .unwrap_or_default();
+        let cancelled = crate::domain::Reservation {
+            status: crate::domain::ReservationStatus::Cancelled,
+            ..reservation
+        };
+        let event = Event {
+            campaign_id: cancelled.campaign_id.clone(),
+            position: crate::domain::StreamPosition {
+                ms: now.0,
+                seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                index: 0,
+            },
+            at: now,
+            change: Change::Reservation {
+                reservation: cancelled.clone(),
+                idempotency: None,
+            },
+        };
+        self.persist(
+            &Epochs::one(&event.campaign_id, &epoch),
+            std::slice::from_ref(&event),
+        )
+        .await?;
+        Ok(cancelled)
+    }
+
     /// One transaction: the fence, then the rows.
     pub(super) async fn persist_once(
         &self,

@@ -4,7 +4,7 @@
 use crate::helpers::{assert_problem, redis_keys, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_every_backend;
 use flashsale::domain::{CampaignId, Millis};
-use flashsale::engine::{Consumer, Engine, PERSISTER};
+use flashsale::engine::{Consumer, PERSISTER};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -280,6 +280,8 @@ async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(
     let started = Instant::now();
     while app
         .engine
+        .backing()
+        .reads()
         .reservation(&parsed)
         .await
         .expect("answers")
@@ -361,7 +363,7 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
     let started = Instant::now();
     while app
         .engine
-        .campaign(&campaign)
+        .loaded_campaign(&campaign)
         .await
         .expect("answers")
         .is_some()
@@ -420,7 +422,7 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(app
         .engine
-        .campaign(&campaign)
+        .loaded_campaign(&campaign)
         .await
         .expect("answers")
         .is_none());

@@ -120,7 +120,7 @@ pub struct TestApp {
     pub jwt_secret: String,
     pub client: reqwest::Client,
     pub store: flashsale::store::Store,
-    pub engine: flashsale::engine::Gated,
+    pub engine: flashsale::engine::Engine,
     pub events: std::sync::Arc<dyn flashsale::engine::EventLog>,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,

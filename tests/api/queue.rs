@@ -7,7 +7,6 @@ use crate::helpers::{
 };
 use crate::on_every_backend;
 use flashsale::domain::{Millis, TicketId, TicketStatus};
-use flashsale::engine::WaitingRoom;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -559,6 +558,8 @@ async fn two_instances_admit_at_the_campaign_rate_together() {
         for ticket in &tickets {
             let t = a
                 .engine
+                .backing()
+                .waiting_room()
                 .ticket(ticket, Millis::now())
                 .await
                 .expect("answers");
@@ -616,6 +617,8 @@ async fn polls_follow_the_line_as_it_moves(backend: Backend) {
             let id = TicketId::parse(ticket).expect("id");
             let exact = || async {
                 app.engine
+                    .backing()
+                    .waiting_room()
                     .ticket(&id, Millis::now())
                     .await
                     .expect("answers")
@@ -716,7 +719,15 @@ async fn a_lost_line_is_never_answered_from_memory() {
     // engine only); nobody polls meanwhile, so this instance still remembers the ticket.
     let id = flashsale::domain::CampaignId::parse(&campaign).expect("id");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while app.engine.line(&id).await.expect("answers").is_none() {
+    while app
+        .engine
+        .backing()
+        .waiting_room()
+        .line(&id)
+        .await
+        .expect("answers")
+        .is_none()
+    {
         assert!(Instant::now() < deadline, "the campaign was never rebuilt");
         let _ = app.get_campaign(&campaign).await;
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,8 +11,9 @@ use crate::helpers::{
     Backend, TestApp,
 };
 use flashsale::domain::{CampaignId, UserId};
-use flashsale::engine::sharded::{shard_of, ShardOps, ShardState, Transfer};
+use flashsale::engine::shards::shard_of;
 use flashsale::engine::RedisEngine;
+use flashsale::engine::{ShardOps, ShardState, Transfer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -4,10 +4,12 @@
 //! and its original in one batch, a key reused with another body, the limit or the stock
 //! reached mid-batch, a batch spanning the window's end), then random batches.
 
-use crate::engines::{attempt, campaign, created, redis};
+use crate::engines::{attempt, campaign, created_in, redis};
 use flashsale::domain::Refusal;
 use flashsale::domain::{Campaign, Millis};
-use flashsale::engine::{Engine, MemoryEngine, ReserveOutcome, ReserveRequest, StockOutcome};
+use flashsale::engine::{
+    Decisions, MemoryEngine, Reads, ReserveOutcome, ReserveRequest, StockOutcome,
+};
 use proptest::prelude::*;
 
 /// Decides `requests` as one Redis batch and one by one on the embedded engine; both must
@@ -17,9 +19,9 @@ async fn same_as_one_by_one(
     requests: &[ReserveRequest],
 ) -> Vec<ReserveOutcome> {
     let redis = redis().await;
-    created(&redis, campaign).await;
+    created_in(&redis, campaign).await;
     let memory = MemoryEngine::new();
-    created(&memory, campaign).await;
+    created_in(&memory, campaign).await;
     let batched = redis.reserve_batch(requests).await.expect("redis answers");
     let mut one_by_one = Vec::new();
     for request in requests {
@@ -159,7 +161,7 @@ async fn a_batch_on_a_missing_campaign_answers_each_attempt() {
 async fn a_stock_change_between_batches_counts() {
     let c = campaign(1, 5, |_| {});
     let engine = redis().await;
-    created(&engine, &c).await;
+    created_in(&engine, &c).await;
     let now = Millis::now();
     let first = engine
         .reserve_batch(&[
@@ -226,7 +228,7 @@ fn random_batches_answer_as_one_by_one() {
 async fn attempts_in_waves_are_all_answered_while_drivers_come_and_go() {
     let c = campaign(1_000_000, 1_000_000, |_| {});
     let engine = std::sync::Arc::new(redis().await);
-    created(&*engine, &c).await;
+    created_in(&*engine, &c).await;
     let tasks: Vec<_> = (0..64)
         .map(|task| {
             let engine = std::sync::Arc::clone(&engine);

@@ -2,12 +2,12 @@
 //! user id holds (the Redis engine packs each event into one stream field). These tests read
 //! and acknowledge events, so each engine gets a namespace of its own.
 
-use crate::engines::{attempt, campaign, created, redis_cluster_nodes, redis_url, stock};
+use crate::engines::{attempt, campaign, created_in, redis_cluster_nodes, redis_url, stock};
 use flashsale::domain::{
     Change, GroupId, GroupStatus, Millis, ReservationId, ReservationStatus, ScopedKey, UserId,
 };
 use flashsale::engine::{
-    Consumer, Engine, EventLog, GroupOutcome, GroupRequest, MemoryEngine, RedisEngine,
+    Consumer, Decisions, EventLog, GroupOutcome, GroupRequest, MemoryEngine, Reads, RedisEngine,
     ReserveOutcome, PERSISTER,
 };
 use std::time::Duration;
@@ -35,10 +35,10 @@ async fn cluster() {
     every_event_says_what_happened(&engine).await;
 }
 
-async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
+async fn every_event_says_what_happened<E: Decisions + Reads + EventLog>(engine: &E) {
     let now = Millis::now();
     let sale = campaign(10, 5, |_| {});
-    created(engine, &sale).await;
+    created_in(engine, &sale).await;
     let user = "李雷 | a:b/c \"q\" ü";
     let request = attempt(&sale, user, 2, "k1", now);
     let ReserveOutcome::Reserved { reservation, .. } =
@@ -55,7 +55,7 @@ async fn every_event_says_what_happened<E: Engine + EventLog>(engine: &E) {
         d.kind = "group_buy".into();
         d.group = Some((2, 60));
     });
-    created(engine, &buy).await;
+    created_in(engine, &buy).await;
     let opened = engine
         .open_group(&GroupRequest {
             campaign_id: buy.id.clone(),

@@ -18,7 +18,7 @@ on_every_engine!(
 );
 
 async fn reserve(
-    engine: &dyn Engine,
+    engine: &Engine,
     c: &flashsale::domain::Campaign,
     user: &str,
     now: Millis,
@@ -33,14 +33,14 @@ async fn reserve(
     }
 }
 
-async fn an_extension_moves_the_expiry_up_to_its_cap(engine: Arc<dyn Engine>) {
+async fn an_extension_moves_the_expiry_up_to_its_cap(engine: Arc<Engine>) {
     let c = campaign(10, 5, |d| {
         d.hold_seconds = Some(60);
         d.max_extend_seconds = Some(120);
     });
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let t = Millis::now();
-    let r = reserve(&*engine, &c, "ann", t).await;
+    let r = reserve(&engine, &c, "ann", t).await;
     assert_eq!(r.expires_at, t.plus_seconds(60));
 
     // now + 100 s is later than the hold's end: it moves.
@@ -89,11 +89,11 @@ async fn an_extension_moves_the_expiry_up_to_its_cap(engine: Arc<dyn Engine>) {
     );
 }
 
-async fn a_hold_past_its_expiry_expires_instead_of_being_extended(engine: Arc<dyn Engine>) {
+async fn a_hold_past_its_expiry_expires_instead_of_being_extended(engine: Arc<Engine>) {
     let c = campaign(1, 5, |d| d.hold_seconds = Some(10));
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let t = Millis::now();
-    let r = reserve(&*engine, &c, "ann", t).await;
+    let r = reserve(&engine, &c, "ann", t).await;
     let at_expiry = t.plus_seconds(10);
     assert!(matches!(
         engine.extend(&r.id, 60, at_expiry).await.expect("answers"),
@@ -108,15 +108,15 @@ async fn a_hold_past_its_expiry_expires_instead_of_being_extended(engine: Arc<dy
 }
 
 async fn the_reaper_expires_extended_holds_at_their_new_time_and_the_rest_at_theirs(
-    engine: Arc<dyn Engine>,
+    engine: Arc<Engine>,
 ) {
     let c = campaign(10, 5, |d| d.hold_seconds = Some(1));
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let t = Millis::now();
     // The first hold (at the head of the expiry order) is extended; the others are not.
-    let first = reserve(&*engine, &c, "ann", t).await;
-    let second = reserve(&*engine, &c, "bob", t).await;
-    let third = reserve(&*engine, &c, "cat", t).await;
+    let first = reserve(&engine, &c, "ann", t).await;
+    let second = reserve(&engine, &c, "bob", t).await;
+    let third = reserve(&engine, &c, "cat", t).await;
     assert!(matches!(
         engine.extend(&first.id, 5, t).await.expect("answers"),
         Extension::Extended(_)
@@ -172,16 +172,16 @@ async fn the_reaper_expires_extended_holds_at_their_new_time_and_the_rest_at_the
 }
 
 async fn extensions_racing_the_reaper_never_leave_a_hold_both_extended_and_expired(
-    engine: Arc<dyn Engine>,
+    engine: Arc<Engine>,
 ) {
     const HOLDS: usize = 200;
     let c = campaign(HOLDS as u64, 1, |d| d.hold_seconds = Some(1));
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     // Every hold ends 50 ms from now.
     let made = Millis(Millis::now().0 - 950);
     let mut holds = Vec::new();
     for n in 0..HOLDS {
-        holds.push(reserve(&*engine, &c, &format!("u{n}"), made).await);
+        holds.push(reserve(&engine, &c, &format!("u{n}"), made).await);
     }
     let reaper = {
         let engine = Arc::clone(&engine);
@@ -257,12 +257,12 @@ async fn extensions_racing_the_reaper_never_leave_a_hold_both_extended_and_expir
     assert_eq!(state.available + state.held, HOLDS as u64);
 }
 
-async fn a_group_members_hold_extends_and_a_failed_groups_does_not(engine: Arc<dyn Engine>) {
+async fn a_group_members_hold_extends_and_a_failed_groups_does_not(engine: Arc<Engine>) {
     use crate::groups::{group_campaign, open};
     let c = group_campaign(10, 2, 5);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let t = Millis::now();
-    let group = open(&*engine, &c, "ann", t).await.expect("opened");
+    let group = open(&engine, &c, "ann", t).await.expect("opened");
     let leader = group.members[0].reservation_id.clone();
     let Extension::Extended(r) = engine.extend(&leader, 45, t).await.expect("answers") else {
         panic!("a member's hold extends");

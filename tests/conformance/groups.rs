@@ -37,7 +37,7 @@ pub fn request(
 }
 
 pub async fn open(
-    engine: &dyn Engine,
+    engine: &Engine,
     c: &Campaign,
     user: &str,
     now: Millis,
@@ -61,7 +61,7 @@ pub async fn open(
 }
 
 pub async fn join(
-    engine: &dyn Engine,
+    engine: &Engine,
     c: &Campaign,
     group: &GroupId,
     user: &str,
@@ -80,7 +80,7 @@ pub async fn join(
 }
 
 /// (available, held, confirmed, open, formed, failed), checking conservation.
-pub async fn counts(engine: &dyn Engine, id: &CampaignId) -> (u64, u64, u64, u64, u64, u64) {
+pub async fn counts(engine: &Engine, id: &CampaignId) -> (u64, u64, u64, u64, u64, u64) {
     let s = engine.campaign(id).await.expect("answers").expect("exists");
     assert_eq!(
         s.available + s.held + s.confirmed,
@@ -120,12 +120,12 @@ on_every_engine!(
     three_hundred_users_racing_never_take_more_than_the_stock,
 );
 
-async fn opening_a_group_holds_its_whole_quota(engine: Arc<dyn Engine>) {
+async fn opening_a_group_holds_its_whole_quota(engine: Arc<Engine>) {
     let c = group_campaign(6, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
 
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
 
     assert_eq!(group.status, GroupStatus::Open);
     assert_eq!(group.size, 3);
@@ -133,7 +133,7 @@ async fn opening_a_group_holds_its_whole_quota(engine: Arc<dyn Engine>) {
     assert_eq!(group.expires_at, now.plus_seconds(60));
     assert_eq!(group.members.len(), 1);
     assert_eq!(group.members[0].status, ReservationStatus::Held);
-    assert_eq!(counts(&*engine, &c.id).await, (3, 3, 0, 1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (3, 3, 0, 1, 0, 0));
     let r = engine
         .reservation(&group.members[0].reservation_id)
         .await
@@ -143,65 +143,57 @@ async fn opening_a_group_holds_its_whole_quota(engine: Arc<dyn Engine>) {
     assert_eq!(engine.group(&group.id).await.expect("answers"), Some(group));
 }
 
-async fn joining_fills_the_group_until_it_is_full(engine: Arc<dyn Engine>) {
+async fn joining_fills_the_group_until_it_is_full(engine: Arc<Engine>) {
     let c = group_campaign(6, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
 
-    join(&*engine, &c, &group.id, "a", now)
-        .await
-        .expect("joins");
-    let full = join(&*engine, &c, &group.id, "b", now)
-        .await
-        .expect("joins");
+    join(&engine, &c, &group.id, "a", now).await.expect("joins");
+    let full = join(&engine, &c, &group.id, "b", now).await.expect("joins");
 
     assert_eq!(full.members.len(), 3);
     assert_eq!(
-        join(&*engine, &c, &group.id, "c", now).await,
+        join(&engine, &c, &group.id, "c", now).await,
         Err(Refusal::GroupFull)
     );
     // Joining never changes the campaign's units: the quota was held at opening.
-    assert_eq!(counts(&*engine, &c.id).await, (3, 3, 0, 1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (3, 3, 0, 1, 0, 0));
     let unknown = GroupId::generate(&c.id);
     assert_eq!(
-        join(&*engine, &c, &unknown, "c", now).await,
+        join(&engine, &c, &unknown, "c", now).await,
         Err(Refusal::GroupNotFound)
     );
 }
 
-async fn nobody_joins_twice_and_the_limit_counts_across_groups(engine: Arc<dyn Engine>) {
+async fn nobody_joins_twice_and_the_limit_counts_across_groups(engine: Arc<Engine>) {
     let c = group_campaign(9, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let first = open(&*engine, &c, "leader", now).await.expect("opens");
-    let second = open(&*engine, &c, "other", now).await.expect("opens");
+    let first = open(&engine, &c, "leader", now).await.expect("opens");
+    let second = open(&engine, &c, "other", now).await.expect("opens");
 
     assert_eq!(
-        join(&*engine, &c, &first.id, "leader", now).await,
+        join(&engine, &c, &first.id, "leader", now).await,
         Err(Refusal::AlreadyMember)
     );
     assert_eq!(
-        join(&*engine, &c, &second.id, "leader", now).await,
+        join(&engine, &c, &second.id, "leader", now).await,
         Err(Refusal::LimitExceeded)
     );
     assert_eq!(
-        open(&*engine, &c, "leader", now).await.map(|g| g.id),
+        open(&engine, &c, "leader", now).await.map(|g| g.id),
         Err(Refusal::LimitExceeded)
     );
 }
 
-async fn a_group_forms_when_size_members_confirm(engine: Arc<dyn Engine>) {
+async fn a_group_forms_when_size_members_confirm(engine: Arc<Engine>) {
     let c = group_campaign(6, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
-    join(&*engine, &c, &group.id, "a", now)
-        .await
-        .expect("joins");
-    let group = join(&*engine, &c, &group.id, "b", now)
-        .await
-        .expect("joins");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
+    join(&engine, &c, &group.id, "a", now).await.expect("joins");
+    let group = join(&engine, &c, &group.id, "b", now).await.expect("joins");
 
     for (i, m) in group.members.iter().enumerate() {
         assert!(matches!(
@@ -227,10 +219,10 @@ async fn a_group_forms_when_size_members_confirm(engine: Arc<dyn Engine>) {
         );
     }
 
-    assert_eq!(counts(&*engine, &c.id).await, (3, 0, 3, 0, 1, 0));
+    assert_eq!(counts(&engine, &c.id).await, (3, 0, 3, 0, 1, 0));
     // A formed group is closed, and its units are sold as a whole.
     assert_eq!(
-        join(&*engine, &c, &group.id, "c", now).await,
+        join(&engine, &c, &group.id, "c", now).await,
         Err(Refusal::GroupClosed)
     );
     assert!(matches!(
@@ -249,20 +241,16 @@ async fn a_group_forms_when_size_members_confirm(engine: Arc<dyn Engine>) {
         .expire_due(&c.id, Millis(now.0 + 120_000), 100)
         .await
         .expect("answers");
-    assert_eq!(counts(&*engine, &c.id).await.4, 1);
+    assert_eq!(counts(&engine, &c.id).await.4, 1);
 }
 
-async fn a_member_whose_hold_ends_frees_the_slot_to_the_group(engine: Arc<dyn Engine>) {
+async fn a_member_whose_hold_ends_frees_the_slot_to_the_group(engine: Arc<Engine>) {
     let c = group_campaign(6, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
-    join(&*engine, &c, &group.id, "a", now)
-        .await
-        .expect("joins");
-    let group = join(&*engine, &c, &group.id, "b", now)
-        .await
-        .expect("joins");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
+    join(&engine, &c, &group.id, "a", now).await.expect("joins");
+    let group = join(&engine, &c, &group.id, "b", now).await.expect("joins");
 
     let cancelled = engine
         .cancel(&member(&group, "a"), CancelScope::HeldOnly, now)
@@ -270,11 +258,11 @@ async fn a_member_whose_hold_ends_frees_the_slot_to_the_group(engine: Arc<dyn En
         .expect("answers");
     assert!(matches!(cancelled, Transition::Done(_)));
     assert_eq!(
-        counts(&*engine, &c.id).await,
+        counts(&engine, &c.id).await,
         (3, 3, 0, 1, 0, 0),
         "the slot stays with the group"
     );
-    join(&*engine, &c, &group.id, "c", now)
+    join(&engine, &c, &group.id, "c", now)
         .await
         .expect("the freed slot is taken");
     // b's hold expires (30 s) inside the window (60 s): its slot returns to the group too.
@@ -290,26 +278,24 @@ async fn a_member_whose_hold_ends_frees_the_slot_to_the_group(engine: Arc<dyn En
         .expect("exists");
     assert_eq!(group.status, GroupStatus::Open);
     assert_eq!(group.active_members(), 0);
-    assert_eq!(counts(&*engine, &c.id).await, (3, 3, 0, 1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (3, 3, 0, 1, 0, 0));
     // The cancelled user may come back.
-    join(&*engine, &c, &group.id, "a", Millis(now.0 + 32_000))
+    join(&engine, &c, &group.id, "a", Millis(now.0 + 32_000))
         .await
         .expect("rejoins");
 }
 
-async fn a_group_whose_window_passes_fails_and_returns_its_quota(engine: Arc<dyn Engine>) {
+async fn a_group_whose_window_passes_fails_and_returns_its_quota(engine: Arc<Engine>) {
     let c = group_campaign(6, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
-    let group = join(&*engine, &c, &group.id, "a", now)
-        .await
-        .expect("joins");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
+    let group = join(&engine, &c, &group.id, "a", now).await.expect("joins");
     engine
         .confirm(&member(&group, "a"), now)
         .await
         .expect("answers");
-    assert_eq!(counts(&*engine, &c.id).await, (3, 2, 1, 1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (3, 2, 1, 1, 0, 0));
 
     let ended = engine
         .expire_due(&c.id, group.expires_at, 100)
@@ -327,44 +313,42 @@ async fn a_group_whose_window_passes_fails_and_returns_its_quota(engine: Arc<dyn
         .members
         .iter()
         .all(|m| m.status == ReservationStatus::Released));
-    assert_eq!(counts(&*engine, &c.id).await, (6, 0, 0, 0, 0, 1));
+    assert_eq!(counts(&engine, &c.id).await, (6, 0, 0, 0, 0, 1));
     assert_eq!(
-        join(&*engine, &c, &group.id, "b", group.expires_at).await,
+        join(&engine, &c, &group.id, "b", group.expires_at).await,
         Err(Refusal::GroupClosed)
     );
     // Released members are free to open a new group.
-    open(&*engine, &c, "leader", group.expires_at)
+    open(&engine, &c, "leader", group.expires_at)
         .await
         .expect("opens again");
 }
 
-async fn groups_are_only_for_group_buys_and_need_a_whole_quota(engine: Arc<dyn Engine>) {
+async fn groups_are_only_for_group_buys_and_need_a_whole_quota(engine: Arc<Engine>) {
     let now = Millis::now();
     let flash = campaign(10, 1, |_| {});
-    created(&*engine, &flash).await;
+    created(&engine, &flash).await;
     assert_eq!(
-        open(&*engine, &flash, "u", now).await.map(|g| g.id),
+        open(&engine, &flash, "u", now).await.map(|g| g.id),
         Err(Refusal::WrongCampaignKind)
     );
     let c = group_campaign(5, 3, 1);
-    created(&*engine, &c).await;
-    open(&*engine, &c, "first", now)
-        .await
-        .expect("3 of 5 units");
+    created(&engine, &c).await;
+    open(&engine, &c, "first", now).await.expect("3 of 5 units");
     assert_eq!(
-        open(&*engine, &c, "second", now).await.map(|g| g.id),
+        open(&engine, &c, "second", now).await.map(|g| g.id),
         Err(Refusal::SoldOut)
     );
     let missing = group_campaign(5, 3, 1);
     assert_eq!(
-        open(&*engine, &missing, "u", now).await.map(|g| g.id),
+        open(&engine, &missing, "u", now).await.map(|g| g.id),
         Err(Refusal::CampaignNotFound)
     );
 }
 
-async fn opening_and_joining_are_idempotent(engine: Arc<dyn Engine>) {
+async fn opening_and_joining_are_idempotent(engine: Arc<Engine>) {
     let c = group_campaign(9, 3, 2);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
     let first = GroupId::generate(&c.id);
     let opened = engine
@@ -414,14 +398,14 @@ async fn opening_and_joining_are_idempotent(engine: Arc<dyn Engine>) {
         matches!(&retried, GroupOutcome::Replayed(g) if g.members.len() == 2),
         "{retried:?}"
     );
-    assert_eq!(counts(&*engine, &c.id).await, (6, 3, 0, 1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (6, 3, 0, 1, 0, 0));
 }
 
-async fn ten_racing_joiners_fill_exactly_the_free_slots(engine: Arc<dyn Engine>) {
+async fn ten_racing_joiners_fill_exactly_the_free_slots(engine: Arc<Engine>) {
     let c = group_campaign(30, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let group = open(&*engine, &c, "leader", now).await.expect("opens");
+    let group = open(&engine, &c, "leader", now).await.expect("opens");
     let tasks: Vec<_> = (0..10)
         .map(|i| {
             let engine = Arc::clone(&engine);
@@ -455,9 +439,9 @@ async fn ten_racing_joiners_fill_exactly_the_free_slots(engine: Arc<dyn Engine>)
     );
 }
 
-async fn three_hundred_users_racing_never_take_more_than_the_stock(engine: Arc<dyn Engine>) {
+async fn three_hundred_users_racing_never_take_more_than_the_stock(engine: Arc<Engine>) {
     let c = group_campaign(120, 3, 1);
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
     let groups: Arc<tokio::sync::Mutex<Vec<GroupId>>> = Arc::default();
     let checking = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -498,11 +482,11 @@ async fn three_hundred_users_racing_never_take_more_than_the_stock(engine: Arc<d
                 // Join a known group if one takes us, else open one.
                 let known: Vec<GroupId> = groups.lock().await.clone();
                 for g in known.iter().rev().take(5) {
-                    if join(&*engine, &c, g, &user, now).await.is_ok() {
+                    if join(&engine, &c, g, &user, now).await.is_ok() {
                         return;
                     }
                 }
-                if let Ok(group) = open(&*engine, &c, &user, now).await {
+                if let Ok(group) = open(&engine, &c, &user, now).await {
                     groups.lock().await.push(group.id);
                 }
             })
@@ -519,7 +503,7 @@ async fn three_hundred_users_racing_never_take_more_than_the_stock(engine: Arc<d
         let g = engine.group(id).await.expect("answers").expect("exists");
         assert!(g.active_members() <= 3, "no group above its size");
     }
-    let (available, held, confirmed, open_groups, _, _) = counts(&*engine, &c.id).await;
+    let (available, held, confirmed, open_groups, _, _) = counts(&engine, &c.id).await;
     assert_eq!(available + held + confirmed, 120);
     assert_eq!(held, 3 * open_groups);
 }

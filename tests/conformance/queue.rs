@@ -9,15 +9,11 @@ use flashsale::domain::{
     TicketStatus, UserId,
 };
 use flashsale::engine::{
-    CampaignSnapshot, CancelScope, Engine, Gated, JoinOutcome, JoinRequest, MemoryEngine,
-    ReserveOutcome, Transition, WaitingRoom,
+    CampaignSnapshot, CancelScope, Engine, JoinOutcome, JoinRequest, MemoryEngine, ReserveOutcome,
+    Transition,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// An engine with its waiting room.
-trait QueueEngine: Engine + WaitingRoom {}
-impl<T: Engine + WaitingRoom> QueueEngine for T {}
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -27,13 +23,13 @@ enum Kind {
     Cluster,
 }
 
-async fn make(kind: Kind) -> Arc<dyn QueueEngine> {
-    match kind {
-        Kind::Memory => Arc::new(MemoryEngine::new()),
-        Kind::Redis => Arc::new(redis().await),
-        Kind::GatedRedis => Arc::new(Gated::new(Arc::new(redis().await))),
-        Kind::Cluster => Arc::new(cluster().await),
-    }
+async fn make(kind: Kind) -> Arc<Engine> {
+    Arc::new(match kind {
+        Kind::Memory => Engine::ungated(MemoryEngine::new()),
+        Kind::Redis => Engine::ungated(redis().await),
+        Kind::GatedRedis => Engine::new(redis().await),
+        Kind::Cluster => Engine::ungated(cluster().await),
+    })
 }
 
 macro_rules! on_every_queue_engine {
@@ -67,20 +63,18 @@ fn second(at: Millis) -> Millis {
     Millis(at.0 / 1000 * 1000)
 }
 
-async fn queued(
-    engine: &dyn QueueEngine,
-    stock: u64,
-    rate: u64,
-    starts_at: Option<Millis>,
-) -> Campaign {
+async fn queued(engine: &Engine, stock: u64, rate: u64, starts_at: Option<Millis>) -> Campaign {
     let c = campaign(stock, 1, |d| {
         d.queue = Some((rate, Some(30)));
         d.starts_at = starts_at.map(Millis::to_rfc3339);
     });
-    assert!(engine
-        .load_campaign(CampaignSnapshot::fresh(&c))
-        .await
-        .expect("engine answers"));
+    assert_ne!(
+        engine
+            .load(CampaignSnapshot::fresh(&c))
+            .await
+            .expect("engine answers"),
+        0
+    );
     c
 }
 
@@ -97,7 +91,7 @@ fn join_request(c: &Campaign, user: &str, key: &str, now: Millis) -> JoinRequest
     )
 }
 
-async fn join(engine: &dyn QueueEngine, c: &Campaign, user: &str, now: Millis) -> Ticket {
+async fn join(engine: &Engine, c: &Campaign, user: &str, now: Millis) -> Ticket {
     match engine
         .join_queue(&join_request(c, user, &format!("q-{user}"), now))
         .await
@@ -108,8 +102,10 @@ async fn join(engine: &dyn QueueEngine, c: &Campaign, user: &str, now: Millis) -
     }
 }
 
-async fn status(engine: &dyn QueueEngine, ticket: &TicketId, now: Millis) -> TicketStatus {
+async fn status(engine: &Engine, ticket: &TicketId, now: Millis) -> TicketStatus {
     engine
+        .backing()
+        .waiting_room()
         .ticket(ticket, now)
         .await
         .expect("answers")
@@ -117,29 +113,32 @@ async fn status(engine: &dyn QueueEngine, ticket: &TicketId, now: Millis) -> Tic
         .status
 }
 
-async fn position(engine: &dyn QueueEngine, ticket: &TicketId, now: Millis) -> Option<u64> {
+async fn position(engine: &Engine, ticket: &TicketId, now: Millis) -> Option<u64> {
     match status(engine, ticket, now).await {
         TicketStatus::Waiting { position } => position,
         _ => None,
     }
 }
 
-async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
-    engine: Arc<dyn QueueEngine>,
-) {
+async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(engine: Arc<Engine>) {
     const USERS: usize = 2_000;
     const RATE: u64 = 100;
     let start = second(Millis::now()).plus_seconds(3600);
-    let c = queued(&*engine, 10_000, RATE, Some(start)).await;
+    let c = queued(&engine, 10_000, RATE, Some(start)).await;
     let early = Millis(start.0 - 60_000);
     let mut tickets = Vec::with_capacity(USERS);
     for i in 0..USERS {
-        let ticket = join(&*engine, &c, &format!("u{i}"), early).await;
+        let ticket = join(&engine, &c, &format!("u{i}"), early).await;
         // Before the draw nobody has a place yet.
         assert_eq!(ticket.status, TicketStatus::Waiting { position: None });
         tickets.push(ticket.id);
     }
-    let before = engine.admit(&c.id, early).await.expect("answers");
+    let before = engine
+        .backing()
+        .waiting_room()
+        .admit(&c.id, early)
+        .await
+        .expect("answers");
     assert_eq!(
         (before.admitted, before.room),
         (0, 0),
@@ -149,7 +148,7 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
     // The draw: at the start every early ticket has a distinct place in 1..=USERS.
     let mut place = HashMap::new();
     for ticket in &tickets {
-        let p = position(&*engine, ticket, start).await.expect("drawn");
+        let p = position(&engine, ticket, start).await.expect("drawn");
         place.insert(ticket.clone(), p);
         assert!((1..=USERS as u64).contains(&p));
     }
@@ -170,7 +169,7 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
     );
 
     // A ticket taken after the start comes after every drawn one.
-    let late = join(&*engine, &c, "late", start).await;
+    let late = join(&engine, &c, "late", start).await;
     assert_eq!(
         late.status,
         TicketStatus::Waiting {
@@ -184,7 +183,12 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
     let mut now = start;
     for _ in 0..60 {
         now = Millis(now.0 + 50);
-        let round = engine.admit(&c.id, now).await.expect("answers");
+        let round = engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, now)
+            .await
+            .expect("answers");
         admitted_so_far += round.admitted;
         assert_eq!(round.waiting, USERS as u64 + 1 - admitted_so_far);
     }
@@ -198,11 +202,16 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
         "admission keeps up: {admitted_so_far}"
     );
     // Room: the units less the passes out (none used, none lapsed yet).
-    let more = engine.admit(&c.id, now).await.expect("answers");
+    let more = engine
+        .backing()
+        .waiting_room()
+        .admit(&c.id, now)
+        .await
+        .expect("answers");
     assert_eq!(more.room, 10_000 - admitted_so_far - more.admitted);
     admitted_so_far += more.admitted;
     for p in 1..=USERS as u64 {
-        let s = status(&*engine, &by_place[&p], now).await;
+        let s = status(&engine, &by_place[&p], now).await;
         if p <= admitted_so_far {
             assert!(
                 matches!(s, TicketStatus::Admitted { .. }),
@@ -220,18 +229,32 @@ async fn tickets_before_the_start_are_admitted_in_a_fair_draw_at_the_rate(
     }
 }
 
-async fn admission_never_outruns_the_units_left(engine: Arc<dyn QueueEngine>) {
-    let c = queued(&*engine, 5, 1_000, None).await;
+async fn admission_never_outruns_the_units_left(engine: Arc<Engine>) {
+    let c = queued(&engine, 5, 1_000, None).await;
     let t = Millis::now();
     let mut tickets = Vec::new();
     for i in 0..20 {
-        tickets.push(join(&*engine, &c, &format!("w{i}"), t).await.id);
+        tickets.push(join(&engine, &c, &format!("w{i}"), t).await.id);
     }
     // A round's budget is 100 (a tenth of a second at 1000/s), but 5 units are left.
-    let first = engine.admit(&c.id, t).await.expect("answers");
+    let first = engine
+        .backing()
+        .waiting_room()
+        .admit(&c.id, t)
+        .await
+        .expect("answers");
     assert_eq!((first.admitted, first.room), (5, 0));
     let t1 = Millis(t.0 + 1_000);
-    assert_eq!(engine.admit(&c.id, t1).await.expect("answers").admitted, 0);
+    assert_eq!(
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, t1)
+            .await
+            .expect("answers")
+            .admitted,
+        0
+    );
 
     // w0 reserves and its pass is used: 4 units, 4 unused passes — still no room.
     let reserved = match engine
@@ -242,9 +265,16 @@ async fn admission_never_outruns_the_units_left(engine: Arc<dyn QueueEngine>) {
         ReserveOutcome::Reserved { reservation, .. } => reservation,
         other => panic!("{other:?}"),
     };
-    engine.pass_used(&tickets[0]).await.expect("answers");
+    engine
+        .backing()
+        .waiting_room()
+        .pass_used(&tickets[0])
+        .await
+        .expect("answers");
     assert_eq!(
         engine
+            .backing()
+            .waiting_room()
             .admit(&c.id, Millis(t1.0 + 500))
             .await
             .expect("answers")
@@ -260,41 +290,71 @@ async fn admission_never_outruns_the_units_left(engine: Arc<dyn QueueEngine>) {
             .expect("answers"),
         Transition::Done(_)
     ));
-    assert_eq!(engine.admit(&c.id, t2).await.expect("answers").admitted, 1);
+    assert_eq!(
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, t2)
+            .await
+            .expect("answers")
+            .admitted,
+        1
+    );
     assert!(matches!(
-        status(&*engine, &tickets[5], t2).await,
+        status(&engine, &tickets[5], t2).await,
         TicketStatus::Admitted { .. }
     ));
     assert_eq!(
-        status(&*engine, &tickets[6], t2).await,
+        status(&engine, &tickets[6], t2).await,
         TicketStatus::Waiting { position: Some(1) }
     );
     // Passes lapse after pass_seconds (30): their tickets read expired and their units are
     // offered to the next in line.
     let lapsed = t.plus_seconds(31);
     assert_eq!(
-        status(&*engine, &tickets[1], lapsed).await,
+        status(&engine, &tickets[1], lapsed).await,
         TicketStatus::Expired
     );
     assert_eq!(
-        engine.admit(&c.id, lapsed).await.expect("answers").admitted,
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, lapsed)
+            .await
+            .expect("answers")
+            .admitted,
         4
     );
     let later = t2.plus_seconds(31);
     assert_eq!(
-        engine.admit(&c.id, later).await.expect("answers").admitted,
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, later)
+            .await
+            .expect("answers")
+            .admitted,
         1
     );
 }
 
-async fn sold_out_reaches_every_waiting_ticket_at_once(engine: Arc<dyn QueueEngine>) {
-    let c = queued(&*engine, 2, 1_000, None).await;
+async fn sold_out_reaches_every_waiting_ticket_at_once(engine: Arc<Engine>) {
+    let c = queued(&engine, 2, 1_000, None).await;
     let t = Millis::now();
     let mut tickets = Vec::new();
     for i in 0..10 {
-        tickets.push(join(&*engine, &c, &format!("s{i}"), t).await.id);
+        tickets.push(join(&engine, &c, &format!("s{i}"), t).await.id);
     }
-    assert_eq!(engine.admit(&c.id, t).await.expect("answers").admitted, 2);
+    assert_eq!(
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, t)
+            .await
+            .expect("answers")
+            .admitted,
+        2
+    );
     let mut holds = Vec::new();
     for user in ["s0", "s1"] {
         match engine
@@ -307,11 +367,11 @@ async fn sold_out_reaches_every_waiting_ticket_at_once(engine: Arc<dyn QueueEngi
         }
     }
     for ticket in &tickets[2..] {
-        assert_eq!(status(&*engine, ticket, t).await, TicketStatus::SoldOut);
+        assert_eq!(status(&engine, ticket, t).await, TicketStatus::SoldOut);
     }
     // A ticket taken now reads sold out too.
     assert_eq!(
-        join(&*engine, &c, "s-late", t).await.status,
+        join(&engine, &c, "s-late", t).await.status,
         TicketStatus::SoldOut
     );
     // A unit comes back: the line is back, in its order.
@@ -320,15 +380,15 @@ async fn sold_out_reaches_every_waiting_ticket_at_once(engine: Arc<dyn QueueEngi
         .await
         .expect("answers");
     assert_eq!(
-        status(&*engine, &tickets[2], t).await,
+        status(&engine, &tickets[2], t).await,
         TicketStatus::Waiting { position: Some(1) }
     );
 }
 
-async fn one_ticket_per_user_and_per_key(engine: Arc<dyn QueueEngine>) {
-    let c = queued(&*engine, 10, 10, None).await;
+async fn one_ticket_per_user_and_per_key(engine: Arc<Engine>) {
+    let c = queued(&engine, 10, 10, None).await;
     let t = Millis::now();
-    let first = join(&*engine, &c, "ann", t).await;
+    let first = join(&engine, &c, "ann", t).await;
     // Another key, same user: the same ticket.
     let again = engine
         .join_queue(&join_request(&c, "ann", "another-key", t))
@@ -344,15 +404,18 @@ async fn one_ticket_per_user_and_per_key(engine: Arc<dyn QueueEngine>) {
         JoinOutcome::KeyReused
     );
     assert_eq!(
-        join(&*engine, &c, "bob", t).await.status,
+        join(&engine, &c, "bob", t).await.status,
         TicketStatus::Waiting { position: Some(2) }
     );
     // No waiting room, no campaign, campaign ended.
     let plain = campaign(10, 1, |_| {});
-    assert!(engine
-        .load_campaign(CampaignSnapshot::fresh(&plain))
-        .await
-        .expect("answers"));
+    assert_ne!(
+        engine
+            .load(CampaignSnapshot::fresh(&plain))
+            .await
+            .expect("answers"),
+        0
+    );
     let refused = |outcome: JoinOutcome| match outcome {
         JoinOutcome::Refused(r) => r,
         other => panic!("{other:?}"),
@@ -388,32 +451,46 @@ async fn one_ticket_per_user_and_per_key(engine: Arc<dyn QueueEngine>) {
         Refusal::Ended
     );
     assert_eq!(
-        status(&*engine, &first.id, after).await,
+        status(&engine, &first.id, after).await,
         TicketStatus::Expired
     );
     assert_eq!(
-        engine.admit(&c.id, after).await.expect("answers").admitted,
+        engine
+            .backing()
+            .waiting_room()
+            .admit(&c.id, after)
+            .await
+            .expect("answers")
+            .admitted,
         0
     );
     // Unknown tickets are unknown.
     let stranger = TicketId::generate(&CampaignId::parse("nowhere").expect("valid"));
-    assert_eq!(engine.ticket(&stranger, t).await.expect("answers"), None);
+    assert_eq!(
+        engine
+            .backing()
+            .waiting_room()
+            .ticket(&stranger, t)
+            .await
+            .expect("answers"),
+        None
+    );
 }
 
 /// Eight admitters (two engines' worth on Redis: separate connections, like two instances)
 /// run admission rounds as fast as they can on the real clock for 1.5 s; however they
 /// interleave, what they admitted in all stays within the rate over the time they ran plus
 /// one round's burst.
-async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>) {
+async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<Engine>) {
     const RATE: u64 = 200;
-    let c = queued(&*engine, 100_000, RATE, None).await;
+    let c = queued(&engine, 100_000, RATE, None).await;
     let t = Millis::now();
     for i in 0..1_000 {
-        join(&*engine, &c, &format!("m{i}"), t).await;
+        join(&engine, &c, &format!("m{i}"), t).await;
     }
-    let second_engine: Arc<dyn QueueEngine> = match engine.name() {
-        "redis" => Arc::new(redis().await),
-        "redis-cluster" => Arc::new(cluster().await),
+    let second_engine: Arc<Engine> = match engine.backing().backend().name() {
+        "redis" => Arc::new(Engine::ungated(redis().await)),
+        "redis-cluster" => Arc::new(Engine::ungated(cluster().await)),
         _ => Arc::clone(&engine),
     };
     let started = Millis::now();
@@ -430,6 +507,8 @@ async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>
             let until = std::time::Instant::now() + std::time::Duration::from_millis(1_500);
             while std::time::Instant::now() < until {
                 admitted += engine
+                    .backing()
+                    .waiting_room()
                     .admit(&id, Millis::now())
                     .await
                     .expect("answers")
@@ -452,26 +531,33 @@ async fn many_admitters_at_once_never_pass_the_rate(engine: Arc<dyn QueueEngine>
     // Admission ran (loosely: the machine may be busy with other tests).
     assert!(total as f64 >= RATE as f64 * 0.5, "admission ran: {total}");
     // Nobody admitted twice, nobody lost: what waits is what was not admitted.
-    let last = engine.admit(&c.id, Millis::now()).await.expect("answers");
+    let last = engine
+        .backing()
+        .waiting_room()
+        .admit(&c.id, Millis::now())
+        .await
+        .expect("answers");
     assert_eq!(last.waiting, 1_000 - total - last.admitted);
 }
 
 /// Reads of many tickets at once (the Redis engine batches them per campaign): each answer
 /// is its own ticket's — its user, its place.
-async fn concurrent_reads_answer_each_ticket_its_own(engine: Arc<dyn QueueEngine>) {
-    let c = queued(&*engine, 1_000, 1, None).await;
+async fn concurrent_reads_answer_each_ticket_its_own(engine: Arc<Engine>) {
+    let c = queued(&engine, 1_000, 1, None).await;
     let t = Millis::now();
     let mut tickets = Vec::new();
     for i in 0..300 {
         tickets.push((
             format!("r{i}"),
-            join(&*engine, &c, &format!("r{i}"), t).await.id,
+            join(&engine, &c, &format!("r{i}"), t).await.id,
         ));
     }
     let reads = tickets.iter().cloned().enumerate().map(|(i, (user, id))| {
         let engine = Arc::clone(&engine);
         tokio::spawn(async move {
             let ticket = engine
+                .backing()
+                .waiting_room()
                 .ticket(&id, t)
                 .await
                 .expect("answers")
@@ -493,8 +579,8 @@ async fn concurrent_reads_answer_each_ticket_its_own(engine: Arc<dyn QueueEngine
 
 /// 200 users join twice each (other keys), all at once (the Redis engine batches joins per
 /// campaign): one ticket per user, both answers name it, and the places are 1..=200.
-async fn concurrent_joins_give_each_user_one_ticket_and_one_place(engine: Arc<dyn QueueEngine>) {
-    let c = queued(&*engine, 1_000, 1, None).await;
+async fn concurrent_joins_give_each_user_one_ticket_and_one_place(engine: Arc<Engine>) {
+    let c = queued(&engine, 1_000, 1, None).await;
     let t = Millis::now();
     let joins = (0..400).map(|i| {
         let (engine, c) = (Arc::clone(&engine), c.clone());
@@ -527,7 +613,7 @@ async fn concurrent_joins_give_each_user_one_ticket_and_one_place(engine: Arc<dy
             1,
             "{user}: one new ticket"
         );
-        places.insert(position(&*engine, &answers[0].1, t).await.expect("placed"));
+        places.insert(position(&engine, &answers[0].1, t).await.expect("placed"));
     }
     assert_eq!(places, (1..=200).collect::<HashSet<u64>>());
 }

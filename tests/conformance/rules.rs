@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Reserves and unwraps the new reservation.
 async fn reserved(
-    engine: &dyn Engine,
+    engine: &Engine,
     request: &flashsale::engine::ReserveRequest,
 ) -> flashsale::domain::Reservation {
     match engine.reserve(request).await.expect("engine answers") {
@@ -19,14 +19,14 @@ async fn reserved(
     }
 }
 
-async fn refusal(engine: &dyn Engine, request: &flashsale::engine::ReserveRequest) -> Refusal {
+async fn refusal(engine: &Engine, request: &flashsale::engine::ReserveRequest) -> Refusal {
     match engine.reserve(request).await.expect("engine answers") {
         ReserveOutcome::Refused(refusal) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
-async fn counts(engine: &dyn Engine, id: &CampaignId) -> (u64, u64, u64) {
+async fn counts(engine: &Engine, id: &CampaignId) -> (u64, u64, u64) {
     let state = engine
         .campaign(id)
         .await
@@ -59,31 +59,34 @@ on_every_engine!(
     unknown_reservations_are_not_found,
 );
 
-async fn a_reservation_takes_units_until_it_ends(engine: Arc<dyn Engine>) {
+async fn a_reservation_takes_units_until_it_ends(engine: Arc<Engine>) {
     let c = campaign(10, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
 
-    let r = reserved(&*engine, &attempt(&c, "u1", 3, "k1", now)).await;
+    let r = reserved(&engine, &attempt(&c, "u1", 3, "k1", now)).await;
 
     assert_eq!(r.status, ReservationStatus::Held);
     assert_eq!(r.quantity.get(), 3);
     assert_eq!(r.created_at, now);
     assert_eq!(r.expires_at, now.plus_seconds(60));
-    assert_eq!(counts(&*engine, &c.id).await, (7, 3, 0));
+    assert_eq!(counts(&engine, &c.id).await, (7, 3, 0));
     assert_eq!(engine.reservation(&r.id).await.expect("answers"), Some(r));
 }
 
-async fn creating_a_campaign_twice_changes_nothing(engine: Arc<dyn Engine>) {
+async fn creating_a_campaign_twice_changes_nothing(engine: Arc<Engine>) {
     let c = campaign(10, 1, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let mut other = c.clone();
     other.stock = 99;
 
-    assert!(!engine
-        .load_campaign(CampaignSnapshot::fresh(&other))
-        .await
-        .expect("answers"));
+    assert_eq!(
+        engine
+            .load(CampaignSnapshot::fresh(&other))
+            .await
+            .expect("answers"),
+        0
+    );
 
     let state = engine
         .campaign(&c.id)
@@ -98,45 +101,45 @@ async fn creating_a_campaign_twice_changes_nothing(engine: Arc<dyn Engine>) {
         .contains(&c.id));
 }
 
-async fn reserving_past_the_limit_is_refused(engine: Arc<dyn Engine>) {
+async fn reserving_past_the_limit_is_refused(engine: Arc<Engine>) {
     let c = campaign(10, 2, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    reserved(&*engine, &attempt(&c, "u1", 1, "k1", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 1, "k1", now)).await;
 
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u1", 2, "k2", now)).await,
+        refusal(&engine, &attempt(&c, "u1", 2, "k2", now)).await,
         Refusal::LimitExceeded
     );
-    reserved(&*engine, &attempt(&c, "u1", 1, "k3", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 1, "k3", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u1", 1, "k4", now)).await,
+        refusal(&engine, &attempt(&c, "u1", 1, "k4", now)).await,
         Refusal::LimitExceeded
     );
     // Others are not affected.
-    reserved(&*engine, &attempt(&c, "u2", 2, "k5", now)).await;
-    assert_eq!(counts(&*engine, &c.id).await, (6, 4, 0));
+    reserved(&engine, &attempt(&c, "u2", 2, "k5", now)).await;
+    assert_eq!(counts(&engine, &c.id).await, (6, 4, 0));
 }
 
-async fn reserving_more_than_is_available_is_sold_out(engine: Arc<dyn Engine>) {
+async fn reserving_more_than_is_available_is_sold_out(engine: Arc<Engine>) {
     let c = campaign(3, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    reserved(&*engine, &attempt(&c, "u1", 2, "k1", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 2, "k1", now)).await;
 
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u2", 2, "k2", now)).await,
+        refusal(&engine, &attempt(&c, "u2", 2, "k2", now)).await,
         Refusal::SoldOut
     );
-    reserved(&*engine, &attempt(&c, "u2", 1, "k3", now)).await;
+    reserved(&engine, &attempt(&c, "u2", 1, "k3", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u3", 1, "k4", now)).await,
+        refusal(&engine, &attempt(&c, "u3", 1, "k4", now)).await,
         Refusal::SoldOut
     );
-    assert_eq!(counts(&*engine, &c.id).await, (0, 3, 0));
+    assert_eq!(counts(&engine, &c.id).await, (0, 3, 0));
 }
 
-async fn reserving_outside_the_window_is_refused(engine: Arc<dyn Engine>) {
+async fn reserving_outside_the_window_is_refused(engine: Arc<Engine>) {
     let now = Millis::now();
     let starts = Millis(now.0 + 60_000);
     let ends = Millis(now.0 + 120_000);
@@ -144,42 +147,42 @@ async fn reserving_outside_the_window_is_refused(engine: Arc<dyn Engine>) {
         d.starts_at = Some(starts.to_rfc3339());
         d.ends_at = Some(ends.to_rfc3339());
     });
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
 
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u1", 1, "k1", now)).await,
+        refusal(&engine, &attempt(&c, "u1", 1, "k1", now)).await,
         Refusal::NotStarted
     );
-    reserved(&*engine, &attempt(&c, "u1", 1, "k2", starts)).await;
+    reserved(&engine, &attempt(&c, "u1", 1, "k2", starts)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u2", 1, "k3", ends)).await,
+        refusal(&engine, &attempt(&c, "u2", 1, "k3", ends)).await,
         Refusal::Ended
     );
 }
 
-async fn reserving_in_an_unknown_or_group_campaign_is_refused(engine: Arc<dyn Engine>) {
+async fn reserving_in_an_unknown_or_group_campaign_is_refused(engine: Arc<Engine>) {
     let now = Millis::now();
     let missing = campaign(5, 1, |_| {});
     assert_eq!(
-        refusal(&*engine, &attempt(&missing, "u1", 1, "k1", now)).await,
+        refusal(&engine, &attempt(&missing, "u1", 1, "k1", now)).await,
         Refusal::CampaignNotFound
     );
     let group = campaign(6, 1, |d| {
         d.kind = "group_buy".into();
         d.group = Some((3, 60));
     });
-    created(&*engine, &group).await;
+    created(&engine, &group).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&group, "u1", 1, "k1", now)).await,
+        refusal(&engine, &attempt(&group, "u1", 1, "k1", now)).await,
         Refusal::WrongCampaignKind
     );
 }
 
-async fn one_idempotency_key_yields_one_reservation(engine: Arc<dyn Engine>) {
+async fn one_idempotency_key_yields_one_reservation(engine: Arc<Engine>) {
     let c = campaign(10, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let first = reserved(&*engine, &attempt(&c, "u1", 1, "same", now)).await;
+    let first = reserved(&engine, &attempt(&c, "u1", 1, "same", now)).await;
 
     let again = engine
         .reserve(&attempt(&c, "u1", 1, "same", now))
@@ -198,17 +201,17 @@ async fn one_idempotency_key_yields_one_reservation(engine: Arc<dyn Engine>) {
         .await
         .expect("answers");
     assert_eq!(later, ReserveOutcome::Replayed(first));
-    assert_eq!(counts(&*engine, &c.id).await, (9, 0, 1));
+    assert_eq!(counts(&engine, &c.id).await, (9, 0, 1));
 }
 
-async fn a_retry_after_the_sale_sold_out_gets_its_reservation_back(engine: Arc<dyn Engine>) {
+async fn a_retry_after_the_sale_sold_out_gets_its_reservation_back(engine: Arc<Engine>) {
     let c = campaign(2, 1, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let first = reserved(&*engine, &attempt(&c, "u1", 1, "mine", now)).await;
-    reserved(&*engine, &attempt(&c, "u2", 1, "theirs", now)).await;
+    let first = reserved(&engine, &attempt(&c, "u1", 1, "mine", now)).await;
+    reserved(&engine, &attempt(&c, "u2", 1, "theirs", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u3", 1, "late", now)).await,
+        refusal(&engine, &attempt(&c, "u3", 1, "late", now)).await,
         Refusal::SoldOut
     );
     // Give a gate time to arm from its snapshot.
@@ -226,17 +229,17 @@ async fn a_retry_after_the_sale_sold_out_gets_its_reservation_back(engine: Arc<d
             .expect("answers");
         assert_eq!(reused, ReserveOutcome::KeyReused);
         assert_eq!(
-            refusal(&*engine, &attempt(&c, "u4", 1, "new", now)).await,
+            refusal(&engine, &attempt(&c, "u4", 1, "new", now)).await,
             Refusal::SoldOut
         );
     }
 }
 
-async fn confirming_is_idempotent_and_keeps_the_units(engine: Arc<dyn Engine>) {
+async fn confirming_is_idempotent_and_keeps_the_units(engine: Arc<Engine>) {
     let c = campaign(10, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let r = reserved(&*engine, &attempt(&c, "u1", 2, "k1", now)).await;
+    let r = reserved(&engine, &attempt(&c, "u1", 2, "k1", now)).await;
 
     let Transition::Done(confirmed) = engine.confirm(&r.id, now).await.expect("answers") else {
         panic!("confirm should move held to confirmed");
@@ -246,22 +249,22 @@ async fn confirming_is_idempotent_and_keeps_the_units(engine: Arc<dyn Engine>) {
         engine.confirm(&r.id, now).await.expect("answers"),
         Transition::Unchanged(_)
     ));
-    assert_eq!(counts(&*engine, &c.id).await, (8, 0, 2));
+    assert_eq!(counts(&engine, &c.id).await, (8, 0, 2));
     // Confirmed units still count against the limit.
-    reserved(&*engine, &attempt(&c, "u1", 3, "k2", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 3, "k2", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u1", 1, "k3", now)).await,
+        refusal(&engine, &attempt(&c, "u1", 1, "k3", now)).await,
         Refusal::LimitExceeded
     );
 }
 
-async fn cancelling_returns_units_and_is_idempotent(engine: Arc<dyn Engine>) {
+async fn cancelling_returns_units_and_is_idempotent(engine: Arc<Engine>) {
     let c = campaign(1, 1, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let r = reserved(&*engine, &attempt(&c, "u1", 1, "k1", now)).await;
+    let r = reserved(&engine, &attempt(&c, "u1", 1, "k1", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u2", 1, "k2", now)).await,
+        refusal(&engine, &attempt(&c, "u2", 1, "k2", now)).await,
         Refusal::SoldOut
     );
 
@@ -275,20 +278,20 @@ async fn cancelling_returns_units_and_is_idempotent(engine: Arc<dyn Engine>) {
         .await
         .expect("answers");
     assert!(matches!(again, Transition::Unchanged(_)));
-    assert_eq!(counts(&*engine, &c.id).await, (1, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (1, 0, 0));
     // The unit is back for anyone, and the user's count is back too.
-    reserved(&*engine, &attempt(&c, "u1", 1, "k3", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 1, "k3", now)).await;
     assert!(matches!(
         engine.confirm(&r.id, now).await.expect("answers"),
         Transition::NotHeld(x) if x.status == ReservationStatus::Cancelled
     ));
 }
 
-async fn a_user_cannot_cancel_a_confirmed_reservation_but_the_store_can(engine: Arc<dyn Engine>) {
+async fn a_user_cannot_cancel_a_confirmed_reservation_but_the_store_can(engine: Arc<Engine>) {
     let c = campaign(5, 1, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let r = reserved(&*engine, &attempt(&c, "u1", 1, "k1", now)).await;
+    let r = reserved(&engine, &attempt(&c, "u1", 1, "k1", now)).await;
     engine.confirm(&r.id, now).await.expect("answers");
 
     assert!(matches!(
@@ -305,16 +308,16 @@ async fn a_user_cannot_cancel_a_confirmed_reservation_but_the_store_can(engine: 
             .expect("answers"),
         Transition::Done(_)
     ));
-    assert_eq!(counts(&*engine, &c.id).await, (5, 0, 0));
+    assert_eq!(counts(&engine, &c.id).await, (5, 0, 0));
 }
 
-async fn expired_holds_return_their_units_and_cannot_be_confirmed(engine: Arc<dyn Engine>) {
+async fn expired_holds_return_their_units_and_cannot_be_confirmed(engine: Arc<Engine>) {
     let c = campaign(3, 3, |d| d.hold_seconds = Some(10));
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    let early = reserved(&*engine, &attempt(&c, "u1", 1, "k1", now)).await;
-    let late = reserved(&*engine, &attempt(&c, "u1", 1, "k2", Millis(now.0 + 5_000))).await;
-    let paid = reserved(&*engine, &attempt(&c, "u1", 1, "k3", now)).await;
+    let early = reserved(&engine, &attempt(&c, "u1", 1, "k1", now)).await;
+    let late = reserved(&engine, &attempt(&c, "u1", 1, "k2", Millis(now.0 + 5_000))).await;
+    let paid = reserved(&engine, &attempt(&c, "u1", 1, "k3", now)).await;
     engine.confirm(&paid.id, now).await.expect("answers");
 
     let expired = engine
@@ -323,7 +326,7 @@ async fn expired_holds_return_their_units_and_cannot_be_confirmed(engine: Arc<dy
         .expect("answers");
 
     assert_eq!(expired, 1);
-    assert_eq!(counts(&*engine, &c.id).await, (1, 1, 1));
+    assert_eq!(counts(&engine, &c.id).await, (1, 1, 1));
     let gone = engine
         .reservation(&early.id)
         .await
@@ -342,23 +345,21 @@ async fn expired_holds_return_their_units_and_cannot_be_confirmed(engine: Arc<dy
         engine.confirm(&late.id, Millis(now.0 + 15_000)).await.expect("answers"),
         Transition::NotHeld(x) if x.status == ReservationStatus::Expired
     ));
-    assert_eq!(counts(&*engine, &c.id).await, (2, 0, 1));
+    assert_eq!(counts(&engine, &c.id).await, (2, 0, 1));
 }
 
 /// The Redis engine keeps holds in a list walked from its head, where confirmed and
 /// cancelled ones stay until the walk passes them: a page full of those must not stop it.
-async fn holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass(
-    engine: Arc<dyn Engine>,
-) {
+async fn holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass(engine: Arc<Engine>) {
     let c = campaign(10, 1, |d| d.hold_seconds = Some(10));
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
     let mut holds = Vec::new();
     for n in 0..8 {
         let at = Millis(now.0 + n);
         holds.push(
             reserved(
-                &*engine,
+                &engine,
                 &attempt(&c, &format!("u{n}"), 1, &format!("k{n}"), at),
             )
             .await,
@@ -378,7 +379,7 @@ async fn holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass(
         .expect("answers");
 
     assert_eq!(expired, 2);
-    assert_eq!(counts(&*engine, &c.id).await, (5, 0, 5));
+    assert_eq!(counts(&engine, &c.id).await, (5, 0, 5));
     for late in &holds[6..] {
         let r = engine
             .reservation(&late.id)
@@ -389,13 +390,13 @@ async fn holds_behind_more_than_a_page_of_ended_ones_still_expire_in_one_pass(
     }
 }
 
-async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<dyn Engine>) {
+async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<Engine>) {
     let c = campaign(5, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let now = Millis::now();
-    reserved(&*engine, &attempt(&c, "u1", 5, "k1", now)).await;
+    reserved(&engine, &attempt(&c, "u1", 5, "k1", now)).await;
     assert_eq!(
-        refusal(&*engine, &attempt(&c, "u2", 1, "k2", now)).await,
+        refusal(&engine, &attempt(&c, "u2", 1, "k2", now)).await,
         Refusal::SoldOut
     );
 
@@ -426,8 +427,8 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
             available: 1
         }
     );
-    reserved(&*engine, &attempt(&c, "u2", 1, "k3", now)).await;
-    assert_eq!(counts(&*engine, &c.id).await, (0, 6, 0));
+    reserved(&engine, &attempt(&c, "u2", 1, "k3", now)).await;
+    assert_eq!(counts(&engine, &c.id).await, (0, 6, 0));
     let missing = crate::engines::campaign(1, 1, |_| {});
     assert_eq!(
         engine
@@ -438,9 +439,9 @@ async fn stock_can_be_added_and_withdrawn_but_never_below_available(engine: Arc<
     );
 }
 
-async fn a_retried_stock_change_applies_once(engine: Arc<dyn Engine>) {
+async fn a_retried_stock_change_applies_once(engine: Arc<Engine>) {
     let c = campaign(10, 5, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let plus_100 = stock(&c.id, 100);
     let first = engine.adjust_stock(&plus_100).await.expect("answers");
     assert_eq!(
@@ -450,7 +451,7 @@ async fn a_retried_stock_change_applies_once(engine: Arc<dyn Engine>) {
             available: 110
         }
     );
-    reserved(&*engine, &attempt(&c, "u1", 1, "k1", Millis::now())).await;
+    reserved(&engine, &attempt(&c, "u1", 1, "k1", Millis::now())).await;
     // The retry answers the first outcome and changes nothing. (A sharded campaign's replay
     // counts `available` now: no shard alone knows what the whole had then.)
     let sharded = crate::engines::SHARDS.try_with(|_| ()).is_ok();
@@ -461,7 +462,7 @@ async fn a_retried_stock_change_applies_once(engine: Arc<dyn Engine>) {
             available: if sharded { 109 } else { 110 }
         }
     );
-    assert_eq!(counts(&*engine, &c.id).await, (109, 1, 0));
+    assert_eq!(counts(&engine, &c.id).await, (109, 1, 0));
     // The same key with another delta is a different request.
     let reused = flashsale::engine::StockRequest {
         delta: flashsale::domain::StockDelta::parse(5).expect("valid"),
@@ -471,12 +472,12 @@ async fn a_retried_stock_change_applies_once(engine: Arc<dyn Engine>) {
         engine.adjust_stock(&reused).await.expect("answers"),
         StockOutcome::KeyReused
     );
-    assert_eq!(counts(&*engine, &c.id).await, (109, 1, 0));
+    assert_eq!(counts(&engine, &c.id).await, (109, 1, 0));
 }
 
-async fn unknown_reservations_are_not_found(engine: Arc<dyn Engine>) {
+async fn unknown_reservations_are_not_found(engine: Arc<Engine>) {
     let c = campaign(5, 1, |_| {});
-    created(&*engine, &c).await;
+    created(&engine, &c).await;
     let id = flashsale::domain::ReservationId::generate(&c.id);
     let now = Millis::now();
     assert_eq!(engine.reservation(&id).await.expect("answers"), None);

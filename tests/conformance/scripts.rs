@@ -1,4 +1,4 @@
-//! The shared Lua (`lua/lib.lua`) is folded onto a script's first line, so an error Redis
+//! The shared Lua (`src/engine/redis/scripts/lib.lua`) is folded onto a script's first line, so an error Redis
 //! reports names the line of the script's own file.
 
 use crate::engines::redis_url;

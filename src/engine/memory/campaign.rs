@@ -1,5 +1,5 @@
 //! One campaign's state and its stock rules (reserve, confirm, cancel, expire, restock),
-//! changed only under the campaign's mutex. Every rule here has its twin in `lua/`.
+//! changed only under the campaign's mutex. Every rule here has its twin in `src/engine/redis/scripts/`.
 
 use super::groups::GroupSlot;
 use super::outbox::Outbox;
@@ -8,7 +8,7 @@ use crate::domain::{
     Campaign, CampaignKind, Change, GroupCounts, GroupId, GroupStatus, Millis, Quantity, Refusal,
     Reservation, ReservationId, ReservationStatus, ScopedKey, UserId, Window,
 };
-use crate::engine::sharded::{Given, OpenTransfer, Transfer};
+use crate::engine::backend::{Given, OpenTransfer, Transfer};
 use crate::engine::{
     CampaignSnapshot, CancelScope, EngineError, Extension, RecordsSince, ReserveOutcome,
     ReserveRequest, StockOutcome, StockRequest, Transition,

@@ -1,6 +1,6 @@
 //! Group buys in memory: a group holds `size` units of its campaign from opening; each member
-//! holds one of its slots. Twin of `lua/open_group.lua`, `lua/join_group.lua` and the group
-//! parts of `lua/lib.lua`.
+//! holds one of its slots. Twin of `src/engine/redis/scripts/open_group.lua`, `src/engine/redis/scripts/join_group.lua` and the group
+//! parts of `src/engine/redis/scripts/lib.lua`.
 
 use super::campaign::{take_from_user, NewHold, Slot};
 use crate::domain::{

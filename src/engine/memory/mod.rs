@@ -7,7 +7,7 @@
 //! - `outbox`: the campaign's events until the persister acknowledges them;
 //! - `sharded`: the hash map the big per-campaign maps use, so growing never stalls.
 //!
-//! Every rule here has its twin in `lua/`; keep them in step.
+//! Every rule here has its twin in `src/engine/redis/scripts/`; keep them in step.
 
 mod campaign;
 mod groups;
@@ -16,12 +16,14 @@ mod queue;
 mod sharded;
 mod work;
 
-use super::sharded::{Claim, Given, OpenTransfer, ShardOps, ShardState, Transfer};
-use super::{
-    Admission, Backend, Backlog, CampaignSnapshot, CancelScope, Consumer, Engine, EngineError,
-    EventBatch, EventLog, Extension, GateReads, GroupOutcome, GroupRequest, JoinOutcome,
-    JoinRequest, Probe, RecordsSince, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest,
-    Transition, WaitingRoom,
+use super::backend::{
+    Backend, Claim, Decisions, EventLog, Given, OpenTransfer, Probe, Reads, RecordsSince, ShardOps,
+    ShardState, Transfer, WaitingRoom,
+};
+use super::types::{
+    Admission, Backlog, CampaignSnapshot, CancelScope, Consumer, EngineError, EventBatch,
+    Extension, GroupOutcome, GroupRequest, JoinOutcome, JoinRequest, ReserveOutcome,
+    ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use crate::domain::{
     CampaignId, CampaignState, Event, Group, GroupId, Millis, Refusal, Reservation, ReservationId,
@@ -154,7 +156,7 @@ impl Default for MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
+impl Decisions for MemoryEngine {
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
         // A new campaign brings no events and nothing due (see `RedisEngine::load_campaign`).
         if !snapshot.reservations.is_empty() || !snapshot.groups.is_empty() {
@@ -168,18 +170,6 @@ impl Engine for MemoryEngine {
                 Arc::new(Mutex::new(Slot::restored(snapshot)))
             });
         Ok(loaded)
-    }
-
-    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        Ok(self.with_slot(id, None, |slot| {
-            Some(CampaignState {
-                campaign: slot.campaign.clone(),
-                available: slot.available,
-                held: slot.held,
-                confirmed: slot.confirmed,
-                groups: slot.group_counts,
-            })
-        }))
     }
 
     async fn end_campaign(
@@ -197,10 +187,6 @@ impl Engine for MemoryEngine {
         self.campaign(id).await
     }
 
-    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
-        Ok(self.campaigns.iter().map(|e| e.key().clone()).collect())
-    }
-
     async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
         Ok(
             self.decide(&request.campaign_id, StockOutcome::NotFound, |slot| {
@@ -212,12 +198,6 @@ impl Engine for MemoryEngine {
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let missing = Ok(ReserveOutcome::Refused(Refusal::CampaignNotFound));
         self.decide(&request.campaign_id, missing, |slot| slot.reserve(request))
-    }
-
-    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        Ok(self.with_slot(&id.shard_campaign(), None, |slot| {
-            slot.reservations.get(id).cloned()
-        }))
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
@@ -275,14 +255,36 @@ impl Engine for MemoryEngine {
             slot.join_group(request)
         })
     }
+}
+
+#[async_trait]
+impl Reads for MemoryEngine {
+    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
+        Ok(self.with_slot(id, None, |slot| {
+            Some(CampaignState {
+                campaign: slot.campaign.clone(),
+                available: slot.available,
+                held: slot.held,
+                confirmed: slot.confirmed,
+                groups: slot.group_counts,
+            })
+        }))
+    }
+
+    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
+        Ok(self.campaigns.iter().map(|e| e.key().clone()).collect())
+    }
+
+    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
+        Ok(self.with_slot(&id.shard_campaign(), None, |slot| {
+            slot.reservations.get(id).cloned()
+        }))
+    }
 
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
         Ok(self.with_slot(&id.campaign_id(), None, |slot| slot.group_view(id)))
     }
-}
 
-#[async_trait]
-impl GateReads for MemoryEngine {
     async fn sold_out_records(
         &self,
         campaign: &CampaignId,

@@ -1,4 +1,4 @@
-//! A campaign's waiting room, under the campaign's mutex. Twin of `lua/queue_*.lua`.
+//! A campaign's waiting room, under the campaign's mutex. Twin of `src/engine/redis/scripts/queue_*.lua`.
 
 use super::campaign::Slot;
 use crate::domain::{

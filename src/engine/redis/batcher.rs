@@ -5,9 +5,9 @@
 //! an instance; a queue longer than [`MAX_WAITING`] sheds new calls
 //! (`EngineError::Overloaded`, 503 `overloaded`).
 //!
-//! Two kinds go through it ([`BatchKind`]): reserves (`lua/reserve.lua` decides a batch in
+//! Two kinds go through it ([`BatchKind`]): reserves (`src/engine/redis/scripts/reserve.lua` decides a batch in
 //! arrival order with one read and one write of the campaign and one stream entry) and
-//! waiting-room ticket reads (`lua/queue.lua` reads a batch of tickets with one read of the
+//! waiting-room ticket reads (`src/engine/redis/scripts/queue.lua` reads a batch of tickets with one read of the
 //! campaign).
 
 use super::{Connection, RedisEngine};

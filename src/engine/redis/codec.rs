@@ -1,5 +1,5 @@
-//! What goes in and out of Redis, decoded once: events as `lua/lib.lua` encodes them, the
-//! campaign hash (config and counters, `lua/README.md`), reservation hashes.
+//! What goes in and out of Redis, decoded once: events as `src/engine/redis/scripts/lib.lua` encodes them, the
+//! campaign hash (config and counters, `src/engine/redis/scripts/README.md`), reservation hashes.
 
 use crate::domain::{
     Campaign, CampaignId, CampaignKind, CampaignState, Change, Event, Group, GroupCounts, GroupId,
@@ -9,10 +9,10 @@ use crate::domain::{
 use crate::engine::EngineError;
 use std::collections::HashMap;
 
-/// The byte between an event's values (see `lua/lib.lua`).
+/// The byte between an event's values (see `src/engine/redis/scripts/lib.lua`).
 pub const SEPARATOR: char = '\x1f';
 
-/// The byte between the events of one stream entry (see `lua/lib.lua`).
+/// The byte between the events of one stream entry (see `src/engine/redis/scripts/lib.lua`).
 pub const EVENT_SEPARATOR: char = '\x1e';
 
 /// Decodes the events of one stream entry (one, or one per reservation a batch of reserves
@@ -31,8 +31,8 @@ pub fn events_from(
         .collect()
 }
 
-/// Decodes one event as the scripts in `lua/` write it: values joined by byte 31 (layouts in
-/// `lua/lib.lua`).
+/// Decodes one event as the scripts in `src/engine/redis/scripts/` write it: values joined by byte 31 (layouts in
+/// `src/engine/redis/scripts/lib.lua`).
 pub fn event_from(
     campaign: &CampaignId,
     position: StreamPosition,
@@ -129,7 +129,7 @@ pub fn reservation_from<S: AsRef<str> + std::fmt::Debug>(
     })
 }
 
-/// Encodes a campaign's config as the hash fields of `lua/README.md`.
+/// Encodes a campaign's config as the hash fields of `src/engine/redis/scripts/README.md`.
 pub fn campaign_fields(campaign: &Campaign) -> Vec<(&'static str, String)> {
     let optional = |at: Option<Millis>| at.map(|m| m.0.to_string()).unwrap_or_default();
     let (group, queue) = (campaign.group, campaign.queue);

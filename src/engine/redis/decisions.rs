@@ -1,20 +1,19 @@
-//! [`Engine`] on Redis: each decision's keys and arguments go in, its script runs atomically,
-//! its answer comes back as a domain value. The rules themselves live in `lua/`.
+//! [`Decisions`] on Redis: each decision's keys and arguments go in, its script runs atomically,
+//! its answer comes back as a domain value. The rules themselves live in `src/engine/redis/scripts/`.
 
-use super::codec::{campaign_fields, campaign_state, reservation_from, CAMPAIGN_FIELDS};
+use super::codec::{campaign_fields, reservation_from};
 use super::scripts::Timed;
 use super::{Connection, RedisEngine};
 use crate::domain::{
-    CampaignId, CampaignState, Group, GroupId, GroupMember, GroupStatus, Millis, Refusal,
-    Reservation, ReservationId, ReservationStatus, UserId,
+    CampaignId, CampaignState, GroupId, Millis, Refusal, Reservation, ReservationId,
+    ReservationStatus,
 };
 use crate::engine::{
-    CampaignSnapshot, CancelScope, Engine, EngineError, Extension, GroupOutcome, GroupRequest,
-    ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
+    CampaignSnapshot, CancelScope, Decisions, EngineError, Extension, GroupOutcome, GroupRequest,
+    Reads, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
 };
 use async_trait::async_trait;
 use redis::Script;
-use std::collections::HashMap;
 
 impl<C: Connection> RedisEngine<C> {
     /// Strict durability with replicas: an answer that reports a change (or replays one)
@@ -177,7 +176,7 @@ impl<C: Connection> RedisEngine<C> {
 }
 
 #[async_trait]
-impl<C: Connection> Engine for RedisEngine<C> {
+impl<C: Connection> Decisions for RedisEngine<C> {
     async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
         let CampaignSnapshot {
             campaign,
@@ -250,25 +249,6 @@ impl<C: Connection> Engine for RedisEngine<C> {
         Ok(loaded == 1)
     }
 
-    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        // Named fields, not HGETALL: the hash also holds a field per user and per
-        // idempotency record.
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys(id).campaign)
-            .arg(&CAMPAIGN_FIELDS[..])
-            .query_async(&mut self.connection())
-            .await?;
-        let hash: HashMap<String, String> = CAMPAIGN_FIELDS
-            .iter()
-            .zip(values)
-            .filter_map(|(field, value)| Some(((*field).to_owned(), value?)))
-            .collect();
-        if hash.is_empty() {
-            return Ok(None);
-        }
-        campaign_state(id, &hash).map(Some)
-    }
-
     async fn end_campaign(
         &self,
         id: &CampaignId,
@@ -287,10 +267,6 @@ impl<C: Connection> Engine for RedisEngine<C> {
         }
         self.replicated().await?;
         self.campaign(id).await
-    }
-
-    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
-        self.listed_campaigns().await
     }
 
     async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
@@ -334,20 +310,6 @@ impl<C: Connection> Engine for RedisEngine<C> {
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         self.batched(&request.campaign_id, request).await
-    }
-
-    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        let campaign = id.shard_campaign();
-        let fields: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys(&campaign).reservation(id))
-            .arg(&["user", "qty", "status", "created", "expires", "group"])
-            .query_async(&mut self.connection())
-            .await?;
-        if fields.first().is_none_or(Option::is_none) {
-            return Ok(None);
-        }
-        let fields: Vec<String> = fields.into_iter().map(Option::unwrap_or_default).collect();
-        reservation_from(id, &campaign, &fields).map(Some)
     }
 
     async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
@@ -445,45 +407,6 @@ impl<C: Connection> Engine for RedisEngine<C> {
     async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
         self.group_decision(&self.scripts.join_group, "join_group", request)
             .await
-    }
-
-    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
-        let campaign = id.shard_campaign();
-        let reply: Vec<String> = self
-            .scripts
-            .read_group
-            .key(self.keys(&campaign).campaign)
-            .arg(id.as_str())
-            .invoke_async(&mut self.timed("read_group"))
-            .await?;
-        if reply.is_empty() {
-            return Ok(None);
-        }
-        let corrupt = || EngineError::Corrupt(format!("group {id}: {reply:?}"));
-        let [leader, size, status, created, expires, rest @ ..] = reply.as_slice() else {
-            return Err(corrupt());
-        };
-        let mut members = Vec::new();
-        for member in rest.chunks(3) {
-            let [user, rid, status] = member else {
-                return Err(corrupt());
-            };
-            members.push(GroupMember {
-                user_id: UserId::parse(user).map_err(|_| corrupt())?,
-                reservation_id: ReservationId::parse(rid).map_err(|_| corrupt())?,
-                status: ReservationStatus::parse(status).ok_or_else(corrupt)?,
-            });
-        }
-        Ok(Some(Group {
-            id: id.clone(),
-            campaign_id: campaign,
-            leader_user_id: UserId::parse(leader).map_err(|_| corrupt())?,
-            size: size.parse().map_err(|_| corrupt())?,
-            status: GroupStatus::parse(status).ok_or_else(corrupt)?,
-            created_at: Millis(created.parse().map_err(|_| corrupt())?),
-            expires_at: Millis(expires.parse().map_err(|_| corrupt())?),
-            members,
-        }))
     }
 }
 

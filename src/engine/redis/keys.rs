@@ -1,4 +1,4 @@
-//! The key schema's Rust side (the table is in `lua/README.md`). Every key of a campaign
+//! The key schema's Rust side (the table is in `src/engine/redis/scripts/README.md`). Every key of a campaign
 //! carries the hash tag `{c:<campaign id>}`, so every script touches one slot.
 
 use crate::domain::{CampaignId, ReservationId};
@@ -15,7 +15,7 @@ impl Keys {
     /// `v3`: per-user counts and idempotency records inside the campaign hash, a list of
     /// holds, a list of records for the sold-out gate, length-prefixed scoped keys.
     /// Campaigns kept under an older layout are invisible to this one and are rebuilt from
-    /// the database on first use (see `lua/README.md`).
+    /// the database on first use (see `src/engine/redis/scripts/README.md`).
     pub fn of(namespace: &str, id: &CampaignId) -> Self {
         Keys {
             campaign: format!("{namespace}:v3:{{c:{id}}}"),

@@ -1,6 +1,6 @@
-//! The Redis engine: every decision is one Lua script from `lua/`, run atomically by SHA.
+//! The Redis engine: every decision is one Lua script from `src/engine/redis/scripts/`, run atomically by SHA.
 //!
-//! - [`keys`]: the key schema (one hash tag per campaign; the table is `lua/README.md`);
+//! - [`keys`]: the key schema (one hash tag per campaign; the table is `src/engine/redis/scripts/README.md`);
 //! - [`scripts`]: the script registry, the shared-Lua loader, the timing connection;
 //! - [`codec`]: events, campaign hashes and reservation hashes, decoded;
 //! - `decisions`: [`Engine`](super::Engine) — each decision's arguments in, answer out;
@@ -18,13 +18,14 @@ mod decisions;
 mod events;
 pub mod keys;
 mod queue;
+mod reads;
 pub mod scripts;
 mod work;
 
 pub use keys::DEFAULT_NAMESPACE;
 
-use super::{Backend, EngineError, GateReads, Probe, RecordsSince, PERSISTER};
-use crate::domain::{CampaignId, ReservationId};
+use super::{Backend, EngineError, PERSISTER};
+use crate::domain::CampaignId;
 use async_trait::async_trait;
 use keys::Keys;
 use redis::aio::ConnectionManager;
@@ -101,7 +102,7 @@ pub struct RedisEngine<C = ConnectionManager> {
     /// Waiting-room joins, batched per campaign like reserves.
     joins: Arc<batcher::Batcher<crate::engine::JoinRequest, crate::engine::JoinOutcome>>,
     /// Store key claims of sharded campaigns, batched per shard like reserves.
-    claims: Arc<batcher::Batcher<ClaimRequest, super::sharded::Claim>>,
+    claims: Arc<batcher::Batcher<ClaimRequest, super::backend::Claim>>,
     /// This instance's leases on the work index's active list (see `engine::work`).
     leases: Arc<super::work::Leases>,
     /// Commands background work sent (see [`super::WorkIndex::background_calls`]).
@@ -582,64 +583,11 @@ impl<C: Connection> Backend for RedisEngine<C> {
 }
 
 #[async_trait]
-impl<C: Connection> GateReads for RedisEngine<C> {
-    async fn sold_out_records(
-        &self,
-        campaign: &CampaignId,
-        from: u64,
-        limit: u64,
-    ) -> Result<Option<RecordsSince>, EngineError> {
-        let keys = self.keys(campaign);
-        let reply: Vec<String> = self
-            .scripts
-            .sold_out_records
-            .key(&keys.campaign)
-            .key(keys.records())
-            .arg(from)
-            .arg(limit.max(1))
-            .invoke_async(&mut self.timed("sold_out_records"))
-            .await?;
-        let corrupt = || EngineError::Corrupt(format!("sold-out records of {campaign}"));
-        match reply.as_slice() {
-            [sold_out, total, records @ ..] if sold_out == "0" => {
-                let mut since = RecordsSince {
-                    total: total.parse().map_err(|_| corrupt())?,
-                    records: Vec::with_capacity(records.len()),
-                };
-                for record in records {
-                    let (key, value) = record.split_once(codec::SEPARATOR).ok_or_else(corrupt)?;
-                    let (id, fingerprint) = value.split_once('|').ok_or_else(corrupt)?;
-                    let id = ReservationId::parse(id).map_err(|_| corrupt())?;
-                    since
-                        .records
-                        .push((key.to_owned(), id, fingerprint.to_owned()));
-                }
-                Ok(Some(since))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
-        let keys = self.keys(campaign);
-        let (available, records): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&keys.campaign)
-            .arg(&["available", "records"])
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(available.map(|available| Probe {
-            available,
-            idempotency_records: records.unwrap_or_default(),
-        }))
-    }
-}
-
-#[async_trait]
-impl<C: Connection> super::ShardOps for RedisEngine<C> {
+impl<C: Connection> super::backend::ShardOps for RedisEngine<C> {
     async fn shard_state(
         &self,
         shard: &CampaignId,
-    ) -> Result<Option<super::sharded::ShardState>, EngineError> {
+    ) -> Result<Option<super::backend::ShardState>, EngineError> {
         let keys = self.keys(shard);
         let reply: Vec<String> = self
             .scripts
@@ -652,7 +600,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         match reply.as_slice() {
             [] => Ok(None),
             [stock, available, outgoing, version, total, records] => {
-                Ok(Some(super::sharded::ShardState {
+                Ok(Some(super::backend::ShardState {
                     stock: number(stock)?,
                     available: number(available)?,
                     outgoing: number(outgoing)?,
@@ -671,7 +619,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
     async fn take_units(
         &self,
         shard: &CampaignId,
-        transfer: &super::sharded::Transfer,
+        transfer: &super::backend::Transfer,
     ) -> Result<u64, EngineError> {
         self.leased(shard).await?;
         let keys = self.keys(shard);
@@ -707,8 +655,8 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         shard: &CampaignId,
         transfer: &str,
         units: u64,
-    ) -> Result<super::sharded::Given, EngineError> {
-        use super::sharded::Given;
+    ) -> Result<super::backend::Given, EngineError> {
+        use super::backend::Given;
         self.leased(shard).await?;
         let keys = self.keys(shard);
         let given: i64 = self
@@ -755,7 +703,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
         shard: &CampaignId,
         key: &crate::domain::ScopedKey,
         fingerprint: &str,
-    ) -> Result<super::sharded::Claim, EngineError> {
+    ) -> Result<super::backend::Claim, EngineError> {
         let claim = ClaimRequest {
             shard: shard.clone(),
             key: key.clone(),
@@ -767,7 +715,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
     async fn open_transfers(
         &self,
         shard: &CampaignId,
-    ) -> Result<Vec<super::sharded::OpenTransfer>, EngineError> {
+    ) -> Result<Vec<super::backend::OpenTransfer>, EngineError> {
         let keys = self.keys(shard);
         let open: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys.transfers())
@@ -782,7 +730,7 @@ impl<C: Connection> super::ShardOps for RedisEngine<C> {
                 let to = next()?.parse().map_err(|_| corrupt())?;
                 let units = next()?.parse().map_err(|_| corrupt())?;
                 let at = next()?.parse().map_err(|_| corrupt())?;
-                Ok(super::sharded::OpenTransfer {
+                Ok(super::backend::OpenTransfer {
                     id: id.clone(),
                     to,
                     units,
@@ -806,8 +754,8 @@ impl<C: Connection> RedisEngine<C> {
     async fn claim_batch(
         &self,
         batch: &[ClaimRequest],
-    ) -> Result<Vec<super::sharded::Claim>, EngineError> {
-        use super::sharded::Claim;
+    ) -> Result<Vec<super::backend::Claim>, EngineError> {
+        use super::backend::Claim;
         let Some(first) = batch.first() else {
             return Ok(Vec::new());
         };
@@ -841,7 +789,7 @@ impl<C: Connection> RedisEngine<C> {
 }
 
 impl<C: Connection> batcher::BatchKind<C> for ClaimRequest {
-    type Outcome = super::sharded::Claim;
+    type Outcome = super::backend::Claim;
     const NAME: &'static str = "key claim";
     const HISTOGRAM: &'static str = crate::metrics::CLAIM_BATCH_SIZE;
 

@@ -1,4 +1,4 @@
-//! [`WaitingRoom`] on Redis: `lua/queue.lua`, one call per operation on the campaign's slot.
+//! [`WaitingRoom`] on Redis: `src/engine/redis/scripts/queue.lua`, one call per operation on the campaign's slot.
 
 use super::batcher::{BatchKind, Batcher};
 use super::{Connection, RedisEngine};

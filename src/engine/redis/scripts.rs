@@ -1,10 +1,10 @@
-//! The script registry: every `lua/` file, loaded once, run by SHA (EVALSHA, loading the
+//! The script registry: every `src/engine/redis/scripts/` file, loaded once, run by SHA (EVALSHA, loading the
 //! script on NOSCRIPT), and a connection wrapper that times each call under its script's name.
 
 use crate::metrics as m;
 use redis::Script;
 
-/// Shared Lua (`lua/lib.lua`) in front of a script body, on the body's first line: the lib is
+/// Shared Lua (`src/engine/redis/scripts/lib.lua`) in front of a script body, on the body's first line: the lib is
 /// folded onto one line (its comment lines dropped), so a Redis error's `user_script:<n>`
 /// names line `n` of the script's own file.
 ///
@@ -12,13 +12,15 @@ use redis::Script;
 /// would swallow the rest of the folded line), which a unit test checks for the real lib.
 pub fn with_lib(body: &str) -> Result<String, String> {
     let mut folded = String::new();
-    for line in include_str!("../../../lua/lib.lua").lines() {
+    for line in include_str!("scripts/lib.lua").lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with("--") {
             continue;
         }
         if line.contains("--") {
-            return Err(format!("lua/lib.lua: a comment after code: {line}"));
+            return Err(format!(
+                "src/engine/redis/scripts/lib.lua: a comment after code: {line}"
+            ));
         }
         folded.push_str(line);
         folded.push(' ');
@@ -60,32 +62,32 @@ impl Scripts {
     pub fn new() -> Result<Self, String> {
         let lib = |body: &str| with_lib(body).map(|text| Script::new(&text));
         Ok(Scripts {
-            load_campaign: Script::new(include_str!("../../../lua/load_campaign.lua")),
-            adjust_stock: lib(include_str!("../../../lua/adjust_stock.lua"))?,
-            end_campaign: Script::new(include_str!("../../../lua/end_campaign.lua")),
-            reserve: lib(include_str!("../../../lua/reserve.lua"))?,
-            confirm: lib(include_str!("../../../lua/confirm.lua"))?,
-            cancel: lib(include_str!("../../../lua/cancel.lua"))?,
-            extend: lib(include_str!("../../../lua/extend.lua"))?,
-            expire: lib(include_str!("../../../lua/expire.lua"))?,
-            sold_out_records: Script::new(include_str!("../../../lua/sold_out_records.lua")),
-            open_group: lib(include_str!("../../../lua/open_group.lua"))?,
-            join_group: lib(include_str!("../../../lua/join_group.lua"))?,
-            read_group: Script::new(include_str!("../../../lua/read_group.lua")),
-            queue: Script::new(include_str!("../../../lua/queue.lua")),
-            read_events: Script::new(include_str!("../../../lua/read_events.lua")),
-            forget_page: Script::new(include_str!("../../../lua/forget_page.lua")),
-            shard_state: Script::new(include_str!("../../../lua/shard_state.lua")),
-            transfer_take: Script::new(include_str!("../../../lua/transfer_take.lua")),
-            transfer_give: Script::new(include_str!("../../../lua/transfer_give.lua")),
-            transfer_done: Script::new(include_str!("../../../lua/transfer_done.lua")),
-            claim_key: Script::new(include_str!("../../../lua/claim_key.lua")),
-            leftover: Script::new(include_str!("../../../lua/leftover.lua")),
-            work_announce: Script::new(include_str!("../../../lua/work_announce.lua")),
-            work_active: Script::new(include_str!("../../../lua/work_active.lua")),
-            work_retire: Script::new(include_str!("../../../lua/work_retire.lua")),
-            work_claim: Script::new(include_str!("../../../lua/work_claim.lua")),
-            work_settle: Script::new(include_str!("../../../lua/work_settle.lua")),
+            load_campaign: Script::new(include_str!("scripts/load_campaign.lua")),
+            adjust_stock: lib(include_str!("scripts/adjust_stock.lua"))?,
+            end_campaign: Script::new(include_str!("scripts/end_campaign.lua")),
+            reserve: lib(include_str!("scripts/reserve.lua"))?,
+            confirm: lib(include_str!("scripts/confirm.lua"))?,
+            cancel: lib(include_str!("scripts/cancel.lua"))?,
+            extend: lib(include_str!("scripts/extend.lua"))?,
+            expire: lib(include_str!("scripts/expire.lua"))?,
+            sold_out_records: Script::new(include_str!("scripts/sold_out_records.lua")),
+            open_group: lib(include_str!("scripts/open_group.lua"))?,
+            join_group: lib(include_str!("scripts/join_group.lua"))?,
+            read_group: Script::new(include_str!("scripts/read_group.lua")),
+            queue: Script::new(include_str!("scripts/queue.lua")),
+            read_events: Script::new(include_str!("scripts/read_events.lua")),
+            forget_page: Script::new(include_str!("scripts/forget_page.lua")),
+            shard_state: Script::new(include_str!("scripts/shard_state.lua")),
+            transfer_take: Script::new(include_str!("scripts/transfer_take.lua")),
+            transfer_give: Script::new(include_str!("scripts/transfer_give.lua")),
+            transfer_done: Script::new(include_str!("scripts/transfer_done.lua")),
+            claim_key: Script::new(include_str!("scripts/claim_key.lua")),
+            leftover: Script::new(include_str!("scripts/leftover.lua")),
+            work_announce: Script::new(include_str!("scripts/work_announce.lua")),
+            work_active: Script::new(include_str!("scripts/work_active.lua")),
+            work_retire: Script::new(include_str!("scripts/work_retire.lua")),
+            work_claim: Script::new(include_str!("scripts/work_claim.lua")),
+            work_settle: Script::new(include_str!("scripts/work_settle.lua")),
         })
     }
 

@@ -3,21 +3,18 @@
 //! and its held and confirmed reservations, so `available = stock - units they hold`. The
 //! same pass compares engine and database per campaign and exports the drift.
 //!
-//! [`Recovering`] is the engine as requests see it: every decision and read that finds its
-//! campaign missing rebuilds it once from the database and tries again, so no handler runs
-//! recovery; creating a campaign writes the database, then the engine.
-mod recovering;
-
-pub use recovering::Recovering;
+//! The rebuild itself is the engine's (`engine::recovery`): every operation that finds its
+//! campaign missing rebuilds it once and tries again, so no handler runs recovery. This
+//! module is the pass that runs beside the requests.
+pub use crate::engine::recovery::{restore, restore_all, LossWatch, RecoveryError, LOSS_GRACE};
 
 use crate::domain::{CampaignId, Millis};
-use crate::engine::{new_epoch, CampaignSnapshot, Engine, EngineError, WorkIndex};
+use crate::engine::{Engine, WorkIndex};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoredCounts};
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A campaign whose engine and database counts differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,184 +33,12 @@ impl Drift {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
-    #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
-
-/// How long after noticing that the engine lost a campaign it had loaded no rebuild of it
-/// starts: the persisters (in every instance) write what they had already read of the lost
-/// load first, so the rebuild counts it. Stragglers later than this are fenced out by the
-/// database (set aside, never applied), so they can cost a 201, never a unit.
-pub const LOSS_GRACE: Duration = Duration::from_secs(2);
-
-/// Watches, on this instance, for campaigns the engine lost (a Redis, or in a cluster one
-/// node, that restarted empty): their rebuilds wait out [`LOSS_GRACE`].
-pub struct LossWatch {
-    /// When this instance first found each lost campaign missing.
-    missing: std::sync::Mutex<HashMap<CampaignId, Instant>>,
-    grace: Duration,
-}
-
-impl Default for LossWatch {
-    fn default() -> Self {
-        LossWatch {
-            missing: Default::default(),
-            grace: LOSS_GRACE,
-        }
-    }
-}
-
-impl LossWatch {
-    /// A watch that rebuilds at once: at start, where what the engine lacks was lost before
-    /// this instance ran (the embedded engine: with the process that held it, whose
-    /// persister wrote what it had before it stopped).
-    pub fn immediate() -> Self {
-        LossWatch {
-            missing: Default::default(),
-            grace: Duration::ZERO,
-        }
-    }
-
-    /// `Recovering` while the engine's loss of the campaign is younger than [`LOSS_GRACE`]
-    /// (it is a loss if the database recorded a load of it).
-    async fn settled(&self, store: &Store, id: &CampaignId) -> Result<(), RecoveryError> {
-        if self.grace.is_zero() || !store.loaded(id).await? {
-            return Ok(());
-        }
-        let noticed = *self
-            .missing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.clone())
-            .or_insert_with(|| {
-                tracing::error!(campaign = %id, "the stock engine lost a campaign; rebuilding it from the database after the persisters flush");
-                metrics::counter!(m::ENGINE_DATA_LOSSES).increment(1);
-                Instant::now()
-            });
-        let elapsed = noticed.elapsed();
-        if elapsed < self.grace {
-            return Err(RecoveryError::Engine(EngineError::Recovering(format!(
-                "the engine lost the campaign {} ms ago; rebuilding after the persisters flush",
-                elapsed.as_millis()
-            ))));
-        }
-        Ok(())
-    }
-
-    fn found(&self, id: &CampaignId) {
-        self.missing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-}
-
-/// Rebuilds one campaign in the engine if the database knows it and the engine does not.
-/// `true` if the engine has the campaign afterwards (rebuilt here, by another caller in the
-/// meantime, or there all along).
-pub async fn restore(
-    engine: &dyn Engine,
-    store: &Store,
-    watch: &LossWatch,
-    id: &CampaignId,
-) -> Result<bool, RecoveryError> {
-    if engine.campaign(id).await?.is_some() {
-        return Ok(true);
-    }
-    Ok(rebuild(engine, store, watch, id, true).await?.is_some())
-}
-
-/// Rebuilds every campaign the engine lacks; returns the rebuilt ids. A campaign the engine
-/// has but does not list (with Redis: its load script ran, the step that adds it to the
-/// campaign index did not) goes through the same path, whose load step is then a no-op that
-/// lists it: otherwise the reaper, the persister and the sampler would never visit it.
-pub async fn restore_all(
-    engine: &dyn Engine,
-    store: &Store,
-    watch: &LossWatch,
-) -> Result<Vec<CampaignId>, RecoveryError> {
-    let listed: std::collections::HashSet<CampaignId> =
-        engine.campaign_ids().await?.into_iter().collect();
-    let mut restored = Vec::new();
-    for campaign in store.campaigns().await? {
-        let absent = engine.campaign(&campaign.id).await?.is_none();
-        if listed.contains(&campaign.id) && !absent {
-            continue;
-        }
-        if rebuild(engine, store, watch, &campaign.id, absent).await? == Some(true) {
-            restored.push(campaign.id);
-        }
-    }
-    Ok(restored)
-}
-
-/// Loads what the database holds of a campaign under a new load epoch, after the loss grace
-/// if the engine lost it (`absent`). The database keeps the new epoch only if this load is
-/// the one the engine took (see [`Rebuilding`](crate::store::Rebuilding)): two instances
-/// rebuilding at once never leave the engine under one epoch and the database under another.
-/// `Some(true)` if this call loaded it, `Some(false)` if the engine had it (the load was a
-/// no-op that listed it), `None` if the database has no such campaign (or archived it).
-async fn rebuild(
-    engine: &dyn Engine,
-    store: &Store,
-    watch: &LossWatch,
-    id: &CampaignId,
-    absent: bool,
-) -> Result<Option<bool>, RecoveryError> {
-    if absent {
-        watch.settled(store, id).await?;
-    }
-    let Some(rebuilding) = store.rebuild(id, &new_epoch()).await? else {
-        return Ok(None);
-    };
-    let rebuild = &rebuilding.rebuild;
-    let loaded = engine
-        .load_shards(CampaignSnapshot {
-            campaign: &rebuild.campaign,
-            reservations: &rebuild.reservations,
-            groups: &rebuild.groups,
-            epoch: rebuild.epoch.clone(),
-            total: None,
-        })
-        .await;
-    match loaded {
-        Ok(shards) if shards != 0 => {
-            let reservations = rebuild.reservations.len();
-            rebuilding.commit(shards).await?;
-            watch.found(id);
-            metrics::counter!(m::RECOVERED_CAMPAIGNS).increment(1);
-            tracing::debug!(campaign = %id, reservations, "loaded a campaign into the engine from the database");
-            Ok(Some(true))
-        }
-        Ok(_) => {
-            rebuilding.abandon().await?;
-            watch.found(id);
-            Ok(Some(false))
-        }
-        Err(error) => {
-            // The load may have happened (its answer lost): keep its epoch. If it did not, the
-            // campaign is still missing and the next rebuild starts from there. (A sharded
-            // campaign's error means no shard loaded: see `Engine::load_shards`.)
-            if rebuild.campaign.shards > 1 {
-                rebuilding.abandon().await?;
-            } else {
-                rebuilding.commit(1).await?;
-            }
-            Err(error.into())
-        }
-    }
-}
-
 /// Refuses an engine that holds another database's campaigns: its dataset is unknown to
 /// this database, which served others, and it lists campaigns none of which this database
 /// knows. (A dataset alone would refuse a cluster where the node holding its id restarted
 /// empty; campaign ids alone, a new engine.) Records the dataset as this database's.
-pub async fn check_dataset(engine: &dyn Engine, store: &Store) -> Result<(), anyhow::Error> {
-    let dataset = engine.dataset().await?;
+pub async fn check_dataset(engine: &Engine, store: &Store) -> Result<(), anyhow::Error> {
+    let dataset = engine.backing().backend().dataset().await?;
     if !store.knows_epoch(&dataset).await? && store.has_epochs().await? {
         let listed = engine.campaign_ids().await?;
         if !listed.is_empty() && !store.knows_any_campaign(&listed).await? {
@@ -233,7 +58,7 @@ pub async fn check_dataset(engine: &dyn Engine, store: &Store) -> Result<(), any
 /// records the archive first, so nothing rebuilds it; then the engine forgets it. Returns the
 /// archived ids.
 pub async fn archive_ended(
-    engine: &dyn Engine,
+    engine: &Engine,
     store: &Store,
     retention: Duration,
     now: Millis,
@@ -269,11 +94,11 @@ pub enum Archived {
 /// database agreeing. The database records the archive first, so nothing rebuilds it; then
 /// the engine forgets it, and the database answers for it from then on.
 pub async fn archive_now(
-    engine: &dyn Engine,
+    engine: &Engine,
     store: &Store,
     campaign: &crate::domain::Campaign,
 ) -> Result<Archived, RecoveryError> {
-    let Some(state) = engine.campaign(&campaign.id).await? else {
+    let Some(state) = engine.loaded_campaign(&campaign.id).await? else {
         return Ok(Archived::Already);
     };
     if state.held > 0 || state.groups.open > 0 {
@@ -292,7 +117,7 @@ pub async fn archive_now(
 }
 
 /// Compares every campaign; exports the drift per campaign and returns the ones that differ.
-pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>, RecoveryError> {
+pub async fn reconcile(engine: &Engine, store: &Store) -> Result<Vec<Drift>, RecoveryError> {
     reconcile_these(engine, store, store.campaigns().await?).await
 }
 
@@ -300,7 +125,7 @@ pub async fn reconcile(engine: &dyn Engine, store: &Store) -> Result<Vec<Drift>,
 /// periodic pass does, so an idle catalogue costs nothing. Unchanged campaigns cannot drift
 /// apart (every change announces its campaign first).
 pub async fn reconcile_active(
-    engine: &dyn Engine,
+    engine: &Engine,
     work: &dyn WorkIndex,
     store: &Store,
 ) -> Result<Vec<Drift>, RecoveryError> {
@@ -320,14 +145,14 @@ pub async fn reconcile_active(
 }
 
 async fn reconcile_these(
-    engine: &dyn Engine,
+    engine: &Engine,
     store: &Store,
     campaigns: Vec<crate::domain::Campaign>,
 ) -> Result<Vec<Drift>, RecoveryError> {
     let mut drifts = Vec::new();
     for campaign in campaigns {
         let database = store.counts(&campaign).await?;
-        let Some(state) = engine.campaign(&campaign.id).await? else {
+        let Some(state) = engine.loaded_campaign(&campaign.id).await? else {
             continue;
         };
         let drift = Drift {
@@ -385,7 +210,7 @@ pub async fn pseudonymise_past_retention(
 /// Files every campaign the engine holds on the work index (after the index was lost, or
 /// campaigns kept from before it existed): active if it has events waiting, under its next
 /// due time otherwise. One read per campaign, once per incarnation of the engine.
-pub async fn file_all(engine: &dyn Engine, work: &dyn WorkIndex) -> Result<usize, RecoveryError> {
+pub async fn file_all(engine: &Engine, work: &dyn WorkIndex) -> Result<usize, RecoveryError> {
     let ids = engine.campaign_ids().await?;
     let now = Millis::now();
     for id in &ids {
@@ -406,7 +231,7 @@ pub async fn file_all(engine: &dyn Engine, work: &dyn WorkIndex) -> Result<usize
 /// catalogue while the engine keeps its data.
 #[allow(clippy::too_many_arguments)] // the pass's parts, each passed once at start
 pub async fn run(
-    engine: std::sync::Arc<dyn Engine>,
+    engine: Engine,
     work: std::sync::Arc<dyn WorkIndex>,
     store: Store,
     watch: Arc<LossWatch>,
@@ -434,8 +259,8 @@ pub async fn run(
                     known = Some(now);
                 } else {
                     work.reset_leases();
-                    let restored = restore_all(&*engine, &store, &watch).await;
-                    let filed = file_all(&*engine, &*work).await;
+                    let restored = restore_all(&engine, &store, &watch).await;
+                    let filed = file_all(&engine, &*work).await;
                     match (restored, filed) {
                         (Ok(_), Ok(campaigns)) => {
                             tracing::info!(
@@ -456,10 +281,10 @@ pub async fn run(
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot read the engine's incarnation"),
         }
-        if let Err(error) = reconcile_active(&*engine, &*work, &store).await {
+        if let Err(error) = reconcile_active(&engine, &*work, &store).await {
             tracing::warn!(%error, "reconcile pass failed");
         }
-        if let Err(error) = archive_ended(&*engine, &store, retention, Millis::now()).await {
+        if let Err(error) = archive_ended(&engine, &store, retention, Millis::now()).await {
             tracing::warn!(%error, "archive pass failed");
         }
         if let Err(error) = pseudonymise_past_retention(&store, &personal, Millis::now()).await {

@@ -5,7 +5,7 @@
 //! - the engine watch says, under strict durability, whether the stock engine's configuration
 //!   can lose data (a Redis that may evict keys).
 //!
-//! [`crate::pipeline::recovery::Recovering`] asks before every change, `/readyz` shows it, the
+//! the [`Engine`](super::Engine) asks before every change, `/readyz` shows it, the
 //! metrics carry it. Asking costs one atomic load while all is well.
 
 use std::sync::atomic::{AtomicBool, Ordering};

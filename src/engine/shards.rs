@@ -2,8 +2,8 @@
 //! campaigns of its own — shard 0 under the campaign's id, shard k under `<id>.<k>`
 //! ([`CampaignId::shard`]) — each with its own hash tag (so its own slot, and in a cluster
 //! possibly its own node), its own units, users, idempotency records, events and load epoch,
-//! each deciding atomically on its own. [`Sharded`] in front of the engine makes them one
-//! campaign again for everything above it.
+//! each deciding atomically on its own. The [`Engine`]'s operations make them one campaign
+//! again for everything above it, with the steps here.
 //!
 //! - A user's attempts go to shard `hash(user) mod n`: the per-user limit and the user's
 //!   idempotency keys live in one shard and stay exact. Reservation ids name their shard
@@ -24,117 +24,14 @@
 //! Group buys and campaigns with a waiting room are not sharded (refused at creation).
 
 use super::{
-    Admission, Backend, CampaignSnapshot, CancelScope, Engine, EngineError, Extension, GateReads,
-    GatedEngine, GroupOutcome, GroupRequest, JoinOutcome, JoinRequest, PassClaim, PassUse, Probe,
-    RecordsSince, ReserveOutcome, ReserveRequest, StockOutcome, StockRequest, Transition,
-    WaitingRoom,
+    CampaignSnapshot, Engine, EngineError, Given, Probe, RecordsSince, ReserveRequest, ShardOps,
+    ShardState, Transfer,
 };
-use crate::domain::{
-    Campaign, CampaignId, CampaignState, Group, GroupId, Line, Millis, Refusal, Reservation,
-    ReservationId, ScopedKey, Ticket, TicketId, UserId,
-};
-use async_trait::async_trait;
+use crate::domain::{Campaign, CampaignId, CampaignState, Millis, ScopedKey, UserId};
 use dashmap::DashMap;
 use futures::future::try_join_all;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A shard's state as transfers need it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardState {
-    pub stock: u64,
-    pub available: u64,
-    /// Units taken off this shard by transfers not closed yet.
-    pub outgoing: u64,
-    /// Bumped by every change of `stock` or `outgoing` (transfers, stock changes).
-    pub version: u64,
-    /// The whole campaign's stock: kept by shard 0 only.
-    pub total: Option<u64>,
-    /// Its idempotency records (see [`Probe::idempotency_records`]).
-    pub records: u64,
-}
-
-/// Units moving from one shard to another.
-#[derive(Debug, Clone)]
-pub struct Transfer {
-    pub id: String,
-    /// The receiving shard's index.
-    pub to: u8,
-    /// Units wanted; fewer are taken if fewer are available.
-    pub want: u64,
-    /// Below this many available, nothing is taken.
-    pub least: u64,
-    pub now: Millis,
-}
-
-/// A transfer a donor opened and has not closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenTransfer {
-    pub id: String,
-    pub to: u8,
-    pub units: u64,
-    pub at: Millis,
-}
-
-/// What giving a transfer's units came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Given {
-    Now,
-    Before,
-    /// The receiving shard is missing (lost, not rebuilt yet): the transfer stays open.
-    Missing,
-}
-
-/// What claiming a store's idempotency key came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// First seen now, or before with the same body.
-    Mine,
-    /// Seen before with another body (another user's attempt).
-    Other,
-    /// The key's shard is missing.
-    Missing,
-}
-
-/// The per-shard steps of moving units, each atomic on its shard.
-#[async_trait]
-pub trait ShardOps: Send + Sync + 'static {
-    async fn shard_state(&self, shard: &CampaignId) -> Result<Option<ShardState>, EngineError>;
-
-    /// Takes up to `want` units (none if fewer than `least` are available) and opens the
-    /// transfer record; the units taken (0: none).
-    async fn take_units(&self, shard: &CampaignId, transfer: &Transfer)
-        -> Result<u64, EngineError>;
-
-    async fn give_units(
-        &self,
-        shard: &CampaignId,
-        transfer: &str,
-        units: u64,
-    ) -> Result<Given, EngineError>;
-
-    /// Closes a transfer on its donor (after its units were given).
-    async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError>;
-
-    async fn open_transfers(&self, shard: &CampaignId) -> Result<Vec<OpenTransfer>, EngineError>;
-
-    /// Lists a shard that exists in the engine's campaign index again (a Redis node that
-    /// lost the index gets it back from the recovery pass; see `recovery::restore_all`).
-    async fn relist(&self, shard: &CampaignId) -> Result<(), EngineError>;
-
-    /// Claims a store's idempotency key for one body in the key's shard.
-    async fn claim_key(
-        &self,
-        shard: &CampaignId,
-        key: &ScopedKey,
-        fingerprint: &str,
-    ) -> Result<Claim, EngineError>;
-}
-
-/// An engine [`Sharded`] can stand in front of.
-pub trait ShardableEngine: GatedEngine + ShardOps {}
-
-impl<T: GatedEngine + ShardOps> ShardableEngine for T {}
 
 /// The shard of a campaign with `n` shards that `user`'s attempts go to: FNV-1a of the user
 /// id, stable across processes and versions.
@@ -156,7 +53,7 @@ fn fnv_shard(text: &str, n: u8) -> u8 {
 
 /// Shard 0's state (`first`) and the other shards' summed into the campaign's; `None` if a
 /// shard is missing.
-fn summed(
+pub(super) fn summed(
     id: &CampaignId,
     first: CampaignState,
     others: impl IntoIterator<Item = Option<CampaignState>>,
@@ -177,51 +74,73 @@ fn summed(
 /// How long an attempt keeps gathering units into its shard while the campaign as a whole has
 /// enough for it (others may take them first); past this it answers 503 `overloaded`, never a
 /// `sold_out` the campaign could serve.
-const REFILL_FOR: Duration = Duration::from_secs(2);
+pub(super) const REFILL_FOR: Duration = Duration::from_secs(2);
 
 /// How old an open transfer must be before the reaper completes it: a live one takes a few
 /// milliseconds.
 pub const STALE_TRANSFER: Duration = Duration::from_secs(1);
 
-/// The engine with sharded campaigns made one campaign again (see the module docs).
-#[derive(Clone)]
-pub struct Sharded {
-    inner: Arc<dyn ShardableEngine>,
+/// What this node keeps about sharded campaigns.
+#[derive(Clone, Default)]
+pub struct Shards {
     /// Shards per campaign; fixed at creation, so never stale.
-    shards: Arc<DashMap<CampaignId, u8>>,
+    counts: Arc<DashMap<CampaignId, u8>>,
     /// One gatherer per campaign at a time on this instance: an attempt short of units moves
     /// them into its shard and asks again before the next one moves any, so attempts do not
     /// take each other's gathered units back and forth.
     refilling: Arc<DashMap<CampaignId, Arc<tokio::sync::Mutex<()>>>>,
     /// What the sold-out gate has read of each shard's idempotency records so far.
     gate_offsets: Arc<DashMap<CampaignId, Vec<u64>>>,
+    /// One read of an unknown campaign's shard count at a time on this instance.
+    looking: Arc<DashMap<CampaignId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Sharded {
-    pub fn new(inner: Arc<dyn ShardableEngine>) -> Self {
-        Sharded {
-            inner,
-            shards: Arc::default(),
-            refilling: Arc::default(),
-            gate_offsets: Arc::default(),
-        }
+impl Shards {
+    /// The campaign's shard count, if this node knows it.
+    pub fn known(&self, id: &CampaignId) -> Option<u8> {
+        self.counts.get(id).map(|n| *n)
     }
 
+    /// Forgets a campaign that left the engine.
+    pub fn forget(&self, id: &CampaignId) {
+        self.counts.remove(id);
+        self.gate_offsets.remove(id);
+    }
+}
+
+/// The engine's steps over shards.
+impl Engine {
     /// The campaign's shard count; `None` if shard 0 is missing.
-    async fn shards_of(&self, id: &CampaignId) -> Result<Option<u8>, EngineError> {
-        if let Some(n) = self.shards.get(id) {
-            return Ok(Some(*n));
+    pub(super) async fn shards_of(&self, id: &CampaignId) -> Result<Option<u8>, EngineError> {
+        if let Some(n) = self.shards.known(id) {
+            return Ok(Some(n));
         }
-        let Some(state) = self.inner.campaign(id).await? else {
-            return Ok(None);
+        // The attempts that find it unknown together (the first burst of a sale) read it
+        // once: the first reads, the others wait and find it known.
+        let turn = Arc::clone(self.shards.looking.entry(id.clone()).or_default().value());
+        let found = {
+            let _one_at_a_time = turn.lock().await;
+            match self.shards.known(id) {
+                Some(n) => Ok(Some(n)),
+                None => self.backing.reads().campaign(id).await.map(|state| {
+                    state.map(|state| {
+                        self.remember_config(&state.campaign);
+                        self.remember_shards(&state.campaign)
+                    })
+                }),
+            }
         };
-        Ok(Some(self.remember(&state.campaign)))
+        drop(turn);
+        self.shards
+            .looking
+            .remove_if(id, |_, turn| Arc::strong_count(turn) == 1);
+        found
     }
 
     /// Keeps the campaign's shard count; returns it.
-    fn remember(&self, campaign: &Campaign) -> u8 {
+    pub(super) fn remember_shards(&self, campaign: &Campaign) -> u8 {
         let n = campaign.shards.max(1);
-        self.shards.insert(campaign.id.clone(), n);
+        self.shards.counts.insert(campaign.id.clone(), n);
         n
     }
 
@@ -234,14 +153,18 @@ impl Sharded {
         read: F,
     ) -> Result<Vec<T>, EngineError>
     where
-        F: Fn(&'a dyn ShardableEngine, CampaignId) -> Fut,
+        F: Fn(&'a dyn ShardOps, CampaignId) -> Fut,
         Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
-        try_join_all((from..n).map(|k| read(&*self.inner, id.shard(k)))).await
+        try_join_all((from..n).map(|k| read(self.backing.shard_ops(), id.shard(k)))).await
     }
 
     /// Every shard's state, `None` for missing ones.
-    async fn states(&self, id: &CampaignId, n: u8) -> Result<Vec<Option<ShardState>>, EngineError> {
+    pub(super) async fn states(
+        &self,
+        id: &CampaignId,
+        n: u8,
+    ) -> Result<Vec<Option<ShardState>>, EngineError> {
         self.each_shard(id, 0, n, |inner, shard| async move {
             inner.shard_state(&shard).await
         })
@@ -250,7 +173,7 @@ impl Sharded {
 
     /// Every shard's state as of one instant: read until no shard's version moved between
     /// two reads (at most a few tries; transfers are rare next to reads).
-    async fn consistent_states(
+    pub(super) async fn consistent_states(
         &self,
         id: &CampaignId,
         n: u8,
@@ -272,15 +195,15 @@ impl Sharded {
     }
 
     /// The campaign's gathering turn (see `refilling`).
-    fn gathering(&self, id: &CampaignId) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.refilling.entry(id.clone()).or_default().value())
+    pub(super) fn gathering(&self, id: &CampaignId) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.shards.refilling.entry(id.clone()).or_default().value())
     }
 
     /// Moves units into shard `to` from the others, richest first, until it has `target`
     /// available (or nothing is left to take). `false` once the campaign as a whole — every
     /// shard's available units and those moving between shards — has fewer than `target`:
     /// then, and only then, the attempt is sold out.
-    async fn refill(
+    pub(super) async fn refill(
         &self,
         id: &CampaignId,
         n: u8,
@@ -329,7 +252,11 @@ impl Sharded {
                 now: Millis::now(),
             };
             let donor = id.shard(k);
-            let taken = self.inner.take_units(&donor, &transfer).await?;
+            let taken = self
+                .backing
+                .shard_ops()
+                .take_units(&donor, &transfer)
+                .await?;
             if taken == 0 {
                 continue;
             }
@@ -352,24 +279,39 @@ impl Sharded {
         transfer: &str,
         units: u64,
     ) -> Result<(), EngineError> {
-        match self.inner.give_units(receiver, transfer, units).await? {
+        match self
+            .backing
+            .shard_ops()
+            .give_units(receiver, transfer, units)
+            .await?
+        {
             Given::Missing => {
                 tracing::warn!(%donor, %receiver, transfer, units, "a shard to refill is missing; the transfer stays open until it is rebuilt");
                 Ok(())
             }
-            Given::Now | Given::Before => self.inner.transfer_done(donor, transfer).await,
+            Given::Now | Given::Before => {
+                self.backing
+                    .shard_ops()
+                    .transfer_done(donor, transfer)
+                    .await
+            }
         }
     }
 
     /// Completes the campaign's transfers older than [`STALE_TRANSFER`] (their mover died).
-    async fn complete_stale(&self, id: &CampaignId, n: u8, now: Millis) -> Result<(), EngineError> {
+    pub(super) async fn complete_stale(
+        &self,
+        id: &CampaignId,
+        n: u8,
+        now: Millis,
+    ) -> Result<(), EngineError> {
         let stale_before = now.0 - STALE_TRANSFER.as_millis() as i64;
         for (k, state) in self.states(id, n).await?.into_iter().enumerate() {
             if state.is_none_or(|s| s.outgoing == 0) {
                 continue;
             }
             let donor = id.shard(k as u8);
-            for open in self.inner.open_transfers(&donor).await? {
+            for open in self.backing.shard_ops().open_transfers(&donor).await? {
                 if open.at.0 > stale_before {
                     continue;
                 }
@@ -382,15 +324,21 @@ impl Sharded {
     }
 
     /// Loads the shards of a campaign that are missing (all of them for a new campaign);
-    /// a bit per shard loaded by this call (see [`Engine::load_shards`]).
-    async fn load_missing(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
+    /// a bit per shard loaded by this call (see [`Engine::load`]).
+    pub(super) async fn load_missing(
+        &self,
+        snapshot: CampaignSnapshot<'_>,
+    ) -> Result<u64, EngineError> {
         let campaign = snapshot.campaign;
         let n = campaign.shards;
         let states = self.consistent_states(&campaign.id, n).await?;
         let missing: Vec<u8> = (0..n).filter(|&k| states[k as usize].is_none()).collect();
         // The present ones, listed again: what an unsharded campaign's no-op load does.
         for k in (0..n).filter(|&k| states[k as usize].is_some()) {
-            self.inner.relist(&campaign.id.shard(k)).await?;
+            self.backing
+                .shard_ops()
+                .relist(&campaign.id.shard(k))
+                .await?;
         }
         if missing.is_empty() {
             return Ok(0);
@@ -427,7 +375,8 @@ impl Sharded {
             };
             let reservations: Vec<_> = of_shard(k).cloned().collect();
             let done = self
-                .inner
+                .backing
+                .decisions()
                 .load_campaign(CampaignSnapshot {
                     campaign: &shard,
                     reservations: &reservations,
@@ -475,29 +424,33 @@ impl Sharded {
                 .then(|| (key, r.fingerprint.clone().unwrap_or_default()))
         });
         for (key, fingerprint) in claims {
-            self.inner.claim_key(&shard, key, &fingerprint).await?;
+            self.backing
+                .shard_ops()
+                .claim_key(&shard, key, &fingerprint)
+                .await?;
         }
         Ok(())
     }
 
     /// The shards' states summed into the campaign's, shard 0's (`first`) read already;
     /// `None` if a shard is missing.
-    async fn whole(
+    pub(super) async fn whole(
         &self,
         id: &CampaignId,
         n: u8,
         first: CampaignState,
     ) -> Result<Option<CampaignState>, EngineError> {
-        let parts = self
-            .each_shard(id, 1, n, |inner, shard| async move {
-                inner.campaign(&shard).await
-            })
-            .await?;
+        let reads = self.backing.reads();
+        let parts = try_join_all((1..n).map(|k| {
+            let shard = id.shard(k);
+            async move { reads.campaign(&shard).await }
+        }))
+        .await?;
         Ok(summed(id, first, parts))
     }
 
     /// The request for the user's shard.
-    fn routed(request: &ReserveRequest, n: u8) -> ReserveRequest {
+    pub(super) fn routed(request: &ReserveRequest, n: u8) -> ReserveRequest {
         let shard = request.campaign_id.shard(shard_of(&request.user_id, n));
         ReserveRequest {
             reservation_id: request.reservation_id.in_campaign(&shard),
@@ -505,259 +458,12 @@ impl Sharded {
             ..request.clone()
         }
     }
-}
 
-#[async_trait]
-impl Backend for Sharded {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn ping(&self) -> Result<(), EngineError> {
-        self.inner.ping().await
-    }
-
-    async fn dataset(&self) -> Result<String, EngineError> {
-        self.inner.dataset().await
-    }
-
-    /// Shard 0 last: until it goes, the shard count stays readable for a retry.
-    async fn forget_campaign(&self, id: &CampaignId) -> Result<(), EngineError> {
-        let n = self.shards_of(id).await?.unwrap_or(1);
-        for k in (0..n).rev() {
-            self.inner.forget_campaign(&id.shard(k)).await?;
-        }
-        self.shards.remove(id);
-        self.gate_offsets.remove(id);
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Engine for Sharded {
-    async fn load_campaign(&self, snapshot: CampaignSnapshot<'_>) -> Result<bool, EngineError> {
-        Ok(self.load_shards(snapshot).await? != 0)
-    }
-
-    async fn load_shards(&self, snapshot: CampaignSnapshot<'_>) -> Result<u64, EngineError> {
-        let campaign = snapshot.campaign;
-        if campaign.shards <= 1 {
-            return Ok(u64::from(self.inner.load_campaign(snapshot).await?));
-        }
-        self.remember(campaign);
-        self.load_missing(snapshot).await
-    }
-
-    async fn campaign(&self, id: &CampaignId) -> Result<Option<CampaignState>, EngineError> {
-        let Some(first) = self.inner.campaign(id).await? else {
-            return Ok(None);
-        };
-        let n = self.remember(&first.campaign);
-        if n == 1 {
-            return Ok(Some(first));
-        }
-        self.whole(id, n, first).await
-    }
-
-    /// Campaigns, each once; a sharded one only while every shard is listed (one the engine
-    /// holds but does not list is not visited by the persister: the recovery pass finds the
-    /// campaign missing from this list and lists its shards again).
-    async fn campaign_ids(&self) -> Result<Vec<CampaignId>, EngineError> {
-        let mut listed: std::collections::BTreeMap<CampaignId, u8> = Default::default();
-        for id in self.inner.campaign_ids().await? {
-            *listed.entry(id.parent()).or_default() += 1;
-        }
-        Ok(listed
-            .into_iter()
-            .filter(|(id, count)| self.shards.get(id).is_none_or(|n| *count >= *n))
-            .map(|(id, _)| id)
-            .collect())
-    }
-
-    /// Stock changes go to shard 0, which keeps the total; a withdrawal first moves units
-    /// there when it has too few.
-    async fn adjust_stock(&self, request: &StockRequest) -> Result<StockOutcome, EngineError> {
-        let id = &request.campaign_id;
-        let n = match self.shards_of(id).await? {
-            Some(n) if n > 1 => n,
-            _ => return self.inner.adjust_stock(request).await,
-        };
-        let mut outcome = self.inner.adjust_stock(request).await?;
-        if let StockOutcome::Insufficient { .. } = outcome {
-            let target = request.delta.get().unsigned_abs();
-            let turn = self.gathering(id);
-            let _one_at_a_time = turn.lock().await;
-            if self.refill(id, n, 0, target).await? {
-                outcome = self.inner.adjust_stock(request).await?;
-            }
-        }
-        let whole = || async {
-            Ok::<u64, EngineError>(
-                self.states(id, n)
-                    .await?
-                    .iter()
-                    .flatten()
-                    .map(|s| s.available)
-                    .sum(),
-            )
-        };
-        Ok(match outcome {
-            StockOutcome::Adjusted { stock, .. } => StockOutcome::Adjusted {
-                stock,
-                available: whole().await?,
-            },
-            StockOutcome::Replayed { stock, .. } => StockOutcome::Replayed {
-                stock,
-                available: whole().await?,
-            },
-            StockOutcome::Insufficient { .. } => StockOutcome::Insufficient {
-                available: whole().await?,
-            },
-            other => other,
-        })
-    }
-
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        let n = match self.shards_of(&request.campaign_id).await? {
-            Some(n) if n > 1 => n,
-            Some(_) => return self.inner.reserve(request).await,
-            None => return Ok(ReserveOutcome::Refused(Refusal::CampaignNotFound)),
-        };
-        if request.idempotency_key.is_store() {
-            let shard = request
-                .campaign_id
-                .shard(key_shard(&request.idempotency_key, n));
-            let claim = self
-                .inner
-                .claim_key(&shard, &request.idempotency_key, &request.fingerprint)
-                .await?;
-            match claim {
-                Claim::Mine => {}
-                Claim::Other => return Ok(ReserveOutcome::KeyReused),
-                Claim::Missing => return Ok(ReserveOutcome::Refused(Refusal::CampaignNotFound)),
-            }
-        }
-        let routed = Self::routed(request, n);
-        let to = routed.campaign_id.shard_index();
-        let target = u64::from(request.quantity);
-        let outcome = self.inner.reserve(&routed).await?;
-        if outcome != ReserveOutcome::Refused(Refusal::SoldOut) {
-            return Ok(outcome);
-        }
-        // Short of units: one gatherer of this campaign at a time (on this instance) moves
-        // units into its shard and asks again before the next moves any; sold out only once
-        // the campaign as a whole has too few. Gatherers on other instances can still take
-        // what this one moved: it gathers again, for at most [`REFILL_FOR`].
-        let turn = self.gathering(&request.campaign_id);
-        let _one_at_a_time = turn.lock().await;
-        let deadline = std::time::Instant::now() + REFILL_FOR;
-        loop {
-            let outcome = self.inner.reserve(&routed).await?;
-            if outcome != ReserveOutcome::Refused(Refusal::SoldOut)
-                || !self.refill(&request.campaign_id, n, to, target).await?
-            {
-                return Ok(outcome);
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(EngineError::Overloaded);
-            }
-            // What it moved went to another instance's gatherer, or is still moving.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
-        self.inner.reservation(id).await
-    }
-
-    async fn confirm(&self, id: &ReservationId, now: Millis) -> Result<Transition, EngineError> {
-        self.inner.confirm(id, now).await
-    }
-
-    async fn cancel(
-        &self,
-        id: &ReservationId,
-        scope: CancelScope,
-        now: Millis,
-    ) -> Result<Transition, EngineError> {
-        self.inner.cancel(id, scope, now).await
-    }
-
-    async fn end_campaign(
-        &self,
-        id: &CampaignId,
-        now: Millis,
-    ) -> Result<Option<CampaignState>, EngineError> {
-        let n = match self.shards_of(id).await? {
-            Some(n) if n > 1 => n,
-            _ => return self.inner.end_campaign(id, now).await,
-        };
-        // Each shard's state as its end left it: summed, not read again.
-        let mut ended = Vec::with_capacity(usize::from(n));
-        for k in 0..n {
-            match self.inner.end_campaign(&id.shard(k), now).await? {
-                Some(state) => ended.push(Some(state)),
-                None => return Ok(None),
-            }
-        }
-        let mut ended = ended.into_iter();
-        let Some(Some(first)) = ended.next() else {
-            return Ok(None);
-        };
-        Ok(summed(id, first, ended))
-    }
-
-    async fn extend(
-        &self,
-        id: &ReservationId,
-        seconds: u32,
-        now: Millis,
-    ) -> Result<Extension, EngineError> {
-        self.inner.extend(id, seconds, now).await
-    }
-
-    /// Every shard's, and the campaign's transfers whose mover died.
-    async fn expire_due(
-        &self,
-        campaign: &CampaignId,
-        now: Millis,
-        limit: u32,
-    ) -> Result<u32, EngineError> {
-        let n = match self.shards_of(campaign).await? {
-            Some(n) if n > 1 => n,
-            _ => return self.inner.expire_due(campaign, now, limit).await,
-        };
-        let mut ended = 0;
-        for k in 0..n {
-            ended += self
-                .inner
-                .expire_due(&campaign.shard(k), now, limit)
-                .await?;
-        }
-        self.complete_stale(campaign, n, now).await?;
-        Ok(ended)
-    }
-
-    async fn open_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.inner.open_group(request).await
-    }
-
-    async fn join_group(&self, request: &GroupRequest) -> Result<GroupOutcome, EngineError> {
-        self.inner.join_group(request).await
-    }
-
-    async fn group(&self, id: &GroupId) -> Result<Option<Group>, EngineError> {
-        self.inner.group(id).await
-    }
-}
-
-#[async_trait]
-impl GateReads for Sharded {
     /// Sold out when every shard is dry with no transfer open; the records of every shard,
     /// shard by shard, continuing where the gate's last read of each stopped (a `from` that
     /// is not where the last read ended starts over: `total` 0). The shards are read one at
     /// a time, so the set is checked afterwards: every shard still dry, as many records.
-    async fn sold_out_records(
+    pub(super) async fn sold_out_records(
         &self,
         campaign: &CampaignId,
         from: u64,
@@ -765,7 +471,13 @@ impl GateReads for Sharded {
     ) -> Result<Option<RecordsSince>, EngineError> {
         let n = match self.shards_of(campaign).await? {
             Some(n) if n > 1 => n,
-            _ => return self.inner.sold_out_records(campaign, from, limit).await,
+            _ => {
+                return self
+                    .backing
+                    .reads()
+                    .sold_out_records(campaign, from, limit)
+                    .await
+            }
         };
         let dry = |states: &[Option<ShardState>]| {
             states
@@ -777,12 +489,14 @@ impl GateReads for Sharded {
             return Ok(None);
         }
         let mut offsets = self
+            .shards
             .gate_offsets
             .get(campaign)
             .map(|o| o.clone())
             .unwrap_or_else(|| vec![0; usize::from(n)]);
         if from != offsets.iter().sum::<u64>() {
-            self.gate_offsets
+            self.shards
+                .gate_offsets
                 .insert(campaign.clone(), vec![0; usize::from(n)]);
             if from != 0 {
                 return Ok(Some(RecordsSince::default()));
@@ -796,7 +510,8 @@ impl GateReads for Sharded {
             let page = if left == 0 {
                 None
             } else {
-                self.inner
+                self.backing
+                    .reads()
                     .sold_out_records(&shard, offsets[usize::from(k)], left)
                     .await?
             };
@@ -818,18 +533,18 @@ impl GateReads for Sharded {
         let after = self.states(campaign, n).await?;
         let records: u64 = after.iter().flatten().map(|s| s.records).sum();
         if !dry(&after) || records != since.total {
-            self.gate_offsets.remove(campaign);
+            self.shards.gate_offsets.remove(campaign);
             return Ok(None);
         }
-        self.gate_offsets.insert(campaign.clone(), offsets);
+        self.shards.gate_offsets.insert(campaign.clone(), offsets);
         Ok(Some(since))
     }
 
     /// Units in flight between shards count as available: they will be.
-    async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
+    pub(super) async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
         let n = match self.shards_of(campaign).await? {
             Some(n) if n > 1 => n,
-            _ => return self.inner.probe(campaign).await,
+            _ => return self.backing.reads().probe(campaign).await,
         };
         let mut whole = Probe {
             available: 0,
@@ -843,34 +558,6 @@ impl GateReads for Sharded {
             whole.idempotency_records += state.records;
         }
         Ok(Some(whole))
-    }
-}
-
-/// Campaigns with a waiting room are never sharded: straight through.
-#[async_trait]
-impl WaitingRoom for Sharded {
-    async fn join_queue(&self, request: &JoinRequest) -> Result<JoinOutcome, EngineError> {
-        self.inner.join_queue(request).await
-    }
-
-    async fn ticket(&self, id: &TicketId, now: Millis) -> Result<Option<Ticket>, EngineError> {
-        self.inner.ticket(id, now).await
-    }
-
-    async fn admit(&self, campaign: &CampaignId, now: Millis) -> Result<Admission, EngineError> {
-        self.inner.admit(campaign, now).await
-    }
-
-    async fn claim_pass(&self, pass: &PassUse<'_>) -> Result<Option<PassClaim>, EngineError> {
-        self.inner.claim_pass(pass).await
-    }
-
-    async fn pass_used(&self, ticket: &TicketId) -> Result<(), EngineError> {
-        self.inner.pass_used(ticket).await
-    }
-
-    async fn line(&self, campaign: &CampaignId) -> Result<Option<Line>, EngineError> {
-        self.inner.line(campaign).await
     }
 }
 
