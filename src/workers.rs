@@ -51,7 +51,7 @@ pub async fn reap_once(
     now: Millis,
 ) -> Result<u64, crate::engine::EngineError> {
     use futures::{StreamExt, TryStreamExt};
-    work.retry_announcements().await;
+    work.leases().retry_pending(work).await;
     let active = work.active().await?;
     let campaigns: Vec<CampaignId> = active.campaigns().cloned().collect();
     let due: Vec<Option<CampaignId>> = futures::stream::iter(campaigns)
@@ -69,7 +69,7 @@ pub async fn reap_once(
     let mut visit: BTreeSet<CampaignId> = due.into_iter().flatten().collect();
     let (claimed_until, claimed) = work.claim_due(now, CLAIMS_PER_ROUND).await?;
     for campaign in claimed {
-        if work.settle(&campaign, claimed_until, now).await? == Settled::Due {
+        if crate::engine::work::settle(work, &campaign, claimed_until, now).await? == Settled::Due {
             visit.insert(campaign.parent());
         }
     }

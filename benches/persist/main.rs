@@ -70,7 +70,7 @@ fn csv(events: &[Event]) -> Vec<u8> {
             "{},{},{},{},\"{payload}\"\n",
             e.campaign_id,
             e.position,
-            e.kind(),
+            e.change.kind(),
             e.at.0
         ));
     }

@@ -94,11 +94,6 @@ enum Payload<'a> {
 }
 
 impl Event {
-    /// The event type as the feed names it.
-    pub fn kind(&self) -> &'static str {
-        self.change.kind()
-    }
-
     /// The feed item's payload: `{"reservation": …}`, `{"group": …}` or `{"stock": n}`.
     pub fn feed_payload(&self) -> String {
         let payload = match &self.change {

@@ -54,6 +54,7 @@ mod campaign;
 mod event;
 mod group;
 mod queue;
+mod refusal;
 mod reservation;
 
 pub use campaign::{
@@ -63,6 +64,7 @@ pub use campaign::{
 pub use event::{Change, Event, StoredReservation, StreamPosition};
 pub use group::{Group, GroupId, GroupMember, GroupStatus};
 pub use queue::{Line, LinePoint, PassKey, PassRefusal, Ticket, TicketId, TicketStatus};
+pub use refusal::Refusal;
 pub use reservation::{Reservation, ReservationId, ReservationStatus};
 
 use serde::Serialize;
@@ -413,81 +415,6 @@ impl ScopedKey {
 impl fmt::Display for ScopedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// Why a reservation attempt was refused. Refusals are answers, not failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    CampaignNotFound,
-    WrongCampaignKind,
-    NotStarted,
-    Ended,
-    /// Fewer units are available than asked for.
-    SoldOut,
-    /// The user's held + confirmed + asked would pass the campaign's `per_user_limit`.
-    LimitExceeded,
-    /// No such group.
-    GroupNotFound,
-    /// The group already has `size` members holding or confirmed.
-    GroupFull,
-    /// The group formed or failed, or its window passed.
-    GroupClosed,
-    /// The user already holds or confirmed a slot in this group.
-    AlreadyMember,
-    /// A ticket was asked of a campaign without a waiting room.
-    NoWaitingRoom,
-}
-
-impl Refusal {
-    /// Every refusal, in declaration order (`refusal as usize` indexes it).
-    pub const ALL: [Refusal; 11] = [
-        Refusal::CampaignNotFound,
-        Refusal::WrongCampaignKind,
-        Refusal::NotStarted,
-        Refusal::Ended,
-        Refusal::SoldOut,
-        Refusal::LimitExceeded,
-        Refusal::GroupNotFound,
-        Refusal::GroupFull,
-        Refusal::GroupClosed,
-        Refusal::AlreadyMember,
-        Refusal::NoWaitingRoom,
-    ];
-
-    /// The contract's stable `code`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Refusal::CampaignNotFound => "campaign_not_found",
-            Refusal::WrongCampaignKind => "wrong_campaign_kind",
-            Refusal::NotStarted => "not_started",
-            Refusal::Ended => "ended",
-            Refusal::SoldOut => "sold_out",
-            Refusal::LimitExceeded => "limit_exceeded",
-            Refusal::GroupNotFound => "group_not_found",
-            Refusal::GroupFull => "group_full",
-            Refusal::GroupClosed => "group_closed",
-            Refusal::AlreadyMember => "already_member",
-            Refusal::NoWaitingRoom => "no_waiting_room",
-        }
-    }
-
-    /// Inverse of [`Refusal::code`], used where an engine answers with the code string.
-    pub fn from_code(code: &str) -> Option<Self> {
-        Some(match code {
-            "campaign_not_found" => Refusal::CampaignNotFound,
-            "wrong_campaign_kind" => Refusal::WrongCampaignKind,
-            "not_started" => Refusal::NotStarted,
-            "ended" => Refusal::Ended,
-            "sold_out" => Refusal::SoldOut,
-            "limit_exceeded" => Refusal::LimitExceeded,
-            "group_not_found" => Refusal::GroupNotFound,
-            "group_full" => Refusal::GroupFull,
-            "no_waiting_room" => Refusal::NoWaitingRoom,
-            "group_closed" => Refusal::GroupClosed,
-            "already_member" => Refusal::AlreadyMember,
-            _ => return None,
-        })
     }
 }
 

@@ -99,7 +99,7 @@ pub enum Settled {
 
 /// The work index of an engine (one implementation per backend, the same semantics).
 #[async_trait]
-pub trait WorkIndex: Send + Sync + 'static {
+pub trait WorkIndex: Incarnation {
     /// Announces that `campaign` is about to change (see the module doc). Writers call it
     /// through [`Leases::ensure`], not for every change.
     async fn announce(&self, campaign: &CampaignId) -> Result<(), EngineError>;
@@ -137,31 +137,9 @@ pub trait WorkIndex: Send + Sync + 'static {
         next_due: Option<Millis>,
     ) -> Result<(), EngineError>;
 
-    /// Names the backing store's current life: it changes when data may have been lost
-    /// (a Redis server or cluster node restarted, a failover), and the recovery pass then
-    /// restores and announces every campaign once. Asked once per recovery pass.
-    async fn incarnation(&self) -> Result<String, EngineError>;
-
     /// Files a campaign under `due` (kept if it is due earlier already): what a pass over
     /// every campaign does for one without events waiting, instead of making it active.
     async fn file(&self, campaign: &CampaignId, due: Millis) -> Result<(), EngineError>;
-
-    /// The incarnation (see [`WorkIndex::incarnation`]) whose campaigns were all filed on
-    /// this index, as [`WorkIndex::set_filed`] recorded it.
-    async fn filed(&self) -> Result<Option<String>, EngineError>;
-
-    /// Records that every campaign of `incarnation` was filed.
-    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError>;
-
-    /// Announces again the campaigns whose announcement failed (see [`Leases::ensure`]);
-    /// how many are still pending.
-    async fn retry_announcements(&self) -> usize {
-        0
-    }
-
-    /// Forgets this process's leases: the index they were taken on may be gone (a new
-    /// incarnation), so every next change announces again.
-    fn reset_leases(&self) {}
 
     /// Puts a campaign the engine holds back on its list of every campaign (the list only a
     /// pass over every campaign reads; a crash may have left the campaign out of it). Once
@@ -174,51 +152,75 @@ pub trait WorkIndex: Send + Sync + 'static {
     /// locks taken in memory): what the tests count to show work follows traffic.
     fn background_calls(&self) -> u64;
 
-    /// A claimed campaign: files it under its next due time unless something is due now.
-    async fn settle(
-        &self,
-        campaign: &CampaignId,
-        claimed_until: i64,
-        now: Millis,
-    ) -> Result<Settled, EngineError> {
-        let left = self.leftover(campaign, now).await?;
-        if left.next_due.is_some_and(|due| due <= now) {
-            return Ok(Settled::Due);
-        }
-        if now.0 + SETTLE_MARGIN.as_millis() as i64 >= claimed_until {
-            // Too little of the claim left to file safely: it comes due again.
-            return Ok(Settled::Later);
-        }
-        self.file_due(campaign, claimed_until, now, left.next_due)
-            .await?;
-        Ok(Settled::Later)
-    }
+    /// This process's leases on the active list (see [`Leases`]).
+    fn leases(&self) -> &Leases;
+}
 
-    /// One retirement round over the active list as read: campaigns whose lease ended and
-    /// whose events are all persisted leave it, [`RETIRE_AT_ONCE`] at a time and at most
-    /// [`RETIRE_PER_ROUND`] a round, so a round never holds up the caller's real work. How
-    /// many left.
-    async fn retire_idle(&self, active: &Active, now: Millis) -> Result<usize, EngineError> {
-        use futures::{StreamExt, TryStreamExt};
-        let candidates: Vec<(CampaignId, i64)> =
-            active.expired().take(RETIRE_PER_ROUND).cloned().collect();
-        let retired: Vec<bool> = futures::stream::iter(candidates)
-            .map(|(campaign, lease_end)| async move {
-                let left = self.leftover(&campaign, now).await?;
-                if left.events > 0 {
-                    return Ok(false);
-                }
-                let retired = self.retire(&campaign, lease_end, left.next_due).await?;
-                if retired && left.exists {
-                    self.relist(&campaign).await?;
-                }
-                Ok::<_, EngineError>(retired)
-            })
-            .buffer_unordered(RETIRE_AT_ONCE)
-            .try_collect()
-            .await?;
-        Ok(retired.into_iter().filter(|r| *r).count())
+/// The life of the index's backing store, for the recovery pass.
+#[async_trait]
+pub trait Incarnation: Send + Sync + 'static {
+    /// Names the backing store's current life: it changes when data may have been lost
+    /// (a Redis server or cluster node restarted, a failover), and the recovery pass then
+    /// restores and announces every campaign once. Asked once per recovery pass.
+    async fn incarnation(&self) -> Result<String, EngineError>;
+
+    /// The incarnation (see [`Incarnation::incarnation`]) whose campaigns were all filed on
+    /// this index, as [`Incarnation::set_filed`] recorded it.
+    async fn filed(&self) -> Result<Option<String>, EngineError>;
+
+    /// Records that every campaign of `incarnation` was filed.
+    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError>;
+}
+
+/// A claimed campaign: files it under its next due time unless something is due now.
+pub async fn settle(
+    index: &(impl WorkIndex + ?Sized),
+    campaign: &CampaignId,
+    claimed_until: i64,
+    now: Millis,
+) -> Result<Settled, EngineError> {
+    let left = index.leftover(campaign, now).await?;
+    if left.next_due.is_some_and(|due| due <= now) {
+        return Ok(Settled::Due);
     }
+    if now.0 + SETTLE_MARGIN.as_millis() as i64 >= claimed_until {
+        // Too little of the claim left to file safely: it comes due again.
+        return Ok(Settled::Later);
+    }
+    index
+        .file_due(campaign, claimed_until, now, left.next_due)
+        .await?;
+    Ok(Settled::Later)
+}
+
+/// One retirement round over the active list as read: campaigns whose lease ended and
+/// whose events are all persisted leave it, [`RETIRE_AT_ONCE`] at a time and at most
+/// [`RETIRE_PER_ROUND`] a round, so a round never holds up the caller's real work. How
+/// many left.
+pub async fn retire_idle(
+    index: &(impl WorkIndex + ?Sized),
+    active: &Active,
+    now: Millis,
+) -> Result<usize, EngineError> {
+    use futures::{StreamExt, TryStreamExt};
+    let candidates: Vec<(CampaignId, i64)> =
+        active.expired().take(RETIRE_PER_ROUND).cloned().collect();
+    let retired: Vec<bool> = futures::stream::iter(candidates)
+        .map(|(campaign, lease_end)| async move {
+            let left = index.leftover(&campaign, now).await?;
+            if left.events > 0 {
+                return Ok(false);
+            }
+            let retired = index.retire(&campaign, lease_end, left.next_due).await?;
+            if retired && left.exists {
+                index.relist(&campaign).await?;
+            }
+            Ok::<_, EngineError>(retired)
+        })
+        .buffer_unordered(RETIRE_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(retired.into_iter().filter(|r| *r).count())
 }
 
 /// A writer's leases, so it announces a campaign once per `LEASE − MARGIN`, not per change.
@@ -347,6 +349,7 @@ mod tests {
     struct Flaky {
         down: AtomicBool,
         announced: AtomicU32,
+        leases: Leases,
     }
 
     #[async_trait]
@@ -391,6 +394,16 @@ mod tests {
         async fn file(&self, _: &CampaignId, _: Millis) -> Result<(), EngineError> {
             unreachable!("not asked by leases")
         }
+        fn background_calls(&self) -> u64 {
+            0
+        }
+        fn leases(&self) -> &Leases {
+            &self.leases
+        }
+    }
+
+    #[async_trait]
+    impl Incarnation for Flaky {
         async fn filed(&self) -> Result<Option<String>, EngineError> {
             Ok(None)
         }
@@ -399,9 +412,6 @@ mod tests {
         }
         async fn incarnation(&self) -> Result<String, EngineError> {
             Ok(String::new())
-        }
-        fn background_calls(&self) -> u64 {
-            0
         }
     }
 

@@ -1,6 +1,7 @@
 //! A persister batch: events shaped into rows (each event once, each reservation's and
 //! group's newest state, each campaign's newest stock) and written in one transaction.
 
+use super::fence::Fence;
 use super::{Store, StoreError};
 use crate::domain::{CampaignId, Change, Event, ReservationId};
 use crate::engine::Epochs;
@@ -58,46 +59,6 @@ impl Store {
             },
             ok => ok,
         }
-    }
-
-    /// A refund (the store cancelling a confirmed reservation) of a campaign that left the
-    /// engine (archived): the cancellation is written here as the event the engine would have
-    /// appended, under the campaign's last load epoch — the campaign sells nothing any more,
-    /// so no unit is counted anywhere else. Returns the cancelled reservation.
-    pub async fn refund_archived(
-        &self,
-        reservation: crate::domain::Reservation,
-        now: crate::domain::Millis,
-    ) -> Result<crate::domain::Reservation, StoreError> {
-        /// Orders refunds written in the same millisecond by this process.
-        static SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-        let epoch = self
-            .engine_epoch(&reservation.campaign_id)
-            .await?
-            .unwrap_or_default();
-        let cancelled = crate::domain::Reservation {
-            status: crate::domain::ReservationStatus::Cancelled,
-            ..reservation
-        };
-        let event = Event {
-            campaign_id: cancelled.campaign_id.clone(),
-            position: crate::domain::StreamPosition {
-                ms: now.0,
-                seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                index: 0,
-            },
-            at: now,
-            change: Change::Reservation {
-                reservation: cancelled.clone(),
-                idempotency: None,
-            },
-        };
-        self.persist(
-            &Epochs::one(&event.campaign_id, &epoch),
-            std::slice::from_ref(&event),
-        )
-        .await?;
-        Ok(cancelled)
     }
 
     /// One transaction: the fence, then the rows.
@@ -198,52 +159,6 @@ pub(super) fn refusal(error: &StoreError) -> Option<String> {
     }
 }
 
-/// Which events of a batch may be applied: those of campaigns the database knows, read
-/// under the load epoch the database recorded for their campaign (or under any, for
-/// campaigns from before fencing recorded none).
-struct Fence<'a> {
-    epochs: &'a Epochs,
-    loaded: HashMap<String, Option<String>>,
-}
-
-impl<'a> Fence<'a> {
-    fn of(epochs: &'a Epochs, loaded: Vec<(String, Option<String>)>) -> Self {
-        Fence {
-            epochs,
-            loaded: loaded.into_iter().collect(),
-        }
-    }
-
-    /// (events to apply, events to set aside with their reason); the applied ones are
-    /// borrowed (every event of a normal batch), only the set-aside ones copied.
-    fn split<'e>(
-        &self,
-        events: &'e [Event],
-    ) -> (Vec<&'e Event>, Vec<(Event, super::dead::Reason, String)>) {
-        let mut accepted = Vec::with_capacity(events.len());
-        let mut dead = Vec::new();
-        for event in events {
-            match self.loaded.get(event.campaign_id.as_str()) {
-                None => dead.push((
-                    event.clone(),
-                    super::dead::Reason::UnknownCampaign,
-                    "the database has no such campaign".to_owned(),
-                )),
-                Some(Some(loaded)) if loaded != self.epochs.of(&event.campaign_id) => dead.push((
-                    event.clone(),
-                    super::dead::Reason::Fenced,
-                    format!(
-                        "decided under the campaign's load {:?}; it was rebuilt as {loaded:?} without it",
-                        self.epochs.of(&event.campaign_id)
-                    ),
-                )),
-                Some(_) => accepted.push(event),
-            }
-        }
-        (accepted, dead)
-    }
-}
-
 /// A batch of events, shaped into rows.
 struct Batch {
     events: Vec<EventRow>,
@@ -272,7 +187,7 @@ impl EventRow {
         EventRow {
             campaign_id: event.campaign_id.parent().to_string(),
             stream_id,
-            kind: event.kind().to_owned(),
+            kind: event.change.kind().to_owned(),
             at_ms: event.at.0,
             payload: event.feed_payload(),
         }

@@ -203,7 +203,7 @@ macro_rules! insert_all {
                 .bind(event.campaign_id.as_str())
                 .bind(event.position.to_string())
                 .bind($epochs.of(&event.campaign_id))
-                .bind(event.kind())
+                .bind(event.change.kind())
                 .bind(encode(event))
                 .bind(reason.as_str())
                 .bind(error)

@@ -16,6 +16,7 @@ mod batch;
 mod campaigns;
 pub mod dead;
 mod feed;
+mod fence;
 pub mod personal;
 mod reservations;
 mod webhooks;

@@ -197,6 +197,46 @@ impl Rebuilding {
 }
 
 impl Store {
+    /// A refund (the store cancelling a confirmed reservation) of a campaign that left the
+    /// engine (archived): the cancellation is written here as the event the engine would have
+    /// appended, under the campaign's last load epoch — the campaign sells nothing any more,
+    /// so no unit is counted anywhere else. Returns the cancelled reservation.
+    pub async fn refund_archived(
+        &self,
+        reservation: crate::domain::Reservation,
+        now: crate::domain::Millis,
+    ) -> Result<crate::domain::Reservation, StoreError> {
+        /// Orders refunds written in the same millisecond by this process.
+        static SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let epoch = self
+            .engine_epoch(&reservation.campaign_id)
+            .await?
+            .unwrap_or_default();
+        let cancelled = crate::domain::Reservation {
+            status: crate::domain::ReservationStatus::Cancelled,
+            ..reservation
+        };
+        let event = crate::domain::Event {
+            campaign_id: cancelled.campaign_id.clone(),
+            position: crate::domain::StreamPosition {
+                ms: now.0,
+                seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                index: 0,
+            },
+            at: now,
+            change: crate::domain::Change::Reservation {
+                reservation: cancelled.clone(),
+                idempotency: None,
+            },
+        };
+        self.persist(
+            &crate::engine::Epochs::one(&event.campaign_id, &epoch),
+            std::slice::from_ref(&event),
+        )
+        .await?;
+        Ok(cancelled)
+    }
+
     /// Starts rebuilding campaign `id`'s engine state under load epoch `epoch`: records the
     /// epoch and reads what the rebuild needs, in a transaction left open (see
     /// [`Rebuilding`]); `None` if the database has no such campaign or archived it (it left

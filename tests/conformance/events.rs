@@ -94,7 +94,7 @@ async fn every_event_says_what_happened<E: Decisions + Reads + EventLog>(engine:
             } => {
                 assert_eq!(r.user_id.as_str(), user);
                 let gid = r.group_id.as_ref().map(ToString::to_string);
-                seen.push(format!("{} {} {gid:?}", event.kind(), r.quantity));
+                seen.push(format!("{} {} {gid:?}", event.change.kind(), r.quantity));
                 if r.id == reservation.id {
                     assert_eq!(r.created_at, reservation.created_at);
                     assert_eq!(r.expires_at, reservation.expires_at);
@@ -106,14 +106,16 @@ async fn every_event_says_what_happened<E: Decisions + Reads + EventLog>(engine:
                     }
                 }
             }
-            Change::Stock { stock } => seen.push(format!("{} {stock}", event.kind())),
-            Change::Extended { reservation: r } => seen.push(format!("{} {}", event.kind(), r.id)),
+            Change::Stock { stock } => seen.push(format!("{} {stock}", event.change.kind())),
+            Change::Extended { reservation: r } => {
+                seen.push(format!("{} {}", event.change.kind(), r.id))
+            }
             Change::Group { group: g } => {
                 assert_eq!(g.id, group.id);
                 assert_eq!(g.leader_user_id.as_str(), user);
                 assert_eq!((g.size, g.status), (2, GroupStatus::Open));
                 assert_eq!(g.expires_at, group.expires_at);
-                seen.push(event.kind().to_owned());
+                seen.push(event.change.kind().to_owned());
             }
         }
     }

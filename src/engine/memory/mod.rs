@@ -13,13 +13,12 @@ mod campaign;
 mod groups;
 mod outbox;
 mod queue;
+mod rules;
 mod sharded;
+mod transfers;
 mod work;
 
-use super::backend::{
-    Backend, Claim, Decisions, EventLog, Given, OpenTransfer, Probe, Reads, RecordsSince, ShardOps,
-    ShardState, Transfer, WaitingRoom,
-};
+use super::backend::{Backend, Decisions, EventLog, Probe, Reads, RecordsSince, WaitingRoom};
 use super::types::{
     Admission, Backlog, CampaignSnapshot, CancelScope, Consumer, EngineError, EventBatch,
     Extension, GroupOutcome, GroupRequest, JoinOutcome, JoinRequest, ReserveOutcome,
@@ -315,7 +314,6 @@ impl EventLog for MemoryEngine {
         max: usize,
         reclaim_after: Duration,
     ) -> Result<EventBatch, EngineError> {
-        use super::work::WorkIndex;
         let mut events = Vec::new();
         let mut epochs = crate::engine::Epochs::default();
         let mut available = std::collections::HashMap::new();
@@ -343,7 +341,7 @@ impl EventLog for MemoryEngine {
                 break;
             }
             // Nothing anywhere: campaigns whose lease ended leave the active list.
-            self.retire_idle(&active, Millis::now()).await?;
+            super::work::retire_idle(self, &active, Millis::now()).await?;
             // Nothing yet: wait for a decision (like XREADGROUP's BLOCK), so a caller waiting
             // for its commit is not held up by the persister's idle pause.
             let _ = tokio::time::timeout(READ_WAIT, self.appended.notified()).await;
@@ -433,76 +431,5 @@ impl WaitingRoom for MemoryEngine {
         campaign: &CampaignId,
     ) -> Result<Option<crate::domain::Line>, EngineError> {
         Ok(self.with_slot(campaign, None, |slot| Some(slot.line())))
-    }
-}
-
-#[async_trait]
-impl ShardOps for MemoryEngine {
-    async fn shard_state(&self, shard: &CampaignId) -> Result<Option<ShardState>, EngineError> {
-        Ok(self.with_slot(shard, None, |slot| {
-            Some(ShardState {
-                stock: slot.campaign.stock,
-                available: slot.available,
-                outgoing: slot.outgoing,
-                version: slot.version,
-                total: slot.total,
-                records: slot.record_order.len() as u64,
-            })
-        }))
-    }
-
-    async fn take_units(
-        &self,
-        shard: &CampaignId,
-        transfer: &Transfer,
-    ) -> Result<u64, EngineError> {
-        Ok(self.decide(shard, 0, |slot| slot.take_units(transfer)))
-    }
-
-    async fn give_units(
-        &self,
-        shard: &CampaignId,
-        transfer: &str,
-        units: u64,
-    ) -> Result<Given, EngineError> {
-        let given = self.decide(shard, Given::Missing, |slot| {
-            slot.give_units(transfer, units)
-        });
-        Ok(given)
-    }
-
-    async fn transfer_done(&self, shard: &CampaignId, transfer: &str) -> Result<(), EngineError> {
-        self.decide(shard, (), |slot| slot.transfer_done(transfer));
-        Ok(())
-    }
-
-    /// Every campaign in memory is listed.
-    async fn relist(&self, _shard: &CampaignId) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    async fn claim_key(
-        &self,
-        shard: &CampaignId,
-        key: &crate::domain::ScopedKey,
-        fingerprint: &str,
-    ) -> Result<Claim, EngineError> {
-        Ok(self.with_slot(shard, Claim::Missing, |slot| {
-            let first = slot
-                .claims
-                .entry(key.to_string())
-                .or_insert_with(|| fingerprint.to_owned());
-            if first == fingerprint {
-                Claim::Mine
-            } else {
-                Claim::Other
-            }
-        }))
-    }
-
-    async fn open_transfers(&self, shard: &CampaignId) -> Result<Vec<OpenTransfer>, EngineError> {
-        Ok(self.with_slot(shard, Vec::new(), |slot| {
-            slot.transfers.values().cloned().collect()
-        }))
     }
 }

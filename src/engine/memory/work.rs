@@ -4,7 +4,7 @@
 
 use super::{lock, MemoryEngine};
 use crate::domain::{CampaignId, Millis};
-use crate::engine::work::{Active, Leftover, WorkIndex, CLAIM};
+use crate::engine::work::{Active, Incarnation, Leases, Leftover, WorkIndex, CLAIM};
 use crate::engine::EngineError;
 use async_trait::async_trait;
 use std::collections::{BTreeSet, HashMap};
@@ -170,6 +170,21 @@ impl WorkIndex for MemoryEngine {
         Ok(())
     }
 
+    fn background_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn leases(&self) -> &Leases {
+        &self.leases
+    }
+}
+
+#[async_trait]
+impl Incarnation for MemoryEngine {
+    async fn incarnation(&self) -> Result<String, EngineError> {
+        Ok(self.dataset.to_string())
+    }
+
     async fn filed(&self) -> Result<Option<String>, EngineError> {
         Ok(self.lists().filed.clone())
     }
@@ -177,17 +192,5 @@ impl WorkIndex for MemoryEngine {
     async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError> {
         self.lists().filed = Some(incarnation.to_owned());
         Ok(())
-    }
-
-    fn reset_leases(&self) {
-        self.leases.clear();
-    }
-
-    async fn incarnation(&self) -> Result<String, EngineError> {
-        Ok(self.dataset.to_string())
-    }
-
-    fn background_calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 }

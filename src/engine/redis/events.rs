@@ -139,8 +139,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .collect(),
         };
         if !idle.leases.is_empty() {
-            self.retire_idle(&idle, crate::domain::Millis::now())
-                .await?;
+            crate::engine::work::retire_idle(self, &idle, crate::domain::Millis::now()).await?;
         }
         Ok(batch)
     }

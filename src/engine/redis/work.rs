@@ -4,7 +4,7 @@
 
 use super::{Connection, RedisEngine};
 use crate::domain::{CampaignId, Millis};
-use crate::engine::work::{Active, Leftover, WorkIndex, CLAIM};
+use crate::engine::work::{Active, Incarnation, Leases, Leftover, WorkIndex, CLAIM};
 use crate::engine::EngineError;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,36 +216,21 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
         Ok(())
     }
 
-    async fn filed(&self) -> Result<Option<String>, EngineError> {
-        let keys = WorkKeys::of(&self.namespace);
-        Ok(redis::cmd("GET")
-            .arg(&keys.filed)
-            .query_async(&mut self.background())
-            .await?)
-    }
-
-    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError> {
-        let keys = WorkKeys::of(&self.namespace);
-        let _: () = redis::cmd("SET")
-            .arg(&keys.filed)
-            .arg(incarnation)
-            .query_async(&mut self.background())
-            .await?;
-        Ok(())
-    }
-
-    async fn retry_announcements(&self) -> usize {
-        self.leases.retry_pending(self).await
-    }
-
-    fn reset_leases(&self) {
-        self.leases.clear();
-    }
-
     async fn relist(&self, campaign: &CampaignId) -> Result<(), EngineError> {
         self.index(campaign).await
     }
 
+    fn background_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn leases(&self) -> &Leases {
+        &self.leases
+    }
+}
+
+#[async_trait]
+impl<C: Connection> Incarnation for RedisEngine<C> {
     /// The index's birth mark and every master's `run_id` (a restart changes it).
     async fn incarnation(&self) -> Result<String, EngineError> {
         let mut ids = vec![self.active().await?.born];
@@ -273,8 +258,22 @@ impl<C: Connection> WorkIndex for RedisEngine<C> {
         Ok(ids.join(","))
     }
 
-    fn background_calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+    async fn filed(&self) -> Result<Option<String>, EngineError> {
+        let keys = WorkKeys::of(&self.namespace);
+        Ok(redis::cmd("GET")
+            .arg(&keys.filed)
+            .query_async(&mut self.background())
+            .await?)
+    }
+
+    async fn set_filed(&self, incarnation: &str) -> Result<(), EngineError> {
+        let keys = WorkKeys::of(&self.namespace);
+        let _: () = redis::cmd("SET")
+            .arg(&keys.filed)
+            .arg(incarnation)
+            .query_async(&mut self.background())
+            .await?;
+        Ok(())
     }
 }
 

@@ -258,7 +258,7 @@ pub async fn run(
                 if first_pass && work.filed().await.ok().flatten().as_ref() == Some(&now) {
                     known = Some(now);
                 } else {
-                    work.reset_leases();
+                    work.leases().clear();
                     let restored = restore_all(&engine, &store, &watch).await;
                     let filed = file_all(&engine, &*work).await;
                     match (restored, filed) {

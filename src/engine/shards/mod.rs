@@ -23,10 +23,10 @@
 //!
 //! Group buys and campaigns with a waiting room are not sharded (refused at creation).
 
-use super::{
-    CampaignSnapshot, Engine, EngineError, Given, Probe, RecordsSince, ReserveRequest, ShardOps,
-    ShardState, Transfer,
-};
+mod gate_reads;
+mod load;
+
+use super::{Engine, EngineError, Given, ReserveRequest, ShardOps, ShardState, Transfer};
 use crate::domain::{Campaign, CampaignId, CampaignState, Millis, ScopedKey, UserId};
 use dashmap::DashMap;
 use futures::future::try_join_all;
@@ -53,7 +53,7 @@ fn fnv_shard(text: &str, n: u8) -> u8 {
 
 /// Shard 0's state (`first`) and the other shards' summed into the campaign's; `None` if a
 /// shard is missing.
-pub(super) fn summed(
+pub(in crate::engine) fn summed(
     id: &CampaignId,
     first: CampaignState,
     others: impl IntoIterator<Item = Option<CampaignState>>,
@@ -74,7 +74,7 @@ pub(super) fn summed(
 /// How long an attempt keeps gathering units into its shard while the campaign as a whole has
 /// enough for it (others may take them first); past this it answers 503 `overloaded`, never a
 /// `sold_out` the campaign could serve.
-pub(super) const REFILL_FOR: Duration = Duration::from_secs(2);
+pub(in crate::engine) const REFILL_FOR: Duration = Duration::from_secs(2);
 
 /// How old an open transfer must be before the reaper completes it: a live one takes a few
 /// milliseconds.
@@ -111,7 +111,10 @@ impl Shards {
 /// The engine's steps over shards.
 impl Engine {
     /// The campaign's shard count; `None` if shard 0 is missing.
-    pub(super) async fn shards_of(&self, id: &CampaignId) -> Result<Option<u8>, EngineError> {
+    pub(in crate::engine) async fn shards_of(
+        &self,
+        id: &CampaignId,
+    ) -> Result<Option<u8>, EngineError> {
         if let Some(n) = self.shards.known(id) {
             return Ok(Some(n));
         }
@@ -138,7 +141,7 @@ impl Engine {
     }
 
     /// Keeps the campaign's shard count; returns it.
-    pub(super) fn remember_shards(&self, campaign: &Campaign) -> u8 {
+    pub(in crate::engine) fn remember_shards(&self, campaign: &Campaign) -> u8 {
         let n = campaign.shards.max(1);
         self.shards.counts.insert(campaign.id.clone(), n);
         n
@@ -160,7 +163,7 @@ impl Engine {
     }
 
     /// Every shard's state, `None` for missing ones.
-    pub(super) async fn states(
+    pub(in crate::engine) async fn states(
         &self,
         id: &CampaignId,
         n: u8,
@@ -171,31 +174,8 @@ impl Engine {
         .await
     }
 
-    /// Every shard's state as of one instant: read until no shard's version moved between
-    /// two reads (at most a few tries; transfers are rare next to reads).
-    pub(super) async fn consistent_states(
-        &self,
-        id: &CampaignId,
-        n: u8,
-    ) -> Result<Vec<Option<ShardState>>, EngineError> {
-        let mut states = self.states(id, n).await?;
-        for _ in 0..20 {
-            let again = self.states(id, n).await?;
-            let versions = |s: &[Option<ShardState>]| -> Vec<Option<u64>> {
-                s.iter().map(|s| s.map(|s| s.version)).collect()
-            };
-            if versions(&states) == versions(&again) {
-                return Ok(again);
-            }
-            states = again;
-        }
-        Err(EngineError::Recovering(format!(
-            "the shards of {id} kept moving units while being read"
-        )))
-    }
-
     /// The campaign's gathering turn (see `refilling`).
-    pub(super) fn gathering(&self, id: &CampaignId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(in crate::engine) fn gathering(&self, id: &CampaignId) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(self.shards.refilling.entry(id.clone()).or_default().value())
     }
 
@@ -203,7 +183,7 @@ impl Engine {
     /// available (or nothing is left to take). `false` once the campaign as a whole — every
     /// shard's available units and those moving between shards — has fewer than `target`:
     /// then, and only then, the attempt is sold out.
-    pub(super) async fn refill(
+    pub(in crate::engine) async fn refill(
         &self,
         id: &CampaignId,
         n: u8,
@@ -299,7 +279,7 @@ impl Engine {
     }
 
     /// Completes the campaign's transfers older than [`STALE_TRANSFER`] (their mover died).
-    pub(super) async fn complete_stale(
+    pub(in crate::engine) async fn complete_stale(
         &self,
         id: &CampaignId,
         n: u8,
@@ -323,118 +303,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Loads the shards of a campaign that are missing (all of them for a new campaign);
-    /// a bit per shard loaded by this call (see [`Engine::load`]).
-    pub(super) async fn load_missing(
-        &self,
-        snapshot: CampaignSnapshot<'_>,
-    ) -> Result<u64, EngineError> {
-        let campaign = snapshot.campaign;
-        let n = campaign.shards;
-        let states = self.consistent_states(&campaign.id, n).await?;
-        let missing: Vec<u8> = (0..n).filter(|&k| states[k as usize].is_none()).collect();
-        // The present ones, listed again: what an unsharded campaign's no-op load does.
-        for k in (0..n).filter(|&k| states[k as usize].is_some()) {
-            self.backing
-                .shard_ops()
-                .relist(&campaign.id.shard(k))
-                .await?;
-        }
-        if missing.is_empty() {
-            return Ok(0);
-        }
-        let total = states[0].and_then(|s| s.total).unwrap_or(campaign.stock);
-        let present: u64 = states.iter().flatten().map(|s| s.stock + s.outgoing).sum();
-        let of_shard = |k: u8| {
-            snapshot
-                .reservations
-                .iter()
-                .filter(move |r| r.reservation.id.shard_campaign().shard_index() == k)
-        };
-        let live = |k: u8| -> u64 {
-            of_shard(k)
-                .filter(|r| r.reservation.status.takes_units())
-                .map(|r| u64::from(r.reservation.quantity))
-                .sum()
-        };
-        let used: Vec<u64> = missing.iter().map(|&k| live(k)).collect();
-        let free = total
-            .checked_sub(present + used.iter().sum::<u64>())
-            .unwrap_or_else(|| {
-                tracing::error!(campaign = %campaign.id, total, present, "the present shards and the lost ones' live units exceed the campaign's stock; the lost shards get none free");
-                0
-            });
-        let count = missing.len() as u64;
-        let mut loaded = 0;
-        for (i, &k) in missing.iter().enumerate() {
-            let share = free / count + u64::from((i as u64) < free % count);
-            let shard = Campaign {
-                id: campaign.id.shard(k),
-                stock: used[i] + share,
-                ..campaign.clone()
-            };
-            let reservations: Vec<_> = of_shard(k).cloned().collect();
-            let done = self
-                .backing
-                .decisions()
-                .load_campaign(CampaignSnapshot {
-                    campaign: &shard,
-                    reservations: &reservations,
-                    groups: &[],
-                    epoch: snapshot.epoch.clone(),
-                    total: (k == 0).then_some(total),
-                })
-                .await;
-            // From the first load on, every shard this call may have loaded is reported
-            // (never an error), so the database records the epoch of each: a shard loaded
-            // under an epoch the database does not know would have its events fenced out.
-            // One that failed and did not load stays missing, and the next rebuild loads it.
-            match done {
-                Ok(false) => continue,
-                Ok(true) => loaded |= 1 << k,
-                Err(error) => {
-                    tracing::warn!(%error, shard = %shard.id, "loading a shard failed; it may have loaded");
-                    loaded |= 1 << k;
-                    continue;
-                }
-            }
-            if let Err(error) = self
-                .restore_claims(&campaign.id, n, k, snapshot.reservations)
-                .await
-            {
-                tracing::warn!(%error, shard = %shard.id, "restoring a rebuilt shard's key claims failed");
-            }
-        }
-        Ok(loaded)
-    }
-
-    /// Claims again, in a rebuilt shard, the store keys of the campaign's reservations that
-    /// hash to it.
-    async fn restore_claims(
-        &self,
-        id: &CampaignId,
-        n: u8,
-        k: u8,
-        reservations: &[crate::domain::StoredReservation],
-    ) -> Result<(), EngineError> {
-        let shard = id.shard(k);
-        let claims = reservations.iter().filter_map(|r| {
-            let key = r.idempotency_key.as_ref()?;
-            (key.is_store() && key_shard(key, n) == k)
-                .then(|| (key, r.fingerprint.clone().unwrap_or_default()))
-        });
-        for (key, fingerprint) in claims {
-            self.backing
-                .shard_ops()
-                .claim_key(&shard, key, &fingerprint)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// The shards' states summed into the campaign's, shard 0's (`first`) read already;
     /// `None` if a shard is missing.
-    pub(super) async fn whole(
+    pub(in crate::engine) async fn whole(
         &self,
         id: &CampaignId,
         n: u8,
@@ -450,114 +321,13 @@ impl Engine {
     }
 
     /// The request for the user's shard.
-    pub(super) fn routed(request: &ReserveRequest, n: u8) -> ReserveRequest {
+    pub(in crate::engine) fn routed(request: &ReserveRequest, n: u8) -> ReserveRequest {
         let shard = request.campaign_id.shard(shard_of(&request.user_id, n));
         ReserveRequest {
             reservation_id: request.reservation_id.in_campaign(&shard),
             campaign_id: shard,
             ..request.clone()
         }
-    }
-
-    /// Sold out when every shard is dry with no transfer open; the records of every shard,
-    /// shard by shard, continuing where the gate's last read of each stopped (a `from` that
-    /// is not where the last read ended starts over: `total` 0). The shards are read one at
-    /// a time, so the set is checked afterwards: every shard still dry, as many records.
-    pub(super) async fn sold_out_records(
-        &self,
-        campaign: &CampaignId,
-        from: u64,
-        limit: u64,
-    ) -> Result<Option<RecordsSince>, EngineError> {
-        let n = match self.shards_of(campaign).await? {
-            Some(n) if n > 1 => n,
-            _ => {
-                return self
-                    .backing
-                    .reads()
-                    .sold_out_records(campaign, from, limit)
-                    .await
-            }
-        };
-        let dry = |states: &[Option<ShardState>]| {
-            states
-                .iter()
-                .all(|s| s.is_some_and(|s| s.available == 0 && s.outgoing == 0))
-        };
-        let before = self.states(campaign, n).await?;
-        if !dry(&before) {
-            return Ok(None);
-        }
-        let mut offsets = self
-            .shards
-            .gate_offsets
-            .get(campaign)
-            .map(|o| o.clone())
-            .unwrap_or_else(|| vec![0; usize::from(n)]);
-        if from != offsets.iter().sum::<u64>() {
-            self.shards
-                .gate_offsets
-                .insert(campaign.clone(), vec![0; usize::from(n)]);
-            if from != 0 {
-                return Ok(Some(RecordsSince::default()));
-            }
-            offsets = vec![0; usize::from(n)];
-        }
-        let mut since = RecordsSince::default();
-        let mut left = limit.max(1);
-        for k in 0..n {
-            let shard = campaign.shard(k);
-            let page = if left == 0 {
-                None
-            } else {
-                self.backing
-                    .reads()
-                    .sold_out_records(&shard, offsets[usize::from(k)], left)
-                    .await?
-            };
-            let total = match page {
-                Some(page) => {
-                    let read = page.records.len() as u64;
-                    offsets[usize::from(k)] += read;
-                    left -= read.min(left);
-                    since.records.extend(page.records);
-                    page.total
-                }
-                // Not paged this call: its count as first read (checked again below).
-                None if left == 0 => before[usize::from(k)].map_or(0, |s| s.records),
-                None => return Ok(None),
-            };
-            since.total += total;
-        }
-        // Still dry everywhere, with as many records as read: the set is whole as of now.
-        let after = self.states(campaign, n).await?;
-        let records: u64 = after.iter().flatten().map(|s| s.records).sum();
-        if !dry(&after) || records != since.total {
-            self.shards.gate_offsets.remove(campaign);
-            return Ok(None);
-        }
-        self.shards.gate_offsets.insert(campaign.clone(), offsets);
-        Ok(Some(since))
-    }
-
-    /// Units in flight between shards count as available: they will be.
-    pub(super) async fn probe(&self, campaign: &CampaignId) -> Result<Option<Probe>, EngineError> {
-        let n = match self.shards_of(campaign).await? {
-            Some(n) if n > 1 => n,
-            _ => return self.backing.reads().probe(campaign).await,
-        };
-        let mut whole = Probe {
-            available: 0,
-            idempotency_records: 0,
-        };
-        for state in self.states(campaign, n).await? {
-            let Some(state) = state else {
-                return Ok(None);
-            };
-            whole.available += state.available + state.outgoing;
-            whole.idempotency_records += state.records;
-        }
-        Ok(Some(whole))
     }
 }
 
