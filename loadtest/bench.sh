@@ -9,6 +9,7 @@
 #
 #   loadtest/bench.sh                      # defaults below
 #   ROUNDS=1 SECONDS_PER_RUN=4 loadtest/bench.sh
+#   BASELINE_BIN=/tmp/flashsale-before loadtest/bench.sh   # also an earlier build, alternating
 #
 # Needs (Debian packages, installed here when missing): nginx-light libnginx-mod-http-lua
 # lua-nginx-redis lua-cjson wrk redis-server redis-tools postgresql-client.
@@ -21,6 +22,9 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 CONNECTIONS=${CONNECTIONS:-64}
 OPEN_SECONDS=${OPEN_SECONDS:-8}
 PEER=${PEER:-$here/../shared/peer}
+# Another flashsale build (say, main before a change) measured in the same rounds, on the same
+# Redis and database, alternating with this one.
+BASELINE_BIN=${BASELINE_BIN:-}
 out=${OUT:-target/bench}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -69,7 +73,7 @@ start_flashsale() { # extra env assignments...
   local port; port=$(free_port)
   env FLASHSALE_LISTEN=127.0.0.1:$port FLASHSALE_REDIS_URL="redis://127.0.0.1:$rport" \
     FLASHSALE_DATABASE_URL="$database" FLASHSALE_ADMIN_TOKENS=adm FLASHSALE_STORE_TOKENS=sto \
-    FLASHSALE_USER_RATE_PER_SECOND=0 "$@" target/release/flashsale >> "$out/flashsale-$port.log" 2>&1 &
+    FLASHSALE_USER_RATE_PER_SECOND=0 "$@" "${bin:-target/release/flashsale}" >> "$out/flashsale-$port.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
@@ -100,19 +104,19 @@ cpu_of_name() {
 }
 # Every command Redis ran, in µs (INFO commandstats), scripts' inner calls counted once.
 redis_usec() { rcli INFO commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ { u += $5 } END { printf "%d\n", u }'; }
-snapshot() { echo "$(cpu_of_pid "$fpid") $(cpu_of_pid "$redis_pid") $(cpu_of_name postgres) $(cpu_of_name nginx) $(redis_usec)"; }
+snapshot() { echo "$(cpu_of_pid "$1") $(cpu_of_pid "$redis_pid") $(cpu_of_name postgres) $(cpu_of_name nginx) $(redis_usec)"; }
 
-# wrk_run NAME URL PATH: one wrk run; appends "name rate requests non2xx and CPU per request"
-# to $out/runs.txt.
+# wrk_run NAME URL PATH [PID]: one wrk run against the flashsale process PID (default: this
+# build's); appends "name rate requests non2xx and CPU per request" to $out/runs.txt.
 wrk_run() {
-  local name=$1 url=$2 before after result
-  before=$(snapshot)
+  local name=$1 url=$2 pid=${4:-$fpid} before after result
+  before=$(snapshot "$pid")
   if [ "$3" = /healthz ]; then
     result="$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "$url$3")"
   else
     result=$(cd "$PEER" && STORE_TOKEN=sto wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s reserve.wrk.lua "$url$3")
   fi
-  after=$(snapshot)
+  after=$(snapshot "$pid")
   python3 - "$name" "$before" "$after" "$result" >> "$out/runs.txt" <<'PY'
 import sys, re
 name, before, after, result = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
@@ -134,15 +138,29 @@ drain() { # waits (at most 5 minutes) until the persister has written every even
   for _ in $(seq 600); do [ "$(backlog "$furl")" = "0" ] && return; sleep 0.5; done
 }
 
+if [ -n "$BASELINE_BIN" ]; then
+  read -r bport bpid < <(bin=$BASELINE_BIN start_flashsale)
+  pids+=("$bpid")
+  burl="http://127.0.0.1:$bport"
+fi
 echo "== $ROUNDS rounds, each: success path, sold out, HTTP floor; flashsale and the peer alternate" >&2
 for round in $(seq "$ROUNDS"); do
   wrk_run "peer_success" "$purl" /v1/campaigns/big/reservations
   wrk_run "flashsale_success" "$furl" /v1/campaigns/big/reservations
   drain
+  if [ -n "$BASELINE_BIN" ]; then
+    wrk_run "baseline_success" "$burl" /v1/campaigns/big/reservations "$bpid"
+    drain
+  fi
   wrk_run "peer_soldout" "$purl" /v1/campaigns/gone/reservations
   wrk_run "flashsale_soldout" "$furl" /v1/campaigns/gone/reservations
+  if [ -n "$BASELINE_BIN" ]; then
+    wrk_run "baseline_soldout" "$burl" /v1/campaigns/gone/reservations "$bpid"
+    wrk_run "baseline_healthz" "$burl" /healthz "$bpid"
+  fi
   wrk_run "flashsale_healthz" "$furl" /healthz
 done
+[ -n "$BASELINE_BIN" ] && { kill "$bpid"; wait "$bpid" 2>/dev/null || true; }
 curl -fs "$furl/metrics" | grep '^flashsale_reserve_batch_size' > "$out/batch-sizes.txt"
 
 echo "== the persister alone: a backlog written by an instance without one, then drained" >&2
@@ -224,6 +242,10 @@ print(f"flashsale HTTP floor (GET /healthz)   = {med('flashsale_healthz','rate')
 print(f"Redis per reservation, commandstats   = {med(fs,'redis_cmd_us'):.2f} us flashsale (persister included) vs {med(peer,'redis_cmd_us'):.2f} us peer   (target <= 6)")
 print(f"Redis CPU per reservation (INFO-free) = {med(fs,'redis_cpu_us'):.1f} us flashsale vs {med(peer,'redis_cpu_us'):.1f} us peer   (/proc CPU time of redis-server)")
 print(f"machine CPU per success request       = flashsale {med(fs,'flashsale_cpu_us'):.1f} + Redis {med(fs,'redis_cpu_us'):.1f} + Postgres {med(fs,'postgres_cpu_us'):.1f} us;  peer: nginx {med(peer,'nginx_cpu_us'):.1f} + Redis {med(peer,'redis_cpu_us'):.1f} us")
+if "baseline_success" in runs:
+    for what in ("success", "soldout", "healthz"):
+        a, b = f"flashsale_{what}", f"baseline_{what}"
+        print(f"{what:8} vs the baseline build         = {ratios(a, b)}   (service CPU per request {med(a,'flashsale_cpu_us'):.1f} vs {med(b,'flashsale_cpu_us'):.1f} us; Redis {med(a,'redis_cpu_us'):.1f} vs {med(b,'redis_cpu_us'):.1f} us)")
 nop = runs["flashsale_success_no_persister"][0]
 print(f"success without a persister           = {nop['rate']:.0f}/s (flashsale {nop['flashsale_cpu_us']:.1f} + Redis {nop['redis_cpu_us']:.1f} us per request): what the durable path costs on shared cores")
 print(f"persister alone vs success rate       = {float(persist_rate) / med(fs,'rate'):.2f}   ({persist_rate} events/s to Postgres from a full stream; target >= 2)")

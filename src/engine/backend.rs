@@ -134,7 +134,7 @@ pub trait Reads: Send + Sync + 'static {
 }
 
 /// Idempotency records of a campaign, in the order they were created, from position
-/// `from` on: what [`GateReads::sold_out_records`] returns.
+/// `from` on: what [`Reads::sold_out_records`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordsSince {
     /// How many records the campaign has in all.
@@ -143,7 +143,7 @@ pub struct RecordsSince {
     pub records: Vec<(String, ReservationId, String)>,
 }
 
-/// What [`GateReads::probe`] reads.
+/// What [`Reads::probe`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     pub available: u64,

@@ -139,7 +139,7 @@ pub async fn reserve(
             count_attempt(Some(&request.campaign_id), "replayed");
             Ok(created(reservation, true))
         }
-        // Resolved from the database below HTTP (`Recovering`); never reaches here.
+        // `Engine::reserve` reads a forgotten first outcome back from the database.
         ReserveOutcome::ReplayOf(id) => Err(ApiError::Internal(format!(
             "an unresolved replay of {id} reached the handler"
         ))),

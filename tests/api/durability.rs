@@ -17,46 +17,6 @@ on_every_backend!(
     the_feed_filters_by_campaign_and_type_and_says_whether_more_follow,
 );
 
-/// Pages through the whole feed with `limit`, checking order; returns every event.
-pub async fn whole_feed(app: &TestApp, limit: usize) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut after = 0i64;
-    loop {
-        let response = app
-            .client
-            .get(app.url(&format!("/v1/events?after={after}&limit={limit}")))
-            .bearer_auth(&app.store_token)
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(response.status(), 200);
-        let page: Value = response.json().await.expect("json");
-        let batch = page["events"].as_array().expect("events").clone();
-        for event in &batch {
-            let cursor = event["cursor"].as_i64().expect("cursor");
-            assert!(cursor > after, "cursors strictly increase");
-            after = cursor;
-        }
-        assert_eq!(page["next"].as_i64(), Some(after));
-        if batch.is_empty() {
-            return events;
-        }
-        events.extend(batch);
-    }
-}
-
-/// Waits until the feed holds `expected` events (the pipeline caught up), then returns it.
-pub async fn feed_when(app: &TestApp, expected: usize, within: Duration) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let events = whole_feed(app, 1000).await;
-        if events.len() >= expected || started.elapsed() > within {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// No event twice: each (reservation, type) pair once.
 fn assert_each_once(events: &[Value]) {
     let mut seen = HashSet::new();
@@ -104,7 +64,7 @@ async fn after_a_burst_the_database_holds_exactly_the_acknowledged_reservations(
     }
     assert_eq!(acknowledged.len(), 100);
 
-    let events = feed_when(&app, 100, Duration::from_secs(30)).await;
+    let events = app.feed_when(100, Duration::from_secs(30)).await;
 
     assert_eq!(
         events.len(),
@@ -183,9 +143,9 @@ async fn the_feed_pages_through_10000_events_without_gap_or_duplicate(backend: B
         task.await.expect("no panic");
     }
 
-    feed_when(&app, 10_000, Duration::from_secs(60)).await;
+    app.feed_when(10_000, Duration::from_secs(60)).await;
     for limit in [1000, 333] {
-        let events = whole_feed(&app, limit).await;
+        let events = app.feed(limit).await;
         assert_eq!(events.len(), 10_000, "page size {limit}");
         assert_each_once(&events);
         let kinds: HashMap<&str, usize> = events.iter().fold(HashMap::new(), |mut acc, e| {
@@ -249,7 +209,7 @@ async fn a_persister_that_dies_before_acknowledging_loses_and_duplicates_nothing
         Arc::default(),
         shutdown,
     ));
-    let events = feed_when(&app, 40, Duration::from_secs(20)).await;
+    let events = app.feed_when(40, Duration::from_secs(20)).await;
     trigger.trigger();
     survivor.await.expect("stops cleanly");
 
@@ -415,7 +375,7 @@ async fn an_ended_campaign_leaves_the_engine_and_is_answered_from_the_database(b
         .await
         .expect("json");
     assert_eq!(read["status"], "cancelled");
-    let feed = feed_when(&app, 5, Duration::from_secs(10)).await;
+    let feed = app.feed_when(5, Duration::from_secs(10)).await;
     assert!(feed
         .iter()
         .any(|e| e["type"] == "reservation.cancelled" && e["reservation"]["id"] == paid.as_str()));
@@ -485,7 +445,7 @@ async fn the_feed_filters_by_campaign_and_type_and_says_whether_more_follow(back
     for id in &held_a[..7] {
         assert_eq!(app.cancel(id, &app.store_token).await.status(), 200);
     }
-    feed_when(&app, 23 + 11 + 7, Duration::from_secs(30)).await;
+    app.feed_when(23 + 11 + 7, Duration::from_secs(30)).await;
 
     let only_a = filtered_feed(&app, &format!("campaign_id={a}"), 5).await;
     assert_eq!(only_a.len(), 30);

@@ -3,277 +3,16 @@
 //! engine. Each fault is repeated: where it lands in the service's cycle changes the outcome.
 
 use crate::helpers::{assert_problem, created_reservation, spawn_app_with, unique_id, Backend};
+use crate::processes::{
+    free_port, two_instances_on, within, RedisCluster, RedisServer, Service, ADMIN, STORE,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A free loopback port (bound, then released for the server to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A private `redis-server` on a loopback port, with its own directory.
-pub struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    appendonly: bool,
-    /// The port of the master this server replicates, if it is a replica.
-    replica_of: Option<u16>,
-    /// A Redis Cluster node (its cluster config kept in its directory across restarts).
-    cluster: bool,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts one; `appendonly`: AOF with `appendfsync always` (what survives a kill).
-    pub fn start(appendonly: bool) -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("redis"));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer {
-            port: free_port(),
-            dir,
-            appendonly,
-            replica_of: None,
-            cluster: false,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// A replica of `master`, without persistence of its own.
-    pub fn replica_of(master: &RedisServer) -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("replica"));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer {
-            port: free_port(),
-            dir,
-            appendonly: false,
-            replica_of: Some(master.port),
-            cluster: false,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no shutdown save, no goodbye to clients.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port and directory, and waits until it answers.
-    pub fn restart(&mut self) {
-        self.kill();
-        let mut command = Command::new("redis-server");
-        if let Some(master) = self.replica_of {
-            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
-        }
-        if self.cluster {
-            command.args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ]);
-            command.args(["--cluster-node-timeout", "2000"]);
-        }
-        let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--dir"])
-            .arg(&self.dir)
-            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
-            .args(["--appendfsync", "always"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/ensure-services installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A private 3-master Redis Cluster on loopback ports, its slots spread by
-/// `redis-cli --cluster create`. A node restarted without persistence comes back empty but
-/// with its cluster config, serving the same slots.
-pub struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    pub fn start() -> Self {
-        Self::start_with(false)
-    }
-
-    /// `appendonly`: every node with an AOF and `appendfsync always`.
-    pub fn start_with(appendonly: bool) -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("cluster"));
-                std::fs::create_dir_all(&dir).expect("redis dir");
-                let mut node = RedisServer {
-                    port: free_port(),
-                    dir,
-                    appendonly,
-                    replica_of: None,
-                    cluster: true,
-                    child: None,
-                };
-                node.restart();
-                node
-            })
-            .collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-cli runs");
-        assert!(created.success(), "redis-cli --cluster create failed");
-        let cluster = RedisCluster { nodes };
-        cluster.wait_until_ok();
-        cluster
-    }
-
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
-    }
-
-    fn query(&self, node: usize, command: &redis::Cmd) -> redis::Value {
-        let mut connection = redis::Client::open(self.nodes[node].url())
-            .expect("valid URL")
-            .get_connection()
-            .expect("connects");
-        command.query(&mut connection).expect("answers")
-    }
-
-    /// Every node says `cluster_state:ok`.
-    pub fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in 0..self.nodes.len() {
-            loop {
-                let info: String =
-                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("INFO")))
-                        .expect("text");
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the cluster never became ok");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    /// `key`'s slot.
-    pub fn slot(&self, key: &str) -> i64 {
-        redis::from_redis_value(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
-            .expect("a slot")
-    }
-
-    /// A node's cluster id.
-    pub fn id(&self, node: usize) -> String {
-        redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("MYID")))
-            .expect("an id")
-    }
-
-    /// The first slot a node serves.
-    pub fn first_slot(&self, node: usize) -> i64 {
-        let nodes: String =
-            redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
-                .expect("text");
-        nodes
-            .lines()
-            .find(|line| line.contains("myself"))
-            .and_then(|line| line.split_whitespace().nth(8))
-            .and_then(|range| range.split('-').next())
-            .and_then(|first| first.parse().ok())
-            .expect("the node serves slots")
-    }
-
-    /// The index of the node serving `key`'s slot.
-    pub fn owner(&self, key: &str) -> usize {
-        let slot = self.slot(key);
-        (0..self.nodes.len())
-            .find(|&node| {
-                let nodes: String =
-                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
-                        .expect("text");
-                // `<id> <address> myself,master - 0 0 <epoch> connected <slot ranges>...`
-                nodes
-                    .lines()
-                    .find(|line| line.contains("myself"))
-                    .is_some_and(|line| {
-                        line.split_whitespace().skip(8).any(|range| {
-                            let (from, to) = range.split_once('-').unwrap_or((range, range));
-                            let (from, to) = (from.parse::<i64>(), to.parse::<i64>());
-                            matches!((from, to), (Ok(f), Ok(t)) if f <= slot && slot <= t)
-                        })
-                    })
-            })
-            .expect("some node serves every slot")
-    }
-}
-
-/// Two service instances on the cluster, sharing key namespace `namespace` and a new
-/// database.
-pub async fn two_instances_on(
-    cluster: &RedisCluster,
-    namespace: &str,
-) -> Arc<[crate::helpers::TestApp; 2]> {
-    let nodes = cluster.urls();
-    let database = crate::helpers::fresh_postgres_schema().await;
-    let tune = |c: &mut flashsale::config::Config| {
-        c.redis_url = None;
-        c.redis_cluster_nodes = nodes.clone();
-        c.redis_namespace = namespace.to_owned();
-        c.database_url = Some(database.clone());
-    };
-    Arc::new([
-        spawn_app_with(Backend::Cluster, tune).await,
-        spawn_app_with(Backend::Cluster, tune).await,
-    ])
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn within<T>(limit: Duration, what: &str, call: impl std::future::Future<Output = T>) -> T {
-    let started = Instant::now();
-    let answer = tokio::time::timeout(limit * 3, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in {:?}", limit * 3));
-    let took = started.elapsed();
-    assert!(
-        took <= limit,
-        "{what}: answered after {took:?}, more than {limit:?}"
-    );
-    answer
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_for_seconds_answers_within_a_second_and_recovers_within_a_second() {
@@ -369,88 +108,6 @@ async fn a_redis_url_pointing_at_nothing_fails_start_up_within_seconds_naming_th
     assert!(took < Duration::from_secs(10), "gave up after {took:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
-}
-
-/// The `flashsale` binary on the embedded engine and a SQLite file, as a process.
-pub struct Service {
-    child: Child,
-    pub address: String,
-}
-
-pub const ADMIN: &str = "fault-admin";
-pub const STORE: &str = "fault-store";
-
-impl Service {
-    /// The binary on the embedded engine and a SQLite file.
-    fn start(sqlite: &str, port: u16) -> Self {
-        Self::start_with(port, &[("FLASHSALE_SQLITE_PATH", sqlite)])
-    }
-
-    /// The binary with `env` besides the tokens (no Redis nor Postgres unless named there).
-    pub fn start_with(port: u16, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
-        command
-            .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASHSALE_ADMIN_TOKENS", ADMIN)
-            .env("FLASHSALE_STORE_TOKENS", STORE)
-            .env("FLASHSALE_JWT_SECRET", "fault-secret")
-            .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
-            .env_remove("FLASHSALE_REDIS_URL")
-            .env_remove("FLASHSALE_DATABASE_URL");
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the binary runs");
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        // Logs share stdout with the banner; the banner says the listener is bound.
-        let banner = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|line| line.contains("flashsale listening"));
-        assert!(banner.is_some(), "the service printed no banner");
-        // Keep draining stdout so the service never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Service {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// SIGKILL: no shutdown of any kind.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the service did not stop in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -982,7 +639,6 @@ fn move_slot_to(
 /// members released) while their slot moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_buy_slot_moved_mid_burst_loses_nothing() {
-    use crate::groups::{join, open};
     let cluster = RedisCluster::start();
     let namespace = unique_id("ns");
     let instances = two_instances_on(&cluster, &namespace).await;
@@ -999,14 +655,14 @@ async fn a_group_buy_slot_moved_mid_burst_loses_nothing() {
                 while Instant::now() < deadline {
                     n += 1;
                     let app = &instances[(worker + n) % 2];
-                    let opened = open(app, &campaign, &format!("l{worker}-{n}")).await;
+                    let opened = app.open_group(&campaign, &format!("l{worker}-{n}")).await;
                     if opened.status() != 201 {
                         continue;
                     }
                     opened_groups += 1;
                     let group: Value = opened.json().await.expect("json");
                     let group = group["id"].as_str().unwrap_or_default().to_owned();
-                    let _ = join(app, &group, &format!("m{worker}-{n}")).await;
+                    let _ = app.join_group(&group, &format!("m{worker}-{n}")).await;
                 }
                 opened_groups
             })
@@ -1243,7 +899,7 @@ async fn events_the_database_cannot_take_are_set_aside_and_the_rest_goes_on() {
     for i in 0..3 {
         assert_eq!(app.reserve(&id, &format!("u{i}"), 1).await.status(), 201);
     }
-    let feed = crate::durability::feed_when(&app, 3, Duration::from_secs(20)).await;
+    let feed = app.feed_when(3, Duration::from_secs(20)).await;
     let healthy = feed
         .iter()
         .filter(|e| e["reservation"]["campaign_id"] == id.as_str())
@@ -1501,18 +1157,6 @@ async fn strict_durability_waits_for_a_replica_when_one_is_connected() {
             retry.status()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl RedisServer {
-    /// `CONFIG SET name value` on this server.
-    fn config_set(&self, name: &str, value: &str) {
-        let status = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "CONFIG", "SET", name, value])
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-cli runs");
-        assert!(status.success());
     }
 }
 

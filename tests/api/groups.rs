@@ -1,7 +1,6 @@
 //! Group buys through the API, and every group refusal.
 
-use crate::durability::whole_feed;
-use crate::helpers::{assert_problem, fresh_key, spawn_app, Backend, TestApp};
+use crate::helpers::{assert_problem, json_body, spawn_app, Backend, TestApp};
 use crate::on_every_backend;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -28,28 +27,6 @@ async fn group_campaign(
     .await
 }
 
-pub async fn open(app: &TestApp, campaign: &str, user: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/v1/campaigns/{campaign}/groups")))
-        .bearer_auth(&app.store_token)
-        .header("Idempotency-Key", fresh_key())
-        .json(&json!({ "user_id": user }))
-        .send()
-        .await
-        .expect("sent")
-}
-
-pub async fn join(app: &TestApp, group: &str, user: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/v1/groups/{group}/members")))
-        .bearer_auth(&app.store_token)
-        .header("Idempotency-Key", fresh_key())
-        .json(&json!({ "user_id": user }))
-        .send()
-        .await
-        .expect("sent")
-}
-
 async fn read_group(app: &TestApp, group: &str, token: &str) -> reqwest::Response {
     app.client
         .get(app.url(&format!("/v1/groups/{group}")))
@@ -57,11 +34,6 @@ async fn read_group(app: &TestApp, group: &str, token: &str) -> reqwest::Respons
         .send()
         .await
         .expect("sent")
-}
-
-pub async fn body(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    response.json().await.expect("json")
 }
 
 fn reservation_of(group: &Value, user: &str) -> String {
@@ -80,7 +52,7 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
     let app = spawn_app(backend).await;
     let id = group_campaign(&app, 6, 3, 600, 1).await;
 
-    let opened = open(&app, &id, "leader").await;
+    let opened = app.open_group(&id, "leader").await;
     assert_eq!(opened.status(), 201);
     let location = opened.headers()["location"]
         .to_str()
@@ -104,8 +76,8 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
         json!({"open": 1, "formed": 0, "failed": 0})
     );
 
-    body(join(&app, &gid, "a").await, 201).await;
-    let full = body(join(&app, &gid, "b").await, 201).await;
+    json_body(app.join_group(&gid, "a").await, 201).await;
+    let full = json_body(app.join_group(&gid, "b").await, 201).await;
     for user in ["leader", "a", "b"] {
         let rid = reservation_of(&full, user);
         let reservation: Value = app
@@ -117,7 +89,7 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
         assert_eq!(reservation["group_id"], gid.as_str());
         assert_eq!(app.confirm(&rid, &app.store_token).await.status(), 200);
     }
-    let formed = body(read_group(&app, &gid, &app.store_token).await, 200).await;
+    let formed = json_body(read_group(&app, &gid, &app.store_token).await, 200).await;
     assert_eq!(formed["status"], "formed");
     let campaign = app.campaign_json(&id).await;
     assert_eq!(
@@ -134,7 +106,7 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
 
     // A second group with one paid member: the database, once the pipeline caught up,
     // counts every kind of unit as the engine does (reconcile finds no drift).
-    let second = body(open(&app, &id, "c").await, 201).await;
+    let second = json_body(app.open_group(&id, "c").await, 201).await;
     let paid = reservation_of(&second, "c");
     assert_eq!(app.confirm(&paid, &app.store_token).await.status(), 200);
     let campaign = app.campaign_json(&id).await;
@@ -160,41 +132,51 @@ async fn a_group_buy_from_opening_to_formed(backend: Backend) {
 async fn every_group_refusal_has_its_code(backend: Backend) {
     let app = spawn_app(backend).await;
     let id = group_campaign(&app, 9, 2, 600, 1).await;
-    let group = body(open(&app, &id, "leader").await, 201).await;
+    let group = json_body(app.open_group(&id, "leader").await, 201).await;
     let gid = group["id"].as_str().expect("id").to_owned();
 
-    assert_problem(join(&app, &gid, "leader").await, 409, "already_member").await;
-    let other = body(open(&app, &id, "other-leader").await, 201).await;
+    assert_problem(app.join_group(&gid, "leader").await, 409, "already_member").await;
+    let other = json_body(app.open_group(&id, "other-leader").await, 201).await;
     let other_gid = other["id"].as_str().expect("id");
-    assert_problem(join(&app, other_gid, "leader").await, 409, "limit_exceeded").await;
-    body(join(&app, &gid, "a").await, 201).await;
-    assert_problem(join(&app, &gid, "b").await, 409, "group_full").await;
+    assert_problem(
+        app.join_group(other_gid, "leader").await,
+        409,
+        "limit_exceeded",
+    )
+    .await;
+    json_body(app.join_group(&gid, "a").await, 201).await;
+    assert_problem(app.join_group(&gid, "b").await, 409, "group_full").await;
     for user in ["leader", "a"] {
         app.confirm(
             &reservation_of(
-                &body(read_group(&app, &gid, &app.store_token).await, 200).await,
+                &json_body(read_group(&app, &gid, &app.store_token).await, 200).await,
                 user,
             ),
             &app.store_token,
         )
         .await;
     }
-    assert_problem(join(&app, &gid, "c").await, 409, "group_closed").await;
+    assert_problem(app.join_group(&gid, "c").await, 409, "group_closed").await;
 
     let flash = app.campaign(5, 1, json!({})).await;
-    assert_problem(open(&app, &flash, "u").await, 409, "wrong_campaign_kind").await;
+    assert_problem(
+        app.open_group(&flash, "u").await,
+        409,
+        "wrong_campaign_kind",
+    )
+    .await;
     assert_problem(app.reserve(&id, "u", 1).await, 409, "wrong_campaign_kind").await;
     assert_problem(
-        join(&app, "grp_nonsense", "u").await,
+        app.join_group("grp_nonsense", "u").await,
         404,
         "group_not_found",
     )
     .await;
     let missing = format!("grp_01ARZ3NDEKTSV4RRFFQ69G5FAV_{id}");
-    assert_problem(join(&app, &missing, "u").await, 404, "group_not_found").await;
+    assert_problem(app.join_group(&missing, "u").await, 404, "group_not_found").await;
     let sold = group_campaign(&app, 2, 2, 600, 1).await;
-    body(open(&app, &sold, "first").await, 201).await;
-    assert_problem(open(&app, &sold, "second").await, 409, "sold_out").await;
+    json_body(app.open_group(&sold, "first").await, 201).await;
+    assert_problem(app.open_group(&sold, "second").await, 409, "sold_out").await;
     let missing_key = app
         .client
         .post(app.url(&format!("/v1/groups/{gid}/members")))
@@ -209,15 +191,15 @@ async fn every_group_refusal_has_its_code(backend: Backend) {
 async fn a_group_whose_window_passes_fails_and_the_feed_tells_whom_to_refund(backend: Backend) {
     let app = spawn_app(backend).await;
     let id = group_campaign(&app, 3, 3, 1, 1).await;
-    let group = body(open(&app, &id, "leader").await, 201).await;
+    let group = json_body(app.open_group(&id, "leader").await, 201).await;
     let gid = group["id"].as_str().expect("id").to_owned();
-    let group = body(join(&app, &gid, "payer").await, 201).await;
+    let group = json_body(app.join_group(&gid, "payer").await, 201).await;
     let payer = reservation_of(&group, "payer");
     assert_eq!(app.confirm(&payer, &app.store_token).await.status(), 200);
 
     let started = Instant::now();
     let failed = loop {
-        let now = body(read_group(&app, &gid, &app.store_token).await, 200).await;
+        let now = json_body(read_group(&app, &gid, &app.store_token).await, 200).await;
         if now["status"] == "failed" {
             break now;
         }
@@ -241,7 +223,7 @@ async fn a_group_whose_window_passes_fails_and_the_feed_tells_whom_to_refund(bac
 
     let started = Instant::now();
     let events = loop {
-        let events = whole_feed(&app, 100).await;
+        let events = app.feed(100).await;
         if events.iter().any(|e| e["type"] == "group.failed") {
             break events;
         }
@@ -289,7 +271,7 @@ async fn a_user_opens_and_reads_only_groups_it_belongs_to(backend: Backend) {
         .send()
         .await
         .expect("sent");
-    let group = body(response, 201).await;
+    let group = json_body(response, 201).await;
     let gid = group["id"].as_str().expect("id");
     assert_eq!(group["leader_user_id"], "alice");
     let read = read_group(&app, gid, &alice).await;

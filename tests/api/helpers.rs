@@ -242,6 +242,83 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The whole feed from the start, read `limit` events a page; cursors checked to
+    /// increase strictly and `next` to name the last one.
+    pub async fn feed(&self, limit: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let response = self
+                .client
+                .get(self.url(&format!("/v1/events?after={after}&limit={limit}")))
+                .bearer_auth(&self.store_token)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 200);
+            let page: Value = response.json().await.expect("json");
+            let batch = page["events"].as_array().expect("events").clone();
+            for event in &batch {
+                let cursor = event["cursor"].as_i64().expect("cursor");
+                assert!(cursor > after, "cursors strictly increase");
+                after = cursor;
+            }
+            assert_eq!(page["next"].as_i64(), Some(after));
+            if batch.is_empty() {
+                return events;
+            }
+            events.extend(batch);
+        }
+    }
+
+    /// The feed once it holds at least `expected` events (or as it is after `within`).
+    pub async fn feed_when(&self, expected: usize, within: std::time::Duration) -> Vec<Value> {
+        let started = std::time::Instant::now();
+        loop {
+            let events = self.feed(1000).await;
+            if events.len() >= expected || started.elapsed() > within {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Opens a group of `campaign` for `user` (a fresh idempotency key).
+    pub async fn open_group(&self, campaign: &str, user: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/campaigns/{campaign}/groups")))
+            .bearer_auth(&self.store_token)
+            .header("Idempotency-Key", fresh_key())
+            .json(&json!({ "user_id": user }))
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    /// Joins `group` as `user` (a fresh idempotency key).
+    pub async fn join_group(&self, group: &str, user: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/groups/{group}/members")))
+            .bearer_auth(&self.store_token)
+            .header("Idempotency-Key", fresh_key())
+            .json(&json!({ "user_id": user }))
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    /// Registers a webhook (`POST /v1/webhooks` with a fresh key); the answer as sent.
+    pub async fn webhook(&self, body: Value) -> Response {
+        self.client
+            .post(self.url("/v1/webhooks"))
+            .header("idempotency-key", fresh_key())
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent")
+    }
+
     /// `GET /readyz`: its status and body.
     pub async fn readiness(&self) -> (u16, Value) {
         let response = self
@@ -468,5 +545,11 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
 /// Reads a 201 reservation body.
 pub async fn created_reservation(response: Response) -> Value {
     assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("json")
+}
+
+/// A response's JSON body, once its status is `status`.
+pub async fn json_body(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
     response.json().await.expect("json")
 }

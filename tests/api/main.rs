@@ -18,6 +18,7 @@ mod input;
 mod observability;
 mod outages;
 mod personal;
+mod processes;
 mod queue;
 mod reservations;
 mod service;

@@ -92,15 +92,7 @@ async fn metrics_pass_promtool_and_cover_every_dashboard_and_alert_query() {
     })
     .await;
     // A webhook whose endpoint refuses connections: its lag and failed deliveries show.
-    let hook = app
-        .client
-        .post(app.url("/v1/webhooks"))
-        .header("idempotency-key", crate::helpers::fresh_key())
-        .bearer_auth(&app.admin_token)
-        .json(&json!({"url": "http://127.0.0.1:9/hook"}))
-        .send()
-        .await
-        .expect("sent");
+    let hook = app.webhook(json!({"url": "http://127.0.0.1:9/hook"})).await;
     assert_eq!(hook.status(), 201);
     small_sale(&app).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;

@@ -1,9 +1,8 @@
 //! Outages of the real servers: Postgres unreachable for seconds, and Redis flushed.
 
-use crate::durability::feed_when;
-use crate::groups::{body, join, open};
 use crate::helpers::{
-    database_url, fresh_key, fresh_postgres_schema, redis_url, spawn_app_with, unique_id, Backend,
+    database_url, fresh_key, fresh_postgres_schema, json_body, redis_url, spawn_app_with,
+    unique_id, Backend,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -104,7 +103,9 @@ async fn postgres_unreachable_for_seconds_loses_nothing() {
     );
     proxy.cut.store(false, Ordering::SeqCst);
 
-    let events = feed_when(&app, acknowledged.len(), Duration::from_secs(30)).await;
+    let events = app
+        .feed_when(acknowledged.len(), Duration::from_secs(30))
+        .await;
     let persisted: HashSet<String> = events
         .iter()
         .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
@@ -202,13 +203,13 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
         )
         .await;
     let group_of = |response: Value| response["id"].as_str().expect("group id").to_owned();
-    let formed = group_of(body(open(&first, &groups, "g1").await, 201).await);
-    let formed_view = body(join(&first, &formed, "g2").await, 201).await;
+    let formed = group_of(json_body(first.open_group(&groups, "g1").await, 201).await);
+    let formed_view = json_body(first.join_group(&formed, "g2").await, 201).await;
     for member in formed_view["members"].as_array().expect("members") {
         let rid = member["reservation_id"].as_str().expect("rid");
         assert_eq!(first.confirm(rid, &first.store_token).await.status(), 200);
     }
-    let open_view = body(open(&first, &groups, "g3").await, 201).await;
+    let open_view = json_body(first.open_group(&groups, "g3").await, 201).await;
     let open = group_of(open_view.clone());
     let paid = open_view["members"][0]["reservation_id"]
         .as_str()
@@ -217,7 +218,7 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
     assert_eq!(first.confirm(&paid, &first.store_token).await.status(), 200);
     let before = first.campaign_json(&groups).await;
     // 9 flash-sale events, then 2 opened + 3 held + 3 confirmed + 1 formed.
-    feed_when(&first, 18, Duration::from_secs(20)).await;
+    first.feed_when(18, Duration::from_secs(20)).await;
     first.stop().await.expect("stops");
 
     let mut connection = redis::Client::open(redis.url.as_str())
@@ -267,17 +268,17 @@ async fn a_flushed_redis_is_rebuilt_from_the_database_and_never_oversells() {
     let after = second.campaign_json(&groups).await;
     assert_eq!(after, before, "the group campaign comes back as it was");
     assert_eq!(
-        join(&second, &open, "g1").await.status(),
+        second.join_group(&open, "g1").await.status(),
         409,
         "g1's limit survived"
     );
     assert_eq!(
-        join(&second, &open, "g4").await.status(),
+        second.join_group(&open, "g4").await.status(),
         201,
         "the open group's free slot survived"
     );
     assert_eq!(
-        join(&second, &formed, "g5").await.status(),
+        second.join_group(&formed, "g5").await.status(),
         409,
         "a formed group stays closed"
     );

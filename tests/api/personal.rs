@@ -197,7 +197,7 @@ async fn the_retention_job_pseudonymises_ended_campaigns_and_nothing_else(backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_logs_carry_no_user_ids_and_no_tokens() {
     use std::io::Read;
-    let port = crate::faults::free_port();
+    let port = crate::processes::free_port();
     let dir = std::env::temp_dir().join(format!("pii-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).expect("a directory");
     let log = dir.join("service.log");

@@ -751,7 +751,7 @@ async fn a_lost_line_is_never_answered_from_memory() {
 /// database with its holds, and nothing answers 500 meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_keeps_the_passes_it_handed_out() {
-    let mut redis = crate::faults::RedisServer::start(false);
+    let mut redis = crate::processes::RedisServer::start(false);
     let url = redis.url();
     let app = spawn_app_with(Backend::Redis, |c| c.redis_url = Some(url.clone())).await;
     let campaign = app

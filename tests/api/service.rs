@@ -482,3 +482,41 @@ async fn json_logs_are_json_only_and_plain_logs_carry_no_colour_into_a_pipe() {
         }
     }
 }
+
+/// The README and the architecture document name only files and folders that exist: every
+/// `path` in backticks (one with a `/`, or ending in `.rs`, `.lua`, `.md` or `.sh`) is found
+/// from the repository's root, `src/`, `src/engine/` or the Redis backend's folders
+/// (endpoints and build output aside).
+#[test]
+fn the_readme_and_the_architecture_name_only_paths_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bases = [
+        "",
+        "src/",
+        "src/engine/",
+        "src/engine/redis/",
+        "src/engine/redis/scripts/",
+    ];
+    let quoted = regex::Regex::new(r"`([A-Za-z0-9_./-]+)`").expect("valid");
+    let mut missing = Vec::new();
+    for document in ["README.md", "docs/architecture.md"] {
+        let text = std::fs::read_to_string(root.join(document)).expect("readable");
+        for token in quoted.captures_iter(&text).map(|c| c[1].to_owned()) {
+            let path_like = token.contains('/')
+                || [".rs", ".lua", ".md", ".sh"]
+                    .iter()
+                    .any(|ext| token.ends_with(ext));
+            // Endpoints (`/readyz`) and what a run makes (`target/…`) are not files here.
+            if !path_like || token.starts_with('/') || token.starts_with("target/") {
+                continue;
+            }
+            if !bases
+                .iter()
+                .any(|base| root.join(base).join(&token).exists())
+            {
+                missing.push(format!("{document}: {token}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "named but missing: {missing:#?}");
+}

@@ -3,13 +3,12 @@
 //! engine, one Redis (four shards on one server) and the tests' cluster (six shards over
 //! three nodes).
 
-use crate::faults::{
-    free_port, invariant_breaches, retrying_burst, two_instances_on, RedisCluster, Service,
-};
+use crate::faults::{invariant_breaches, retrying_burst};
 use crate::helpers::{
     fresh_postgres_schema, redis_cluster_nodes, redis_url, spawn_app, spawn_app_with, unique_id,
     Backend, TestApp,
 };
+use crate::processes::{free_port, two_instances_on, RedisCluster, Service};
 use flashsale::domain::{CampaignId, UserId};
 use flashsale::engine::shards::shard_of;
 use flashsale::engine::RedisEngine;
@@ -285,7 +284,7 @@ async fn two_instances_racing_transfers_on_a_cluster_sell_each_unit_once() {
 /// burst whose instance dies sells, through the other, exactly the campaign's stock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_mid_transfer_loses_and_makes_no_unit() {
-    use crate::faults::{ADMIN, STORE};
+    use crate::processes::{ADMIN, STORE};
     let namespace = unique_id("ns");
     let database = fresh_postgres_schema().await;
     let redis = redis_url();

@@ -106,17 +106,7 @@ async fn deliveries(app: &TestApp, id: &str, query: &str) -> Value {
 }
 
 async fn subscribe(app: &TestApp, body: Value) -> Value {
-    let response = app
-        .client
-        .post(app.url("/v1/webhooks"))
-        .header("idempotency-key", crate::helpers::fresh_key())
-        .bearer_auth(&app.admin_token)
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 201);
-    response.json().await.expect("json")
+    crate::helpers::json_body(app.webhook(body).await, 201).await
 }
 
 /// Checks `t=<s>,v1=<hex>` the way a receiver would.
@@ -393,15 +383,7 @@ async fn targets_not_allowed_are_refused_at_creation() {
         "ftp://example.com/",
         "not a url",
     ] {
-        let response = app
-            .client
-            .post(app.url("/v1/webhooks"))
-            .header("idempotency-key", crate::helpers::fresh_key())
-            .bearer_auth(&app.admin_token)
-            .json(&json!({"url": url}))
-            .send()
-            .await
-            .expect("sent");
+        let response = app.webhook(json!({"url": url})).await;
         assert_problem(response, 422, "invalid_request").await;
     }
     let response = app
@@ -419,14 +401,8 @@ async fn targets_not_allowed_are_refused_at_creation() {
     })
     .await;
     let response = allowed
-        .client
-        .post(allowed.url("/v1/webhooks"))
-        .header("idempotency-key", crate::helpers::fresh_key())
-        .bearer_auth(&allowed.admin_token)
-        .json(&json!({"url": "http://127.0.0.1:9/hook", "event_types": ["reservation.nope"]}))
-        .send()
-        .await
-        .expect("sent");
+        .webhook(json!({"url": "http://127.0.0.1:9/hook", "event_types": ["reservation.nope"]}))
+        .await;
     assert_problem(response, 422, "invalid_request").await;
     let hook = subscribe(&allowed, json!({"url": "http://127.0.0.1:9/hook"})).await;
     assert!(hook["secret"]
@@ -451,47 +427,27 @@ async fn targets_not_allowed_are_refused_at_creation() {
 
 /// The `flashsale` binary on Redis and Postgres, as a process (two of them share one
 /// deployment); killed on drop.
-struct Instance {
-    child: std::process::Child,
-    address: String,
+type Instance = crate::processes::Service;
+
+/// An instance on `namespace` and `database` delivering to loopback receivers.
+fn instance(namespace: &str, database: &str) -> Instance {
+    instance_allowing(namespace, database, "127.0.0.0/8")
 }
 
-impl Instance {
-    fn start(namespace: &str, database: &str) -> Self {
-        Self::start_allowing(namespace, database, "127.0.0.0/8")
-    }
-
-    fn start_allowing(namespace: &str, database: &str, allowed: &str) -> Self {
-        use std::io::BufRead;
-        let port = crate::faults::free_port();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASHSALE_REDIS_URL", crate::helpers::redis_url())
-            .env("FLASHSALE_REDIS_NAMESPACE", namespace)
-            .env("FLASHSALE_DATABASE_URL", database)
-            .env("FLASHSALE_ADMIN_TOKENS", "hook-admin")
-            .env("FLASHSALE_STORE_TOKENS", "hook-store")
-            .env("FLASHSALE_JWT_SECRET", "hook-secret")
-            .env("FLASHSALE_USER_RATE_PER_SECOND", "0")
-            .env("FLASHSALE_WEBHOOK_ALLOWED_HOSTS", allowed)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the binary runs");
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let banner = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|line| line.contains("flashsale listening"));
-        assert!(banner.is_some(), "the service printed no banner");
-        std::thread::spawn(move || for _ in lines {});
-        Instance {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        }
-    }
+fn instance_allowing(namespace: &str, database: &str, allowed: &str) -> Instance {
+    let redis = crate::helpers::redis_url();
+    Instance::start_with(
+        crate::processes::free_port(),
+        &[
+            ("FLASHSALE_REDIS_URL", redis.as_str()),
+            ("FLASHSALE_REDIS_NAMESPACE", namespace),
+            ("FLASHSALE_DATABASE_URL", database),
+            ("FLASHSALE_ADMIN_TOKENS", "hook-admin"),
+            ("FLASHSALE_STORE_TOKENS", "hook-store"),
+            ("FLASHSALE_JWT_SECRET", "hook-secret"),
+            ("FLASHSALE_WEBHOOK_ALLOWED_HOSTS", allowed),
+        ],
+    )
 }
 
 /// A flash sale of `stock` units on the first instance with a webhook to `url` for its
@@ -539,13 +495,6 @@ async fn hooked_sale(instances: &[&Instance], url: &str, stock: u64) -> String {
     campaign
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
     let namespace = crate::helpers::unique_id("ns");
@@ -553,7 +502,7 @@ async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
     let client = reqwest::Client::new();
     // 30 ms per delivery: 100 events take ~3 s, so the kill lands mid-stream.
     let (url, received) = receiver(Behaviour::Slow(30)).await;
-    let mut first = Instance::start(&namespace, &database);
+    let mut first = instance(&namespace, &database);
     let campaign = hooked_sale(&[&first], &url, 100).await;
     let some = until_received(&received, 10, Duration::from_secs(30)).await;
     assert!(
@@ -561,9 +510,8 @@ async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
         "delivery under way: {}",
         some.len()
     );
-    let second = Instance::start(&namespace, &database);
-    let _ = first.child.kill();
-    let _ = first.child.wait();
+    let second = instance(&namespace, &database);
+    first.kill();
 
     let feed: Value = client
         .get(format!(
@@ -598,7 +546,7 @@ async fn when_the_delivering_instance_is_killed_another_delivers_the_rest() {
 async fn the_documented_python_receiver_verifies_real_deliveries() {
     use std::io::BufRead;
     let app = app(Backend::Memory).await;
-    let port = crate::faults::free_port();
+    let port = crate::processes::free_port();
     let campaign = app.campaign(10, 10, json!({})).await;
     let hook = subscribe(
         &app,
@@ -651,7 +599,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
     let database = crate::helpers::fresh_postgres_schema().await;
     let client = reqwest::Client::new();
     let (url, received) = receiver(Behaviour::Ok).await;
-    let allowing = Instance::start(&namespace, &database);
+    let mut allowing = instance(&namespace, &database);
     let hook: Value = client
         .post(format!("{}/v1/webhooks", allowing.address))
         .header("idempotency-key", crate::helpers::fresh_key())
@@ -665,11 +613,9 @@ async fn a_private_target_is_refused_at_delivery_too() {
         .expect("json");
     let id = hook["id"].as_str().expect("created").to_owned();
     // A graceful stop gives the webhook's lease up at once.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &allowing.child.id().to_string()])
-        .status();
+    allowing.terminate();
     drop(allowing);
-    let strict = Instance::start_allowing(&namespace, &database, "");
+    let strict = instance_allowing(&namespace, &database, "");
     let campaign = crate::helpers::unique_id("c").to_lowercase();
     let created = client
         .post(format!("{}/v1/campaigns", strict.address))
@@ -741,14 +687,8 @@ async fn batched_deliveries_carry_events_in_order_under_one_signature(backend: B
     let app = app(backend).await;
     for wrong in [0, 101] {
         let response = app
-            .client
-            .post(app.url("/v1/webhooks"))
-            .header("idempotency-key", crate::helpers::fresh_key())
-            .bearer_auth(&app.admin_token)
-            .json(&json!({"url": "http://127.0.0.1:9/hook", "max_batch": wrong}))
-            .send()
-            .await
-            .expect("sent");
+            .webhook(json!({"url": "http://127.0.0.1:9/hook", "max_batch": wrong}))
+            .await;
         assert_problem(response, 422, "invalid_request").await;
     }
     let (url, received) = receiver(Behaviour::Ok).await;
@@ -821,8 +761,8 @@ async fn a_slow_receiver_gets_each_event_once_from_two_instances() {
     let namespace = crate::helpers::unique_id("ns");
     let database = crate::helpers::fresh_postgres_schema().await;
     let (url, received) = receiver(Behaviour::Slow(250)).await;
-    let first = Instance::start(&namespace, &database);
-    let second = Instance::start(&namespace, &database);
+    let first = instance(&namespace, &database);
+    let second = instance(&namespace, &database);
     hooked_sale(&[&first, &second], &url, 70).await;
     let got = until_received(&received, 70, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 70);
