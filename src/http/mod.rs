@@ -9,6 +9,7 @@ mod console;
 mod creating;
 pub mod error;
 mod events;
+mod frame;
 mod groups;
 mod health;
 mod json;
@@ -19,11 +20,9 @@ pub mod serve;
 mod users;
 mod webhooks;
 
-use crate::metrics as m;
 use auth::Auth;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, Method};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -32,13 +31,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
 
 /// Everything a handler needs. axum clones the state for every request, so it is one `Arc`
 /// (a single reference count to bump) around [`Shared`].
@@ -117,8 +112,6 @@ impl Shared {
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// The whole API with its middleware.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let mut api = Router::new()
@@ -160,37 +153,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             check_body(body, request, next)
         }))
         .layer(limits)
-        .layer(middleware::from_fn(track_metrics))
-        // One span per request (debug level, so nothing is logged per successful request at
-        // the default level); 5xx answers are logged as errors.
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id)
-            }),
-        )
         .layer(CatchPanicLayer::custom(|_panic| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUlid))
-}
-
-/// Request ids for requests that bring none: ULIDs from a thread-local generator (a UUID v4
-/// per request cost a `getrandom` system call, visible in the profile of a sold-out sale).
-#[derive(Clone, Copy)]
-struct MakeRequestUlid;
-
-impl MakeRequestId for MakeRequestUlid {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        axum::http::HeaderValue::from_str(&ulid::Ulid::new().to_string())
-            .ok()
-            .map(RequestId::new)
-    }
+        .layer(middleware::from_fn(frame::frame))
 }
 
 /// What a request body must keep to.
@@ -223,40 +189,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// Counts every request by matched route and status, and times it.
-async fn track_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = method_label(request.method());
-    let in_flight = metrics::gauge!(m::HTTP_IN_FLIGHT);
-    in_flight.increment(1.0);
-    let response = next.run(request).await;
-    in_flight.decrement(1.0);
-    let status = response.status().as_str().to_owned();
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!(m::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Bounded method labels: anything unusual is `other`.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        _ => "other",
-    }
 }
 
 /// `/metrics` alone, for `FLASHSALE_METRICS_LISTEN`.
