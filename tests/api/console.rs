@@ -5,6 +5,7 @@
 use crate::helpers::{spawn_app_with, Backend};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_running_sale_as_the_api_does_and_refuses_actions_without_a_token() {
@@ -24,18 +25,23 @@ async fn the_console_shows_a_running_sale_as_the_api_does_and_refuses_actions_wi
         .to_owned();
     assert!(policy.contains("default-src 'self'"), "{policy}");
 
-    let campaign = app.campaign(1_000, 1, json!({})).await;
-    // The sale: a reservation every 20 ms for 6 s, from new users.
+    let campaign = app.campaign(5_000, 1, json!({})).await;
+    // The sale: a reservation every 20 ms from new users, until the page has shown it moving
+    // (the browser's start takes seconds on a busy machine), at most a minute.
+    let selling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sale = {
         let (client, url, token) = (
             app.client.clone(),
             app.url(&format!("/v1/campaigns/{campaign}/reservations")),
             app.store_token.clone(),
         );
+        let selling = std::sync::Arc::clone(&selling);
         tokio::spawn(async move {
             let started = Instant::now();
             let mut i = 0;
-            while started.elapsed() < Duration::from_secs(6) {
+            while selling.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(60)
+            {
                 let _ = client
                     .post(&url)
                     .bearer_auth(&token)
@@ -63,12 +69,28 @@ async fn the_console_shows_a_running_sale_as_the_api_does_and_refuses_actions_wi
     if let Ok(path) = std::env::var("FLASHSALE_CONSOLE_SCREENSHOT") {
         check.arg(path);
     }
-    let output = check.output().await.expect("python runs");
+    let mut child = check
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    // The check says `moved` once the page showed the sale; then the sale ends, and the
+    // check waits for the page to settle on what the API says.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut said = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "moved" {
+            selling.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        said.push(line);
+    }
+    selling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let output = child.wait_with_output().await.expect("python ends");
     sale.await.expect("the sale ran");
     assert!(
         output.status.success(),
         "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
+        said.join("\n"),
         String::from_utf8_lossy(&output.stderr)
     );
 }
