@@ -75,6 +75,8 @@ impl Service {
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(4096)
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         Service {
             client,
@@ -177,26 +179,45 @@ impl Service {
         body: Option<Vec<u8>>,
         header: Option<(&str, &str)>,
     ) -> anyhow::Result<Answer> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some((name, value)) = header {
-            request = request.header(name, value);
-        }
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        let body = match body {
-            Some(body) => {
-                request = request.header("content-type", "application/json");
-                Full::new(Bytes::from(body))
+        let body = body.map(Bytes::from);
+        // A keep-alive connection the server closes (idle for its header-read timeout, or at
+        // its maximum age) just as a request goes out on it fails with no answer. Requests
+        // that are safe to send again (reads, and anything with an Idempotency-Key) are sent
+        // once more on a fresh connection; the pool also drops idle connections well before
+        // the service's default 5 s, so this is rare.
+        let repeatable = key.is_some()
+            || matches!(
+                method,
+                Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+            );
+        let mut tries = 0;
+        let response = loop {
+            tries += 1;
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{path}", self.base));
+            if let Some((name, value)) = header {
+                request = request.header(name, value);
             }
-            None => Full::new(Bytes::new()),
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            if let Some(key) = key {
+                request = request.header("idempotency-key", key);
+            }
+            let payload = match &body {
+                Some(body) => {
+                    request = request.header("content-type", "application/json");
+                    Full::new(body.clone())
+                }
+                None => Full::new(Bytes::new()),
+            };
+            match self.client.request(request.body(payload)?).await {
+                Ok(response) => break response,
+                Err(error) if repeatable && tries < 3 && closed_unanswered(&error) => continue,
+                Err(error) => return Err(error.into()),
+            }
         };
-        let response = self.client.request(request.body(body)?).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer { status, body })
@@ -227,6 +248,19 @@ impl Service {
         self.reserve_as(campaign, user, key, &self.store_token)
             .await
     }
+}
+
+/// Whether `error` is a connection that closed before the request was answered (so the
+/// request may or may not have been handled).
+fn closed_unanswered(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message() || hyper.is_canceled() || hyper.is_closed();
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// How to drive the load.
