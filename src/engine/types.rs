@@ -38,6 +38,12 @@ pub enum EngineError {
     Unsafe(String),
 }
 
+impl From<::redis::ParsingError> for EngineError {
+    fn from(error: ::redis::ParsingError) -> Self {
+        EngineError::Redis(error.into())
+    }
+}
+
 impl EngineError {
     /// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
     /// 'maxmemory'`): nothing was decided.

@@ -426,7 +426,27 @@ pub async fn invariant_breaches(
     .await
     .expect("query");
     if !stale.is_empty() {
-        breaches.push(format!("holds that never ended: {}", stale.len()));
+        // What the engine says of a few of them, to tell a hold the engine lost from one
+        // whose end never reached the database.
+        let mut seen = Vec::new();
+        for (id,) in stale.iter().take(3) {
+            let answer = app
+                .client
+                .get(format!("{}/v1/reservations/{id}", app.address))
+                .bearer_auth(&app.store_token)
+                .send()
+                .await
+                .expect("the service answers");
+            let status = answer.status();
+            seen.push(format!(
+                "{id}: {status} {}",
+                answer.text().await.unwrap_or_default()
+            ));
+        }
+        breaches.push(format!(
+            "holds that never ended: {} ({seen:?})",
+            stale.len()
+        ));
     }
     breaches
 }

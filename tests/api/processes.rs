@@ -171,9 +171,10 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in 0..self.nodes.len() {
             loop {
-                let info: String =
-                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("INFO")))
-                        .expect("text");
+                let info: String = redis::from_redis_value_ref(
+                    &self.query(node, redis::cmd("CLUSTER").arg("INFO")),
+                )
+                .expect("text");
                 if info.contains("cluster_state:ok") {
                     break;
                 }
@@ -185,20 +186,20 @@ impl RedisCluster {
 
     /// `key`'s slot.
     pub fn slot(&self, key: &str) -> i64 {
-        redis::from_redis_value(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
+        redis::from_redis_value_ref(&self.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)))
             .expect("a slot")
     }
 
     /// A node's cluster id.
     pub fn id(&self, node: usize) -> String {
-        redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("MYID")))
+        redis::from_redis_value_ref(&self.query(node, redis::cmd("CLUSTER").arg("MYID")))
             .expect("an id")
     }
 
     /// The first slot a node serves.
     pub fn first_slot(&self, node: usize) -> i64 {
         let nodes: String =
-            redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
+            redis::from_redis_value_ref(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
                 .expect("text");
         nodes
             .lines()
@@ -214,9 +215,10 @@ impl RedisCluster {
         let slot = self.slot(key);
         (0..self.nodes.len())
             .find(|&node| {
-                let nodes: String =
-                    redis::from_redis_value(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
-                        .expect("text");
+                let nodes: String = redis::from_redis_value_ref(
+                    &self.query(node, redis::cmd("CLUSTER").arg("NODES")),
+                )
+                .expect("text");
                 // `<id> <address> myself,master - 0 0 <epoch> connected <slot ranges>...`
                 nodes
                     .lines()

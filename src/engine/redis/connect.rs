@@ -19,19 +19,21 @@ impl RedisEngine {
     pub async fn connect_in(url: &str, namespace: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
-            .set_exponent_base(1)
-            .set_factor(RECONNECT_DELAY_MS)
-            .set_max_delay(RECONNECT_DELAY_MS);
+            .set_exponent_base(1.0)
+            .set_min_delay(Duration::from_millis(RECONNECT_DELAY_MS))
+            .set_max_delay(Duration::from_millis(RECONNECT_DELAY_MS));
         let connection = client
             .get_connection_manager_with_config(config.clone())
             .await?;
         // Background work may wait longer: loading a large campaign (every reservation it
         // ever had) is one script that can run for more than a request's timeout.
         let background = client
-            .get_connection_manager_with_config(config.set_response_timeout(BACKGROUND_TIMEOUT))
+            .get_connection_manager_with_config(
+                config.set_response_timeout(Some(BACKGROUND_TIMEOUT)),
+            )
             .await?;
         RedisEngine::with_connections(connection, background, namespace).await
     }
@@ -76,7 +78,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
             let routing = every_master.clone();
             async move {
                 let answers = connection
-                    .route_command(&command, routing)
+                    .route_command(command, routing)
                     .await
                     .map_err(|e| format!("cannot ask every master: {e}"))?;
                 let redis::Value::Map(answers) = answers else {
@@ -85,7 +87,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
                 answers
                     .into_iter()
                     .map(|(node, answer)| {
-                        let node: String = redis::from_redis_value(&node).unwrap_or_default();
+                        let node: String = redis::from_redis_value_ref(&node).unwrap_or_default();
                         Ok((node, answer))
                     })
                     .collect::<Result<Vec<(String, redis::Value)>, String>>()
@@ -100,7 +102,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
             let mut command = redis::cmd("CONFIG");
             command.arg("GET").arg(name);
             for (node, answer) in per_master(command).await? {
-                let pair: Vec<String> = redis::from_redis_value(&answer).unwrap_or_default();
+                let pair: Vec<String> = redis::from_redis_value_ref(&answer).unwrap_or_default();
                 let value = pair.get(1).cloned().unwrap_or_default();
                 if value != wanted {
                     wrong.push(format!("{node} has {name} {value}"));
@@ -118,7 +120,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         let mut info = redis::cmd("INFO");
         info.arg("replication");
         let replicated = per_master(info).await?.iter().all(|(_, answer)| {
-            redis::from_redis_value::<String>(answer)
+            redis::from_redis_value_ref::<String>(answer)
                 .is_ok_and(|replication| connected_replicas(&replication) > 0)
         });
         self.wait_for_replica = replicated;

@@ -113,11 +113,11 @@ impl<C: Connection> EventLog for RedisEngine<C> {
             batch.events.extend(entries(campaign, claimed)?);
             batch.events.extend(entries(campaign, read)?);
             if batch.events.len() > before {
-                let epoch: Option<String> = redis::from_redis_value(epoch)?;
+                let epoch: Option<String> = redis::from_redis_value_ref(epoch)?;
                 batch
                     .epochs
                     .set(campaign, epoch.as_deref().unwrap_or_default());
-                let available: Option<u64> = redis::from_redis_value(available)?;
+                let available: Option<u64> = redis::from_redis_value_ref(available)?;
                 let last = batch.events[before..].iter().map(|e| e.position).max();
                 if let (Some(available), Some(last)) = (available, last) {
                     batch.available.insert(campaign.clone(), (available, last));
@@ -166,11 +166,11 @@ impl<C: Connection> EventLog for RedisEngine<C> {
         let mut backlog = Backlog::default();
         for triple in &replies {
             if let [length, pending, first] = triple.as_slice() {
-                backlog.events += redis::from_redis_value::<u64>(length).unwrap_or(0);
+                backlog.events += redis::from_redis_value_ref::<u64>(length).unwrap_or(0);
                 // XPENDING summary: [count, smallest id, greatest id, consumers]
                 if let redis::Value::Array(summary) = pending {
                     if let Some(count) = summary.first() {
-                        backlog.pending += redis::from_redis_value::<u64>(count).unwrap_or(0);
+                        backlog.pending += redis::from_redis_value_ref::<u64>(count).unwrap_or(0);
                     }
                 }
                 // XRANGE: [[id, fields]]; the id's first part is its time in ms.
@@ -178,7 +178,7 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                     redis::Value::Array(entries) => match entries.first() {
                         Some(redis::Value::Array(entry)) => entry
                             .first()
-                            .and_then(|id| redis::from_redis_value::<String>(id).ok()),
+                            .and_then(|id| redis::from_redis_value_ref::<String>(id).ok()),
                         _ => None,
                     },
                     _ => None,
@@ -244,12 +244,12 @@ impl<C: Connection> EventLog for RedisEngine<C> {
                 .iter()
                 .find(|g| {
                     g.get("name")
-                        .and_then(|n| redis::from_redis_value::<String>(n).ok())
+                        .and_then(|n| redis::from_redis_value_ref::<String>(n).ok())
                         .as_deref()
                         == Some(group)
                 })
                 .and_then(|g| g.get("last-delivered-id"))
-                .and_then(|id| redis::from_redis_value::<String>(id).ok())
+                .and_then(|id| redis::from_redis_value_ref::<String>(id).ok())
                 .and_then(|id| StreamPosition::parse(&id));
             if delivered.is_some_and(|d| d >= target) {
                 let pending: redis::Value = redis::cmd("XPENDING")
@@ -277,6 +277,6 @@ fn first_entry_id(reply: &redis::Value) -> Option<StreamPosition> {
     let Some(redis::Value::Array(entry)) = entries.first() else {
         return None;
     };
-    let id: String = redis::from_redis_value(entry.first()?).ok()?;
+    let id: String = redis::from_redis_value_ref(entry.first()?).ok()?;
     StreamPosition::parse(&id)
 }

@@ -140,10 +140,9 @@ impl<C: redis::aio::ConnectionLike + Send> redis::aio::ConnectionLike for Timed<
             metrics::histogram!(m::SCRIPT_DURATION, "script" => self.script)
                 .record(started.elapsed().as_secs_f64());
             // A NOSCRIPT reply is answered by loading the script; it is not a failure.
-            if result
-                .as_ref()
-                .is_err_and(|e| e.kind() != redis::ErrorKind::NoScriptError)
-            {
+            if result.as_ref().is_err_and(|e| {
+                e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            }) {
                 metrics::counter!(m::SCRIPT_ERRORS, "script" => self.script).increment(1);
             }
             result

@@ -30,14 +30,14 @@ impl<C: Connection> MemoryWatch for RedisEngine<C> {
                     .into_iter()
                     .map(|(node, answer)| {
                         (
-                            redis::from_redis_value(&node).unwrap_or_default(),
-                            redis::from_redis_value(&answer).unwrap_or_default(),
+                            redis::from_redis_value_ref(&node).unwrap_or_default(),
+                            redis::from_redis_value_ref(&answer).unwrap_or_default(),
                         )
                     })
                     .collect(),
                 single => vec![(
                     "redis".to_owned(),
-                    redis::from_redis_value(&single).unwrap_or_default(),
+                    redis::from_redis_value_ref(&single).unwrap_or_default(),
                 )],
             }
         };

@@ -242,9 +242,9 @@ impl<C: Connection> Incarnation for RedisEngine<C> {
         let answers: Vec<String> = match &reply {
             redis::Value::Map(answers) => answers
                 .iter()
-                .filter_map(|(_, answer)| redis::from_redis_value(answer).ok())
+                .filter_map(|(_, answer)| redis::from_redis_value_ref(answer).ok())
                 .collect(),
-            single => vec![redis::from_redis_value(single)?],
+            single => vec![redis::from_redis_value_ref(single)?],
         };
         for answer in answers {
             if let Some(id) = answer
