@@ -104,6 +104,7 @@ cpu_of_name() {
 }
 # Every command Redis ran, in µs (INFO commandstats), scripts' inner calls counted once.
 redis_usec() { rcli INFO commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ { u += $5 } END { printf "%d\n", u }'; }
+redis_memory() { rcli INFO memory | tr -d '\r' | awk -F: '/^used_memory:/ { print $2 }'; }
 snapshot() { echo "$(cpu_of_pid "$1") $(cpu_of_pid "$redis_pid") $(cpu_of_name postgres) $(cpu_of_name nginx) $(redis_usec)"; }
 
 # wrk_run NAME URL PATH [PID]: one wrk run against the flashsale process PID (default: this
@@ -133,6 +134,7 @@ PY
   tail -1 "$out/runs.txt" >&2
 }
 : > "$out/runs.txt"
+: > "$out/memory.txt"
 backlog() { curl -fs "$1/metrics" | awk '/^flashsale_persister_backlog_events / { print $2 }'; }
 drain() { # waits (at most 5 minutes) until the persister has written every event so far
   for _ in $(seq 600); do [ "$(backlog "$furl")" = "0" ] && return; sleep 0.5; done
@@ -146,8 +148,12 @@ fi
 echo "== $ROUNDS rounds, each: success path, sold out, HTTP floor; flashsale and the peer alternate" >&2
 for round in $(seq "$ROUNDS"); do
   wrk_run "peer_success" "$purl" /v1/campaigns/big/reservations
+  mem_before=$(redis_memory)
   wrk_run "flashsale_success" "$furl" /v1/campaigns/big/reservations
   drain
+  # Every reservation of the run is still held (900 s holds): Redis's growth over the run,
+  # the persisted stream drained, per reservation made.
+  echo "$(( $(redis_memory) - mem_before )) $(tail -1 "$out/runs.txt" | sed -E 's/.* requests=([0-9]+) non2xx=([0-9]+).*/\1 \2/')" >> "$out/memory.txt"
   if [ -n "$BASELINE_BIN" ]; then
     wrk_run "baseline_success" "$burl" /v1/campaigns/big/reservations "$bpid"
     drain
@@ -246,6 +252,9 @@ if "baseline_success" in runs:
     for what in ("success", "soldout", "healthz"):
         a, b = f"flashsale_{what}", f"baseline_{what}"
         print(f"{what:8} vs the baseline build         = {ratios(a, b)}   (service CPU per request {med(a,'flashsale_cpu_us'):.1f} vs {med(b,'flashsale_cpu_us'):.1f} us; Redis {med(a,'redis_cpu_us'):.1f} vs {med(b,'redis_cpu_us'):.1f} us)")
+held = sorted(int(grow) / max(1, int(n) - int(bad)) for grow, n, bad in (l.split() for l in open(f"{out}/memory.txt")))
+if held:
+    print(f"Redis memory per live hold            = {held[len(held) // 2]:.0f} B   (used_memory growth over a success run, stream drained; rounds: {', '.join(f'{h:.0f}' for h in held)}; target <= 200)")
 nop = runs["flashsale_success_no_persister"][0]
 print(f"success without a persister           = {nop['rate']:.0f}/s (flashsale {nop['flashsale_cpu_us']:.1f} + Redis {nop['redis_cpu_us']:.1f} us per request): what the durable path costs on shared cores")
 print(f"persister alone vs success rate       = {float(persist_rate) / med(fs,'rate'):.2f}   ({persist_rate} events/s to Postgres from a full stream; target >= 2)")

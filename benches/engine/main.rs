@@ -268,6 +268,7 @@ fn bench_connections(c: &mut Criterion) {
             .key(format!("{key}:exp"))
             .key(format!("{key}:events"))
             .key(format!("{key}:recs"))
+            .key(format!("{key}:rs"))
             .arg(0)
             .arg(Millis::now().0)
             .arg(format!("user-{n}"))

@@ -1,7 +1,9 @@
 //! The durable pipeline against the real servers: every acknowledged reservation and every
 //! state change reaches the database exactly once, whatever crashes.
 
-use crate::helpers::{assert_problem, redis_keys, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{
+    assert_problem, redis_keys, redis_query, spawn_app, spawn_app_with, Backend, TestApp,
+};
 use crate::on_every_backend;
 use flashsale::domain::{CampaignId, Millis};
 use flashsale::engine::{Consumer, PERSISTER};
@@ -281,14 +283,18 @@ async fn ended_reservations_leave_the_engine_and_still_answer_from_the_database(
         // Every hold ended; within the retention and a reaper pass, all of them are gone.
         let started = Instant::now();
         loop {
-            let left = redis_keys(backend, &format!("*:v3:{{c:{id}}}:r:*")).await;
-            if left.is_empty() {
+            let mut left = 0;
+            for key in redis_keys(backend, &format!("*:v3:{{c:{id}}}:rs")).await {
+                let mut count = redis::cmd("HLEN");
+                count.arg(&key);
+                left += redis_query::<u64>(backend, count).await.unwrap_or(0);
+            }
+            if left == 0 {
                 break;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "reservation hashes left: {}",
-                left.len()
+                "reservation records left: {left}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

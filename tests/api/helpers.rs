@@ -35,7 +35,10 @@ pub fn redis_cluster_nodes() -> Vec<String> {
 
 /// One command on the backend's Redis (every master of a cluster, as the cluster client
 /// routes it); `None` on the embedded engine.
-async fn redis_query<T: redis::FromRedisValue>(backend: Backend, command: redis::Cmd) -> Option<T> {
+pub async fn redis_query<T: redis::FromRedisValue>(
+    backend: Backend,
+    command: redis::Cmd,
+) -> Option<T> {
     match backend {
         Backend::Memory => None,
         Backend::Redis => {

@@ -184,31 +184,43 @@ async fn every_event_of_a_burst_reaches_the_webhook_in_order_and_signed(backend:
         .expect("the secret, once")
         .to_owned();
 
-    // 2,000 attempts from 1,000 users at once: 300 holds, the rest refused.
+    // 2,000 attempts from 1,000 users at once: 300 holds, the rest refused. Five of these
+    // run at once on two cores: an attempt answered 503 (the engine did not answer in time)
+    // is sent again with its key, as the contract asks of callers.
     let tasks: Vec<_> = (0..2000)
         .map(|i| {
             let client = app.client.clone();
             let url = app.url(&format!("/v1/campaigns/{campaign}/reservations"));
             let token = app.store_token.clone();
             tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(token)
-                    .header("idempotency-key", format!("burst-{i}"))
-                    .json(&json!({"user_id": format!("u{}", i % 1000)}))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let status = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("idempotency-key", format!("burst-{i}"))
+                        .json(&json!({"user_id": format!("u{}", i % 1000)}))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    match status {
+                        Ok(503) if tries < 30 => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        status => return status,
+                    }
+                }
             })
         })
         .collect();
-    let mut held = 0;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for task in tasks {
-        if task.await.expect("no panic").expect("answered") == 201 {
-            held += 1;
-        }
+        *statuses
+            .entry(task.await.expect("no panic").expect("answered"))
+            .or_default() += 1;
     }
-    assert_eq!(held, 300);
+    assert_eq!(statuses.get(&201), Some(&300), "answers: {statuses:?}");
     let feed = feed_cursors(&app, &campaign, 300).await;
     assert_eq!(feed.len(), 300);
     let got = until_received(&received, 300, Duration::from_secs(60)).await;

@@ -52,6 +52,7 @@ impl<C: Connection> RedisEngine<C> {
             .key(keys.expiries())
             .key(keys.events())
             .key(keys.records())
+            .key(keys.reservations())
             .arg(self.user_rate_per_second);
         for request in requests {
             invocation
@@ -99,7 +100,7 @@ impl<C: Connection> RedisEngine<C> {
             .key(keys.group_idempotency())
             .key(keys.expiries())
             .key(keys.events())
-            .key(keys.reservation(&request.reservation_id))
+            .key(keys.fresh(&request.reservation_id))
             .key(keys.group_expiries())
             .arg(request.now.0)
             .arg(request.user_id.as_str())
@@ -146,7 +147,7 @@ impl<C: Connection> RedisEngine<C> {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&keys.campaign)
-            .key(keys.reservation(id))
+            .key(keys.reservations())
             .key(keys.events())
             .key(keys.group_expiries())
             .arg(now.0)
@@ -340,7 +341,7 @@ impl<C: Connection> Decisions for RedisEngine<C> {
             .scripts
             .extend
             .key(&keys.campaign)
-            .key(keys.reservation(id))
+            .key(keys.reservations())
             .key(keys.events())
             .key(keys.group_expiries())
             .arg(now.0)
@@ -383,6 +384,7 @@ impl<C: Connection> Decisions for RedisEngine<C> {
                 .key(keys.expiries())
                 .key(keys.events())
                 .key(keys.group_expiries())
+                .key(keys.reservations())
                 .arg(now.0)
                 .arg(limit)
                 .arg(self.retention.as_millis() as u64)

@@ -57,8 +57,18 @@ impl Keys {
         format!("{}:xin", self.campaign)
     }
 
-    pub fn reservation(&self, id: &ReservationId) -> String {
-        format!("{}:r:{id}", self.campaign)
+    /// A key that never exists, declared by a script that makes new keys of the campaign
+    /// (a group and its lists): while the campaign's slot is half moved to another cluster
+    /// node, Redis refuses a script with a declared key it lacks (TRYAGAIN, ASK) instead of
+    /// letting it fail half way at the first new key, after its first writes.
+    pub fn fresh(&self, id: &ReservationId) -> String {
+        format!("{}:new:{id}", self.campaign)
+    }
+
+    /// Every reservation of the campaign (shard), one packed field each (see
+    /// `scripts/lib.lua`, `get_reservation`).
+    pub fn reservations(&self) -> String {
+        format!("{}:rs", self.campaign)
     }
 }
 

@@ -38,15 +38,17 @@ impl<C: Connection> Reads for RedisEngine<C> {
 
     async fn reservation(&self, id: &ReservationId) -> Result<Option<Reservation>, EngineError> {
         let campaign = id.shard_campaign();
-        let fields: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys(&campaign).reservation(id))
-            .arg(&["user", "qty", "status", "created", "expires", "group"])
-            .query_async(&mut self.connection())
+        let fields: Vec<String> = self
+            .scripts
+            .read_reservation
+            .key(self.keys(&campaign).campaign)
+            .key(self.keys(&campaign).reservations())
+            .arg(id.as_str())
+            .invoke_async(&mut self.timed("read_reservation"))
             .await?;
-        if fields.first().is_none_or(Option::is_none) {
+        if fields.is_empty() {
             return Ok(None);
         }
-        let fields: Vec<String> = fields.into_iter().map(Option::unwrap_or_default).collect();
         reservation_from(id, &campaign, &fields).map(Some)
     }
 

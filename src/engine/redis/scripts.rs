@@ -42,6 +42,7 @@ pub struct Scripts {
     pub open_group: Script,
     pub join_group: Script,
     pub read_group: Script,
+    pub read_reservation: Script,
     pub queue: Script,
     pub read_events: Script,
     pub forget_page: Script,
@@ -62,7 +63,7 @@ impl Scripts {
     pub fn new() -> Result<Self, String> {
         let lib = |body: &str| with_lib(body).map(|text| Script::new(&text));
         Ok(Scripts {
-            load_campaign: Script::new(include_str!("scripts/load_campaign.lua")),
+            load_campaign: lib(include_str!("scripts/load_campaign.lua"))?,
             adjust_stock: lib(include_str!("scripts/adjust_stock.lua"))?,
             end_campaign: Script::new(include_str!("scripts/end_campaign.lua")),
             reserve: lib(include_str!("scripts/reserve.lua"))?,
@@ -73,7 +74,8 @@ impl Scripts {
             sold_out_records: Script::new(include_str!("scripts/sold_out_records.lua")),
             open_group: lib(include_str!("scripts/open_group.lua"))?,
             join_group: lib(include_str!("scripts/join_group.lua"))?,
-            read_group: Script::new(include_str!("scripts/read_group.lua")),
+            read_group: lib(include_str!("scripts/read_group.lua"))?,
+            read_reservation: lib(include_str!("scripts/read_reservation.lua"))?,
             queue: Script::new(include_str!("scripts/queue.lua")),
             read_events: Script::new(include_str!("scripts/read_events.lua")),
             forget_page: Script::new(include_str!("scripts/forget_page.lua")),
@@ -82,7 +84,7 @@ impl Scripts {
             transfer_give: Script::new(include_str!("scripts/transfer_give.lua")),
             transfer_done: Script::new(include_str!("scripts/transfer_done.lua")),
             claim_key: Script::new(include_str!("scripts/claim_key.lua")),
-            leftover: Script::new(include_str!("scripts/leftover.lua")),
+            leftover: lib(include_str!("scripts/leftover.lua"))?,
             work_announce: Script::new(include_str!("scripts/work_announce.lua")),
             work_active: Script::new(include_str!("scripts/work_active.lua")),
             work_retire: Script::new(include_str!("scripts/work_retire.lua")),
@@ -91,7 +93,7 @@ impl Scripts {
         })
     }
 
-    pub fn all(&self) -> [&Script; 26] {
+    pub fn all(&self) -> [&Script; 27] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -105,6 +107,7 @@ impl Scripts {
             &self.open_group,
             &self.join_group,
             &self.read_group,
+            &self.read_reservation,
             &self.queue,
             &self.read_events,
             &self.forget_page,

@@ -2,7 +2,7 @@
 -- checks: campaign exists, idempotency key seen, group exists, open and inside its window
 -- (one past its window fails here), already a member, full, per-user limit.
 -- KEYS[1] campaign hash   KEYS[2] group idempotency hash   KEYS[3] expiry list
--- KEYS[4] event stream    KEYS[5] the joiner's new reservation hash   KEYS[6] group expiry sorted set
+-- KEYS[4] event stream    KEYS[5] a key that never exists (Keys::fresh: a half-moved slot refuses the script)   KEYS[6] group expiry sorted set
 -- ARGV[1] now (ms)  ARGV[2] user  ARGV[3] scoped idempotency key  ARGV[4] fingerprint
 -- ARGV[5] the group's id  ARGV[6] the joiner's reservation id
 -- returns {'done', gid} | {'replay', gid} | {'key_reused'} | {refusal code}
@@ -21,8 +21,8 @@ if not g[1] then return {'group_not_found'} end
 if g[1] ~= 'open' then return {'group_closed'} end
 local mine = redis.call('HGET', gk .. ':mu', ARGV[2])
 if mine then
-  local status = redis.call('HGET', KEYS[1] .. ':r:' .. mine, 'status')
-  if status == 'held' or status == 'confirmed' then return {'already_member'} end
+  local r = get_reservation(KEYS[1], mine)
+  if r and (r.status == 'held' or r.status == 'confirmed') then return {'already_member'} end
 end
 if tonumber(g[3]) >= tonumber(g[2]) then return {'group_full'} end
 local had = tonumber(redis.call('HGET', KEYS[1], 'u:' .. ARGV[2]) or '0')

@@ -19,9 +19,9 @@ local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0') * 1000
 -- hold is due at its creation's end (an extension moves it to the extended set when met).
 local ids = redis.call('LRANGE', KEYS[2], 0, 99)
 for _, id in ipairs(ids) do
-  local r = redis.call('HMGET', KEYS[1] .. ':r:' .. id, 'status', 'expires', 'created')
-  if r[1] == 'held' then
-    at(math.min(tonumber(r[2]), tonumber(r[3]) + hold))
+  local r = get_reservation(KEYS[1], id)
+  if r and r.status == 'held' then
+    at(math.min(r.expires, r.created + hold))
     break
   end
 end

@@ -1,7 +1,6 @@
--- Shared by every script that changes state; `src/engine/redis/scripts.rs` folds it onto the
--- first line of reserve.lua, confirm.lua, cancel.lua, expire.lua, adjust_stock.lua,
--- open_group.lua and join_group.lua at load time, so their line numbers stay their own (keep
--- comments here on lines of their own). Keys reached from `campaign .. ':r:' .. id` or
+-- Shared by every script that changes state or reads a reservation; `src/engine/redis/scripts.rs`
+-- folds it onto the first line of each at load time, so their line numbers stay their own (keep
+-- comments here on lines of their own). Keys reached from `campaign .. ':rs'` or
 -- `campaign .. ':g:' .. id` carry the campaign's hash tag.
 
 -- Every event is a stream entry with one field, `e`: its values joined by the unit separator
@@ -44,10 +43,60 @@ local function emit_values(stream, now, id, user, qty, status, created, expires,
   redis.call('XADD', stream, '*', 'e', table.concat(buf))
 end
 
--- Appends the reservation's current state, as its hash `rk` holds it.
-local function emit(stream, rk, id, now, key, fp)
-  local r = redis.call('HMGET', rk, 'user', 'qty', 'status', 'created', 'expires', 'group')
-  emit_values(stream, now, id, r[1], r[2], r[3], r[4], r[5], r[6], key, fp)
+-- A reservation is one field of its campaign's reservations hash (`<campaign>:rs`): its id,
+-- then `status US user US qty US created US expires US group` (group '' outside groups).
+-- One field instead of a hash key of its own: ~95 B and ~2.5 us of Redis less per
+-- reservation (docs/performance.md). Versions before this one kept each reservation as a
+-- hash of its own (`<campaign>:r:<id>`, same hash tag): read where the field is missing,
+-- moved into the field by its next write (`legacy` marks one read from there).
+-- Returns {status, user, qty, created, expires, group[, legacy]} or nil.
+local function get_reservation(campaign, id)
+  local packed = redis.call('HGET', campaign .. ':rs', id)
+  if packed then
+    local status, user, qty, created, expires, group = string.match(packed,
+      '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
+    return {status = status, user = user, qty = tonumber(qty), created = tonumber(created),
+      expires = tonumber(expires), group = group}
+  end
+  local old = redis.call('HMGET', campaign .. ':r:' .. id, 'status', 'user', 'qty', 'created',
+    'expires', 'group')
+  if not old[1] then return nil end
+  return {status = old[1], user = old[2], qty = tonumber(old[3]), created = tonumber(old[4]),
+    expires = tonumber(old[5]), group = old[6] or '', legacy = true}
+end
+
+-- The packed value of a reservation (see get_reservation).
+local function pack_reservation(status, user, qty, created, expires, group)
+  return table.concat({status, user, qty, created, expires, group or ''}, US)
+end
+
+-- Writes a reservation read by get_reservation (and changed) back.
+local function put_reservation(campaign, id, r)
+  redis.call('HSET', campaign .. ':rs', id,
+    pack_reservation(r.status, r.user, r.qty, r.created, r.expires, r.group))
+  if r.legacy then
+    redis.call('DEL', campaign .. ':r:' .. id)
+    r.legacy = nil
+  end
+end
+
+-- Removes a reservation (the retention ended).
+local function drop_reservation(campaign, id)
+  if redis.call('HDEL', campaign .. ':rs', id) == 0 then
+    redis.call('DEL', campaign .. ':r:' .. id)
+  end
+end
+
+-- Appends a reservation's state, as `r` (see get_reservation) holds it.
+local function emit(stream, id, r, now, key, fp)
+  emit_values(stream, now, id, r.user, r.qty, r.status, r.created, r.expires, r.group, key, fp)
+end
+
+-- What every script that changes a reservation answers: {outcome, user, qty, status,
+-- created, expires, group}.
+local function answer_reservation(outcome, r)
+  return {outcome, r.user, tostring(r.qty), r.status, string.format('%d', r.created),
+    string.format('%d', r.expires), r.group}
 end
 
 -- Appends the group's current state (without members) to the event stream.
@@ -66,30 +115,31 @@ end
 -- Gives a held or confirmed reservation's units back and records its new status. Outside a
 -- group the units return to the campaign; a group member's slot returns to its open group.
 -- The hold's id stays in the expiry list; the reaper skips ids that are no longer held.
--- campaign, stream: the campaign's keys; rk: the reservation's hash key; id: its id;
--- r: {status, qty, user, group}; to: the new status; now: ms
-local function release(campaign, stream, rk, id, r, to, now)
-  local quantity = tonumber(r[2])
-  if r[4] and r[4] ~= '' then
-    local gk = campaign .. ':g:' .. r[4]
+-- campaign, stream: the campaign's keys; id: the reservation's id; r: as get_reservation
+-- read it (its status becomes `to`); now: ms
+local function release(campaign, stream, id, r, to, now)
+  local quantity = r.qty
+  if r.group ~= '' then
+    local gk = campaign .. ':g:' .. r.group
     redis.call('HINCRBY', gk, 'active', -1)
-    if r[1] == 'confirmed' then
+    if r.status == 'confirmed' then
       redis.call('HINCRBY', gk, 'confirmed', -1)
       redis.call('HINCRBY', campaign, 'confirmed', -quantity)
       redis.call('HINCRBY', campaign, 'held', quantity)
     end
   else
-    redis.call('HINCRBY', campaign, r[1], -quantity)
+    redis.call('HINCRBY', campaign, r.status, -quantity)
     redis.call('HINCRBY', campaign, 'available', quantity)
   end
-  if redis.call('HINCRBY', campaign, 'u:' .. r[3], -quantity) <= 0 then
-    redis.call('HDEL', campaign, 'u:' .. r[3])
+  if redis.call('HINCRBY', campaign, 'u:' .. r.user, -quantity) <= 0 then
+    redis.call('HDEL', campaign, 'u:' .. r.user)
   end
-  redis.call('HSET', rk, 'status', to)
-  emit(stream, rk, id, now)
+  r.status = to
+  put_reservation(campaign, id, r)
+  emit(stream, id, r, now)
   -- Outside groups, an ended reservation leaves Redis after the retention (expire.lua);
   -- the database keeps it. Ends are appended in time order.
-  if not r[4] or r[4] == '' then
+  if r.group == '' then
     redis.call('RPUSH', campaign .. ':ended', now .. '|' .. id)
   end
 end
@@ -111,14 +161,14 @@ local function fail_group_if_due(campaign, gexp, stream, gid, now)
   redis.call('HINCRBY', campaign, 'gfailed', 1)
   local released = 0
   for _, rid in ipairs(redis.call('LRANGE', gk .. ':m', 0, -1)) do
-    local rk = campaign .. ':r:' .. rid
-    local r = redis.call('HMGET', rk, 'status', 'user')
-    if r[1] == 'held' or r[1] == 'confirmed' then
-      redis.call('HSET', rk, 'status', 'released')
-      if redis.call('HINCRBY', campaign, 'u:' .. r[2], -1) <= 0 then
-        redis.call('HDEL', campaign, 'u:' .. r[2])
+    local r = get_reservation(campaign, rid)
+    if r and (r.status == 'held' or r.status == 'confirmed') then
+      r.status = 'released'
+      put_reservation(campaign, rid, r)
+      if redis.call('HINCRBY', campaign, 'u:' .. r.user, -1) <= 0 then
+        redis.call('HDEL', campaign, 'u:' .. r.user)
       end
-      emit(stream, rk, rid, now)
+      emit(stream, rid, r, now)
       released = released + 1
     end
   end
@@ -127,19 +177,18 @@ local function fail_group_if_due(campaign, gexp, stream, gid, now)
 end
 
 -- Gives `user` a slot of group `gid`: a held reservation of one unit.
--- keys: {campaign, group idempotency, expiry list, stream, new reservation};
--- returns the reservation's expiry
+-- keys: {campaign, group idempotency, expiry list, stream}; returns the reservation's expiry
 local function add_member(keys, gid, user, rid, now, hold, idem, fp)
   local gk = keys[1] .. ':g:' .. gid
-  local expires = tonumber(now) + tonumber(hold) * 1000
-  redis.call('HSET', keys[5], 'user', user, 'qty', 1, 'status', 'held', 'created', now,
-    'expires', expires, 'group', gid)
+  local r = {status = 'held', user = user, qty = 1, created = tonumber(now),
+    expires = tonumber(now) + tonumber(hold) * 1000, group = gid}
+  put_reservation(keys[1], rid, r)
   redis.call('RPUSH', keys[3], rid)
   redis.call('HINCRBY', keys[1], 'u:' .. user, 1)
   redis.call('HINCRBY', gk, 'active', 1)
   redis.call('RPUSH', gk .. ':m', rid)
   redis.call('HSET', gk .. ':mu', user, rid)
   redis.call('HSET', keys[2], idem, gid .. '|' .. fp)
-  emit(keys[4], keys[5], rid, now, idem, fp)
-  return expires
+  emit(keys[4], rid, r, now, idem, fp)
+  return r.expires
 end

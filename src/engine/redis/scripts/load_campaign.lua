@@ -47,8 +47,8 @@ for i = first_reservation, first_group - 1, 9 do
   -- Ended reservations come back too (status, idempotency record), so a replay of their key
   -- and a read of their id answer as before; only live ones take units.
   local live = status == 'held' or status == 'confirmed'
-  redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', qty, 'status', status,
-    'created', ARGV[i + 4], 'expires', ARGV[i + 5], 'group', group)
+  redis.call('HSET', KEYS[1] .. ':rs', id,
+    pack_reservation(status, user, qty, ARGV[i + 4], ARGV[i + 5], group))
   if live then redis.call('HINCRBY', KEYS[1], 'u:' .. user, qty) end
   if status == 'held' then holds[#holds + 1] = {tonumber(ARGV[i + 5]), id} end
   if group ~= '' then

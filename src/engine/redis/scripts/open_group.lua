@@ -1,7 +1,7 @@
 -- Opens a group: holds the group's whole quota (`size` units) and gives the opener the first
 -- slot. Order of checks: campaign exists, idempotency key seen, kind, window, stock, limit.
 -- KEYS[1] campaign hash   KEYS[2] group idempotency hash   KEYS[3] expiry list
--- KEYS[4] event stream    KEYS[5] the opener's new reservation hash   KEYS[6] group expiry sorted set
+-- KEYS[4] event stream    KEYS[5] a key that never exists (Keys::fresh: a half-moved slot refuses the script)   KEYS[6] group expiry sorted set
 -- ARGV[1] now (ms)  ARGV[2] user  ARGV[3] scoped idempotency key  ARGV[4] fingerprint
 -- ARGV[5] the new group's id  ARGV[6] the opener's reservation id
 -- returns {'done', gid} | {'replay', gid} | {'key_reused'} | {refusal code}

@@ -6,9 +6,9 @@ local gk = KEYS[1] .. ':g:' .. ARGV[1]
 local g = redis.call('HMGET', gk, 'leader', 'size', 'status', 'created', 'expires')
 if not g[1] then return {} end
 for _, rid in ipairs(redis.call('LRANGE', gk .. ':m', 0, -1)) do
-  local r = redis.call('HMGET', KEYS[1] .. ':r:' .. rid, 'user', 'status')
-  table.insert(g, r[1])
+  local r = get_reservation(KEYS[1], rid) or {}
+  table.insert(g, r.user or false)
   table.insert(g, rid)
-  table.insert(g, r[2])
+  table.insert(g, r.status or false)
 end
 return g

@@ -7,19 +7,21 @@
 -- KEYS[1]  campaign hash (config, counters, `u:<user>` counts, `k:<key>` idempotency records)
 -- KEYS[2]  expiry list     KEYS[3] event stream
 -- KEYS[4]  records list (every idempotency record in creation order, for the sold-out gate)
+-- KEYS[5]  reservations hash (lib.lua; declared, so a half-moved slot refuses the script
+--          before it writes rather than failing at it after the campaign's writes)
 -- ARGV[1]  attempts one user may make on this campaign per second, across every instance
 --          (0: no limit); counted in `<campaign>:rl:<user>:<second>`, which expires
 -- then six values per attempt: now (ms), user id, quantity, scoped idempotency key,
---          fingerprint of the request body, the new reservation's id (its hash is
---          `<campaign>:r:<id>`, same hash tag)
+--          fingerprint of the request body, the new reservation's id (its record is a
+--          field of `<campaign>:rs`, same hash tag: see lib.lua)
 -- returns  one answer per attempt, in order:
 --          {'reserved', created, expires, available}
 --        | {'replay', id, user, quantity, created, expires}
 --        | {'replay_gone', id}: the key's reservation ended and left Redis (retention)
 --        | {'key_reused'} | {'rate_limited'} | {refusal code}
 -- Redis calls per batch: one HMGET (config, counters, and every attempt's key record and
--- user count), then per reservation made one HSET of its hash, and once for all of them one
--- HSET of the campaign, one RPUSH per list and one XADD (an entry carrying every event).
+-- user count), then once for all the reservations made one HSET of the campaign, one of the
+-- reservations hash, one RPUSH per list and one XADD (an entry carrying every event).
 local rate = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 6
 local fields = {'kind', 'starts', 'ends', 'limit', 'hold', 'available', 'held', 'records'}
@@ -38,7 +40,7 @@ local available, held, records = tonumber(c[6]), tonumber(c[7]), tonumber(c[8])
 -- What this batch has written so far, read before the hash (which still holds the state
 -- from before the batch): records by key, counts by user.
 local made, counts = {}, {}
-local writes, exp, recs, events = {}, {}, {}, {}
+local writes, exp, recs, events, rs = {}, {}, {}, {}, {}
 
 for i = 0, n - 1 do
   local now, user, quantity = tonumber(ARGV[2 + 6 * i]), ARGV[3 + 6 * i], tonumber(ARGV[4 + 6 * i])
@@ -54,9 +56,12 @@ for i = 0, n - 1 do
     local rid = string.sub(seen, 1, bar - 1)
     if string.sub(seen, bar + 1) ~= fp then answer = {'key_reused'}
     else
-      local r = redis.call('HMGET', KEYS[1] .. ':r:' .. rid, 'user', 'qty', 'created', 'expires')
-      if not r[1] then answer = {'replay_gone', rid}
-      else answer = {'replay', rid, r[1], r[2], r[3], r[4]} end
+      local r = get_reservation(KEYS[1], rid)
+      if not r then answer = {'replay_gone', rid}
+      else
+        answer = {'replay', rid, r.user, tostring(r.qty), string.format('%d', r.created),
+          string.format('%d', r.expires)}
+      end
     end
   end
   if not answer and rate > 0 then
@@ -80,8 +85,7 @@ for i = 0, n - 1 do
       local w = #writes
       writes[w + 1], writes[w + 2] = fields[9 + 2 * i], id .. '|' .. fp
       writes[w + 3], writes[w + 4] = fields[10 + 2 * i], had + quantity
-      redis.call('HSET', KEYS[1] .. ':r:' .. id, 'user', user, 'qty', quantity, 'status', 'held',
-        'created', now, 'expires', expires)
+      rs[#rs + 1], rs[#rs + 2] = id, pack_reservation('held', user, quantity, now, expires, '')
       exp[#exp + 1] = id
       recs[#recs + 1] = key .. US .. id .. '|' .. fp
       push_reservation_event(events, now, id, user, quantity, 'held', now, expires, '', key, fp)
@@ -94,6 +98,7 @@ end
 if #exp > 0 then
   redis.call('HSET', KEYS[1], 'available', available, 'held', held, 'records', records,
     unpack(writes))
+  redis.call('HSET', KEYS[5], unpack(rs))
   redis.call('RPUSH', KEYS[2], unpack(exp))
   redis.call('RPUSH', KEYS[4], unpack(recs))
   redis.call('XADD', KEYS[3], '*', 'e', table.concat(events))
