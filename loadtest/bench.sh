@@ -135,6 +135,7 @@ PY
 }
 : > "$out/runs.txt"
 : > "$out/memory.txt"
+: > "$out/memory-baseline.txt"
 backlog() { curl -fs "$1/metrics" | awk '/^flashsale_persister_backlog_events / { print $2 }'; }
 drain() { # waits (at most 5 minutes) until the persister has written every event so far
   for _ in $(seq 600); do [ "$(backlog "$furl")" = "0" ] && return; sleep 0.5; done
@@ -155,8 +156,10 @@ for round in $(seq "$ROUNDS"); do
   # the persisted stream drained, per reservation made.
   echo "$(( $(redis_memory) - mem_before )) $(tail -1 "$out/runs.txt" | sed -E 's/.* requests=([0-9]+) non2xx=([0-9]+).*/\1 \2/')" >> "$out/memory.txt"
   if [ -n "$BASELINE_BIN" ]; then
+    mem_before=$(redis_memory)
     wrk_run "baseline_success" "$burl" /v1/campaigns/big/reservations "$bpid"
     drain
+    echo "$(( $(redis_memory) - mem_before )) $(tail -1 "$out/runs.txt" | sed -E 's/.* requests=([0-9]+) non2xx=([0-9]+).*/\1 \2/')" >> "$out/memory-baseline.txt"
   fi
   wrk_run "peer_soldout" "$purl" /v1/campaigns/gone/reservations
   wrk_run "flashsale_soldout" "$furl" /v1/campaigns/gone/reservations
@@ -252,9 +255,13 @@ if "baseline_success" in runs:
     for what in ("success", "soldout", "healthz"):
         a, b = f"flashsale_{what}", f"baseline_{what}"
         print(f"{what:8} vs the baseline build         = {ratios(a, b)}   (service CPU per request {med(a,'flashsale_cpu_us'):.1f} vs {med(b,'flashsale_cpu_us'):.1f} us; Redis {med(a,'redis_cpu_us'):.1f} vs {med(b,'redis_cpu_us'):.1f} us)")
-held = sorted(int(grow) / max(1, int(n) - int(bad)) for grow, n, bad in (l.split() for l in open(f"{out}/memory.txt")))
+def per_hold(name):
+    return sorted(int(grow) / max(1, int(n) - int(bad)) for grow, n, bad in (l.split() for l in open(f"{out}/{name}")))
+held, base = per_hold("memory.txt"), per_hold("memory-baseline.txt")
 if held:
     print(f"Redis memory per live hold            = {held[len(held) // 2]:.0f} B   (used_memory growth over a success run, stream drained; rounds: {', '.join(f'{h:.0f}' for h in held)}; target <= 200)")
+if base:
+    print(f"Redis memory per live hold, baseline  = {base[len(base) // 2]:.0f} B   (rounds: {', '.join(f'{h:.0f}' for h in base)})")
 nop = runs["flashsale_success_no_persister"][0]
 print(f"success without a persister           = {nop['rate']:.0f}/s (flashsale {nop['flashsale_cpu_us']:.1f} + Redis {nop['redis_cpu_us']:.1f} us per request): what the durable path costs on shared cores")
 print(f"persister alone vs success rate       = {float(persist_rate) / med(fs,'rate'):.2f}   ({persist_rate} events/s to Postgres from a full stream; target >= 2)")

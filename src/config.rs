@@ -26,6 +26,26 @@ pub struct Config {
     )]
     pub redis_cluster_nodes: Vec<String>,
 
+    /// One Redis with replicas watched by Sentinel instead of a fixed URL: the sentinels
+    /// (`host:port` or `redis://[user:password@]host:port`), comma-separated. The service
+    /// asks them for the primary and follows every failover; `FLASHSALE_REDIS_URL`, if set
+    /// too, gives the primary's credentials and database (its host is not used).
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_SENTINELS",
+        value_delimiter = ',',
+        conflicts_with = "redis_cluster_nodes"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the sentinels watch the primary under (`sentinel monitor <name> …`).
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_SENTINEL_MASTER",
+        default_value = "flashsale"
+    )]
+    pub redis_sentinel_master: String,
+
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "FLASHSALE_REDIS_NAMESPACE", default_value = "fs")]
     pub redis_namespace: String,

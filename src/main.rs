@@ -59,6 +59,8 @@ fn print_banner(application: &Application, config: &Config) {
     let address = application.address();
     let engine = if !config.redis_cluster_nodes.is_empty() {
         "redis cluster"
+    } else if !config.redis_sentinels.is_empty() {
+        "redis (sentinel)"
     } else if config.redis_url.is_some() {
         "redis"
     } else {

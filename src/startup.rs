@@ -103,6 +103,9 @@ impl Application {
         let store = connect_store(&config).await?;
         // Answering after the commit needs this process's persister to make the commit.
         let answer_after_commit = backing.volatile() && config.persister;
+        if let Backing::Sentinel(redis) = &backing {
+            crate::engine::recovery::fence_after_failover(redis, &store, &config.redis_namespace);
+        }
         let safety = Arc::new(Safety::default());
         let mut engine = Engine::new(backing).recovering(store.clone(), Arc::clone(&safety));
         if answer_after_commit {
@@ -388,23 +391,52 @@ pub async fn connect_engine(config: &Config) -> anyhow::Result<Backing> {
         }
         return Ok(engine.into());
     }
+    if !config.redis_sentinels.is_empty() {
+        let sentinels = crate::engine::redis::primary::Sentinels {
+            addresses: config.redis_sentinels.clone(),
+            primary: config.redis_sentinel_master.clone(),
+            primary_url: config.redis_url.clone(),
+        };
+        let named = format!(
+            "the primary '{}' through the sentinels {}",
+            sentinels.primary,
+            sentinels.addresses.join(",")
+        );
+        let engine = RedisEngine::connect_sentinel(&sentinels, &config.redis_namespace)
+            .await
+            .with_context(|| format!("connecting to {named}"))?;
+        return Ok(single(engine, config, &named).await?.into());
+    }
     Ok(match &config.redis_url {
         Some(url) => {
-            let mut engine = RedisEngine::connect_in(url, &config.redis_namespace)
+            let engine = RedisEngine::connect_in(url, &config.redis_namespace)
                 .await
-                .with_context(|| format!("connecting to Redis at {url}"))?
-                .with_retention(retention)
-                .with_user_rate(config.user_rate_per_second);
-            if config.durability == Durability::Strict {
-                engine = engine
-                    .require_durability()
-                    .await
-                    .map_err(|found| anyhow::anyhow!("Redis at {url}: {found}"))?;
-            }
-            engine.into()
+                .with_context(|| format!("connecting to Redis at {url}"))?;
+            single(engine, config, &format!("Redis at {url}"))
+                .await?
+                .into()
         }
         None => MemoryEngine::new().with_retention(retention).into(),
     })
+}
+
+/// One Redis (at a URL, or the primary Sentinel names) with the config's settings; in strict
+/// mode, only if it keeps what it acknowledges (`named` says which in the refusal).
+async fn single<C: crate::engine::redis::Connection>(
+    engine: RedisEngine<C>,
+    config: &Config,
+    named: &str,
+) -> anyhow::Result<RedisEngine<C>> {
+    let engine = engine
+        .with_retention(Duration::from_secs(config.ended_retention_seconds))
+        .with_user_rate(config.user_rate_per_second);
+    if config.durability != Durability::Strict {
+        return Ok(engine);
+    }
+    engine
+        .require_durability()
+        .await
+        .map_err(|found| anyhow::anyhow!("{named}: {found}"))
 }
 
 /// The database the config names: Postgres, or the embedded SQLite file.

@@ -3,6 +3,7 @@
 //! stands for a backend's own.
 
 use super::backend::{Backend, Decisions, EventLog, Reads, ShardOps, WaitingRoom};
+use super::redis::primary::Primary;
 use super::redis::MemoryWatch;
 use super::work::WorkIndex;
 use super::{MemoryEngine, RedisEngine};
@@ -14,6 +15,8 @@ pub enum Backing {
     Memory(MemoryEngine),
     Redis(RedisEngine),
     Cluster(RedisEngine<ClusterConnection>),
+    /// One Redis primary found and followed through Sentinel.
+    Sentinel(RedisEngine<Primary>),
 }
 
 /// A role of whichever backend it is.
@@ -25,6 +28,7 @@ macro_rules! role {
                 Backing::Memory(b) => b,
                 Backing::Redis(b) => b,
                 Backing::Cluster(b) => b,
+                Backing::Sentinel(b) => b,
             }
         }
     };
@@ -39,6 +43,7 @@ macro_rules! shared_role {
                 Backing::Memory(b) => Arc::new(b.clone()),
                 Backing::Redis(b) => Arc::new(b.clone()),
                 Backing::Cluster(b) => Arc::new(b.clone()),
+                Backing::Sentinel(b) => Arc::new(b.clone()),
             }
         }
     };
@@ -80,6 +85,7 @@ impl Backing {
             Backing::Memory(_) => None,
             Backing::Redis(b) => Some(Arc::new(b.clone())),
             Backing::Cluster(b) => Some(Arc::new(b.clone())),
+            Backing::Sentinel(b) => Some(Arc::new(b.clone())),
         }
     }
 
@@ -105,5 +111,11 @@ impl From<RedisEngine> for Backing {
 impl From<RedisEngine<ClusterConnection>> for Backing {
     fn from(engine: RedisEngine<ClusterConnection>) -> Self {
         Backing::Cluster(engine)
+    }
+}
+
+impl From<RedisEngine<Primary>> for Backing {
+    fn from(engine: RedisEngine<Primary>) -> Self {
+        Backing::Sentinel(engine)
     }
 }

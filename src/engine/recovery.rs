@@ -437,3 +437,27 @@ async fn rebuild(
         }
     }
 }
+
+/// After a Redis failover (Sentinel), before the new primary takes a request: the campaigns
+/// it lacks changes of — changes the database already has — are removed from it and rebuilt
+/// from the database on first use (see [`fence_behind`](super::redis::primary::fence_behind)).
+pub fn fence_after_failover(
+    redis: &super::RedisEngine<super::redis::primary::Primary>,
+    store: &Store,
+    namespace: &str,
+) {
+    let (store, namespace) = (store.clone(), namespace.to_owned());
+    redis.on_switch(Arc::new(move |connection| {
+        let (store, namespace) = (store.clone(), namespace.clone());
+        Box::pin(async move {
+            let persisted = store
+                .persisted_positions()
+                .await
+                .map_err(|e| e.to_string())?;
+            super::redis::primary::fence_behind(connection, &namespace, &persisted)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }));
+}

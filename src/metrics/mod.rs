@@ -61,6 +61,8 @@ pub fn touch_counters(redis: bool) {
         REAPER_EXPIRED,
         REAPER_ERRORS,
         RECOVERED_CAMPAIGNS,
+        REDIS_FAILOVERS,
+        FAILOVER_REBUILDS,
         ENGINE_DATA_LOSSES,
         SHARD_TRANSFERS,
         SHARD_TRANSFERRED_UNITS,
@@ -369,6 +371,14 @@ fn describe() {
     metrics::describe_counter!(
         RECOVERED_CAMPAIGNS,
         "Campaigns rebuilt in the engine from the database."
+    );
+    metrics::describe_counter!(
+        REDIS_FAILOVERS,
+        "Redis failovers followed (Sentinel named a new primary)."
+    );
+    metrics::describe_counter!(
+        FAILOVER_REBUILDS,
+        "Campaigns a promoted Redis lacked changes of, rebuilt from the database."
     );
     metrics::describe_counter!(
         WEBHOOK_DELIVERIES,

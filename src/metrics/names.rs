@@ -88,6 +88,11 @@ pub const RECONCILE_DRIFT: &str = "flashsale_reconcile_drift_units";
 pub const ENGINE_DATA_LOSSES: &str = "flashsale_engine_data_losses_total";
 /// Campaigns rebuilt in the engine from the database.
 pub const RECOVERED_CAMPAIGNS: &str = "flashsale_recovered_campaigns_total";
+/// Redis failovers this instance followed (Sentinel named a new primary).
+pub const REDIS_FAILOVERS: &str = "flashsale_redis_failovers_total";
+/// Campaigns removed from a newly promoted Redis because it lacked changes the database has
+/// (rebuilt from the database on first use).
+pub const FAILOVER_REBUILDS: &str = "flashsale_failover_rebuilds_total";
 /// Webhook delivery attempts by `outcome` (delivered, failed, gave_up).
 pub const WEBHOOK_DELIVERIES: &str = "flashsale_webhook_deliveries_total";
 /// Per `webhook`: age of the oldest feed event not yet delivered (0 when none waits).

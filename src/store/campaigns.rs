@@ -353,6 +353,31 @@ impl Store {
         Ok(())
     }
 
+    /// Per live campaign (and shard past the first), the stream position of the newest event
+    /// the persister read from the engine and committed: an engine whose stream for that
+    /// campaign ends before it lacks changes the database has (a promoted Redis replica that
+    /// had not received them). Campaigns without a recorded read are left out.
+    pub async fn persisted_positions(
+        &self,
+    ) -> Result<std::collections::HashMap<CampaignId, (i64, i64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, available_ms, available_seq FROM campaigns \
+             WHERE archived_at_ms IS NULL AND available_ms > 0 \
+             UNION ALL SELECT s.id, s.available_ms, s.available_seq FROM campaign_shards s \
+             JOIN campaigns c ON c.id = s.campaign_id \
+             WHERE c.archived_at_ms IS NULL AND s.available_ms > 0",
+        )
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter()
+            .map(|(id, ms, seq)| {
+                CampaignId::parse_shard(&id)
+                    .map(|id| (id, (ms, seq)))
+                    .map_err(|_| StoreError::Corrupt(format!("campaign id {id}")))
+            })
+            .collect()
+    }
+
     /// A page of live campaigns (not archived) that may have `status` at `now`, by id after
     /// `after`: the window from the campaign's columns, `sold_out` or `active` from the
     /// availability the persister recorded (unknown counts as either). The caller confirms

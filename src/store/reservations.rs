@@ -94,8 +94,13 @@ const SELECT_GROUPS: &str = "SELECT id, leader_user_id, size, status, created_at
 /// engine took it for.
 const LOCK_CAMPAIGN: &str =
     "UPDATE campaigns SET engine_epoch = engine_epoch WHERE id = $1 AND archived_at_ms IS NULL";
-const MARK_REBUILT: &str = "UPDATE campaigns SET engine_epoch = $2 WHERE id = $1";
-const MARK_SHARD_REBUILT: &str = "UPDATE campaign_shards SET engine_epoch = $2 WHERE id = $1";
+/// A rebuilt campaign (shard) also starts a new event stream: the stream position recorded
+/// of the old one (`available_ms/_seq`) is reset, so a later failover check
+/// (`Store::persisted_positions`) never compares the new stream with the old one's.
+const MARK_REBUILT: &str =
+    "UPDATE campaigns SET engine_epoch = $2, available_ms = 0, available_seq = 0 WHERE id = $1";
+const MARK_SHARD_REBUILT: &str = "UPDATE campaign_shards SET engine_epoch = $2, \
+     available_ms = 0, available_seq = 0 WHERE id = $1";
 
 /// The body of [`Store::rebuild`] for one kind of transaction.
 macro_rules! rebuild_in {

@@ -11,6 +11,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod durability;
+mod failover;
 mod faults;
 mod groups;
 mod helpers;

@@ -373,3 +373,174 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// Three Redis Sentinels on loopback ports watching a primary as `flashsale` (quorum 2; a
+/// primary that does not answer for 2 s is down), each a `redis-server --sentinel` with its
+/// own config file, which Sentinel rewrites as it learns the replicas and the others.
+pub struct SentinelSet {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl SentinelSet {
+    pub fn watch(primary: &RedisServer) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("sentinels"));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|port| {
+                let config = dir.join(format!("sentinel-{port}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                         sentinel monitor flashsale 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds flashsale 2000\n\
+                         sentinel failover-timeout flashsale 5000\n\
+                         sentinel parallel-syncs flashsale 1\n",
+                        dir.display(),
+                        primary.port
+                    ),
+                )
+                .expect("sentinel config");
+                let child = Command::new("redis-server")
+                    .arg(&config)
+                    .arg("--sentinel")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (scripts/ensure-services installs it)");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                    assert!(Instant::now() < deadline, "a sentinel did not start");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                child
+            })
+            .collect();
+        SentinelSet {
+            ports,
+            dir,
+            children,
+        }
+    }
+
+    /// `host:port` of each sentinel, as `FLASHSALE_REDIS_SENTINELS` takes them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The primary's port as the first sentinel that answers names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.ports.iter().find_map(|port| {
+            let out = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "SENTINEL",
+                    "get-master-addr-by-name",
+                ])
+                .arg("flashsale")
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|p| p.trim().parse().ok())
+        })
+    }
+
+    /// Waits until every sentinel knows the others and the replicas (`count` of them), so a
+    /// failover can be agreed on; panics after 20 s.
+    pub fn wait_until_ready(&self, replicas: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = self.ports.iter().all(|port| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "SENTINEL", "master", "flashsale"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let field = |name: &str| {
+                    let lines: Vec<&str> = out.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0)
+                };
+                field("num-slaves") >= replicas && field("num-other-sentinels") >= 2
+            });
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the sentinels never met");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// Waits until `count` replicas are connected and in sync (`state=online`); panics after
+    /// 20 s.
+    pub fn wait_for_replicas(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.info("replication").matches("state=online").count() < count {
+            assert!(Instant::now() < deadline, "the replicas never came online");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGSTOP: the server stops answering anyone (a replica stops receiving its stream).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success());
+        }
+    }
+
+    /// `INFO <section>` of this server, as text (empty when it does not answer).
+    pub fn info(&self, section: &str) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", section])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Starts it again (with its data, if it keeps any) as a replica of the server on
+    /// `primary`: how an operator brings back a primary that failed over.
+    pub fn restart_as_replica_of(&mut self, primary: u16) {
+        self.replica_of = Some(primary);
+        self.restart();
+    }
+}

@@ -18,24 +18,49 @@ impl RedisEngine {
     /// seconds and held every request behind it for up to ~100 s).
     pub async fn connect_in(url: &str, namespace: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_exponent_base(1.0)
-            .set_min_delay(Duration::from_millis(RECONNECT_DELAY_MS))
-            .set_max_delay(Duration::from_millis(RECONNECT_DELAY_MS));
         let connection = client
-            .get_connection_manager_with_config(config.clone())
+            .get_connection_manager_with_config(manager_config(RESPONSE_TIMEOUT))
             .await?;
-        // Background work may wait longer: loading a large campaign (every reservation it
-        // ever had) is one script that can run for more than a request's timeout.
         let background = client
-            .get_connection_manager_with_config(
-                config.set_response_timeout(Some(BACKGROUND_TIMEOUT)),
-            )
+            .get_connection_manager_with_config(manager_config(BACKGROUND_TIMEOUT))
             .await?;
         RedisEngine::with_connections(connection, background, namespace).await
+    }
+}
+
+/// A connection manager's settings (see [`RedisEngine::connect_in`]): background work may
+/// wait longer than a request — loading a large campaign (every reservation it ever had) is
+/// one script that can run for more than a request's timeout.
+fn manager_config(response_timeout: Duration) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_exponent_base(1.0)
+        .set_min_delay(Duration::from_millis(RECONNECT_DELAY_MS))
+        .set_max_delay(Duration::from_millis(RECONNECT_DELAY_MS))
+}
+
+impl RedisEngine<primary::Primary> {
+    /// Connects to the primary the sentinels name (see [`primary`]), sized like
+    /// [`RedisEngine::connect_in`], and follows it across failovers.
+    pub async fn connect_sentinel(
+        sentinels: &primary::Sentinels,
+        namespace: &str,
+    ) -> Result<Self, EngineError> {
+        let follower = primary::Follower::connect(
+            sentinels,
+            manager_config(RESPONSE_TIMEOUT),
+            manager_config(BACKGROUND_TIMEOUT),
+        )
+        .await?;
+        RedisEngine::with_connections(follower.requests(), follower.background(), namespace).await
+    }
+
+    /// Runs `switch` on every primary the sentinels name from now on, before the engine uses
+    /// it (see [`primary::fence_behind`]).
+    pub fn on_switch(&self, switch: primary::Switch) {
+        self.connection.on_switch(switch);
     }
 }
 

@@ -24,6 +24,7 @@ mod connect;
 mod decisions;
 mod events;
 pub mod keys;
+pub mod primary;
 mod queue;
 mod reads;
 pub mod scripts;

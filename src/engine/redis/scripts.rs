@@ -43,6 +43,7 @@ pub struct Scripts {
     pub join_group: Script,
     pub read_group: Script,
     pub read_reservation: Script,
+    pub stream_last: Script,
     pub queue: Script,
     pub read_events: Script,
     pub forget_page: Script,
@@ -76,6 +77,7 @@ impl Scripts {
             join_group: lib(include_str!("scripts/join_group.lua"))?,
             read_group: lib(include_str!("scripts/read_group.lua"))?,
             read_reservation: lib(include_str!("scripts/read_reservation.lua"))?,
+            stream_last: Script::new(include_str!("scripts/stream_last.lua")),
             queue: Script::new(include_str!("scripts/queue.lua")),
             read_events: Script::new(include_str!("scripts/read_events.lua")),
             forget_page: Script::new(include_str!("scripts/forget_page.lua")),
@@ -93,7 +95,7 @@ impl Scripts {
         })
     }
 
-    pub fn all(&self) -> [&Script; 27] {
+    pub fn all(&self) -> [&Script; 28] {
         [
             &self.load_campaign,
             &self.adjust_stock,
@@ -108,6 +110,7 @@ impl Scripts {
             &self.join_group,
             &self.read_group,
             &self.read_reservation,
+            &self.stream_last,
             &self.queue,
             &self.read_events,
             &self.forget_page,
