@@ -130,14 +130,7 @@ async fn drill(round: usize, mode: Durability) -> Drill {
     let campaign = instances[0]
         .campaign(stock, 1, json!({"hold_seconds": hold_seconds}))
         .await;
-    let epoch = || {
-        let (store, id) = (instances[0].store.clone(), campaign.clone());
-        async move {
-            let id = flashsale::domain::CampaignId::parse(&id).expect("an id");
-            store.engine_epoch(&id).await.expect("reads")
-        }
-    };
-    let first_epoch = epoch().await;
+    let first_epoch = instances[0].engine_epoch(&campaign).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let started = Instant::now();
     let workers = burst(
@@ -231,7 +224,7 @@ async fn drill(round: usize, mode: Durability) -> Drill {
         !primary.info("errorstats").contains("errorstat_READONLY"),
         "a write was sent to the old primary after it became a replica"
     );
-    let rebuilt = epoch().await != first_epoch;
+    let rebuilt = instances[0].engine_epoch(&campaign).await != first_epoch;
     assert!(
         rebuilt,
         "the drill did not put the database ahead of the promoted replica"

@@ -569,15 +569,8 @@ async fn a_cluster_node_restarted_empty_mid_burst_loses_only_its_campaigns_and_n
     }
     let ((lost, lost_node), kept) = (lost.expect("chosen"), kept.expect("chosen"));
     let epoch = |id: String| {
-        let store = instances[0].store.clone();
-        async move {
-            let id = flashsale::domain::CampaignId::parse(&id).expect("an id");
-            store
-                .engine_epoch(&id)
-                .await
-                .expect("reads")
-                .expect("loaded")
-        }
+        let instances = Arc::clone(&instances);
+        async move { instances[0].engine_epoch(&id).await.expect("loaded") }
     };
     let (lost_epoch, kept_epoch) = (epoch(lost.clone()).await, epoch(kept.clone()).await);
     for round in 0..3 {

@@ -486,6 +486,12 @@ impl TestApp {
             .await
     }
 
+    /// The load epoch the database recorded for `campaign` (a new one after each rebuild).
+    pub async fn engine_epoch(&self, campaign: &str) -> Option<String> {
+        let id = flashsale::domain::CampaignId::parse(campaign).expect("an id");
+        self.store.engine_epoch(&id).await.expect("reads")
+    }
+
     pub async fn get_reservation(&self, id: &str, token: &str) -> Response {
         self.client
             .get(self.url(&format!("/v1/reservations/{id}")))

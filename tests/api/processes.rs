@@ -438,17 +438,7 @@ impl SentinelSet {
     /// The primary's port as the first sentinel that answers names it.
     pub fn primary_port(&self) -> Option<u16> {
         self.ports.iter().find_map(|port| {
-            let out = Command::new("redis-cli")
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "SENTINEL",
-                    "get-master-addr-by-name",
-                ])
-                .arg("flashsale")
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
+            redis_cli(*port, &["SENTINEL", "get-master-addr-by-name", "flashsale"])
                 .lines()
                 .nth(1)
                 .and_then(|p| p.trim().parse().ok())
@@ -461,11 +451,7 @@ impl SentinelSet {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = self.ports.iter().all(|port| {
-                let out = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "SENTINEL", "master", "flashsale"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
+                let out = redis_cli(*port, &["SENTINEL", "master", "flashsale"]);
                 let field = |name: &str| {
                     let lines: Vec<&str> = out.lines().collect();
                     lines
@@ -484,6 +470,16 @@ impl SentinelSet {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// What `redis-cli -p <port> <args…>` prints (empty when the server does not answer).
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for SentinelSet {
@@ -530,11 +526,7 @@ impl RedisServer {
 
     /// `INFO <section>` of this server, as text (empty when it does not answer).
     pub fn info(&self, section: &str) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", section])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        redis_cli(self.port, &["INFO", section])
     }
 
     /// Starts it again (with its data, if it keeps any) as a replica of the server on

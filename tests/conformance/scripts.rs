@@ -4,13 +4,18 @@
 use crate::engines::redis_url;
 use flashsale::engine::redis::scripts::with_lib;
 
-#[tokio::test]
-async fn a_script_error_names_the_line_of_its_own_file() {
-    let client = redis::Client::open(redis_url()).expect("valid URL");
-    let mut connection = client
+/// A connection of the tests' own to the conformance suite's Redis.
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("valid URL")
         .get_multiplexed_async_connection()
         .await
-        .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)");
+        .expect("the conformance suite needs a real Redis (FLASHSALE_TEST_REDIS_URL)")
+}
+
+#[tokio::test]
+async fn a_script_error_names_the_line_of_its_own_file() {
+    let mut connection = redis_connection().await;
     let body = "-- line 1\nlocal x = 1\nlocal y = x + 1\nerror('failed on line 4')\n";
     let script = with_lib(body).expect("the lib folds");
     let answer: Result<i64, redis::RedisError> = redis::cmd("EVAL")
@@ -47,11 +52,7 @@ async fn a_reservation_kept_in_the_earlier_layout_is_read_changed_and_moved() {
     let id = reservation.id.to_string();
 
     // Rewrite it as the earlier layout kept it.
-    let mut redis = redis::Client::open(redis_url())
-        .expect("valid URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut redis = redis_connection().await;
     let campaign_key = format!("t-conformance:v3:{{c:{}}}", c.id);
     let (all, old) = (
         format!("{campaign_key}:rs"),

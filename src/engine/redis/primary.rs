@@ -71,6 +71,25 @@ struct Current {
     background: ConnectionManager,
 }
 
+impl Current {
+    /// Both connections (requests, background work) to `primary`, each with its config.
+    async fn open(
+        primary: &redis::Client,
+        config: &ConnectionManagerConfig,
+        background_config: &ConnectionManagerConfig,
+    ) -> Result<Self, RedisError> {
+        Ok(Current {
+            address: primary.get_connection_info().addr().to_string(),
+            requests: primary
+                .get_connection_manager_with_config(config.clone())
+                .await?,
+            background: primary
+                .get_connection_manager_with_config(background_config.clone())
+                .await?,
+        })
+    }
+}
+
 fn url_of(address: &str) -> String {
     if address.contains("://") {
         address.to_owned()
@@ -100,7 +119,8 @@ impl Follower {
             Some(node),
             SentinelServerType::Master,
         )?;
-        let current = Self::open(&mut client, &config, &background_config).await?;
+        let primary = client.async_get_client().await?;
+        let current = Current::open(&primary, &config, &background_config).await?;
         tracing::info!(primary = %current.address, "Redis primary found through Sentinel");
         let shared = Arc::new(Shared {
             sentinels: tokio::sync::Mutex::new(client),
@@ -125,26 +145,6 @@ impl Follower {
             }
         });
         Ok(Follower { shared })
-    }
-
-    async fn open(
-        client: &mut SentinelClient,
-        config: &ConnectionManagerConfig,
-        background_config: &ConnectionManagerConfig,
-    ) -> Result<Current, RedisError> {
-        let primary = client.async_get_client().await?;
-        let address = primary.get_connection_info().addr().to_string();
-        let requests = primary
-            .get_connection_manager_with_config(config.clone())
-            .await?;
-        let background = primary
-            .get_connection_manager_with_config(background_config.clone())
-            .await?;
-        Ok(Current {
-            address,
-            requests,
-            background,
-        })
     }
 
     /// The connection for requests.
@@ -172,7 +172,7 @@ impl Shared {
         if self.looking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _done = scopeguard(|| self.looking.store(false, Ordering::Release));
+        scopeguard::defer! { self.looking.store(false, Ordering::Release) }
         let mut sentinels = self.sentinels.lock().await;
         let primary = match sentinels.async_get_client().await {
             Ok(primary) => primary,
@@ -189,20 +189,7 @@ impl Shared {
             self.suspect.store(false, Ordering::Release);
             return;
         }
-        let opened = async {
-            let requests = primary
-                .get_connection_manager_with_config(self.config.clone())
-                .await?;
-            let background = primary
-                .get_connection_manager_with_config(self.background_config.clone())
-                .await?;
-            Ok::<_, RedisError>(Current {
-                address: address.clone(),
-                requests,
-                background,
-            })
-        };
-        let new = match opened.await {
+        let new = match Current::open(&primary, &self.config, &self.background_config).await {
             Ok(new) => new,
             Err(error) => {
                 tracing::warn!(%error, primary = %address, "cannot connect to the new primary");
@@ -226,19 +213,6 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.suspect.store(false, Ordering::Release);
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Looks at a newly promoted primary before the service uses it: every campaign whose event
@@ -267,10 +241,7 @@ pub async fn fence_behind(
             .key(engine.keys(&id).events())
             .invoke_async(&mut engine.background())
             .await?;
-        let at = last
-            .split_once('-')
-            .and_then(|(m, s)| Some((m.parse::<i64>().ok()?, s.parse::<i64>().ok()?)))
-            .unwrap_or((0, 0));
+        let at = crate::domain::StreamPosition::parse(&last).map_or((0, 0), |p| (p.ms, p.seq));
         if at < (ms, seq) {
             tracing::warn!(campaign = %id, engine = %last, database = %format!("{ms}-{seq}"),
                 "the promoted Redis lacks changes the database has; rebuilding the campaign from the database");

@@ -45,8 +45,8 @@ end
 
 -- A reservation is one field of its campaign's reservations hash (`<campaign>:rs`): its id,
 -- then `status US user US qty US created US expires US group` (group '' outside groups).
--- One field instead of a hash key of its own: ~95 B and ~2.5 us of Redis less per
--- reservation (docs/performance.md). Versions before this one kept each reservation as a
+-- One field instead of a hash key of its own: ~98 B less Redis memory per live hold
+-- (docs/performance.md). Versions before this one kept each reservation as a
 -- hash of its own (`<campaign>:r:<id>`, same hash tag): read where the field is missing,
 -- moved into the field by its next write (`legacy` marks one read from there).
 -- Returns {status, user, qty, created, expires, group[, legacy]} or nil.
