@@ -207,9 +207,7 @@ async fn drill(round: usize, mode: Durability) -> Drill {
             "acknowledged but not in the database"
         );
     }
-    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
-        .await
-        .expect("reconciles");
+    let drift = instances[0].settled_drift().await;
     assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
     // The old primary is a replica now and was never written to.
     let deadline = Instant::now() + Duration::from_secs(20);

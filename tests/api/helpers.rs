@@ -487,6 +487,22 @@ impl TestApp {
     }
 
     /// The load epoch the database recorded for `campaign` (a new one after each rebuild).
+    /// Where engine and database disagree, once the persisters caught up: reconciled again
+    /// for up to 20 s while they differ (on a loaded machine the last events can take a while
+    /// to reach the database); what still differs then.
+    pub async fn settled_drift(&self) -> Vec<flashsale::pipeline::recovery::Drift> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let drift = flashsale::pipeline::recovery::reconcile(&self.engine, &self.store)
+                .await
+                .expect("reconciles");
+            if drift.is_empty() || std::time::Instant::now() > deadline {
+                return drift;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     pub async fn engine_epoch(&self, campaign: &str) -> Option<String> {
         let id = flashsale::domain::CampaignId::parse(campaign).expect("an id");
         self.store.engine_epoch(&id).await.expect("reads")

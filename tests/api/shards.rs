@@ -235,9 +235,7 @@ async fn two_instances_race_transfers<E: ShardOps>(instances: [TestApp; 2], engi
     tokio::time::sleep(Duration::from_secs(7)).await;
     let breaches = invariant_breaches(&instances[0], &id, stock as i64).await;
     assert!(breaches.is_empty(), "{breaches:?}");
-    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
-        .await
-        .expect("reconciles");
+    let drift = instances[0].settled_drift().await;
     assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
 }
 
@@ -476,9 +474,7 @@ async fn a_cluster_node_lost_mid_burst_loses_only_its_shards_and_no_unit() {
     tokio::time::sleep(Duration::from_secs(hold_seconds + 4)).await;
     let breaches = invariant_breaches(&instances[0], &id, stock as i64).await;
     assert!(breaches.is_empty(), "after two node losses: {breaches:?}");
-    let drift = flashsale::pipeline::recovery::reconcile(&instances[0].engine, &instances[0].store)
-        .await
-        .expect("reconciles");
+    let drift = instances[0].settled_drift().await;
     assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
     let state = settled(&instances[0], &id).await;
     assert_eq!(
