@@ -103,9 +103,7 @@ impl Application {
         let store = connect_store(&config).await?;
         // Answering after the commit needs this process's persister to make the commit.
         let answer_after_commit = backing.volatile() && config.persister;
-        if let Backing::Sentinel(redis) = &backing {
-            crate::engine::recovery::fence_after_failover(redis, &store, &config.redis_namespace);
-        }
+        crate::engine::recovery::fence_after_failover(&backing, &store, &config.redis_namespace);
         let safety = Arc::new(Safety::default());
         let mut engine = Engine::new(backing).recovering(store.clone(), Arc::clone(&safety));
         if answer_after_commit {

@@ -4,17 +4,17 @@
 
 use super::backend::{Backend, Decisions, EventLog, Reads, ShardOps, WaitingRoom};
 use super::redis::primary::Primary;
+use super::redis::topology::Watched;
 use super::redis::MemoryWatch;
 use super::work::WorkIndex;
 use super::{MemoryEngine, RedisEngine};
-use redis::cluster_async::ClusterConnection;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub enum Backing {
     Memory(MemoryEngine),
     Redis(RedisEngine),
-    Cluster(RedisEngine<ClusterConnection>),
+    Cluster(RedisEngine<Watched>),
     /// One Redis primary found and followed through Sentinel.
     Sentinel(RedisEngine<Primary>),
 }
@@ -108,8 +108,8 @@ impl From<RedisEngine> for Backing {
     }
 }
 
-impl From<RedisEngine<ClusterConnection>> for Backing {
-    fn from(engine: RedisEngine<ClusterConnection>) -> Self {
+impl From<RedisEngine<Watched>> for Backing {
+    fn from(engine: RedisEngine<Watched>) -> Self {
         Backing::Cluster(engine)
     }
 }

@@ -438,26 +438,48 @@ async fn rebuild(
     }
 }
 
-/// After a Redis failover (Sentinel), before the new primary takes a request: the campaigns
-/// it lacks changes of — changes the database already has — are removed from it and rebuilt
-/// from the database on first use (see [`fence_behind`](super::redis::primary::fence_behind)).
-pub fn fence_after_failover(
-    redis: &super::RedisEngine<super::redis::primary::Primary>,
-    store: &Store,
-    namespace: &str,
-) {
-    let (store, namespace) = (store.clone(), namespace.to_owned());
-    redis.on_switch(Arc::new(move |connection| {
-        let (store, namespace) = (store.clone(), namespace.clone());
-        Box::pin(async move {
-            let persisted = store
-                .persisted_positions()
-                .await
-                .map_err(|e| e.to_string())?;
-            super::redis::primary::fence_behind(connection, &namespace, &persisted)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }));
+/// After a Redis failover, before the new primary takes a request (Sentinel) or before the
+/// slots replicas took over take a script (Cluster): the campaigns it lacks changes of —
+/// changes the database already has — are removed from it and rebuilt from the database on
+/// first use (see [`fence_behind`](super::redis::primary::fence_behind)).
+pub fn fence_after_failover(backing: &super::Backing, store: &Store, namespace: &str) {
+    use super::redis::primary::fence_behind;
+    let fence = {
+        let (store, namespace) = (store.clone(), namespace.to_owned());
+        move |slots: Option<Vec<(u16, u16)>>| {
+            let (store, namespace) = (store.clone(), namespace.clone());
+            async move {
+                let persisted = store
+                    .persisted_positions()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((persisted, namespace, slots))
+            }
+        }
+    };
+    match backing {
+        super::Backing::Sentinel(redis) => redis.fence_failovers(Arc::new(move |connection| {
+            let ready = fence(None);
+            Box::pin(async move {
+                let (persisted, namespace, _) = ready.await?;
+                fence_behind(connection, &namespace, &persisted, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        })),
+        super::Backing::Cluster(redis) => {
+            redis.fence_failovers(Arc::new(move |connection, slots| {
+                let ready = fence(Some(slots));
+                Box::pin(async move {
+                    let (persisted, namespace, slots) = ready.await?;
+                    fence_behind(connection, &namespace, &persisted, slots.as_deref())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }))
+        }
+        super::Backing::Memory(_) | super::Backing::Redis(_) => {}
+    }
 }

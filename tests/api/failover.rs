@@ -8,7 +8,7 @@
 
 use crate::faults::invariant_breaches;
 use crate::helpers::{fresh_postgres_schema, spawn_app_with, unique_id, Backend, TestApp};
-use crate::processes::{RedisServer, SentinelSet};
+use crate::processes::{RedisCluster, RedisServer, SentinelSet};
 use flashsale::config::Durability;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,84 @@ fn burst(
             })
         })
         .collect()
+}
+
+/// A sale's size.
+#[derive(Clone, Copy)]
+struct Sale {
+    stock: u64,
+    hold_seconds: u64,
+}
+
+/// The checks of every drill, once the burst ended: 201s resumed within 10 s of the
+/// promotion; no unit sold twice, no user over the limit, one reservation per key, every
+/// hold ends, engine and database agree; strict: every acknowledged reservation readable
+/// from both instances and in the database. Returns how soon 201s resumed (ms) and how many
+/// acknowledged reservations are gone (default mode).
+async fn verify(
+    instances: &Arc<[TestApp; 2]>,
+    campaign: &str,
+    Sale {
+        stock,
+        hold_seconds,
+    }: Sale,
+    acknowledged: &[(String, String, Instant)],
+    promotion: Instant,
+    mode: Durability,
+    round: usize,
+) -> (u128, usize) {
+    let resumed = acknowledged
+        .iter()
+        .map(|(_, _, at)| *at)
+        .filter(|at| *at > promotion)
+        .min()
+        .expect("reservations were made after the promotion");
+    let resumed_ms = resumed.duration_since(promotion).as_millis();
+    assert!(
+        resumed_ms <= 10_000,
+        "the first 201 came {resumed_ms} ms after the promotion"
+    );
+
+    // Every hold ends (3 s holds, reaped within a second), the persisters drain.
+    tokio::time::sleep(Duration::from_secs(hold_seconds + 4)).await;
+    let breaches = invariant_breaches(&instances[0], campaign, stock as i64).await;
+    assert!(breaches.is_empty(), "round {round}: {breaches:?}");
+    // Strict: every acknowledged reservation survived the failover — read from both
+    // instances, and in the database. Default: those the database had before the kill
+    // survive; what neither the replica nor the database had is the window that can be lost.
+    let mut lost = 0;
+    for (key, id, _) in acknowledged {
+        let mut found = true;
+        for app in instances.iter() {
+            let read = app.get_reservation(id, &app.store_token).await;
+            found &= read.status() == 200;
+        }
+        if mode == Durability::Strict {
+            assert!(found, "{key}'s acknowledged reservation {id} is gone");
+        } else if !found {
+            lost += 1;
+        }
+    }
+    if mode == Durability::Strict {
+        let flashsale::store::Store::Postgres(pool) = &instances[0].store else {
+            panic!("this test runs on Postgres");
+        };
+        let ids: Vec<String> = acknowledged.iter().map(|(_, id, _)| id.clone()).collect();
+        let (stored,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM reservations WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_one(pool)
+                .await
+                .expect("query");
+        assert_eq!(
+            stored as usize,
+            ids.len(),
+            "acknowledged but not in the database"
+        );
+    }
+    let drift = instances[0].settled_drift().await;
+    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+    (resumed_ms, lost)
 }
 
 /// Until `port` is no longer the primary the sentinels name; the new one's port.
@@ -158,57 +236,19 @@ async fn drill(round: usize, mode: Durability) -> Drill {
         let seen = seen.lock().expect("not poisoned");
         (seen.acknowledged.clone(), seen.unavailable)
     };
-    let resumed = acknowledged
-        .iter()
-        .map(|(_, _, at)| *at)
-        .filter(|at| *at > promotion)
-        .min()
-        .expect("reservations were made after the promotion");
-    let resumed_ms = resumed.duration_since(promotion).as_millis();
-    assert!(
-        resumed_ms <= 10_000,
-        "the first 201 came {resumed_ms} ms after the promotion"
-    );
-
-    // Every hold ends (3 s holds, reaped within a second), the persisters drain.
-    tokio::time::sleep(Duration::from_secs(hold_seconds + 4)).await;
-    let breaches = invariant_breaches(&instances[0], &campaign, stock as i64).await;
-    assert!(breaches.is_empty(), "round {round}: {breaches:?}");
-    // Strict: every acknowledged reservation survived the failover — read from both
-    // instances, and in the database. Default: those the database had before the kill
-    // survive; what neither the replica nor the database had is the window that can be lost.
-    let mut lost = 0;
-    for (key, id, _) in &acknowledged {
-        let mut found = true;
-        for app in instances.iter() {
-            let read = app.get_reservation(id, &app.store_token).await;
-            found &= read.status() == 200;
-        }
-        if mode == Durability::Strict {
-            assert!(found, "{key}'s acknowledged reservation {id} is gone");
-        } else if !found {
-            lost += 1;
-        }
-    }
-    if mode == Durability::Strict {
-        let flashsale::store::Store::Postgres(pool) = &instances[0].store else {
-            panic!("this test runs on Postgres");
-        };
-        let ids: Vec<String> = acknowledged.iter().map(|(_, id, _)| id.clone()).collect();
-        let (stored,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM reservations WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_one(pool)
-                .await
-                .expect("query");
-        assert_eq!(
-            stored as usize,
-            ids.len(),
-            "acknowledged but not in the database"
-        );
-    }
-    let drift = instances[0].settled_drift().await;
-    assert!(drift.is_empty(), "engine and database disagree: {drift:?}");
+    let (resumed_ms, lost) = verify(
+        &instances,
+        &campaign,
+        Sale {
+            stock,
+            hold_seconds,
+        },
+        &acknowledged,
+        promotion,
+        mode,
+        round,
+    )
+    .await;
     // The old primary is a replica now and was never written to.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !primary.info("replication").contains("role:slave") {
@@ -227,6 +267,114 @@ async fn drill(round: usize, mode: Durability) -> Drill {
         rebuilt,
         "the drill did not put the database ahead of the promoted replica"
     );
+    Drill {
+        rebuilt,
+        promoted_ms: promotion.duration_since(killed).as_millis(),
+        resumed_ms,
+        unavailable,
+        lost,
+    }
+}
+
+/// One drill on a Redis Cluster (three masters, a replica each) in `mode`: the campaign's
+/// master killed mid-sale, its replica — stopped 2.5 s before — promoted by the cluster
+/// itself, the old master back with its config (a replica of the promoted one).
+async fn cluster_drill(round: usize, mode: Durability) -> Drill {
+    let mut cluster = RedisCluster::start_with_replicas(true);
+    for node in 0..cluster.nodes.len() {
+        if cluster.is_master(node) {
+            cluster.nodes[node].wait_for_replicas(1);
+        }
+    }
+    let database = fresh_postgres_schema().await;
+    let namespace = unique_id("ns");
+    let nodes = cluster.urls();
+    let tune = |c: &mut flashsale::config::Config| {
+        c.redis_url = None;
+        c.redis_cluster_nodes = nodes.clone();
+        c.redis_namespace = namespace.clone();
+        c.database_url = Some(database.clone());
+        c.durability = mode;
+    };
+    let instances = Arc::new([
+        spawn_app_with(Backend::Cluster, tune).await,
+        spawn_app_with(Backend::Cluster, tune).await,
+    ]);
+    let sale = Sale {
+        stock: 1_500,
+        hold_seconds: 1,
+    };
+    let campaign = instances[0]
+        .campaign(sale.stock, 1, json!({"hold_seconds": sale.hold_seconds}))
+        .await;
+    let master = cluster.owner(&format!("{{c:{campaign}}}"));
+    let replica = cluster.replica_of(master);
+    let first_epoch = instances[0].engine_epoch(&campaign).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
+    let workers = burst(
+        &instances,
+        &campaign,
+        round,
+        started + Duration::from_secs(20),
+        &seen,
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    cluster.nodes[replica].pause();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].resume();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while !cluster.is_master(replica) {
+        assert!(Instant::now() < deadline, "no replica was promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promotion = Instant::now();
+    // Back with its cluster config: the cluster makes it a replica of the promoted node.
+    cluster.nodes[master].restart();
+    for worker in workers {
+        worker.await.expect("no panic");
+    }
+    let (acknowledged, unavailable) = {
+        let seen = seen.lock().expect("not poisoned");
+        (seen.acknowledged.clone(), seen.unavailable)
+    };
+    let (resumed_ms, lost) = verify(
+        &instances,
+        &campaign,
+        sale,
+        &acknowledged,
+        promotion,
+        mode,
+        round,
+    )
+    .await;
+    let old = &cluster.nodes[master];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !old.info("replication").contains("role:slave") {
+        assert!(
+            Instant::now() < deadline,
+            "the old master never became a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Scripts are replicated as their effects: a script counted here ran on the old master.
+    let scripts = old.info("commandstats");
+    assert!(
+        !scripts
+            .lines()
+            .any(|l| l.starts_with("cmdstat_evalsha:calls=")
+                && !l.starts_with("cmdstat_evalsha:calls=0,")),
+        "a script ran on the old master after it came back: {scripts}"
+    );
+    let rebuilt = instances[0].engine_epoch(&campaign).await != first_epoch;
+    if mode == Durability::Default {
+        assert!(
+            rebuilt,
+            "the drill did not put the database ahead of the promoted replica"
+        );
+    }
     Drill {
         rebuilt,
         promoted_ms: promotion.duration_since(killed).as_millis(),
@@ -261,6 +409,22 @@ async fn a_sale_follows_a_redis_failover_without_overselling_or_losing_what_stri
     ] {
         for round in 0..2 {
             report(name, round, &drill(round, mode).await);
+        }
+    }
+}
+
+/// The same drill against Redis Cluster's own failover: the campaign's master killed, its
+/// replica promoted by the cluster; the instances hold back the campaign's slots while its
+/// master fails and, once a replica serves them, remove what the replica lacks before any
+/// script runs there. Same guarantees, both modes, twice over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_follows_a_redis_cluster_failover_with_the_same_guarantees() {
+    for (mode, name) in [
+        (Durability::Strict, "cluster, strict"),
+        (Durability::Default, "cluster, default"),
+    ] {
+        for round in 0..2 {
+            report(name, round, &cluster_drill(round, mode).await);
         }
     }
 }

@@ -124,7 +124,17 @@ impl RedisCluster {
 
     /// `appendonly`: every node with an AOF and `appendfsync always`.
     pub fn start_with(appendonly: bool) -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::create(appendonly, 0)
+    }
+
+    /// Three masters with a replica each (`redis-cli` picks which replicates which; see
+    /// [`RedisCluster::replica_of`]).
+    pub fn start_with_replicas(appendonly: bool) -> Self {
+        Self::create(appendonly, 1)
+    }
+
+    fn create(appendonly: bool, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique_id("cluster"));
                 std::fs::create_dir_all(&dir).expect("redis dir");
@@ -144,7 +154,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .expect("redis-cli runs");
@@ -182,6 +192,29 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// The index of the node replicating node `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.id(master);
+        (0..self.nodes.len())
+            .find(|&node| {
+                let nodes: String = redis::from_redis_value_ref(
+                    &self.query(node, redis::cmd("CLUSTER").arg("NODES")),
+                )
+                .expect("text");
+                nodes
+                    .lines()
+                    .find(|line| line.contains("myself"))
+                    .and_then(|line| line.split_whitespace().nth(3))
+                    == Some(id.as_str())
+            })
+            .expect("every master has a replica")
+    }
+
+    /// Whether node `node` is a master now (by its own word).
+    pub fn is_master(&self, node: usize) -> bool {
+        self.nodes[node].info("replication").contains("role:master")
     }
 
     /// `key`'s slot.

@@ -31,7 +31,7 @@ pub fn redis_cluster_nodes() -> Vec<String> {
         .collect()
 }
 
-pub async fn cluster() -> RedisEngine<redis::cluster_async::ClusterConnection> {
+pub async fn cluster() -> RedisEngine<flashsale::engine::redis::topology::Watched> {
     RedisEngine::connect_cluster(&redis_cluster_nodes(), "t-conformance")
         .await
         .expect("the conformance suite needs a real Redis Cluster (FLASHSALE_TEST_REDIS_CLUSTER)")

@@ -35,7 +35,7 @@ async fn redis_in(namespace: &str) -> RedisEngine {
         .with_lease(LEASE)
 }
 
-async fn cluster_in(namespace: &str) -> RedisEngine<::redis::cluster_async::ClusterConnection> {
+async fn cluster_in(namespace: &str) -> RedisEngine<flashsale::engine::redis::topology::Watched> {
     RedisEngine::connect_cluster(&redis_cluster_nodes(), namespace)
         .await
         .expect("the conformance suite needs a real Redis Cluster (FLASHSALE_TEST_REDIS_CLUSTER)")

@@ -59,12 +59,12 @@ impl RedisEngine<primary::Primary> {
 
     /// Runs `switch` on every primary the sentinels name from now on, before the engine uses
     /// it (see [`primary::fence_behind`]).
-    pub fn on_switch(&self, switch: primary::Switch) {
+    pub fn fence_failovers(&self, switch: primary::Switch) {
         self.connection.on_switch(switch);
     }
 }
 
-impl RedisEngine<redis::cluster_async::ClusterConnection> {
+impl RedisEngine<super::topology::Watched> {
     /// Connects to a Redis Cluster through `nodes` (seed nodes; the client learns the rest
     /// and follows slot moves) and loads every script on every node. Each script touches
     /// one campaign's hash tag, so it runs on the node serving that slot; every operation
@@ -86,9 +86,21 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         };
         let connection = builder(RESPONSE_TIMEOUT)?.get_async_connection().await?;
         let background = builder(BACKGROUND_TIMEOUT)?.get_async_connection().await?;
-        let mut engine = RedisEngine::with_connections(connection, background, namespace).await?;
+        let topology = super::topology::Topology::watch(background.clone()).await;
+        let mut engine = RedisEngine::with_connections(
+            topology.watched(connection),
+            topology.watched(background),
+            namespace,
+        )
+        .await?;
         engine.cluster = true;
         Ok(engine)
+    }
+
+    /// Runs `failover` whenever replicas take over slots, before scripts for those slots go
+    /// on (see [`super::topology`]).
+    pub fn fence_failovers(&self, failover: super::topology::Failover) {
+        self.connection.on_failover(failover);
     }
 
     /// [`RedisEngine::require_durability`] on every master of the cluster: each must append
@@ -99,7 +111,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
         use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
         let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
         let per_master = |command: redis::Cmd| {
-            let mut connection = self.connection();
+            let mut connection = self.connection().unwatched();
             let routing = every_master.clone();
             async move {
                 let answers = connection

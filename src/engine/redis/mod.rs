@@ -29,6 +29,7 @@ mod queue;
 mod reads;
 pub mod scripts;
 mod shards;
+pub mod topology;
 mod watch;
 mod work;
 

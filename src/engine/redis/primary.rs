@@ -222,10 +222,14 @@ impl Shared {
 /// from the new primary, and rebuilt from the database on first use under a new load epoch
 /// (the recovery path of a Redis that lost a campaign), instead of selling again units the
 /// database already counts as sold. Returns the campaigns removed.
-pub async fn fence_behind(
-    connection: ConnectionManager,
+///
+/// On a cluster, `slots` (inclusive ranges) limits it to the campaigns whose keys are there:
+/// the slots a replica took over.
+pub async fn fence_behind<C: super::Connection>(
+    connection: C,
     namespace: &str,
     persisted: &std::collections::HashMap<crate::domain::CampaignId, (i64, i64)>,
+    slots: Option<&[(u16, u16)]>,
 ) -> Result<Vec<crate::domain::CampaignId>, crate::engine::EngineError> {
     use crate::engine::backend::{Backend, Reads};
     let engine =
@@ -235,10 +239,17 @@ pub async fn fence_behind(
         let Some(&(ms, seq)) = persisted.get(&id) else {
             continue;
         };
+        let events = engine.keys(&id).events();
+        if let Some(slots) = slots {
+            let slot = super::topology::slot(events.as_bytes());
+            if !slots.iter().any(|(from, to)| (*from..=*to).contains(&slot)) {
+                continue;
+            }
+        }
         let last: String = engine
             .scripts
             .stream_last
-            .key(engine.keys(&id).events())
+            .key(events)
             .invoke_async(&mut engine.background())
             .await?;
         let at = crate::domain::StreamPosition::parse(&last).map_or((0, 0), |p| (p.ms, p.seq));
