@@ -51,7 +51,10 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// 404 or 409: the engine refused the reservation.
     #[error("{detail}")]
-    Refused { refusal: Refusal, detail: String },
+    Refused {
+        refusal: Refusal,
+        detail: &'static str,
+    },
     /// 404: no such reservation.
     #[error("no reservation {0}")]
     ReservationNotFound(String),
@@ -151,10 +154,7 @@ impl ApiError {
             Refusal::AlreadyMember => "the user is already a member of this group",
             Refusal::NoWaitingRoom => "the campaign has no waiting room",
         };
-        ApiError::Refused {
-            refusal,
-            detail: detail.into(),
-        }
+        ApiError::Refused { refusal, detail }
     }
 
     /// Status, `code` and title: the single mapping from errors to the contract.

@@ -17,6 +17,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
@@ -85,9 +86,51 @@ fn created(reservation: Reservation, replayed: bool) -> Response {
 /// ids cannot grow `/metrics` by a series each: the rest count as `unknown`; and only a
 /// bounded set of them (`metrics::campaign_label`).
 fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
-    let campaign = campaign.map_or_else(|| "unknown".to_owned(), |c| m::campaign_label(c.as_str()));
-    metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => campaign, "outcome" => outcome)
-        .increment(1);
+    /// Handles are resolved again after this long (see `frame::RESOLVE_EVERY`: the exporter
+    /// drops a series nobody updated for a while, and the campaign label's bookkeeping
+    /// wants to see the campaign now and then).
+    const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    /// At most this many campaigns per worker thread; all are resolved afresh beyond it.
+    const MOST: usize = 1_024;
+    type ByOutcome = HashMap<&'static str, (metrics::Counter, std::time::Instant)>;
+    thread_local! {
+        /// The attempt counters by campaign (`None`: unknown) and outcome, resolved once per
+        /// minute instead of per request (a label string and a registry lookup per attempt,
+        /// in the profile). Looked up by reference: a hit allocates nothing.
+        static HANDLES: std::cell::RefCell<(HashMap<CampaignId, ByOutcome>, ByOutcome)> =
+            Default::default();
+    }
+    HANDLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let (known, unknown) = &mut *cache;
+        let hit = match campaign {
+            Some(c) => known.get(c).and_then(|by| by.get(outcome)),
+            None => unknown.get(outcome),
+        };
+        if let Some((counter, resolved)) = hit {
+            if resolved.elapsed() < RESOLVE_EVERY {
+                counter.increment(1);
+                return;
+            }
+        }
+        let label =
+            campaign.map_or_else(|| "unknown".to_owned(), |c| m::campaign_label(c.as_str()));
+        let counter =
+            metrics::counter!(m::RESERVATION_ATTEMPTS, "campaign" => label, "outcome" => outcome);
+        counter.increment(1);
+        let entry = (counter, std::time::Instant::now());
+        match campaign {
+            Some(c) => {
+                if known.len() >= MOST && !known.contains_key(c) {
+                    known.clear();
+                }
+                known.entry(c.clone()).or_default().insert(outcome, entry);
+            }
+            None => {
+                unknown.insert(outcome, entry);
+            }
+        }
+    });
 }
 
 /// Reserve units for a user.

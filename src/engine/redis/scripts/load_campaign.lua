@@ -5,7 +5,7 @@
 -- campaign exists.
 -- KEYS[1]  campaign hash   KEYS[2] expiry list   KEYS[3] event stream
 -- KEYS[4]  group idempotency hash   KEYS[5] group expiry sorted set
--- KEYS[6]  records list (reservation idempotency records in creation order)
+-- KEYS[6]  records list (reservation idempotency keys in creation order)
 -- ARGV[1]  n: how many config arguments follow the consumer groups (field, value, ...;
 --          `stock` among them)
 -- ARGV[2]  m: how many reservations follow the config
@@ -67,7 +67,7 @@ for i = first_reservation, first_group - 1, 9 do
   else
     if ARGV[i + 7] ~= '' then
       redis.call('HSET', KEYS[1], 'k:' .. ARGV[i + 7], id .. '|' .. ARGV[i + 8])
-      redis.call('RPUSH', KEYS[6], ARGV[i + 7] .. string.char(31) .. id .. '|' .. ARGV[i + 8])
+      redis.call('RPUSH', KEYS[6], ARGV[i + 7])
       records = records + 1
     end
     if status == 'held' then held = held + qty elseif status == 'confirmed' then confirmed = confirmed + qty end

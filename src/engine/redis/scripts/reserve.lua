@@ -6,7 +6,8 @@
 -- load the campaign is read once and written once per batch, not per attempt.
 -- KEYS[1]  campaign hash (config, counters, `u:<user>` counts, `k:<key>` idempotency records)
 -- KEYS[2]  expiry list     KEYS[3] event stream
--- KEYS[4]  records list (every idempotency record in creation order, for the sold-out gate)
+-- KEYS[4]  records list (every idempotency key in creation order, for the sold-out gate; the
+--          record itself is the key's `k:` field)
 -- KEYS[5]  reservations hash (lib.lua; declared, so a half-moved slot refuses the script
 --          before it writes rather than failing at it after the campaign's writes)
 -- ARGV[1]  attempts one user may make on this campaign per second, across every instance
@@ -87,7 +88,7 @@ for i = 0, n - 1 do
       writes[w + 3], writes[w + 4] = fields[10 + 2 * i], had + quantity
       rs[#rs + 1], rs[#rs + 2] = id, pack_reservation('held', user, quantity, now, expires, '')
       exp[#exp + 1] = id
-      recs[#recs + 1] = key .. US .. id .. '|' .. fp
+      recs[#recs + 1] = key
       push_reservation_event(events, now, id, user, quantity, 'held', now, expires, '', key, fp)
       answer = {'reserved', now, expires, available}
     end
