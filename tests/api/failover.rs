@@ -1,9 +1,9 @@
 //! A Redis failover under a sale: a primary, a replica and three sentinels on loopback ports,
 //! two service instances finding the primary through the sentinels
-//! (`FLASHSALE_REDIS_SENTINELS`), replication cut (the replica stopped, SIGSTOP) 2.5 s before
-//! the primary is killed (SIGKILL) mid-sale, Sentinel promoting the replica — which lacks
-//! those 2.5 s, some of which the database already has — and the old primary brought back as
-//! a replica. The instances follow the promotion; in strict mode (`WAIT` for a replica on
+//! (`FLASHSALE_REDIS_SENTINELS`), replication cut (the replica stopped, SIGSTOP) mid-sale, the
+//! primary killed (SIGKILL) once the database holds changes the replica lacks (2.5 s
+//! at least), Sentinel promoting the replica, and the old primary brought back as a
+//! replica. The instances follow the promotion; in strict mode (`WAIT` for a replica on
 //! every change) no acknowledged reservation is lost; in both modes nothing is oversold.
 
 use crate::faults::invariant_breaches;
@@ -154,6 +154,36 @@ async fn verify(
     (resumed_ms, lost)
 }
 
+/// After the replica stopped at `paused`: waits 2.5 s, and on until the database has
+/// persisted the campaign's changes past it (its recorded stream position, in the primary's
+/// clock, 200 ms later than the stop for what was on its way to the replica) — changes the
+/// promoted replica will lack, what the fence compares — so the drill's premise holds on a
+/// loaded machine too, where the persister may lag by seconds.
+async fn until_the_database_is_ahead(app: &TestApp, campaign: &str, paused: i64) {
+    let flashsale::store::Store::Postgres(pool) = &app.store else {
+        panic!("this test runs on Postgres");
+    };
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (persisted,): (i64,) =
+            sqlx::query_as("SELECT available_ms FROM campaigns WHERE id = $1")
+                .bind(campaign)
+                .fetch_one(pool)
+                .await
+                .expect("query");
+        if persisted > paused + 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database never got ahead of the stopped replica (persisted up to {persisted}, \
+             stopped at {paused})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Until `port` is no longer the primary the sentinels name; the new one's port.
 async fn promoted(sentinels: &SentinelSet, port: u16) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -220,7 +250,8 @@ async fn drill(round: usize, mode: Durability) -> Drill {
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     replica.pause();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    primary.drop_replicas();
+    until_the_database_is_ahead(&instances[0], &campaign, flashsale::domain::Millis::now().0).await;
     primary.kill();
     replica.resume();
     let killed = Instant::now();
@@ -321,7 +352,8 @@ async fn cluster_drill(round: usize, mode: Durability) -> Drill {
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     cluster.nodes[replica].pause();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    cluster.nodes[master].drop_replicas();
+    until_the_database_is_ahead(&instances[0], &campaign, flashsale::domain::Millis::now().0).await;
     cluster.nodes[master].kill();
     cluster.nodes[replica].resume();
     let killed = Instant::now();

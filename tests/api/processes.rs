@@ -541,6 +541,14 @@ impl RedisServer {
         self.signal("-STOP");
     }
 
+    /// Closes its replicas' connections (`CLIENT KILL TYPE replica`): with a replica stopped
+    /// ([`RedisServer::pause`]), nothing written from now on reaches it — what was already
+    /// in the sockets' kernel buffers (megabytes; a slow sale's whole pause) still would,
+    /// had the connection stayed open.
+    pub fn drop_replicas(&self) {
+        redis_cli(self.port, &["CLIENT", "KILL", "TYPE", "replica"]);
+    }
+
     /// SIGCONT after [`RedisServer::pause`].
     pub fn resume(&self) {
         self.signal("-CONT");
