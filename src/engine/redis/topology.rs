@@ -323,10 +323,14 @@ impl Watched {
             .unwrap_or_else(|p| p.into_inner()) = Some(failover);
     }
 
-    /// `Err` for a script whose slot is held back.
-    fn admit(&self, slot: Option<u16>) -> Result<(), RedisError> {
-        match slot {
-            Some(slot) if self.shared.any.load(Ordering::Acquire) && self.shared.is_held(slot) => {
+    /// `Err` for a script whose slot is held back; its slot is only worked out while some
+    /// slot is.
+    fn admit(&self, slot: impl FnOnce() -> Option<u16>) -> Result<(), RedisError> {
+        if !self.shared.any.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match slot() {
+            Some(slot) if self.shared.is_held(slot) => {
                 self.shared.look_now();
                 Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
@@ -357,11 +361,10 @@ impl Watched {
 impl ConnectionLike for Watched {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let slot = script_slot(cmd);
-            self.admit(slot)?;
+            self.admit(|| script_slot(cmd))?;
             let answer = self.inner.req_packed_command(cmd).await;
             if let Err(error) = &answer {
-                self.check(slot, error);
+                self.check(script_slot(cmd), error);
             }
             answer
         })
@@ -374,11 +377,11 @@ impl ConnectionLike for Watched {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let slot = cmd.cmd_iter().find_map(script_slot);
+            let slot = || cmd.cmd_iter().find_map(script_slot);
             self.admit(slot)?;
             let answer = self.inner.req_packed_commands(cmd, offset, count).await;
             if let Err(error) = &answer {
-                self.check(slot, error);
+                self.check(slot(), error);
             }
             answer
         })
