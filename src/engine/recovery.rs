@@ -443,43 +443,39 @@ async fn rebuild(
 /// changes the database already has — are removed from it and rebuilt from the database on
 /// first use (see [`fence_behind`](super::redis::primary::fence_behind)).
 pub fn fence_after_failover(backing: &super::Backing, store: &Store, namespace: &str) {
-    use super::redis::primary::fence_behind;
-    let fence = {
-        let (store, namespace) = (store.clone(), namespace.to_owned());
-        move |slots: Option<Vec<(u16, u16)>>| {
-            let (store, namespace) = (store.clone(), namespace.clone());
-            async move {
-                let persisted = store
-                    .persisted_positions()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>((persisted, namespace, slots))
-            }
-        }
-    };
+    let (store, namespace) = (store.clone(), namespace.to_owned());
     match backing {
         super::Backing::Sentinel(redis) => redis.fence_failovers(Arc::new(move |connection| {
-            let ready = fence(None);
-            Box::pin(async move {
-                let (persisted, namespace, _) = ready.await?;
-                fence_behind(connection, &namespace, &persisted, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
+            Box::pin(fence(store.clone(), namespace.clone(), connection, None))
         })),
         super::Backing::Cluster(redis) => {
             redis.fence_failovers(Arc::new(move |connection, slots| {
-                let ready = fence(Some(slots));
-                Box::pin(async move {
-                    let (persisted, namespace, slots) = ready.await?;
-                    fence_behind(connection, &namespace, &persisted, slots.as_deref())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
+                Box::pin(fence(
+                    store.clone(),
+                    namespace.clone(),
+                    connection,
+                    Some(slots),
+                ))
             }))
         }
         super::Backing::Memory(_) | super::Backing::Redis(_) => {}
     }
+}
+
+/// One fence after a failover: what the database persisted, against the promoted data
+/// (on a cluster, in `slots` only).
+async fn fence<C: super::redis::Connection>(
+    store: Store,
+    namespace: String,
+    connection: C,
+    slots: Option<Vec<(u16, u16)>>,
+) -> Result<(), String> {
+    let persisted = store
+        .persisted_positions()
+        .await
+        .map_err(|e| e.to_string())?;
+    super::redis::primary::fence_behind(connection, &namespace, &persisted, slots.as_deref())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

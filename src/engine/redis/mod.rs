@@ -52,6 +52,30 @@ pub trait Connection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static
 
 impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Connection for T {}
 
+/// Runs `look` on `shared` every `every` (a late tick is not made up) for as long as
+/// something else holds `shared`: the Sentinel follower's and the cluster watcher's polls.
+fn look_every<S, F>(
+    shared: &Arc<S>,
+    every: std::time::Duration,
+    look: impl Fn(Arc<S>) -> F + Send + 'static,
+) where
+    S: Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send,
+{
+    let watched = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(shared) = watched.upgrade() else {
+                return;
+            };
+            look(shared).await;
+        }
+    });
+}
+
 /// The replicas connected to a Redis, from its `INFO replication` text.
 fn connected_replicas(replication: &str) -> u64 {
     watch::info_field(replication, "connected_slaves").unwrap_or(0)

@@ -276,18 +276,7 @@ impl Topology {
             failover: Mutex::new(None),
         });
         shared.look().await;
-        let watched = Arc::downgrade(&shared);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(POLL);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(shared) = watched.upgrade() else {
-                    return;
-                };
-                shared.look().await;
-            }
-        });
+        super::look_every(&shared, POLL, |shared| async move { shared.look().await });
         Topology { shared }
     }
 
