@@ -184,18 +184,6 @@ async fn until_the_database_is_ahead(app: &TestApp, campaign: &str, paused: i64)
     }
 }
 
-/// Until `port` is no longer the primary the sentinels name; the new one's port.
-async fn promoted(sentinels: &SentinelSet, port: u16) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(now) = sentinels.primary_port().filter(|p| *p != port) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "no replica was promoted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// What one drill measured.
 struct Drill {
     /// From the kill to the promotion.
@@ -210,127 +198,193 @@ struct Drill {
     rebuilt: bool,
 }
 
-/// One drill in `mode`.
-async fn drill(round: usize, mode: Durability) -> Drill {
-    let mut primary = RedisServer::start(true);
-    let replica = RedisServer::replica_of(&primary);
-    primary.wait_for_replicas(1);
-    let sentinels = SentinelSet::watch(&primary);
-    sentinels.wait_until_ready(1);
-    let database = fresh_postgres_schema().await;
-    let namespace = unique_id("ns");
-    let addresses = sentinels.addresses();
-    let tune = |c: &mut flashsale::config::Config| {
+/// The servers a drill fails over: a primary and a replica watched by three sentinels, or
+/// a cluster of three masters with a replica each (the campaign's master and its replica
+/// named once the campaign exists).
+enum Servers {
+    Sentinel {
+        primary: RedisServer,
+        replica: RedisServer,
+        sentinels: SentinelSet,
+    },
+    Cluster {
+        cluster: RedisCluster,
+        master: usize,
+        replica: usize,
+    },
+}
+
+impl Servers {
+    fn sentinel() -> Self {
+        let primary = RedisServer::start(true);
+        let replica = RedisServer::replica_of(&primary);
+        primary.wait_for_replicas(1);
+        let sentinels = SentinelSet::watch(&primary);
+        sentinels.wait_until_ready(1);
+        Servers::Sentinel {
+            primary,
+            replica,
+            sentinels,
+        }
+    }
+
+    fn cluster() -> Self {
+        let cluster = RedisCluster::start_with_replicas(true);
+        for node in 0..cluster.nodes.len() {
+            if cluster.is_master(node) {
+                cluster.nodes[node].wait_for_replicas(1);
+            }
+        }
+        Servers::Cluster {
+            cluster,
+            master: 0,
+            replica: 0,
+        }
+    }
+
+    /// Points an instance's config at these servers.
+    fn tune(&self, c: &mut flashsale::config::Config) {
         c.redis_url = None;
-        c.redis_sentinels = addresses.clone();
-        c.redis_namespace = namespace.clone();
-        c.database_url = Some(database.clone());
-        c.durability = mode;
-    };
-    let instances = Arc::new([
-        spawn_app_with(Backend::Redis, tune).await,
-        spawn_app_with(Backend::Redis, tune).await,
-    ]);
-    // Sold out and coming back all the time (1 s holds): every moment has changes, so the
-    // database gets ahead of the stopped replica.
-    let stock = 1_500;
-    let hold_seconds = 1;
-    let campaign = instances[0]
-        .campaign(stock, 1, json!({"hold_seconds": hold_seconds}))
-        .await;
-    let first_epoch = instances[0].engine_epoch(&campaign).await;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let started = Instant::now();
-    let workers = burst(
-        &instances,
-        &campaign,
-        round,
-        started + Duration::from_secs(20),
-        &seen,
-    );
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    replica.pause();
-    primary.drop_replicas();
-    until_the_database_is_ahead(&instances[0], &campaign, flashsale::domain::Millis::now().0).await;
-    primary.kill();
-    replica.resume();
-    let killed = Instant::now();
-    let new_port = promoted(&sentinels, primary.port).await;
-    let promotion = Instant::now();
-    assert_eq!(new_port, replica.port, "the replica became the primary");
-    // Back as a replica of the promoted one (strict mode needs one to acknowledge anything).
-    primary.restart_as_replica_of(new_port);
-    for worker in workers {
-        worker.await.expect("no panic");
+        match self {
+            Servers::Sentinel { sentinels, .. } => c.redis_sentinels = sentinels.addresses(),
+            Servers::Cluster { cluster, .. } => c.redis_cluster_nodes = cluster.urls(),
+        }
     }
-    let (acknowledged, unavailable) = {
-        let seen = seen.lock().expect("not poisoned");
-        (seen.acknowledged.clone(), seen.unavailable)
-    };
-    let (resumed_ms, lost) = verify(
-        &instances,
-        &campaign,
-        Sale {
-            stock,
-            hold_seconds,
-        },
-        &acknowledged,
-        promotion,
-        mode,
-        round,
-    )
-    .await;
-    // The old primary is a replica now and was never written to.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !primary.info("replication").contains("role:slave") {
-        assert!(
-            Instant::now() < deadline,
-            "the old primary never became a replica"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+
+    fn backend(&self) -> Backend {
+        match self {
+            Servers::Sentinel { .. } => Backend::Redis,
+            Servers::Cluster { .. } => Backend::Cluster,
+        }
     }
-    assert!(
-        !primary.info("errorstats").contains("errorstat_READONLY"),
-        "a write was sent to the old primary after it became a replica"
-    );
-    let rebuilt = instances[0].engine_epoch(&campaign).await != first_epoch;
-    assert!(
-        rebuilt,
-        "the drill did not put the database ahead of the promoted replica"
-    );
-    Drill {
-        rebuilt,
-        promoted_ms: promotion.duration_since(killed).as_millis(),
-        resumed_ms,
-        unavailable,
-        lost,
+
+    /// On a cluster: the campaign's master and its replica are the pair to fail over.
+    fn aim_at(&mut self, campaign: &str) {
+        if let Servers::Cluster {
+            cluster,
+            master,
+            replica,
+        } = self
+        {
+            *master = cluster.owner(&format!("{{c:{campaign}}}"));
+            *replica = cluster.replica_of(*master);
+        }
+    }
+
+    /// The primary (master) to kill and the replica to promote.
+    fn pair(&mut self) -> (&mut RedisServer, &mut RedisServer) {
+        match self {
+            Servers::Sentinel {
+                primary, replica, ..
+            } => (primary, replica),
+            Servers::Cluster {
+                cluster,
+                master,
+                replica,
+            } => {
+                let (low, high) = cluster.nodes.split_at_mut((*master).max(*replica));
+                if master < replica {
+                    (&mut low[*master], &mut high[0])
+                } else {
+                    (&mut high[0], &mut low[*replica])
+                }
+            }
+        }
+    }
+
+    /// Until the replica is promoted (Sentinel names it, or it says it is a master).
+    async fn promoted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = match self {
+                Servers::Sentinel {
+                    primary,
+                    replica,
+                    sentinels,
+                } => {
+                    let now = sentinels.primary_port().filter(|p| *p != primary.port);
+                    if let Some(now) = now {
+                        assert_eq!(now, replica.port, "the replica became the primary");
+                    }
+                    now.is_some()
+                }
+                Servers::Cluster {
+                    cluster, replica, ..
+                } => cluster.is_master(*replica),
+            };
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no replica was promoted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The old primary back as a replica of the promoted one: told so under Sentinel (strict
+    /// mode needs a replica to acknowledge anything); on a cluster it comes back with its
+    /// config and the cluster makes it one.
+    fn bring_back(&mut self) {
+        match self {
+            Servers::Sentinel {
+                primary, replica, ..
+            } => primary.restart_as_replica_of(replica.port),
+            Servers::Cluster {
+                cluster, master, ..
+            } => cluster.nodes[*master].restart(),
+        }
+    }
+
+    /// The old primary never got a write after it came back: under Sentinel not even a
+    /// refused one (`READONLY`); on a cluster no script ran on it (scripts replicate as
+    /// their effects, so a counted one ran there).
+    fn assert_never_written(&self) {
+        match self {
+            Servers::Sentinel { primary, .. } => assert!(
+                !primary.info("errorstats").contains("errorstat_READONLY"),
+                "a write was sent to the old primary after it became a replica"
+            ),
+            Servers::Cluster { .. } => {
+                let scripts = self.old_primary().info("commandstats");
+                assert!(
+                    !scripts
+                        .lines()
+                        .any(|l| l.starts_with("cmdstat_evalsha:calls=")
+                            && !l.starts_with("cmdstat_evalsha:calls=0,")),
+                    "a script ran on the old master after it came back: {scripts}"
+                );
+            }
+        }
+    }
+
+    /// The primary (master) that was killed.
+    fn old_primary(&self) -> &RedisServer {
+        match self {
+            Servers::Sentinel { primary, .. } => primary,
+            Servers::Cluster {
+                cluster, master, ..
+            } => &cluster.nodes[*master],
+        }
     }
 }
 
-/// One drill on a Redis Cluster (three masters, a replica each) in `mode`: the campaign's
-/// master killed mid-sale, its replica — stopped 2.5 s before — promoted by the cluster
-/// itself, the old master back with its config (a replica of the promoted one).
-async fn cluster_drill(round: usize, mode: Durability) -> Drill {
-    let mut cluster = RedisCluster::start_with_replicas(true);
-    for node in 0..cluster.nodes.len() {
-        if cluster.is_master(node) {
-            cluster.nodes[node].wait_for_replicas(1);
-        }
-    }
+/// One drill in `mode` on `servers`: a sale on two instances, replication cut mid-sale, the
+/// primary killed once the database is ahead of the replica, the replica promoted, the old
+/// primary back as a replica; then every check of [`verify`], and the old primary's.
+async fn drill(mut servers: Servers, round: usize, mode: Durability) -> Drill {
     let database = fresh_postgres_schema().await;
     let namespace = unique_id("ns");
-    let nodes = cluster.urls();
     let tune = |c: &mut flashsale::config::Config| {
-        c.redis_url = None;
-        c.redis_cluster_nodes = nodes.clone();
+        servers.tune(c);
         c.redis_namespace = namespace.clone();
         c.database_url = Some(database.clone());
         c.durability = mode;
     };
     let instances = Arc::new([
-        spawn_app_with(Backend::Cluster, tune).await,
-        spawn_app_with(Backend::Cluster, tune).await,
+        spawn_app_with(servers.backend(), tune).await,
+        spawn_app_with(servers.backend(), tune).await,
     ]);
+    // Sold out and coming back all the time (1 s holds): every moment has changes, so the
+    // database gets ahead of the stopped replica.
     let sale = Sale {
         stock: 1_500,
         hold_seconds: 1,
@@ -338,8 +392,7 @@ async fn cluster_drill(round: usize, mode: Durability) -> Drill {
     let campaign = instances[0]
         .campaign(sale.stock, 1, json!({"hold_seconds": sale.hold_seconds}))
         .await;
-    let master = cluster.owner(&format!("{{c:{campaign}}}"));
-    let replica = cluster.replica_of(master);
+    servers.aim_at(&campaign);
     let first_epoch = instances[0].engine_epoch(&campaign).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let started = Instant::now();
@@ -351,20 +404,21 @@ async fn cluster_drill(round: usize, mode: Durability) -> Drill {
         &seen,
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    cluster.nodes[replica].pause();
-    cluster.nodes[master].drop_replicas();
-    until_the_database_is_ahead(&instances[0], &campaign, flashsale::domain::Millis::now().0).await;
-    cluster.nodes[master].kill();
-    cluster.nodes[replica].resume();
-    let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(30);
-    while !cluster.is_master(replica) {
-        assert!(Instant::now() < deadline, "no replica was promoted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        let (primary, replica) = servers.pair();
+        replica.pause();
+        primary.drop_replicas();
     }
+    until_the_database_is_ahead(&instances[0], &campaign, flashsale::domain::Millis::now().0).await;
+    {
+        let (primary, replica) = servers.pair();
+        primary.kill();
+        replica.resume();
+    }
+    let killed = Instant::now();
+    servers.promoted().await;
     let promotion = Instant::now();
-    // Back with its cluster config: the cluster makes it a replica of the promoted node.
-    cluster.nodes[master].restart();
+    servers.bring_back();
     for worker in workers {
         worker.await.expect("no panic");
     }
@@ -382,31 +436,24 @@ async fn cluster_drill(round: usize, mode: Durability) -> Drill {
         round,
     )
     .await;
-    let old = &cluster.nodes[master];
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !old.info("replication").contains("role:slave") {
+    while !servers
+        .old_primary()
+        .info("replication")
+        .contains("role:slave")
+    {
         assert!(
             Instant::now() < deadline,
-            "the old master never became a replica"
+            "the old primary never became a replica"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Scripts are replicated as their effects: a script counted here ran on the old master.
-    let scripts = old.info("commandstats");
-    assert!(
-        !scripts
-            .lines()
-            .any(|l| l.starts_with("cmdstat_evalsha:calls=")
-                && !l.starts_with("cmdstat_evalsha:calls=0,")),
-        "a script ran on the old master after it came back: {scripts}"
-    );
+    servers.assert_never_written();
     let rebuilt = instances[0].engine_epoch(&campaign).await != first_epoch;
-    if mode == Durability::Default {
-        assert!(
-            rebuilt,
-            "the drill did not put the database ahead of the promoted replica"
-        );
-    }
+    assert!(
+        rebuilt,
+        "the drill did not put the database ahead of the promoted replica"
+    );
     Drill {
         rebuilt,
         promoted_ms: promotion.duration_since(killed).as_millis(),
@@ -440,7 +487,7 @@ async fn a_sale_follows_a_redis_failover_without_overselling_or_losing_what_stri
         (Durability::Default, "default"),
     ] {
         for round in 0..2 {
-            report(name, round, &drill(round, mode).await);
+            report(name, round, &drill(Servers::sentinel(), round, mode).await);
         }
     }
 }
@@ -456,7 +503,7 @@ async fn a_sale_follows_a_redis_cluster_failover_with_the_same_guarantees() {
         (Durability::Default, "cluster, default"),
     ] {
         for round in 0..2 {
-            report(name, round, &cluster_drill(round, mode).await);
+            report(name, round, &drill(Servers::cluster(), round, mode).await);
         }
     }
 }

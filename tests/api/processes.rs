@@ -194,21 +194,24 @@ impl RedisCluster {
         }
     }
 
+    /// A node's own line of `CLUSTER NODES`: `<id> <address> myself,<role> <master id or ->
+    /// <ping> <pong> <epoch> <link> <slot ranges>...`.
+    fn own_line(&self, node: usize) -> String {
+        let nodes: String =
+            redis::from_redis_value_ref(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
+                .expect("text");
+        nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .expect("a node lists itself")
+            .to_owned()
+    }
+
     /// The index of the node replicating node `master`.
     pub fn replica_of(&self, master: usize) -> usize {
         let id = self.id(master);
         (0..self.nodes.len())
-            .find(|&node| {
-                let nodes: String = redis::from_redis_value_ref(
-                    &self.query(node, redis::cmd("CLUSTER").arg("NODES")),
-                )
-                .expect("text");
-                nodes
-                    .lines()
-                    .find(|line| line.contains("myself"))
-                    .and_then(|line| line.split_whitespace().nth(3))
-                    == Some(id.as_str())
-            })
+            .find(|&node| self.own_line(node).split_whitespace().nth(3) == Some(id.as_str()))
             .expect("every master has a replica")
     }
 
@@ -231,13 +234,9 @@ impl RedisCluster {
 
     /// The first slot a node serves.
     pub fn first_slot(&self, node: usize) -> i64 {
-        let nodes: String =
-            redis::from_redis_value_ref(&self.query(node, redis::cmd("CLUSTER").arg("NODES")))
-                .expect("text");
-        nodes
-            .lines()
-            .find(|line| line.contains("myself"))
-            .and_then(|line| line.split_whitespace().nth(8))
+        self.own_line(node)
+            .split_whitespace()
+            .nth(8)
             .and_then(|range| range.split('-').next())
             .and_then(|first| first.parse().ok())
             .expect("the node serves slots")
@@ -248,21 +247,11 @@ impl RedisCluster {
         let slot = self.slot(key);
         (0..self.nodes.len())
             .find(|&node| {
-                let nodes: String = redis::from_redis_value_ref(
-                    &self.query(node, redis::cmd("CLUSTER").arg("NODES")),
-                )
-                .expect("text");
-                // `<id> <address> myself,master - 0 0 <epoch> connected <slot ranges>...`
-                nodes
-                    .lines()
-                    .find(|line| line.contains("myself"))
-                    .is_some_and(|line| {
-                        line.split_whitespace().skip(8).any(|range| {
-                            let (from, to) = range.split_once('-').unwrap_or((range, range));
-                            let (from, to) = (from.parse::<i64>(), to.parse::<i64>());
-                            matches!((from, to), (Ok(f), Ok(t)) if f <= slot && slot <= t)
-                        })
-                    })
+                self.own_line(node).split_whitespace().skip(8).any(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    let (from, to) = (from.parse::<i64>(), to.parse::<i64>());
+                    matches!((from, to), (Ok(f), Ok(t)) if f <= slot && slot <= t)
+                })
             })
             .expect("some node serves every slot")
     }
