@@ -26,7 +26,7 @@ struct Handles {
 
 /// Handles are resolved again after this long: the exporter drops a series nobody updated
 /// for [`m::IDLE_TIMEOUT`], and an update through a handle kept from before would be lost.
-const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+pub(super) const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
 thread_local! {
     /// Handles by (route's address, method, status): a route's matched path is one shared

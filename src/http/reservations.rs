@@ -86,10 +86,10 @@ fn created(reservation: Reservation, replayed: bool) -> Response {
 /// ids cannot grow `/metrics` by a series each: the rest count as `unknown`; and only a
 /// bounded set of them (`metrics::campaign_label`).
 fn count_attempt(campaign: Option<&CampaignId>, outcome: &'static str) {
-    /// Handles are resolved again after this long (see `frame::RESOLVE_EVERY`: the exporter
-    /// drops a series nobody updated for a while, and the campaign label's bookkeeping
-    /// wants to see the campaign now and then).
-    const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    // Handles are resolved again every `frame::RESOLVE_EVERY`, like the frame's: the
+    // exporter drops a series nobody updated for a while, and the campaign label's
+    // bookkeeping wants to see the campaign now and then.
+    use super::frame::RESOLVE_EVERY;
     /// At most this many campaigns per worker thread; all are resolved afresh beyond it.
     const MOST: usize = 1_024;
     type ByOutcome = HashMap<&'static str, (metrics::Counter, std::time::Instant)>;
