@@ -76,6 +76,19 @@ fn look_every<S, F>(
     });
 }
 
+/// Whether a command failed the way a dead or demoted primary (or cluster master) fails:
+/// the connection dropped or refused, another I/O error than a timeout (a slow primary is
+/// still the primary), `READONLY`, `MASTERDOWN`, `CLUSTERDOWN`.
+fn dead_or_demoted(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || (error.is_io_error() && !error.is_timeout())
+        || matches!(
+            error.code(),
+            Some("READONLY" | "MASTERDOWN" | "CLUSTERDOWN")
+        )
+}
+
 /// The replicas connected to a Redis, from its `INFO replication` text.
 fn connected_replicas(replication: &str) -> u64 {
     watch::info_field(replication, "connected_slaves").unwrap_or(0)

@@ -297,10 +297,7 @@ impl Primary {
     /// not at the next poll). A timeout asks too, but does not stop the traffic: a slow
     /// primary is still the primary.
     fn check(&self, error: &RedisError) {
-        let gone = error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || (error.is_io_error() && !error.is_timeout())
-            || matches!(error.code(), Some("READONLY" | "MASTERDOWN"));
+        let gone = super::dead_or_demoted(error);
         if gone {
             self.shared.suspect.store(true, Ordering::Release);
         }

@@ -333,13 +333,7 @@ impl Watched {
     /// After a failed script: if it failed the way a dead or demoted master fails, its slot
     /// is held back until the watcher has seen a master serve it (looked at now).
     fn check(&self, slot: Option<u16>, error: &RedisError) {
-        let gone = error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || (error.is_io_error() && !error.is_timeout())
-            || matches!(
-                error.code(),
-                Some("READONLY" | "MASTERDOWN" | "CLUSTERDOWN")
-            );
+        let gone = super::dead_or_demoted(error);
         if let (true, Some(slot)) = (gone, slot) {
             self.shared.hold(slot, slot);
             self.shared.look_now();
